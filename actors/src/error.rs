@@ -1,0 +1,31 @@
+//! Errors of the host's actors and storage.
+
+/// What can fail inside a host.
+#[derive(thiserror::Error, Debug, Clone)]
+pub enum ActorError {
+    /// LMDB refused an operation; the text is LMDB's.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// A stored record did not decode: the file is corrupt or from an incompatible version.
+    #[error("corrupt data in {what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    /// The data directory belongs to another cluster or host.
+    #[error("data directory {dir} belongs to {found}, not {expected}; point data_dir elsewhere or remove it deliberately")]
+    ForeignData {
+        dir: String,
+        found: String,
+        expected: String,
+    },
+    /// The storage actor stopped; the host cannot persist anything more.
+    #[error("storage actor is gone")]
+    StorageGone,
+    /// raft-rs refused to start a replica.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl From<heed::Error> for ActorError {
+    fn from(e: heed::Error) -> Self {
+        ActorError::Storage(e.to_string())
+    }
+}

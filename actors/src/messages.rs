@@ -1,0 +1,128 @@
+//! The vocabulary every actor of a host shares: each message type and its reply.
+//!
+//! Actors reach each other only through `Recipient<M>` of these messages, handed to them when
+//! the daemon starts the host; no actor module imports another, so each can be read and tested
+//! alone. Replies that complete later than the handler (a write waits for its commit) travel in
+//! a `oneshot` sender inside the message.
+
+use actix::prelude::*;
+use raft::eraftpb::{Entry, Message as RaftMessage};
+use serde::{Deserialize, Serialize};
+use shardkv_transport::wire::{RaftBatch, Request, Response};
+use shardkv_transport::HostId;
+use tokio::sync::oneshot;
+
+use crate::error::ActorError;
+use crate::schema::TableId;
+
+/// One write to LMDB.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Insert or overwrite `key` with `value`.
+    Put(TableId, Vec<u8>, Vec<u8>),
+    /// Remove `key` if present.
+    Delete(TableId, Vec<u8>),
+    /// Remove every key in `[from, to)`.
+    DeleteRange(TableId, Vec<u8>, Vec<u8>),
+}
+
+/// Writes that must become durable together, in order.
+#[derive(Debug, Clone, Default)]
+pub struct WriteBatch {
+    pub ops: Vec<WriteOp>,
+}
+
+/// To the StorageActor: make `batch` durable (fsynced) in one transaction with whatever else
+/// is pending. Resolves once it is on disk.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct Persist(pub WriteBatch);
+
+/// To the RouterActor or a ReplicaActor: a client request; resolves to its reply.
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct ClientRequest(pub Request);
+
+/// To the RouterActor: Raft messages from host `from`, whose identity the transport proved.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundRaft {
+    pub from: HostId,
+    pub batch: RaftBatch,
+}
+
+/// To a ReplicaActor: one Raft message of its group, already checked to come from its sender.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepRaft(pub RaftMessage);
+
+/// To a PeerActor: deliver this Raft message of `shard` to the peer host (best effort: Raft
+/// retransmits what is lost).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SendRaft {
+    pub shard: shardkv_transport::ShardId,
+    pub message: RaftMessage,
+}
+
+/// To a ShardActor: entries committed by Raft, in log order, to apply.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ApplyEntries(pub Vec<Entry>);
+
+/// To a ShardActor: answer `reply` when the entry at (`index`, `term`) is applied; if another
+/// term's entry lands at that index, the proposal was lost and the waiter is told so.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AwaitApply {
+    pub index: u64,
+    pub term: u64,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// To a ShardActor: read `key` once everything up to `index` is applied (0: now).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReadAt {
+    pub index: u64,
+    pub key: Vec<u8>,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// To a ShardActor: this replica lost leadership; fail every waiting write with `reply`
+/// (clients retry against the new leader; sessions keep retries exactly-once).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FailWaiters(pub Response);
+
+/// To a ReplicaActor: report its Raft status.
+#[derive(Message)]
+#[rtype(result = "ReplicaStatus")]
+pub struct GetStatus;
+
+/// A replica's Raft status, for `shardkv status` and tests.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub shard: shardkv_transport::ShardId,
+    pub host: HostId,
+    pub term: u64,
+    pub leader: Option<HostId>,
+    pub is_leader: bool,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+/// A state-machine command as stored in the Raft log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    pub client_id: u64,
+    pub seq: u64,
+    pub action: Action,
+}
+
+/// What a command does to the shard's data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Action {
+    Put { key: Vec<u8>, value: Vec<u8> },
+    Delete { key: Vec<u8> },
+}

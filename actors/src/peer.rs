@@ -1,0 +1,147 @@
+//! PeerActor: this host's outbound link to one other host.
+//!
+//! It keeps one QUIC connection and one unidirectional stream open to the peer, reconnecting
+//! with exponential backoff, and sends every Raft message of every shard bound for that host in
+//! batches: whatever accumulated while the previous batch was being written goes in the next
+//! frame. The queue is bounded; when it is full, or the peer is down, messages are dropped —
+//! Raft retransmits, and a stale backlog would only delay recovery.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use actix::prelude::*;
+use protobuf::Message as _;
+use quinn::Endpoint;
+use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch};
+use shardkv_transport::wire::{RaftBatch, RaftEnvelope};
+use shardkv_transport::HostId;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::messages::SendRaft;
+
+/// Messages queued for one peer at most.
+const QUEUE_MESSAGES_MAX: usize = 65_536;
+/// Messages in one frame at most.
+const BATCH_MESSAGES_MAX: usize = 4096;
+/// Bytes in one frame at most (a frame may exceed it by one message).
+const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The actor; see the module docs.
+pub struct PeerActor {
+    peer: HostId,
+    queue: mpsc::Sender<RaftEnvelope>,
+    rx: Option<mpsc::Receiver<RaftEnvelope>>,
+    endpoint: Endpoint,
+    addr: SocketAddr,
+}
+
+impl PeerActor {
+    /// A link to host `peer` at `addr`, dialled from `endpoint`.
+    pub fn new(peer: HostId, addr: SocketAddr, endpoint: Endpoint) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);
+        PeerActor {
+            peer,
+            queue: tx,
+            rx: Some(rx),
+            endpoint,
+            addr,
+        }
+    }
+}
+
+impl Actor for PeerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        if let Some(rx) = self.rx.take() {
+            let link = link_loop(self.peer, self.addr, self.endpoint.clone(), rx);
+            ctx.spawn(link.into_actor(self));
+        }
+    }
+}
+
+impl Handler<SendRaft> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SendRaft, _: &mut Self::Context) {
+        let bytes = match msg.message.write_to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(peer = self.peer, error = %e, "cannot encode Raft message");
+                return;
+            }
+        };
+        let env = RaftEnvelope {
+            shard: msg.shard,
+            message: bytes,
+        };
+        if self.queue.try_send(env).is_err() {
+            debug!(peer = self.peer, "peer queue full; Raft message dropped");
+        }
+    }
+}
+
+async fn link_loop(
+    peer: HostId,
+    addr: SocketAddr,
+    endpoint: Endpoint,
+    mut rx: mpsc::Receiver<RaftEnvelope>,
+) {
+    let mut backoff = BACKOFF_MIN;
+    let mut was_up = false;
+    loop {
+        let stream = match connect(&endpoint, addr, peer).await {
+            Ok(conn) => match open_raft_stream(&conn).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    debug!(peer, error = %e, "cannot open Raft stream");
+                    None
+                }
+            },
+            Err(e) => {
+                debug!(peer, error = %e, "cannot connect");
+                None
+            }
+        };
+        let Some(mut stream) = stream else {
+            if was_up {
+                info!(peer, "peer down");
+                was_up = false;
+            }
+            // Drop what queued up while the peer was unreachable: Raft resends what matters.
+            while rx.try_recv().is_ok() {}
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        };
+        info!(peer, %addr, "peer up");
+        was_up = true;
+        backoff = BACKOFF_MIN;
+        loop {
+            let Some(first) = rx.recv().await else {
+                return; // The actor stopped.
+            };
+            let mut bytes = first.message.len();
+            let mut batch = RaftBatch {
+                messages: vec![first],
+            };
+            while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        bytes += m.message.len();
+                        batch.messages.push(m);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = send_raft_batch(&mut stream, &batch).await {
+                info!(peer, error = %e, "peer link lost; reconnecting");
+                break;
+            }
+        }
+    }
+}

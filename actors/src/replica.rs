@@ -1,0 +1,458 @@
+//! ReplicaActor: one shard's Raft replica on this host, driving a raft-rs `RawNode`.
+//!
+//! It ticks on a timer, steps inbound messages, turns client writes into proposals and
+//! linearizable reads into ReadIndex requests, and handles `Ready` in the order the protocol's
+//! safety rules demand (see [`ReplicaActor::drive`]). The state machine lives in the shard's
+//! ShardActor: committed entries go there, so consensus and apply overlap.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use raft::eraftpb::{Entry, Message as RaftMessage};
+use raft::{RawNode, StateRole};
+use shardkv_transport::wire::{check_limits, Op, ReadConsistency, Response};
+use shardkv_transport::{HostId, ShardId};
+use tokio::sync::oneshot;
+use tracing::{debug, error, info, warn};
+
+use crate::messages::{
+    Action, ApplyEntries, AwaitApply, ClientRequest, Command, FailWaiters, GetStatus, Persist,
+    ReadAt, ReplicaStatus, SendRaft, StepRaft, WriteBatch,
+};
+use crate::raft_storage::LmdbRaftStorage;
+
+/// Timing and limits of one replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub value_bytes_max: usize,
+    /// How long a request may wait for commit/apply before the client is told to retry.
+    pub request_timeout: Duration,
+}
+
+/// Where a replica sends things; handed over by the daemon.
+pub struct ReplicaLinks {
+    pub storage: Recipient<Persist>,
+    pub apply: Recipient<ApplyEntries>,
+    pub await_apply: Recipient<AwaitApply>,
+    pub read_at: Recipient<ReadAt>,
+    pub fail_waiters: Recipient<FailWaiters>,
+    /// One per other host that holds a replica of this shard.
+    pub peers: HashMap<HostId, Recipient<SendRaft>>,
+}
+
+struct PendingRead {
+    key: Vec<u8>,
+    reply: oneshot::Sender<Response>,
+    deadline: Instant,
+}
+
+/// The actor; see the module docs.
+pub struct ReplicaActor {
+    shard: ShardId,
+    host: HostId,
+    node: RawNode<LmdbRaftStorage>,
+    links: ReplicaLinks,
+    settings: ReplicaSettings,
+    /// ReadIndex requests waiting for their read state, by context id.
+    pending_reads: HashMap<u64, PendingRead>,
+    next_read_id: u64,
+    /// A Ready's entries are being made durable; no new Ready until it finishes.
+    persisting: bool,
+    /// A drive is queued behind the messages already in the mailbox.
+    drive_scheduled: bool,
+    leader: u64,
+    role: StateRole,
+}
+
+impl ReplicaActor {
+    /// Builds the replica over its storage. `applied` is the durable apply index, so raft-rs
+    /// hands over only entries the state machine has not applied yet.
+    pub fn new(
+        shard: ShardId,
+        host: HostId,
+        storage: LmdbRaftStorage,
+        applied: u64,
+        settings: ReplicaSettings,
+        links: ReplicaLinks,
+        logger: &slog::Logger,
+    ) -> Result<Self, crate::error::ActorError> {
+        let cfg = raft::Config {
+            id: host,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        cfg.validate()
+            .map_err(|e| crate::error::ActorError::Raft(e.to_string()))?;
+        let logger = logger.new(slog::o!("shard" => shard, "host" => host));
+        let node = RawNode::new(&cfg, storage, &logger)
+            .map_err(|e| crate::error::ActorError::Raft(e.to_string()))?;
+        Ok(ReplicaActor {
+            shard,
+            host,
+            node,
+            links,
+            settings,
+            pending_reads: HashMap::new(),
+            next_read_id: 1,
+            persisting: false,
+            drive_scheduled: false,
+            leader: 0,
+            role: StateRole::Follower,
+        })
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> Response {
+        let leader = self.node.raft.leader_id;
+        Response::NotLeader {
+            shard: self.shard,
+            leader: (leader != 0 && leader != self.host).then_some(leader),
+        }
+    }
+
+    /// Handles Ready once the mailbox has drained, so one Ready carries everything that
+    /// arrived meanwhile (proposals, acks, reads): one persist, one send per peer.
+    fn schedule_drive(&mut self, ctx: &mut Context<Self>) {
+        if !self.drive_scheduled {
+            self.drive_scheduled = true;
+            ctx.notify(Drive);
+        }
+    }
+
+    /// The Ready loop, in the order of Raft's safety rules.
+    fn drive(&mut self, ctx: &mut Context<Self>) {
+        if self.persisting || !self.node.has_ready() {
+            return;
+        }
+        let mut ready = self.node.ready();
+
+        // 1. Leadership changes: log them, and fail what only a leader could finish.
+        if let Some(ss) = ready.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+
+        // 2. Messages that need nothing on our disk first (a leader's appends and heartbeats
+        //    may go out while it persists the same entries: Raft counts the leader's own
+        //    vote only after its persist).
+        self.send(ready.take_messages());
+
+        // 3. Snapshots are not produced yet (logs are never compacted), so none can arrive.
+        if !ready.snapshot().is_empty() {
+            error!(
+                shard = self.shard,
+                "received a snapshot, which this version cannot install"
+            );
+        }
+
+        // 4. Linearizable reads whose ReadIndex is confirmed: serve once applied up to it.
+        for rs in ready.take_read_states() {
+            let Some(id) = read_id(&rs.request_ctx) else {
+                continue;
+            };
+            if let Some(p) = self.pending_reads.remove(&id) {
+                self.links.read_at.do_send(ReadAt {
+                    index: rs.index,
+                    key: p.key,
+                    reply: p.reply,
+                });
+            }
+        }
+
+        // 5. Persist new entries and hard state; everything after waits for the fsync.
+        let committed = ready.take_committed_entries();
+        let mut batch = WriteBatch::default();
+        if let Err(e) = LmdbRaftStorage::append_ops(self.shard, ready.entries(), &mut batch.ops) {
+            error!(shard = self.shard, error = %e, "cannot encode entries; stopping replica");
+            ctx.stop();
+            return;
+        }
+        if let Some(hs) = ready.hs() {
+            match LmdbRaftStorage::hard_state_op(self.shard, hs) {
+                Ok(op) => batch.ops.push(op),
+                Err(e) => {
+                    error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
+                    ctx.stop();
+                    return;
+                }
+            }
+        }
+        if batch.ops.is_empty() {
+            self.finish(ready, committed, ctx);
+            return;
+        }
+        self.persisting = true;
+        let persist = self.links.storage.send(Persist(batch));
+        ctx.wait(persist.into_actor(self).map(move |res, act, ctx| {
+            act.persisting = false;
+            match res {
+                Ok(Ok(())) => act.finish(ready, committed, ctx),
+                Ok(Err(e)) => {
+                    error!(shard = act.shard, error = %e, "persist failed; stopping replica");
+                    ctx.stop();
+                }
+                Err(e) => {
+                    error!(shard = act.shard, error = %e, "storage unreachable; stopping replica");
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    /// Steps 6-9, after the Ready's entries and hard state are durable.
+    fn finish(&mut self, mut ready: raft::Ready, committed: Vec<Entry>, ctx: &mut Context<Self>) {
+        // 6. Messages that promise what is now on disk (votes, append acks).
+        self.send(ready.take_persisted_messages());
+        // 7. Committed entries go to the state machine, in order.
+        self.apply(committed);
+        let mut light = self.node.advance(ready);
+        // 8. A commit index that advanced without a new hard state must be stored before
+        //    entries up to it are applied (on restart, applied may never exceed commit).
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.node.raft.hard_state();
+            hs.commit = commit;
+            match LmdbRaftStorage::hard_state_op(self.shard, &hs) {
+                Ok(op) => self
+                    .links
+                    .storage
+                    .do_send(Persist(WriteBatch { ops: vec![op] })),
+                Err(e) => error!(shard = self.shard, error = %e, "cannot encode hard state"),
+            }
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries());
+        // 9. Raft may move on; the ShardActor applies asynchronously and durably.
+        self.node.advance_apply();
+        self.schedule_drive(ctx);
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) {
+        if !entries.is_empty() {
+            self.links.apply.do_send(ApplyEntries(entries));
+        }
+    }
+
+    fn send(&mut self, msgs: Vec<RaftMessage>) {
+        for m in msgs {
+            match self.links.peers.get(&m.to) {
+                Some(peer) => peer.do_send(SendRaft {
+                    shard: self.shard,
+                    message: m,
+                }),
+                None => warn!(shard = self.shard, to = m.to, "no link to Raft peer"),
+            }
+        }
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        if leader != self.leader {
+            info!(
+                shard = self.shard,
+                host = self.host,
+                term = self.node.raft.term,
+                leader,
+                "leader changed"
+            );
+            self.leader = leader;
+        }
+        if self.role == StateRole::Leader && role != StateRole::Leader {
+            let resp = self.not_leader();
+            for (_, p) in self.pending_reads.drain() {
+                let _ = p.reply.send(resp.clone());
+            }
+            self.links.fail_waiters.do_send(FailWaiters(resp));
+        }
+        self.role = role;
+    }
+
+    fn expire_reads(&mut self) {
+        let now = Instant::now();
+        self.pending_reads
+            .retain(|_, p| p.deadline > now && !p.reply.is_closed());
+    }
+
+    fn handle_request(
+        &mut self,
+        req: shardkv_transport::wire::Request,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Response> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(resp) = check_limits(&req.op, self.settings.value_bytes_max) {
+            let _ = tx.send(resp);
+            return rx;
+        }
+        match req.op {
+            Op::Get {
+                key,
+                consistency: ReadConsistency::Stale,
+            } => {
+                self.links.read_at.do_send(ReadAt {
+                    index: 0,
+                    key,
+                    reply: tx,
+                });
+            }
+            Op::Get {
+                key,
+                consistency: ReadConsistency::Linearizable,
+            } => {
+                if !self.is_leader() {
+                    let _ = tx.send(self.not_leader());
+                    return rx;
+                }
+                let id = self.next_read_id;
+                self.next_read_id += 1;
+                self.node.read_index(id.to_be_bytes().to_vec());
+                self.pending_reads.insert(
+                    id,
+                    PendingRead {
+                        key,
+                        reply: tx,
+                        deadline: Instant::now() + self.settings.request_timeout,
+                    },
+                );
+                self.schedule_drive(ctx);
+            }
+            Op::Put { key, value } => {
+                self.propose(req.client_id, req.seq, Action::Put { key, value }, tx, ctx)
+            }
+            Op::Delete { key } => {
+                self.propose(req.client_id, req.seq, Action::Delete { key }, tx, ctx)
+            }
+        }
+        rx
+    }
+
+    fn propose(
+        &mut self,
+        client_id: u64,
+        seq: u64,
+        action: Action,
+        tx: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.is_leader() {
+            let _ = tx.send(self.not_leader());
+            return;
+        }
+        let cmd = Command {
+            client_id,
+            seq,
+            action,
+        };
+        let data = match postcard::to_allocvec(&cmd) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = tx.send(Response::Internal(format!("cannot encode command: {e}")));
+                return;
+            }
+        };
+        if let Err(e) = self.node.propose(vec![], data) {
+            let _ = tx.send(Response::Unavailable(format!(
+                "proposal dropped: {e}; retry"
+            )));
+            return;
+        }
+        let index = self.node.raft.raft_log.last_index();
+        let term = self.node.raft.term;
+        self.links.await_apply.do_send(AwaitApply {
+            index,
+            term,
+            reply: tx,
+        });
+        self.schedule_drive(ctx);
+    }
+}
+
+fn read_id(ctx: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(ctx.try_into().ok()?))
+}
+
+impl Actor for ReplicaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.run_interval(self.settings.tick, |act, ctx| {
+            act.node.tick();
+            act.expire_reads();
+            act.schedule_drive(ctx);
+        });
+        // A single-replica group elects itself at once instead of waiting a timeout.
+        if self.node.raft.prs().conf().voters().ids().len() == 1 {
+            let _ = self.node.campaign();
+        }
+        self.schedule_drive(ctx);
+        debug!(shard = self.shard, host = self.host, "replica started");
+    }
+}
+
+/// Internal: handle Ready now.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Drive;
+
+impl Handler<Drive> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Drive, ctx: &mut Self::Context) {
+        self.drive_scheduled = false;
+        self.drive(ctx);
+    }
+}
+
+impl Handler<StepRaft> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StepRaft, ctx: &mut Self::Context) {
+        if let Err(e) = self.node.step(msg.0) {
+            debug!(shard = self.shard, error = %e, "step refused");
+        }
+        self.schedule_drive(ctx);
+    }
+}
+
+impl Handler<ClientRequest> for ReplicaActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: ClientRequest, ctx: &mut Self::Context) -> Self::Result {
+        let rx = self.handle_request(msg.0, ctx);
+        let timeout = self.settings.request_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(_)) => Response::Unavailable("request dropped by the replica; retry".into()),
+                Err(_) => Response::Unavailable(format!("not committed within {timeout:?}; retry")),
+            }
+        })
+    }
+}
+
+impl Handler<GetStatus> for ReplicaActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let raft = &self.node.raft;
+        MessageResult(ReplicaStatus {
+            shard: self.shard,
+            host: self.host,
+            term: raft.term,
+            leader: (raft.leader_id != 0).then_some(raft.leader_id),
+            is_leader: raft.state == StateRole::Leader,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! RouterActor: the front door of a host. Maps each client request key -> slot -> shard and
+//! hands it to the local replica of that shard, or tells the client where to go; delivers
+//! inbound Raft messages to the right replica after checking who sent them.
+
+use std::collections::HashMap;
+
+use actix::prelude::*;
+use protobuf::Message as _;
+use raft::eraftpb::Message as RaftMessage;
+use shardkv_transport::slot::shard_of_key;
+use shardkv_transport::wire::{check_limits, Response};
+use shardkv_transport::{HostId, ShardId};
+use tracing::{debug, warn};
+
+use crate::messages::{ClientRequest, GetStatus, InboundRaft, ReplicaStatus, StepRaft};
+
+/// A local replica as the router sees it.
+pub struct LocalReplica {
+    pub requests: Recipient<ClientRequest>,
+    pub raft: Recipient<StepRaft>,
+    pub status: Recipient<GetStatus>,
+}
+
+/// The actor; see the module docs.
+pub struct RouterActor {
+    host: HostId,
+    shards: u32,
+    value_bytes_max: usize,
+    /// Replica hosts of every shard (for NoReplicaHere answers).
+    placement: HashMap<ShardId, Vec<HostId>>,
+    local: HashMap<ShardId, LocalReplica>,
+}
+
+impl RouterActor {
+    /// A router for `host` of a cluster with `shards` shards placed as `placement`.
+    pub fn new(
+        host: HostId,
+        shards: u32,
+        value_bytes_max: usize,
+        placement: HashMap<ShardId, Vec<HostId>>,
+        local: HashMap<ShardId, LocalReplica>,
+    ) -> Self {
+        RouterActor {
+            host,
+            shards,
+            value_bytes_max,
+            placement,
+            local,
+        }
+    }
+}
+
+impl Actor for RouterActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<ClientRequest> for RouterActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) -> Self::Result {
+        if let Err(resp) = check_limits(&msg.0.op, self.value_bytes_max) {
+            return Box::pin(async move { resp });
+        }
+        let shard = shard_of_key(msg.0.op.key(), self.shards);
+        let Some(replica) = self.local.get(&shard) else {
+            let hosts = self.placement.get(&shard).cloned().unwrap_or_default();
+            return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
+        };
+        let fut = replica.requests.send(msg);
+        Box::pin(async move {
+            match fut.await {
+                Ok(resp) => resp,
+                Err(e) => Response::Internal(format!("replica of shard {shard} unreachable: {e}")),
+            }
+        })
+    }
+}
+
+impl Handler<InboundRaft> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundRaft, _: &mut Self::Context) {
+        for env in msg.batch.messages {
+            let m = match RaftMessage::parse_from_bytes(&env.message) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(from = msg.from, error = %e, "undecodable Raft message dropped");
+                    continue;
+                }
+            };
+            // A host may speak only for itself, and only to us.
+            if m.from != msg.from || m.to != self.host {
+                warn!(
+                    from = msg.from,
+                    claimed_from = m.from,
+                    to = m.to,
+                    "Raft message with a forged or misdirected address dropped"
+                );
+                continue;
+            }
+            match self.local.get(&env.shard) {
+                Some(r) => r.raft.do_send(StepRaft(m)),
+                None => debug!(
+                    shard = env.shard,
+                    from = msg.from,
+                    "Raft message for a shard not hosted here"
+                ),
+            }
+        }
+    }
+}
+
+/// To the RouterActor: status of every local replica.
+#[derive(Message)]
+#[rtype(result = "Vec<ReplicaStatus>")]
+pub struct LocalStatus;
+
+impl Handler<LocalStatus> for RouterActor {
+    type Result = ResponseFuture<Vec<ReplicaStatus>>;
+
+    fn handle(&mut self, _: LocalStatus, _: &mut Self::Context) -> Self::Result {
+        let futs: Vec<_> = self
+            .local
+            .values()
+            .map(|r| r.status.send(GetStatus))
+            .collect();
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for f in futs {
+                if let Ok(s) = f.await {
+                    out.push(s);
+                }
+            }
+            out.sort_by_key(|s| s.shard);
+            out
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! The LMDB schema: one Env per host, shared by every shard so that one commit (one fsync)
+//! can carry the work of many shards.
+//!
+//! Tables (all keys prefixed by the shard id, u32 big-endian, so a shard's rows are contiguous):
+//! - `raft_log`:   (shard, index u64 BE)         -> raft-rs `Entry` (protobuf)
+//! - `raft_state`: (shard, tag u8)               -> hard state / conf state / applied index /
+//!   truncated (index, term)
+//! - `kv`:         (shard, user key)             -> value
+//! - `sessions`:   (shard, client id u64 BE)     -> last applied seq (u64 BE)
+//! - `meta`:       b"cluster" / b"host"          -> which cluster and host own this directory
+
+use std::path::Path;
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions};
+use shardkv_transport::{HostId, ShardId};
+
+use crate::error::ActorError;
+
+/// A byte-keyed, byte-valued LMDB table.
+pub type Table = Database<Bytes, Bytes>;
+
+/// Which table a write goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableId {
+    RaftLog,
+    RaftState,
+    Kv,
+    Sessions,
+    Meta,
+}
+
+/// `raft_state` tag: the HardState (term, vote, commit).
+pub const TAG_HARD_STATE: u8 = 1;
+/// `raft_state` tag: the ConfState (voters).
+pub const TAG_CONF_STATE: u8 = 2;
+/// `raft_state` tag: the last index applied to `kv` (written in the same transaction).
+pub const TAG_APPLIED: u8 = 3;
+/// `raft_state` tag: (index, term) of the last entry removed from the log by compaction.
+pub const TAG_TRUNCATED: u8 = 4;
+
+/// The opened Env and its tables.
+#[derive(Clone)]
+pub struct Schema {
+    pub env: Env,
+    pub raft_log: Table,
+    pub raft_state: Table,
+    pub kv: Table,
+    pub sessions: Table,
+    pub meta: Table,
+}
+
+impl Schema {
+    /// Opens (creating if needed) the Env in `dir` and checks that it belongs to `cluster` and
+    /// `host`; a directory of another cluster or host is refused, never reused.
+    pub fn open(
+        dir: &Path,
+        map_size: u64,
+        cluster: &str,
+        host: HostId,
+    ) -> Result<Self, ActorError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ActorError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let map_size = usize::try_from(map_size)
+            .map_err(|_| ActorError::Storage("map_size does not fit in memory space".into()))?;
+        // SAFETY (heed's contract): the Env is opened once per process for this path and the
+        // file is not modified by anything else while open.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .map_size(map_size)
+                .max_dbs(8)
+                .max_readers(1024)
+                .open(dir)
+        }
+        .map_err(|e| ActorError::Storage(format!("cannot open LMDB in {}: {e}", dir.display())))?;
+        let mut wtxn = env.write_txn()?;
+        let raft_log = env.create_database(&mut wtxn, Some("raft_log"))?;
+        let raft_state = env.create_database(&mut wtxn, Some("raft_state"))?;
+        let kv = env.create_database(&mut wtxn, Some("kv"))?;
+        let sessions = env.create_database(&mut wtxn, Some("sessions"))?;
+        let meta: Table = env.create_database(&mut wtxn, Some("meta"))?;
+        let expected = format!("cluster {cluster:?} host {host}");
+        let found_cluster = meta.get(&wtxn, b"cluster")?.map(|v| v.to_vec());
+        let found_host = meta.get(&wtxn, b"host")?.map(|v| v.to_vec());
+        match (found_cluster, found_host) {
+            (None, None) => {
+                meta.put(&mut wtxn, b"cluster", cluster.as_bytes())?;
+                meta.put(&mut wtxn, b"host", &host.to_be_bytes())?;
+            }
+            (Some(c), Some(h)) if c == cluster.as_bytes() && h == host.to_be_bytes() => {}
+            (c, h) => {
+                let c = c.map(|c| String::from_utf8_lossy(&c).into_owned());
+                let h = h
+                    .and_then(|h| <[u8; 8]>::try_from(h.as_slice()).ok())
+                    .map(u64::from_be_bytes);
+                return Err(ActorError::ForeignData {
+                    dir: dir.display().to_string(),
+                    found: format!("cluster {c:?} host {h:?}"),
+                    expected,
+                });
+            }
+        }
+        wtxn.commit()?;
+        Ok(Schema {
+            env,
+            raft_log,
+            raft_state,
+            kv,
+            sessions,
+            meta,
+        })
+    }
+
+    /// The table behind an id.
+    pub fn table(&self, id: TableId) -> Table {
+        match id {
+            TableId::RaftLog => self.raft_log,
+            TableId::RaftState => self.raft_state,
+            TableId::Kv => self.kv,
+            TableId::Sessions => self.sessions,
+            TableId::Meta => self.meta,
+        }
+    }
+}
+
+/// `raft_log` key of `index` in `shard`.
+pub fn log_key(shard: ShardId, index: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The index part of a `raft_log` key.
+pub fn log_key_index(key: &[u8]) -> Option<u64> {
+    let b: [u8; 8] = key.get(4..12)?.try_into().ok()?;
+    Some(u64::from_be_bytes(b))
+}
+
+/// `raft_state` key of `tag` in `shard`.
+pub fn state_key(shard: ShardId, tag: u8) -> [u8; 5] {
+    let mut k = [0u8; 5];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4] = tag;
+    k
+}
+
+/// `kv` key of a user key in `shard`.
+pub fn kv_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&shard.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+/// `sessions` key of a client in `shard`.
+pub fn session_key(shard: ShardId, client_id: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&shard.to_be_bytes());
+    k[4..].copy_from_slice(&client_id.to_be_bytes());
+    k
+}
+
+/// Decodes a big-endian u64 stored value.
+pub fn decode_u64(what: &str, v: &[u8]) -> Result<u64, ActorError> {
+    let b: [u8; 8] = v.try_into().map_err(|_| ActorError::Corrupt {
+        what: what.to_string(),
+        detail: format!("expected 8 bytes, found {}", v.len()),
+    })?;
+    Ok(u64::from_be_bytes(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_owner_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Schema::open(dir.path(), 1 << 26, "a", 1).unwrap());
+        // Same owner: fine.
+        drop(Schema::open(dir.path(), 1 << 26, "a", 1).unwrap());
+    }
+
+    #[test]
+    fn other_cluster_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Schema::open(dir.path(), 1 << 26, "a", 1).unwrap());
+        let err = Schema::open(dir.path(), 1 << 26, "b", 1).err().unwrap();
+        assert!(matches!(err, ActorError::ForeignData { .. }), "{err}");
+        let err = Schema::open(dir.path(), 1 << 26, "a", 2).err().unwrap();
+        assert!(err.to_string().contains("host"), "{err}");
+    }
+
+    #[test]
+    fn log_keys_sort_by_shard_then_index() {
+        assert!(log_key(1, u64::MAX) < log_key(2, 0));
+        assert!(log_key(1, 255) < log_key(1, 256));
+        assert_eq!(log_key_index(&log_key(3, 77)), Some(77));
+    }
+}

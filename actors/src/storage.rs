@@ -1,0 +1,206 @@
+//! StorageActor: the one writer of the host's LMDB Env, with group commit.
+//!
+//! Every replica and shard of the host sends its writes here as [`Persist`] batches. While one
+//! LMDB commit (one fsync) is in flight on the writer thread, new batches accumulate; when it
+//! finishes, everything that accumulated is committed together in one transaction. Under load
+//! one fsync therefore carries many shards' and many clients' work, and with no load a batch is
+//! committed at once. Batches are applied in arrival order, so a sender that sends two batches
+//! sees them committed in that order. Reads do not come here: they open read transactions on
+//! the shared Env directly.
+
+use std::sync::mpsc as std_mpsc;
+use std::thread;
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+use tracing::{debug, error};
+
+use crate::error::ActorError;
+use crate::messages::{Persist, WriteBatch, WriteOp};
+use crate::schema::Schema;
+
+/// Batches committed in one transaction at most; bounds the latency of the first of them.
+const GROUP_BATCHES_MAX: usize = 4096;
+
+type Job = (Vec<WriteBatch>, oneshot::Sender<Result<(), ActorError>>);
+
+/// The writer actor; see the module docs.
+pub struct StorageActor {
+    writer: std_mpsc::Sender<Job>,
+    pending: Vec<(WriteBatch, oneshot::Sender<Result<(), ActorError>>)>,
+    in_flight: bool,
+}
+
+impl StorageActor {
+    /// Starts the writer thread over `schema`.
+    pub fn new(schema: Schema) -> Result<Self, ActorError> {
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("lmdb-writer".into())
+            .spawn(move || writer_loop(schema, rx))
+            .map_err(|e| ActorError::Storage(format!("cannot start writer thread: {e}")))?;
+        Ok(StorageActor {
+            writer: tx,
+            pending: Vec::new(),
+            in_flight: false,
+        })
+    }
+
+    fn kick(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight || self.pending.is_empty() {
+            return;
+        }
+        let take = self.pending.len().min(GROUP_BATCHES_MAX);
+        let group: Vec<_> = self.pending.drain(..take).collect();
+        let (batches, waiters): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.writer.send((batches, done_tx)).is_err() {
+            for w in waiters {
+                let _ = w.send(Err(ActorError::StorageGone));
+            }
+            return;
+        }
+        self.in_flight = true;
+        ctx.spawn(
+            async move { done_rx.await.unwrap_or(Err(ActorError::StorageGone)) }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    for w in waiters {
+                        let _ = w.send(res.clone());
+                    }
+                    act.in_flight = false;
+                    act.kick(ctx);
+                }),
+        );
+    }
+}
+
+impl Actor for StorageActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+    }
+}
+
+impl Handler<Persist> for StorageActor {
+    type Result = ResponseFuture<Result<(), ActorError>>;
+
+    fn handle(&mut self, msg: Persist, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.pending.push((msg.0, tx));
+        // Let the rest of the mailbox arrive before committing: queued batches join this one.
+        if !self.in_flight {
+            ctx.notify(Flush);
+        }
+        Box::pin(async move { rx.await.unwrap_or(Err(ActorError::StorageGone)) })
+    }
+}
+
+/// Internal: commit what has accumulated once the mailbox has been drained.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+impl Handler<Flush> for StorageActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Self::Context) {
+        self.kick(ctx);
+    }
+}
+
+fn writer_loop(schema: Schema, rx: std_mpsc::Receiver<Job>) {
+    while let Ok((batches, done)) = rx.recv() {
+        let ops: usize = batches.iter().map(|b| b.ops.len()).sum();
+        let started = std::time::Instant::now();
+        let res = commit(&schema, batches);
+        if let Err(e) = &res {
+            error!(error = %e, "LMDB commit failed");
+        }
+        debug!(
+            ops,
+            micros = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        let _ = done.send(res);
+    }
+}
+
+/// Applies every batch in order in one write transaction and commits it durably.
+pub fn commit(schema: &Schema, batches: Vec<WriteBatch>) -> Result<(), ActorError> {
+    let mut wtxn = schema.env.write_txn()?;
+    for batch in batches {
+        for op in batch.ops {
+            match op {
+                WriteOp::Put(t, k, v) => schema.table(t).put(&mut wtxn, &k, &v)?,
+                WriteOp::Delete(t, k) => {
+                    schema.table(t).delete(&mut wtxn, &k)?;
+                }
+                WriteOp::DeleteRange(t, from, to) => {
+                    let range = (
+                        std::ops::Bound::Included(from.as_slice()),
+                        std::ops::Bound::Excluded(to.as_slice()),
+                    );
+                    schema.table(t).delete_range(&mut wtxn, &range)?;
+                }
+            }
+        }
+    }
+    wtxn.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::TableId;
+
+    #[actix_rt::test]
+    async fn batches_commit_in_order_and_are_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let mut futs = Vec::new();
+        for i in 0..100u32 {
+            let b = WriteBatch {
+                ops: vec![WriteOp::Put(
+                    TableId::Kv,
+                    b"k".to_vec(),
+                    i.to_be_bytes().to_vec(),
+                )],
+            };
+            futs.push(addr.send(Persist(b)));
+        }
+        for f in futs {
+            f.await.unwrap().unwrap();
+        }
+        let rtxn = schema.env.read_txn().unwrap();
+        assert_eq!(
+            schema.kv.get(&rtxn, b"k").unwrap(),
+            Some(&99u32.to_be_bytes()[..])
+        );
+    }
+
+    #[actix_rt::test]
+    async fn delete_range_removes_a_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let mut ops = Vec::new();
+        for i in 1..=10u64 {
+            ops.push(WriteOp::Put(
+                TableId::RaftLog,
+                crate::schema::log_key(1, i).to_vec(),
+                vec![1],
+            ));
+        }
+        ops.push(WriteOp::DeleteRange(
+            TableId::RaftLog,
+            crate::schema::log_key(1, 6).to_vec(),
+            crate::schema::log_key(1, u64::MAX).to_vec(),
+        ));
+        commit(&schema, vec![WriteBatch { ops }]).unwrap();
+        let rtxn = schema.env.read_txn().unwrap();
+        assert_eq!(schema.raft_log.len(&rtxn).unwrap(), 5);
+    }
+}

@@ -1,0 +1,641 @@
+//! `shardkv certs init` / `shardkv certs client NAME`: the cluster's private CA and the
+//! certificates it issues (DESIGN §6).
+//!
+//! Every QUIC connection is mutually authenticated against one cluster CA, and a certificate's
+//! role travels in a URI SAN: `shardkv://host/<id>` or `shardkv://client/<name>`. This module is
+//! the only place those certificates are made, so the SANs the transport checks and the SANs
+//! written here cannot drift apart (see [`host_uri`], [`client_uri`], [`host_server_name`]).
+//!
+//! Files are written whole or not at all (temp file + rename), private keys are created with
+//! mode 0600, and nothing is overwritten unless the caller passes `force`.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::config::{ClusterConfig, HostConfig, HostId};
+
+/// Name of the client certificate `certs init` makes for the CLI.
+pub const CLI_CLIENT: &str = "cli";
+
+/// Longest client name accepted; keeps file names and SANs short.
+pub const CLIENT_NAME_MAX: usize = 64;
+
+/// Validity of every certificate: from a day ago (tolerates clock skew between hosts) to about
+/// ten years ahead.
+const BACKDATE: Duration = Duration::from_secs(24 * 60 * 60);
+const LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
+
+/// Why certificates could not be made. Each message names the file and what to do.
+#[derive(thiserror::Error, Debug)]
+pub enum CertError {
+    /// A file to be written already exists and `force` was not given. Nothing was written.
+    #[error("{} already exists; pass --force to overwrite it (and everything `certs init` makes)", path.display())]
+    Exists {
+        /// The first existing target found.
+        path: PathBuf,
+    },
+    /// Writing a file or creating its directory failed.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file or directory being written.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The CA certificate or key could not be read.
+    #[error("cannot read {}: {source}; run `shardkv certs init --config {}` to create the CA", path.display(), config.display())]
+    ReadCa {
+        /// The CA file.
+        path: PathBuf,
+        /// The config the CA belongs to, for the hint.
+        config: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The CA files exist but cannot be used to issue certificates.
+    #[error("{} is not a usable CA: {reason}; recreate it with `shardkv certs init --force --config {}`", path.display(), config.display())]
+    BadCa {
+        /// The offending CA file.
+        path: PathBuf,
+        /// The config the CA belongs to, for the hint.
+        config: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The client name cannot be used in a SAN and a file name.
+    #[error(
+        "invalid client name {name:?}: use 1..={CLIENT_NAME_MAX} characters from A-Z a-z 0-9 _ . -"
+    )]
+    BadClientName {
+        /// The rejected name.
+        name: String,
+    },
+    /// rcgen refused to build a certificate (e.g. a SAN it cannot encode).
+    #[error("cannot create the certificate for {subject}: {source}")]
+    Generate {
+        /// Whose certificate, e.g. "host 2".
+        subject: String,
+        /// rcgen's reason.
+        source: rcgen::Error,
+    },
+}
+
+/// Files a call wrote, in write order; the CLI prints them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Written {
+    /// Paths written (certificates and keys).
+    pub paths: Vec<PathBuf>,
+}
+
+/// TLS server name of host `id` (a DNS SAN on its certificate). Clients dial `addr` but verify
+/// this name, so certificates stay valid when addresses are reassigned.
+pub fn host_server_name(id: HostId) -> String {
+    format!("host-{id}")
+}
+
+/// URI SAN that marks a certificate as host `id`; the transport accepts Raft traffic from a
+/// peer only if its certificate carries the URI of the host id it claims.
+pub fn host_uri(id: HostId) -> String {
+    format!("shardkv://host/{id}")
+}
+
+/// URI SAN that marks a certificate as client `name`.
+pub fn client_uri(name: &str) -> String {
+    format!("shardkv://client/{name}")
+}
+
+/// One file to write: contents and whether it is a private key.
+struct Pending {
+    path: PathBuf,
+    contents: String,
+    private: bool,
+}
+
+/// A loaded or freshly made CA able to sign leaves.
+struct Ca {
+    cert: Certificate,
+    key: KeyPair,
+}
+
+/// Makes a new CA, a certificate and key for every host, and the client certificate `cli`.
+///
+/// Refuses before writing anything if any target exists and `force` is false. Creates parent
+/// directories. With `force` every file is replaced, so certificates issued by an earlier CA
+/// stop being trusted.
+pub fn init(cfg: &ClusterConfig, force: bool) -> Result<Written, CertError> {
+    let (cli_cert, cli_key) = cfg.client_cert_paths(CLI_CLIENT);
+    let mut targets = vec![cfg.tls.ca.clone(), cfg.tls.ca_key.clone()];
+    for h in &cfg.hosts {
+        targets.push(h.cert.clone());
+        targets.push(h.key.clone());
+    }
+    targets.push(cli_cert);
+    targets.push(cli_key);
+    if !force {
+        refuse_existing(&targets)?;
+    }
+
+    let ca = make_ca(cfg)?;
+    let mut files = vec![
+        Pending {
+            path: cfg.tls.ca.clone(),
+            contents: ca.cert.pem(),
+            private: false,
+        },
+        Pending {
+            path: cfg.tls.ca_key.clone(),
+            contents: ca.key.serialize_pem(),
+            private: true,
+        },
+    ];
+    for h in &cfg.hosts {
+        files.extend(host_files(&ca, h)?);
+    }
+    files.extend(client_files(cfg, &ca, CLI_CLIENT)?);
+    write_all(files)
+}
+
+/// Makes whatever is missing, for daemons started without a prior `certs init`: the whole set
+/// if the CA certificate is missing (failing like `init` without `force` if other files are
+/// already there), otherwise the missing host certificates (and the `cli` client certificate)
+/// issued from the existing CA. `Ok(None)` when nothing was missing.
+pub fn ensure(cfg: &ClusterConfig) -> Result<Option<Written>, CertError> {
+    if !cfg.tls.ca.exists() {
+        tracing::info!(ca = %cfg.tls.ca.display(), "no CA certificate; creating the cluster's TLS material");
+        return init(cfg, false).map(Some);
+    }
+    let incomplete = |cert: &Path, key: &Path| !cert.exists() || !key.exists();
+    let hosts: Vec<&HostConfig> = cfg
+        .hosts
+        .iter()
+        .filter(|h| incomplete(&h.cert, &h.key))
+        .collect();
+    let (cli_cert, cli_key) = cfg.client_cert_paths(CLI_CLIENT);
+    let cli_missing = incomplete(&cli_cert, &cli_key);
+    if hosts.is_empty() && !cli_missing {
+        return Ok(None);
+    }
+
+    let ca = load_ca(cfg)?;
+    let mut files = Vec::new();
+    for h in hosts {
+        // A certificate without its key (or the reverse) is useless: both are remade.
+        tracing::info!(host = h.id, cert = %h.cert.display(), "issuing missing host certificate");
+        files.extend(host_files(&ca, h)?);
+    }
+    if cli_missing {
+        files.extend(client_files(cfg, &ca, CLI_CLIENT)?);
+    }
+    write_all(files).map(Some)
+}
+
+/// Issues the client certificate `name` (files from [`ClusterConfig::client_cert_paths`]) from
+/// the CA on disk. Refuses to overwrite unless `force`.
+pub fn issue_client(cfg: &ClusterConfig, name: &str, force: bool) -> Result<Written, CertError> {
+    check_client_name(name)?;
+    let (cert, key) = cfg.client_cert_paths(name);
+    if !force {
+        refuse_existing(&[cert, key])?;
+    }
+    let ca = load_ca(cfg)?;
+    write_all(client_files(cfg, &ca, name)?)
+}
+
+fn check_client_name(name: &str) -> Result<(), CertError> {
+    let ok = (1..=CLIENT_NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CertError::BadClientName {
+            name: name.to_string(),
+        })
+    }
+}
+
+fn refuse_existing(targets: &[PathBuf]) -> Result<(), CertError> {
+    match targets.iter().find(|p| p.exists()) {
+        Some(path) => Err(CertError::Exists { path: path.clone() }),
+        None => Ok(()),
+    }
+}
+
+/// Parameters shared by every certificate: validity window and subject common name.
+fn base_params(common_name: String) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    // rcgen stores times as `time::OffsetDateTime`; building them from the Unix epoch plus a
+    // std Duration avoids a direct dependency on `time`. A clock before 1970 is treated as 1970.
+    let since_epoch = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    params.not_before = epoch + since_epoch.saturating_sub(BACKDATE);
+    params.not_after = epoch + since_epoch + LIFETIME;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params
+}
+
+fn generate(subject: &str) -> impl Fn(rcgen::Error) -> CertError + '_ {
+    move |source| CertError::Generate {
+        subject: subject.to_string(),
+        source,
+    }
+}
+
+fn make_ca(cfg: &ClusterConfig) -> Result<Ca, CertError> {
+    let subject = "the CA";
+    let key = KeyPair::generate().map_err(generate(subject))?;
+    let mut params = base_params(format!("shardkv {} CA", cfg.name));
+    // Path length 0: the CA signs leaves only, never intermediate CAs.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let cert = params.self_signed(&key).map_err(generate(subject))?;
+    Ok(Ca { cert, key })
+}
+
+/// Reloads the CA from disk as an issuer. Re-signing the parsed parameters with the on-disk key
+/// yields a certificate with the same subject and key identifier as `ca.pem`, which is all that
+/// [`CertificateParams::signed_by`] takes from it, so leaves chain to the file on disk.
+fn load_ca(cfg: &ClusterConfig) -> Result<Ca, CertError> {
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|source| CertError::ReadCa {
+            path: path.to_path_buf(),
+            config: cfg.path.clone(),
+            source,
+        })
+    };
+    let bad = |path: &Path, reason: String| CertError::BadCa {
+        path: path.to_path_buf(),
+        config: cfg.path.clone(),
+        reason,
+    };
+    let cert_pem = read(&cfg.tls.ca)?;
+    let key_pem = read(&cfg.tls.ca_key)?;
+    let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(&cfg.tls.ca_key, e.to_string()))?;
+    let params = CertificateParams::from_ca_cert_pem(&cert_pem)
+        .map_err(|e| bad(&cfg.tls.ca, e.to_string()))?;
+    if !matches!(params.is_ca, IsCa::Ca(_)) {
+        return Err(bad(&cfg.tls.ca, "it is not a CA certificate".into()));
+    }
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| bad(&cfg.tls.ca_key, e.to_string()))?;
+
+    // `ca.pem` carries its subject key identifier; the CAs made here derive it with SHA-256 of
+    // the public key. A mismatch means ca.key is not the key of ca.pem, and every leaf signed
+    // with it would fail verification at the first handshake instead of here.
+    let from_key = CertificateParams::default()
+        .self_signed(&key)
+        .map_err(|e| bad(&cfg.tls.ca_key, e.to_string()))?
+        .key_identifier();
+    if cert.key_identifier() != from_key {
+        return Err(bad(
+            &cfg.tls.ca_key,
+            format!(
+                "it does not match {} (or that CA was not made by shardkv)",
+                cfg.tls.ca.display()
+            ),
+        ));
+    }
+    Ok(Ca { cert, key })
+}
+
+fn ia5(subject: &str, text: String) -> Result<rcgen::Ia5String, CertError> {
+    text.try_into().map_err(generate(subject))
+}
+
+fn host_files(ca: &Ca, host: &HostConfig) -> Result<[Pending; 2], CertError> {
+    let subject = format!("host {}", host.id);
+    let key = KeyPair::generate().map_err(generate(&subject))?;
+    let mut params = base_params(format!("shardkv host {}", host.id));
+    params.subject_alt_names = vec![
+        SanType::IpAddress(host.addr.ip()),
+        SanType::DnsName(ia5(&subject, host_server_name(host.id))?),
+        SanType::DnsName(ia5(&subject, "localhost".to_string())?),
+        SanType::URI(ia5(&subject, host_uri(host.id))?),
+    ];
+    // Hosts serve clients and peers, and dial peers as clients.
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, &ca.cert, &ca.key)
+        .map_err(generate(&subject))?;
+    Ok(leaf_files(&host.cert, &host.key, &cert, &key))
+}
+
+fn client_files(cfg: &ClusterConfig, ca: &Ca, name: &str) -> Result<[Pending; 2], CertError> {
+    check_client_name(name)?;
+    let subject = format!("client {name}");
+    let key = KeyPair::generate().map_err(generate(&subject))?;
+    let mut params = base_params(format!("shardkv client {name}"));
+    params.subject_alt_names = vec![
+        SanType::URI(ia5(&subject, client_uri(name))?),
+        SanType::DnsName(ia5(&subject, format!("client-{name}"))?),
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params
+        .signed_by(&key, &ca.cert, &ca.key)
+        .map_err(generate(&subject))?;
+    let (cert_path, key_path) = cfg.client_cert_paths(name);
+    Ok(leaf_files(&cert_path, &key_path, &cert, &key))
+}
+
+fn leaf_files(
+    cert_path: &Path,
+    key_path: &Path,
+    cert: &Certificate,
+    key: &KeyPair,
+) -> [Pending; 2] {
+    [
+        Pending {
+            path: cert_path.to_path_buf(),
+            contents: cert.pem(),
+            private: false,
+        },
+        Pending {
+            path: key_path.to_path_buf(),
+            contents: key.serialize_pem(),
+            private: true,
+        },
+    ]
+}
+
+fn write_all(files: impl IntoIterator<Item = Pending>) -> Result<Written, CertError> {
+    let mut written = Written::default();
+    for f in files {
+        write_file(
+            &f.path,
+            f.contents.as_bytes(),
+            if f.private { 0o600 } else { 0o644 },
+        )?;
+        written.paths.push(f.path);
+    }
+    Ok(written)
+}
+
+/// Writes `contents` to `path` via a temp file in the same directory created with `mode`, then
+/// renames it into place: readers never see half a PEM, and a key is never readable by others,
+/// even for an instant and even when replacing a file that had looser permissions.
+fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> {
+    let err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| CertError::Write { path: p, source }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).map_err(err(dir))?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    // A leftover from a crashed run of this same pid would make create_new fail.
+    let _ = fs::remove_file(&tmp);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::pem::parse_x509_pem;
+
+    fn config(dir: &Path) -> ClusterConfig {
+        ClusterConfig::parse(crate::config::SAMPLE, dir, &dir.join("cluster.toml"))
+            .expect("sample parses")
+    }
+
+    fn all_targets(cfg: &ClusterConfig) -> Vec<PathBuf> {
+        let mut v = vec![cfg.tls.ca.clone(), cfg.tls.ca_key.clone()];
+        for h in &cfg.hosts {
+            v.push(h.cert.clone());
+            v.push(h.key.clone());
+        }
+        let (c, k) = cfg.client_cert_paths(CLI_CLIENT);
+        v.push(c);
+        v.push(k);
+        v
+    }
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).expect("stat").permissions().mode() & 0o777
+    }
+
+    /// Parses a PEM certificate file into DER (x509-parser borrows from it).
+    fn der(path: &Path) -> Vec<u8> {
+        let pem = fs::read(path).expect("read pem");
+        let (_, pem) = parse_x509_pem(&pem).expect("pem");
+        pem.contents
+    }
+
+    /// Asserts that the certificate at `leaf` was issued and signed by the CA at `ca`, and
+    /// returns its SANs rendered as strings.
+    fn verify_chain(leaf: &Path, ca: &Path) -> Vec<String> {
+        let (leaf_der, ca_der) = (der(leaf), der(ca));
+        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).expect("leaf");
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
+        assert_eq!(
+            leaf.issuer().as_raw(),
+            ca.subject().as_raw(),
+            "issuer bytes must equal the CA subject bytes"
+        );
+        leaf.verify_signature(Some(ca.public_key()))
+            .expect("leaf signature verifies with the on-disk CA key");
+        ca.verify_signature(None).expect("CA is self-signed");
+        let now = x509_parser::time::ASN1Time::now();
+        assert!(leaf.validity().is_valid_at(now));
+        let san = leaf
+            .subject_alternative_name()
+            .expect("well-formed")
+            .expect("has SANs");
+        san.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::URI(u) => format!("uri:{u}"),
+                GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn init_writes_every_file_with_private_keys_0600() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let written = init(&cfg, false).expect("init");
+        let targets = all_targets(&cfg);
+        assert_eq!(written.paths.len(), targets.len());
+        for p in &targets {
+            assert!(written.paths.contains(p), "{} not reported", p.display());
+            if p.extension().is_some_and(|e| e == "key") {
+                assert_eq!(mode(p), 0o600, "{}", p.display());
+            }
+        }
+        cfg.check_certs(None).expect("config sees every cert");
+
+        for h in &cfg.hosts {
+            let sans = verify_chain(&h.cert, &cfg.tls.ca);
+            assert!(
+                sans.contains(&format!("uri:{}", host_uri(h.id))),
+                "{sans:?}"
+            );
+            assert!(sans.contains(&format!("dns:host-{}", h.id)), "{sans:?}");
+            assert!(sans.contains(&"dns:localhost".to_string()), "{sans:?}");
+            assert!(sans.iter().any(|s| s.starts_with("ip:")), "{sans:?}");
+        }
+        let (cli, _) = cfg.client_cert_paths(CLI_CLIENT);
+        let sans = verify_chain(&cli, &cfg.tls.ca);
+        assert!(
+            sans.contains(&"uri:shardkv://client/cli".to_string()),
+            "{sans:?}"
+        );
+    }
+
+    #[test]
+    fn second_init_without_force_fails_and_writes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        init(&cfg, false).expect("first init");
+        let before: Vec<Vec<u8>> = all_targets(&cfg)
+            .iter()
+            .map(|p| fs::read(p).expect("read"))
+            .collect();
+        let e = init(&cfg, false).expect_err("must refuse");
+        assert!(e.to_string().contains("--force"), "{e}");
+        let after: Vec<Vec<u8>> = all_targets(&cfg)
+            .iter()
+            .map(|p| fs::read(p).expect("read"))
+            .collect();
+        assert_eq!(before, after);
+
+        // Even a single existing target stops everything before any write.
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let cfg2 = config(dir2.path());
+        let host3_key = cfg2.host(3).expect("host 3").key.clone();
+        write_file(&host3_key, b"mine", 0o600).expect("write");
+        let e = init(&cfg2, false).expect_err("must refuse");
+        assert!(e.to_string().contains("host-3.key"), "{e}");
+        assert!(!cfg2.tls.ca.exists());
+        assert_eq!(fs::read(&host3_key).expect("read"), b"mine");
+
+        let written = init(&cfg, true).expect("forced init");
+        assert_eq!(written.paths.len(), before.len());
+        let ca_after = fs::read(&cfg.tls.ca).expect("read");
+        assert_ne!(ca_after, before[0], "a forced init makes a new CA");
+        assert_eq!(mode(&cfg.tls.ca_key), 0o600);
+    }
+
+    #[test]
+    fn forced_overwrite_tightens_a_loose_key_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        init(&cfg, false).expect("init");
+        let key = cfg.host(1).expect("host 1").key.clone();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
+        init(&cfg, true).expect("forced init");
+        assert_eq!(mode(&key), 0o600);
+    }
+
+    #[test]
+    fn issue_client_chains_to_the_ca_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        init(&cfg, false).expect("init");
+        let written = issue_client(&cfg, "bench-1", false).expect("issue");
+        let (cert, key) = cfg.client_cert_paths("bench-1");
+        assert_eq!(written.paths, vec![cert.clone(), key.clone()]);
+        assert_eq!(mode(&key), 0o600);
+        let sans = verify_chain(&cert, &cfg.tls.ca);
+        assert_eq!(
+            sans,
+            vec![
+                "uri:shardkv://client/bench-1".to_string(),
+                "dns:client-bench-1".to_string()
+            ]
+        );
+
+        let e = issue_client(&cfg, "bench-1", false).expect_err("exists");
+        assert!(matches!(e, CertError::Exists { .. }), "{e}");
+        issue_client(&cfg, "bench-1", true).expect("forced");
+        for bad in ["", "a b", "x/y", &"n".repeat(65), "é"] {
+            let e = issue_client(&cfg, bad, false).expect_err("bad name");
+            assert!(matches!(e, CertError::BadClientName { .. }), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn issue_client_without_a_ca_says_to_run_init() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let e = issue_client(&cfg, "x", false).expect_err("no CA");
+        assert!(e.to_string().contains("shardkv certs init --config"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_key_that_does_not_match_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        init(&cfg, false).expect("init");
+        let other = KeyPair::generate().expect("key");
+        write_file(&cfg.tls.ca_key, other.serialize_pem().as_bytes(), 0o600).expect("write");
+        let e = issue_client(&cfg, "x", false).expect_err("mismatched key");
+        assert!(matches!(e, CertError::BadCa { .. }), "{e}");
+        assert!(e.to_string().contains("does not match"), "{e}");
+    }
+
+    #[test]
+    fn ensure_fills_in_only_what_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let first = ensure(&cfg).expect("ensure").expect("made everything");
+        assert_eq!(first.paths.len(), all_targets(&cfg).len());
+        assert_eq!(ensure(&cfg).expect("ensure"), None);
+
+        let ca_before = fs::read(&cfg.tls.ca).expect("read");
+        let h2 = cfg.host(2).expect("host 2").clone();
+        fs::remove_file(&h2.cert).expect("rm");
+        let made = ensure(&cfg).expect("ensure").expect("made host 2");
+        assert_eq!(made.paths, vec![h2.cert.clone(), h2.key.clone()]);
+        assert_eq!(fs::read(&cfg.tls.ca).expect("read"), ca_before);
+        let sans = verify_chain(&h2.cert, &cfg.tls.ca);
+        assert!(sans.contains(&host_uri(2).replace("shardkv", "uri:shardkv")));
+    }
+}

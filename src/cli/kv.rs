@@ -1,0 +1,60 @@
+//! `shardkv get|put|del`: the client library from the shell.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use shardkv::certs::CLI_CLIENT;
+use shardkv::client::{Client, ClientSettings};
+use shardkv::config::ClusterConfig;
+use shardkv_transport::wire::ReadConsistency;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn client(cfg: &ClusterConfig, stale: bool) -> anyhow::Result<Client> {
+    let mut settings = ClientSettings::from_config(cfg, CLI_CLIENT);
+    if stale {
+        settings.consistency = ReadConsistency::Stale;
+    }
+    Ok(Client::new(settings)?)
+}
+
+/// Prints the value (raw bytes, newline-terminated on a terminal-friendly basis); exit 1 if absent.
+pub fn get(cfg: &ClusterConfig, key: &str, stale: bool) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let c = client(cfg, stale)?;
+        match c.get(key.as_bytes()).await? {
+            Some(v) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&v)?;
+                out.write_all(b"\n")?;
+                Ok(ExitCode::SUCCESS)
+            }
+            None => {
+                eprintln!("not found");
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
+}
+
+/// Writes KEY=VALUE.
+pub fn put(cfg: &ClusterConfig, key: &str, value: &str) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        client(cfg, false)?
+            .put(key.as_bytes(), value.as_bytes())
+            .await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Deletes KEY.
+pub fn del(cfg: &ClusterConfig, key: &str) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        client(cfg, false)?.delete(key.as_bytes()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

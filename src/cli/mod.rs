@@ -1,0 +1,136 @@
+//! Command-line interface: one module per group of subcommands; `anyhow` lives only here.
+
+mod kv;
+mod up;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use shardkv::config::ClusterConfig;
+
+/// shardkv: a sharded, strongly consistent key/value store.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Cluster description [default: $SHARDKV_CONFIG, else ./cluster.toml]
+    #[arg(long, global = true, env = "SHARDKV_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one host of the cluster (the daemon).
+    Serve {
+        /// This host's id in the config.
+        #[arg(long)]
+        host: u64,
+    },
+    /// Start every host of the config locally as child processes (certs made if missing).
+    Up,
+    /// Certificate tooling.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Print the value of KEY (exit 1 and "not found" if absent).
+    Get {
+        key: String,
+        /// Serve from any replica's applied state (may be stale).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Delete KEY.
+    Del { key: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Make the cluster CA, a certificate per host and the `cli` client certificate.
+    Init {
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a client certificate NAME from the existing CA.
+    Client {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn config_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| PathBuf::from("cluster.toml"))
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<ClusterConfig> {
+    Ok(ClusterConfig::load(path)?)
+}
+
+/// Entry point: parses arguments, runs the command, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let path = config_path(cli.config);
+    match cli.command {
+        Command::Serve { host } => {
+            let cfg = load(&path)?;
+            shardkv::daemon::run(cfg, host).with_context(|| format!("host {host}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Up => up::run(&path),
+        Command::Certs { command } => {
+            let cfg = load(&path)?;
+            let written = match command {
+                CertsCommand::Init { force } => shardkv::certs::init(&cfg, force)?,
+                CertsCommand::Client { name, force } => {
+                    shardkv::certs::issue_client(&cfg, &name, force)?
+                }
+            };
+            for p in written.paths {
+                println!("wrote {}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { key, stale } => kv::get(&load(&path)?, &key, stale),
+        Command::Put { key, value } => kv::put(&load(&path)?, &key, &value),
+        Command::Del { key } => kv::del(&load(&path)?, &key),
+    }
+}

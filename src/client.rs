@@ -1,0 +1,377 @@
+//! The shardkv client library: the public way to read and write.
+//!
+//! A [`Client`] is built from the cluster's description (hosts, CA and a client certificate),
+//! routes each key to its shard by slot, talks to the shard's leader over QUIC with mutual TLS,
+//! follows `NotLeader` hints and retries with backoff until a deadline. Writes carry a session
+//! `(client_id, seq)` so that a retried write is applied once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), shardkv::client::ClientError> {
+//! use shardkv::client::Client;
+//! use shardkv::config::ClusterConfig;
+//!
+//! let cfg = ClusterConfig::load("cluster.toml".as_ref()).expect("valid cluster.toml");
+//! let client = Client::from_config(&cfg, "cli")?;
+//! client.put(b"greeting", b"hello").await?;
+//! assert_eq!(client.get(b"greeting").await?, Some(b"hello".to_vec()));
+//! client.delete(b"greeting").await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quinn::{Connection, Endpoint};
+use shardkv_transport::endpoint::{call, client_endpoint, connect};
+use shardkv_transport::slot::shard_of_key;
+use shardkv_transport::wire::{check_limits, LimitKind, Op, ReadConsistency, Request, Response};
+use shardkv_transport::{HostId, ShardId, TlsFiles, TransportError};
+use tracing::debug;
+
+use crate::config::ClusterConfig;
+
+/// How long an operation keeps retrying by default.
+pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(10);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+/// Why an operation failed. Retryable conditions (elections, lost connections) are retried
+/// inside the client until the deadline; what reaches the caller is final.
+#[derive(thiserror::Error, Debug, Clone)]
+pub enum ClientError {
+    /// The key or value is over its limit; nothing was sent.
+    #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        what: LimitKind,
+        len: usize,
+        limit: usize,
+    },
+    /// The request is malformed (e.g. empty key).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A host refused our certificate (or role); retrying will not help.
+    #[error("{0}; check that the client certificate was issued by this cluster's CA (`shardkv certs client NAME`)")]
+    Refused(String),
+    /// No answer within the deadline. For a write the outcome is unknown: it may or may not
+    /// have been applied (a retry with the same client is still applied at most once).
+    #[error("no answer within {deadline:?}; last problem: {last}")]
+    Timeout { deadline: Duration, last: String },
+    /// Client setup failed (TLS files, endpoint).
+    #[error("client setup: {0}")]
+    Setup(String),
+    /// The host reported an internal fault.
+    #[error("host error: {0}")]
+    Internal(String),
+}
+
+/// Everything a client needs to know about the cluster.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Every host and its address.
+    pub hosts: Vec<(HostId, SocketAddr)>,
+    /// Number of shards.
+    pub shards: u32,
+    /// Replica hosts of each shard.
+    pub placement: HashMap<ShardId, Vec<HostId>>,
+    /// CA, client certificate and key.
+    pub tls: TlsFiles,
+    /// Largest value the cluster accepts.
+    pub value_bytes_max: usize,
+    /// How long one operation may take, retries included.
+    pub deadline: Duration,
+    /// How reads are served.
+    pub consistency: ReadConsistency,
+}
+
+impl ClientSettings {
+    /// Settings from a cluster description, using client certificate `name`.
+    pub fn from_config(cfg: &ClusterConfig, name: &str) -> Self {
+        let (cert, key) = cfg.client_cert_paths(name);
+        ClientSettings {
+            hosts: cfg.hosts.iter().map(|h| (h.id, h.addr)).collect(),
+            shards: cfg.shards,
+            placement: cfg.placement().into_iter().collect(),
+            tls: TlsFiles {
+                ca: cfg.tls.ca.clone(),
+                cert,
+                key,
+            },
+            value_bytes_max: cfg.max_value_bytes,
+            deadline: DEADLINE_DEFAULT,
+            consistency: ReadConsistency::Linearizable,
+        }
+    }
+}
+
+struct Inner {
+    settings: ClientSettings,
+    endpoint: Endpoint,
+    addrs: HashMap<HostId, SocketAddr>,
+    conns: Mutex<HashMap<HostId, Connection>>,
+    leaders: Mutex<HashMap<ShardId, HostId>>,
+    /// Idle write sessions. A session carries one write at a time, so its sequence numbers
+    /// reach the hosts in order and "seq <= last applied" safely means "already applied".
+    sessions: Mutex<Vec<Session>>,
+}
+
+#[derive(Clone, Copy)]
+struct Session {
+    client_id: u64,
+    next_seq: u64,
+}
+
+/// A handle to the cluster; cheap to clone and safe to use from many tasks at once.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl Client {
+    /// A client for the cluster in `cfg` using client certificate `name` (e.g. "cli").
+    /// Must be called inside a Tokio runtime.
+    pub fn from_config(cfg: &ClusterConfig, name: &str) -> Result<Self, ClientError> {
+        Self::new(ClientSettings::from_config(cfg, name))
+    }
+
+    /// A client from explicit settings. Must be called inside a Tokio runtime.
+    pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
+        let endpoint =
+            client_endpoint(&settings.tls).map_err(|e| ClientError::Setup(e.to_string()))?;
+        let addrs = settings.hosts.iter().copied().collect();
+        Ok(Client {
+            inner: Arc::new(Inner {
+                settings,
+                endpoint,
+                addrs,
+                conns: Mutex::new(HashMap::new()),
+                leaders: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Reads `key`: `None` if absent. Linearizable unless the settings say otherwise.
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let op = Op::Get {
+            key: key.to_vec(),
+            consistency: self.inner.settings.consistency,
+        };
+        match self.execute(op).await? {
+            Response::Value(v) => Ok(v),
+            other => Err(ClientError::Internal(format!(
+                "unexpected reply to get: {other:?}"
+            ))),
+        }
+    }
+
+    /// Sets `key` to `value`; returns once a majority of the shard's replicas have it on disk
+    /// and it is applied.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<(), ClientError> {
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        self.execute(op).await.map(|_| ())
+    }
+
+    /// Removes `key` (succeeds whether or not it existed).
+    pub async fn delete(&self, key: &[u8]) -> Result<(), ClientError> {
+        self.execute(Op::Delete { key: key.to_vec() })
+            .await
+            .map(|_| ())
+    }
+
+    /// The host this client last saw lead the shard of `key`, if any.
+    pub fn cached_leader(&self, key: &[u8]) -> Option<HostId> {
+        let shard = shard_of_key(key, self.inner.settings.shards);
+        self.lock_leaders().get(&shard).copied()
+    }
+
+    fn lock_leaders(&self) -> std::sync::MutexGuard<'_, HashMap<ShardId, HostId>> {
+        self.inner.leaders.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_session(&self) -> Session {
+        let mut pool = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pool.pop().unwrap_or_else(|| Session {
+            client_id: rand::random::<u64>() | 1,
+            next_seq: 1,
+        })
+    }
+
+    fn return_session(&self, s: Session) {
+        let mut pool = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pool.push(s);
+    }
+
+    async fn execute(&self, op: Op) -> Result<Response, ClientError> {
+        if let Err(resp) = check_limits(&op, self.inner.settings.value_bytes_max) {
+            return Err(final_error(resp));
+        }
+        let (client_id, seq, session) = if op.is_write() {
+            let mut s = self.take_session();
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            (s.client_id, seq, Some(s))
+        } else {
+            (0, 0, None)
+        };
+        let req = Request { client_id, seq, op };
+        let res = self.retry(&req).await;
+        if let Some(s) = session {
+            self.return_session(s);
+        }
+        res
+    }
+
+    async fn retry(&self, req: &Request) -> Result<Response, ClientError> {
+        let settings = &self.inner.settings;
+        let shard = shard_of_key(req.op.key(), settings.shards);
+        let replicas = settings.placement.get(&shard).cloned().unwrap_or_default();
+        if replicas.is_empty() {
+            return Err(ClientError::Setup(format!(
+                "no hosts for shard {shard} in the configuration"
+            )));
+        }
+        let started = Instant::now();
+        let deadline = started + settings.deadline;
+        let mut target = self
+            .lock_leaders()
+            .get(&shard)
+            .copied()
+            .unwrap_or(replicas[0]);
+        let mut rotation = replicas.iter().position(|h| *h == target).unwrap_or(0);
+        let mut backoff = BACKOFF_MIN;
+        let mut last = String::from("no attempt made");
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout {
+                    deadline: settings.deadline,
+                    last,
+                });
+            }
+            let remaining = deadline - now;
+            let attempt = tokio::time::timeout(remaining, self.call_host(target, req)).await;
+            let mut pause = true;
+            match attempt {
+                Err(_) => last = format!("host {target} did not answer in time"),
+                Ok(Err(TransportError::Refused { addr, reason })) => {
+                    return Err(ClientError::Refused(format!(
+                        "host at {addr} refused us: {reason}"
+                    )));
+                }
+                Ok(Err(e)) => last = format!("host {target}: {e}"),
+                Ok(Ok(resp)) => match resp {
+                    Response::Value(_) | Response::Ok => {
+                        self.lock_leaders().insert(shard, target);
+                        return Ok(resp);
+                    }
+                    Response::NotLeader {
+                        leader: Some(l), ..
+                    } if l != target => {
+                        last = format!("host {target} is not the leader of shard {shard}");
+                        self.lock_leaders().insert(shard, l);
+                        target = l;
+                        // A fresh hint: try it at once.
+                        continue;
+                    }
+                    Response::NotLeader { .. } => last = format!("shard {shard} has no leader yet"),
+                    Response::NoReplicaHere { hosts, .. } => {
+                        last = format!("host {target} holds no replica of shard {shard}");
+                        if let Some(h) = hosts.first() {
+                            target = *h;
+                            pause = false;
+                        }
+                    }
+                    Response::Unavailable(why) => last = format!("shard {shard}: {why}"),
+                    other @ (Response::TooLarge { .. }
+                    | Response::Invalid(_)
+                    | Response::Internal(_)) => {
+                        return Err(final_error(other));
+                    }
+                },
+            }
+            debug!(shard, target, %last, "retrying");
+            if pause {
+                rotation = (rotation + 1) % replicas.len();
+                target = replicas[rotation];
+                let sleep = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(sleep).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    async fn call_host(&self, host: HostId, req: &Request) -> Result<Response, TransportError> {
+        let conn = self.connection(host).await?;
+        let res = call(&conn, req).await;
+        if res.is_err() {
+            // The connection may be dead; forget it so the next attempt dials afresh.
+            let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if conns
+                .get(&host)
+                .is_some_and(|c| c.stable_id() == conn.stable_id())
+            {
+                conns.remove(&host);
+            }
+        }
+        res
+    }
+
+    async fn connection(&self, host: HostId) -> Result<Connection, TransportError> {
+        {
+            let conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(c) = conns.get(&host) {
+                if c.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let addr = *self
+            .inner
+            .addrs
+            .get(&host)
+            .ok_or_else(|| TransportError::Connect {
+                addr: format!("host {host}"),
+                reason: "host is not in the configuration".into(),
+            })?;
+        let conn = connect(&self.inner.endpoint, addr, host).await?;
+        let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        match conns.get(&host) {
+            Some(existing) if existing.close_reason().is_none() => {
+                // Another task connected first; share its connection.
+                Ok(existing.clone())
+            }
+            _ => {
+                conns.insert(host, conn.clone());
+                Ok(conn)
+            }
+        }
+    }
+}
+
+fn final_error(resp: Response) -> ClientError {
+    match resp {
+        Response::TooLarge { what, len, limit } => ClientError::TooLarge { what, len, limit },
+        Response::Invalid(m) => ClientError::Invalid(m),
+        Response::Internal(m) => ClientError::Internal(m),
+        other => ClientError::Internal(format!("unexpected reply: {other:?}")),
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"client dropped");
+    }
+}

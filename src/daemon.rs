@@ -1,0 +1,185 @@
+//! `shardkv serve`: one host's daemon. Maps `cluster.toml` into the actors' plain settings,
+//! opens the host's LMDB Env, starts every actor and the QUIC endpoint, and runs until SIGTERM
+//! or SIGINT.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use shardkv_actors::messages::{ClientRequest, InboundRaft, SendRaft};
+use shardkv_actors::peer::PeerActor;
+use shardkv_actors::raft_storage::LmdbRaftStorage;
+use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
+use shardkv_actors::router::{LocalReplica, RouterActor};
+use shardkv_actors::schema::Schema;
+use shardkv_actors::shard::ShardActor;
+use shardkv_actors::storage::StorageActor;
+use shardkv_actors::ActorError;
+use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
+use shardkv_transport::wire::{RaftBatch, Request, Response};
+use shardkv_transport::{HostId, PeerIdentity, TlsFiles, TransportError};
+use tracing::{info, warn};
+
+use crate::config::{ClusterConfig, ConfigError};
+
+/// Why a host could not start or stopped abnormally.
+#[derive(thiserror::Error, Debug)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] ActorError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("runtime: {0}")]
+    Runtime(String),
+}
+
+/// Runs host `host` of `cfg` until a stop signal. Blocks the calling thread.
+pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
+    let me = cfg
+        .host(host)
+        .ok_or_else(|| ConfigError::UnknownHost {
+            path: cfg.path.clone(),
+            id: host,
+            known: cfg.hosts.iter().map(|h| h.id).collect(),
+        })?
+        .clone();
+    cfg.check_certs(Some(host))?;
+    let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.name, host)?;
+    let system = System::new();
+    let res = system.block_on(async move { serve_host(cfg, me.id, schema).await });
+    System::current().stop();
+    res
+}
+
+async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<(), DaemonError> {
+    let me = cfg
+        .host(host)
+        .cloned()
+        .ok_or_else(|| DaemonError::Runtime("host vanished".into()))?;
+    let tls = TlsFiles {
+        ca: cfg.tls.ca.clone(),
+        cert: me.cert.clone(),
+        key: me.key.clone(),
+    };
+    let endpoint = host_endpoint(me.addr, &tls)?;
+    let storage = StorageActor::new(schema.clone())?.start();
+
+    // One outbound link per other host.
+    let mut peers: HashMap<HostId, Addr<PeerActor>> = HashMap::new();
+    for h in cfg.hosts.iter().filter(|h| h.id != host) {
+        peers.insert(h.id, PeerActor::new(h.id, h.addr, endpoint.clone()).start());
+    }
+
+    let (election_ticks, heartbeat_ticks) = cfg.raft_ticks();
+    let settings = ReplicaSettings {
+        tick: cfg.raft.tick,
+        election_ticks,
+        heartbeat_ticks,
+        value_bytes_max: cfg.max_value_bytes,
+        request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
+    };
+    let logger = shardkv_actors::logger::raft_logger();
+    let placement: HashMap<_, _> = cfg.placement().into_iter().collect();
+    let mut local = HashMap::new();
+    for (shard, hosts) in cfg.placement() {
+        if !hosts.contains(&host) {
+            continue;
+        }
+        LmdbRaftStorage::bootstrap(&schema, shard, &hosts)?;
+        let applied = LmdbRaftStorage::applied_index(&schema, shard)?;
+        let shard_actor =
+            ShardActor::new(shard, schema.clone(), storage.clone().recipient(), applied).start();
+        let links = ReplicaLinks {
+            storage: storage.clone().recipient(),
+            apply: shard_actor.clone().recipient(),
+            await_apply: shard_actor.clone().recipient(),
+            read_at: shard_actor.clone().recipient(),
+            fail_waiters: shard_actor.clone().recipient(),
+            peers: hosts
+                .iter()
+                .filter_map(|h| {
+                    peers
+                        .get(h)
+                        .map(|p| (*h, p.clone().recipient::<SendRaft>()))
+                })
+                .collect(),
+        };
+        let replica = ReplicaActor::new(
+            shard,
+            host,
+            LmdbRaftStorage::new(schema.clone(), shard),
+            applied,
+            settings.clone(),
+            links,
+            &logger,
+        )?
+        .start();
+        local.insert(
+            shard,
+            LocalReplica {
+                requests: replica.clone().recipient(),
+                raft: replica.clone().recipient(),
+                status: replica.recipient(),
+            },
+        );
+    }
+    let replicas = local.len();
+    let router = RouterActor::new(host, cfg.shards, cfg.max_value_bytes, placement, local).start();
+    let handler = Arc::new(HostHandler { router });
+    let accept = tokio::spawn(serve(endpoint.clone(), handler));
+    info!(host, addr = %me.addr, replicas, cluster = %cfg.name, "host serving");
+
+    wait_for_stop_signal().await;
+    info!(host, "stopping");
+    endpoint.close(0u32.into(), b"host shutting down");
+    accept.abort();
+    // Every acknowledged write is already durable; let in-flight commits finish briefly.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+async fn wait_for_stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            warn!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// The transport's view of this host: everything goes to the router.
+struct HostHandler {
+    router: Addr<RouterActor>,
+}
+
+impl Handler for HostHandler {
+    fn raft(&self, from: HostId, batch: RaftBatch) {
+        self.router.do_send(InboundRaft { from, batch });
+    }
+
+    fn request(
+        &self,
+        _peer: PeerIdentity,
+        req: Request,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(ClientRequest(req));
+        async move {
+            match fut.await {
+                Ok(resp) => resp,
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! QUIC endpoints and the two kinds of streams shardkv opens on them.
+//!
+//! - Client -> host: one bidirectional stream per request (a request frame, then a reply frame).
+//! - Host -> host: one long-lived unidirectional stream per direction carrying [`RaftBatch`]
+//!   frames. It is accepted only from a host certificate, and every message in it must come from
+//!   the host id that certificate names (checked by the [`Handler`]).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use tracing::{debug, info, warn};
+
+use crate::error::TransportError;
+use crate::frame::{read_frame, write_frame};
+use crate::tls::{self, PeerIdentity, TlsFiles};
+use crate::wire::{
+    HostId, RaftBatch, Request, Response, CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX,
+};
+
+/// QUIC application close code: the peer's role may not do what it tried.
+pub const CLOSE_FORBIDDEN: u32 = 1;
+/// QUIC application close code: the peer sent something malformed.
+pub const CLOSE_PROTOCOL: u32 = 2;
+/// Concurrent requests one client connection may have in flight.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
+
+/// What a host does with what arrives on its endpoint. The transport knows nothing of actors;
+/// the daemon implements this over its router.
+pub trait Handler: Send + Sync + 'static {
+    /// A batch of Raft messages from host `from` (already proven by its certificate).
+    fn raft(&self, from: HostId, batch: RaftBatch);
+    /// One client (or host) request; the future resolves to the reply.
+    fn request(&self, peer: PeerIdentity, req: Request) -> impl Future<Output = Response> + Send;
+}
+
+fn transport_config() -> Arc<TransportConfig> {
+    let mut t = TransportConfig::default();
+    // Detect a vanished peer in seconds, and keep idle-but-healthy connections open.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(VarInt::from_u32(5_000).into()));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+    t.max_concurrent_uni_streams(VarInt::from_u32(16));
+    Arc::new(t)
+}
+
+fn quic_client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = QuicClientConfig::try_from(tls::client_config(files)?)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    cfg.transport_config(transport_config());
+    Ok(cfg)
+}
+
+/// A host's endpoint: listens on `addr` and dials other hosts from the same socket.
+pub fn host_endpoint(addr: SocketAddr, files: &TlsFiles) -> Result<Endpoint, TransportError> {
+    let crypto = QuicServerConfig::try_from(tls::server_config(files)?)
+        .map_err(|e| TransportError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config());
+    let mut endpoint = Endpoint::server(server, addr).map_err(|e| TransportError::Endpoint {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    endpoint.set_default_client_config(quic_client_config(files)?);
+    Ok(endpoint)
+}
+
+/// A client's endpoint: dials only.
+pub fn client_endpoint(files: &TlsFiles) -> Result<Endpoint, TransportError> {
+    let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+    let mut endpoint = Endpoint::client(bind).map_err(|e| TransportError::Endpoint {
+        addr: bind.to_string(),
+        reason: e.to_string(),
+    })?;
+    endpoint.set_default_client_config(quic_client_config(files)?);
+    Ok(endpoint)
+}
+
+/// Dials host `id` at `addr`, checking that its certificate is that host's.
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    id: HostId,
+) -> Result<Connection, TransportError> {
+    let err = |reason: String| TransportError::Connect {
+        addr: addr.to_string(),
+        reason,
+    };
+    let connecting = endpoint
+        .connect(addr, &tls::host_server_name(id))
+        .map_err(|e| err(e.to_string()))?;
+    let conn = connecting.await.map_err(|e| classify(addr, &e))?;
+    match tls::peer_identity(&conn)? {
+        PeerIdentity::Host(got) if got == id => Ok(conn),
+        other => {
+            conn.close(
+                VarInt::from_u32(CLOSE_FORBIDDEN),
+                b"unexpected host identity",
+            );
+            Err(err(format!("expected host {id}, certificate says {other}")))
+        }
+    }
+}
+
+/// Whether a connection error means "the peer will not talk to us" (a TLS alert such as an
+/// unknown CA, or our role being forbidden) rather than a passing network fault.
+pub fn is_refusal(e: &quinn::ConnectionError) -> bool {
+    match e {
+        // TLS alerts travel as QUIC crypto errors, codes 0x100..=0x1ff.
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            (0x100..=0x1ff).contains(&u64::from(c.error_code))
+        }
+        quinn::ConnectionError::TransportError(t) => (0x100..=0x1ff).contains(&u64::from(t.code)),
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            a.error_code == VarInt::from_u32(CLOSE_FORBIDDEN)
+        }
+        _ => false,
+    }
+}
+
+fn classify(addr: SocketAddr, e: &quinn::ConnectionError) -> TransportError {
+    let reason = match e {
+        quinn::ConnectionError::ConnectionClosed(c) if is_refusal(e) => {
+            format!("{e} (the host rejected our certificate: is it signed by this cluster's CA?)")
+        }
+        quinn::ConnectionError::ApplicationClosed(a) if is_refusal(e) => {
+            String::from_utf8_lossy(&a.reason).into_owned()
+        }
+        _ => e.to_string(),
+    };
+    if is_refusal(e) {
+        TransportError::Refused {
+            addr: addr.to_string(),
+            reason,
+        }
+    } else {
+        TransportError::Connect {
+            addr: addr.to_string(),
+            reason,
+        }
+    }
+}
+
+/// Explains a failed stream: quinn reports a refused client certificate only as a lost
+/// connection, and only `close_reason()` says why.
+pub fn explain(conn: &Connection, e: impl std::fmt::Display) -> TransportError {
+    match conn.close_reason() {
+        Some(reason) => classify(conn.remote_address(), &reason),
+        None => TransportError::io(e),
+    }
+}
+
+/// Sends one request on its own bidirectional stream and waits for the reply.
+pub async fn call(conn: &Connection, req: &Request) -> Result<Response, TransportError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain(conn, e))?;
+    write_frame(&mut send, req)
+        .await
+        .map_err(|e| explain(conn, e))?;
+    send.finish().map_err(|e| explain(conn, e))?;
+    match read_frame::<_, Response>(&mut recv, CLIENT_FRAME_BYTES_MAX).await {
+        Ok(Some(resp)) => Ok(resp),
+        Ok(None) => Err(explain(conn, "stream closed before a reply")),
+        Err(TransportError::Io(e)) => Err(explain(conn, e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the long-lived stream for Raft batches towards a host.
+pub async fn open_raft_stream(conn: &Connection) -> Result<quinn::SendStream, TransportError> {
+    conn.open_uni().await.map_err(|e| explain(conn, e))
+}
+
+/// Writes one batch on a Raft stream.
+pub async fn send_raft_batch(
+    stream: &mut quinn::SendStream,
+    batch: &RaftBatch,
+) -> Result<(), TransportError> {
+    write_frame(stream, batch).await
+}
+
+/// Accepts connections until the endpoint closes, serving each with `handler`.
+pub async fn serve<H: Handler>(endpoint: Endpoint, handler: Arc<H>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => serve_connection(conn, handler).await,
+                Err(e) => debug!(%remote, error = %e, "handshake failed"),
+            }
+        });
+    }
+}
+
+async fn serve_connection<H: Handler>(conn: Connection, handler: Arc<H>) {
+    let peer = match tls::peer_identity(&conn) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(remote = %conn.remote_address(), error = %e, "refusing connection");
+            conn.close(VarInt::from_u32(CLOSE_FORBIDDEN), e.to_string().as_bytes());
+            return;
+        }
+    };
+    debug!(remote = %conn.remote_address(), %peer, "connection accepted");
+    loop {
+        tokio::select! {
+            bi = conn.accept_bi() => match bi {
+                Ok((send, recv)) => {
+                    let handler = handler.clone();
+                    let peer = peer.clone();
+                    tokio::spawn(serve_request(send, recv, peer, handler));
+                }
+                Err(e) => { debug!(%peer, error = %e, "connection ended"); return; }
+            },
+            uni = conn.accept_uni() => match uni {
+                Ok(recv) => {
+                    let PeerIdentity::Host(from) = peer else {
+                        warn!(%peer, "refused Raft stream from a non-host certificate");
+                        conn.close(
+                            VarInt::from_u32(CLOSE_FORBIDDEN),
+                            b"raft traffic requires a host certificate",
+                        );
+                        return;
+                    };
+                    tokio::spawn(serve_raft_stream(conn.clone(), recv, from, handler.clone()));
+                }
+                Err(e) => { debug!(%peer, error = %e, "connection ended"); return; }
+            },
+        }
+    }
+}
+
+async fn serve_request<H: Handler>(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    peer: PeerIdentity,
+    handler: Arc<H>,
+) {
+    let resp = match read_frame::<_, Request>(&mut recv, CLIENT_FRAME_BYTES_MAX).await {
+        Ok(Some(req)) => handler.request(peer, req).await,
+        Ok(None) => return,
+        Err(e) => Response::Invalid(format!("bad request frame: {e}")),
+    };
+    if let Err(e) = write_frame(&mut send, &resp).await {
+        debug!(error = %e, "could not send reply");
+        return;
+    }
+    let _ = send.finish();
+}
+
+async fn serve_raft_stream<H: Handler>(
+    conn: Connection,
+    mut recv: quinn::RecvStream,
+    from: HostId,
+    handler: Arc<H>,
+) {
+    info!(peer = from, "raft stream open");
+    loop {
+        match read_frame::<_, RaftBatch>(&mut recv, RAFT_FRAME_BYTES_MAX).await {
+            Ok(Some(batch)) => handler.raft(from, batch),
+            Ok(None) => break,
+            Err(TransportError::Io(e)) => {
+                debug!(peer = from, error = %e, "raft stream ended");
+                break;
+            }
+            Err(e) => {
+                warn!(peer = from, error = %e, "malformed raft stream; closing connection");
+                conn.close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
+                break;
+            }
+        }
+    }
+    info!(peer = from, "raft stream closed");
+}

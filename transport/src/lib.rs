@@ -1,0 +1,16 @@
+//! shardkv's wire: QUIC endpoints with mutual TLS and peer identity, length-prefixed postcard
+//! frames, the messages clients and hosts exchange, and the key -> slot function.
+//!
+//! This crate knows nothing of actors or configuration files; it is shared by the host daemon
+//! and the client library so both sides speak exactly the same protocol.
+
+pub mod endpoint;
+pub mod error;
+pub mod frame;
+pub mod slot;
+pub mod tls;
+pub mod wire;
+
+pub use error::TransportError;
+pub use tls::{PeerIdentity, TlsFiles};
+pub use wire::{HostId, ShardId};

@@ -1,0 +1,202 @@
+//! The messages that cross the wire, between clients and hosts and between hosts.
+//!
+//! Every payload is postcard inside a frame (see [`crate::frame`]). Raft messages travel as
+//! raft-rs protobuf bytes inside [`RaftBatch`], decoded only after the sender's host identity
+//! has been checked against its certificate.
+
+use serde::{Deserialize, Serialize};
+
+/// A host's id in `cluster.toml` (Raft reserves 0, so ids start at 1).
+pub type HostId = u64;
+/// A shard's id, 1-based.
+pub type ShardId = u32;
+
+/// Longest key accepted: LMDB's limit is 511 bytes and the schema prefixes keys.
+pub const KEY_BYTES_MAX: usize = 480;
+/// Default ceiling on a value; `cluster.max_value_bytes` overrides it.
+pub const VALUE_BYTES_DEFAULT_MAX: usize = 1024 * 1024;
+/// Frame limit for client requests and replies on hosts (values are capped further by config).
+pub const CLIENT_FRAME_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX;
+/// Frame limit for a batch of Raft messages.
+pub const RAFT_FRAME_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX;
+
+/// How a read is served.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadConsistency {
+    /// Linearizable: the leader confirms its leadership with a quorum (ReadIndex) first.
+    #[default]
+    Linearizable,
+    /// Served by any replica from what it has applied; may be behind.
+    Stale,
+}
+
+/// A client's operation on one key.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Read the value of `key`.
+    Get {
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+    },
+    /// Set `key` to `value`.
+    Put { key: Vec<u8>, value: Vec<u8> },
+    /// Remove `key` (succeeds whether or not it existed).
+    Delete { key: Vec<u8> },
+}
+
+impl Op {
+    /// The key the operation touches.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } => key,
+        }
+    }
+
+    /// Whether the operation changes state (and so goes through the Raft log).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Op::Get { .. })
+    }
+}
+
+/// A client request. Writes carry `(client_id, seq)` so that a retried write is applied once.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Random per client process; identifies its session.
+    pub client_id: u64,
+    /// Increases by one per write of this client; retries reuse it.
+    pub seq: u64,
+    /// What to do.
+    pub op: Op,
+}
+
+/// The answer to a [`Request`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Result of a `Get`: the value, or `None` if the key is absent.
+    Value(Option<Vec<u8>>),
+    /// A write was committed by a majority and applied.
+    Ok,
+    /// This host's replica of the shard is not the leader; try `leader` if known.
+    NotLeader {
+        shard: ShardId,
+        leader: Option<HostId>,
+    },
+    /// This host holds no replica of the shard; these hosts do.
+    NoReplicaHere { shard: ShardId, hosts: Vec<HostId> },
+    /// Key or value over its limit.
+    TooLarge {
+        what: LimitKind,
+        len: usize,
+        limit: usize,
+    },
+    /// The request was malformed (e.g. empty key).
+    Invalid(String),
+    /// The shard could not serve the request in time (no quorum, election under way).
+    Unavailable(String),
+    /// A bug or a local fault on the host; the message says which.
+    Internal(String),
+}
+
+/// Which limit a request exceeded.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    Key,
+    Value,
+}
+
+impl std::fmt::Display for LimitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LimitKind::Key => f.write_str("key"),
+            LimitKind::Value => f.write_str("value"),
+        }
+    }
+}
+
+/// Checks key and value sizes; the same rule runs in the client and again on the host.
+pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
+    let key = op.key();
+    if key.is_empty() {
+        return Err(Response::Invalid(
+            "empty key: keys are 1..=480 bytes".into(),
+        ));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Response::TooLarge {
+            what: LimitKind::Key,
+            len: key.len(),
+            limit: KEY_BYTES_MAX,
+        });
+    }
+    if let Op::Put { value, .. } = op {
+        if value.len() > value_bytes_max {
+            return Err(Response::TooLarge {
+                what: LimitKind::Value,
+                len: value.len(),
+                limit: value_bytes_max,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// One Raft message of one shard, as raft-rs protobuf bytes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct RaftEnvelope {
+    /// Which Raft group.
+    pub shard: ShardId,
+    /// `raft::eraftpb::Message` in protobuf encoding.
+    pub message: Vec<u8>,
+}
+
+/// The frame on a host-to-host Raft stream: every message bound for one host since the last
+/// flush, across all shards.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct RaftBatch {
+    /// Messages in send order.
+    pub messages: Vec<RaftEnvelope>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits() {
+        let ok = Op::Put {
+            key: b"k".to_vec(),
+            value: vec![0; 10],
+        };
+        assert!(check_limits(&ok, 10).is_ok());
+        let big = Op::Put {
+            key: b"k".to_vec(),
+            value: vec![0; 11],
+        };
+        assert!(matches!(
+            check_limits(&big, 10),
+            Err(Response::TooLarge {
+                what: LimitKind::Value,
+                len: 11,
+                limit: 10
+            })
+        ));
+        let long_key = Op::Delete {
+            key: vec![b'a'; KEY_BYTES_MAX + 1],
+        };
+        assert!(matches!(
+            check_limits(&long_key, 10),
+            Err(Response::TooLarge {
+                what: LimitKind::Key,
+                ..
+            })
+        ));
+        let empty = Op::Get {
+            key: vec![],
+            consistency: ReadConsistency::Linearizable,
+        };
+        assert!(matches!(
+            check_limits(&empty, 10),
+            Err(Response::Invalid(_))
+        ));
+    }
+}
