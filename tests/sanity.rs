@@ -20,7 +20,10 @@ async fn original_sanity_run_matches_a_hashmap() {
     let mut model: HashMap<String, String> = HashMap::new();
     for i in 0..1000 {
         let (k, v) = (format!("key-{i}"), format!("value-{}", rng.gen::<u64>()));
-        client.put(k.as_bytes(), v.as_bytes()).await.expect("preload put");
+        client
+            .put(k.as_bytes(), v.as_bytes())
+            .await
+            .expect("preload put");
         model.insert(k, v);
     }
     let mut absent = 0u64;
@@ -32,24 +35,40 @@ async fn original_sanity_run_matches_a_hashmap() {
             client.put(k.as_bytes(), v.as_bytes()).await.expect("put");
             model.insert(k, v);
         } else if dice < 0.50 {
-            let Some(k) = pick(&model, &mut rng) else { continue };
+            let Some(k) = pick(&model, &mut rng) else {
+                continue;
+            };
             client.delete(k.as_bytes()).await.expect("delete");
             model.remove(&k);
         } else if dice < 0.90 {
-            let Some(k) = pick(&model, &mut rng) else { continue };
+            let Some(k) = pick(&model, &mut rng) else {
+                continue;
+            };
             let got = client.get(k.as_bytes()).await.expect("get");
-            assert_eq!(got.as_deref(), Some(model[&k].as_bytes()), "step {step}: get {k}");
+            assert_eq!(
+                got.as_deref(),
+                Some(model[&k].as_bytes()),
+                "step {step}: get {k}"
+            );
         } else {
             absent += 1;
             let k = format!("absent-{absent}-{}", rng.gen::<u32>());
-            assert_eq!(client.get(k.as_bytes()).await.expect("get absent"), None, "step {step}");
+            assert_eq!(
+                client.get(k.as_bytes()).await.expect("get absent"),
+                None,
+                "step {step}"
+            );
         }
     }
     // Finally the whole model, present and deleted keys alike.
     for i in 0..1500 {
         let k = format!("key-{i}");
         let got = client.get(k.as_bytes()).await.expect("final get");
-        assert_eq!(got.as_deref(), model.get(&k).map(|v| v.as_bytes()), "final {k}");
+        assert_eq!(
+            got.as_deref(),
+            model.get(&k).map(|v| v.as_bytes()),
+            "final {k}"
+        );
     }
 }
 

@@ -22,7 +22,7 @@ fn client(cfg: &ClusterConfig, stale: bool) -> anyhow::Result<Client> {
     Ok(Client::new(settings)?)
 }
 
-/// Prints the value (raw bytes, newline-terminated on a terminal-friendly basis); exit 1 if absent.
+/// Prints the value's bytes and a newline; exit 1 and "not found" on stderr if absent.
 pub fn get(cfg: &ClusterConfig, key: &str, stale: bool) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let c = client(cfg, stale)?;
@@ -42,11 +42,9 @@ pub fn get(cfg: &ClusterConfig, key: &str, stale: bool) -> anyhow::Result<ExitCo
 }
 
 /// Writes KEY=VALUE.
-pub fn put(cfg: &ClusterConfig, key: &str, value: &str) -> anyhow::Result<ExitCode> {
+pub fn put(cfg: &ClusterConfig, key: &str, value: &[u8]) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        client(cfg, false)?
-            .put(key.as_bytes(), value.as_bytes())
-            .await?;
+        client(cfg, false)?.put(key.as_bytes(), value).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

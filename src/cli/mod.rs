@@ -52,8 +52,8 @@ enum Command {
         #[arg(long)]
         stale: bool,
     },
-    /// Set KEY to VALUE.
-    Put { key: String, value: String },
+    /// Set KEY to VALUE (read from stdin when VALUE is omitted, for large or binary values).
+    Put { key: String, value: Option<String> },
     /// Delete KEY.
     Del { key: String },
 }
@@ -130,7 +130,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Get { key, stale } => kv::get(&load(&path)?, &key, stale),
-        Command::Put { key, value } => kv::put(&load(&path)?, &key, &value),
+        Command::Put { key, value } => {
+            let value = match value {
+                Some(v) => v.into_bytes(),
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)
+                        .context("cannot read the value from stdin")?;
+                    buf
+                }
+            };
+            kv::put(&load(&path)?, &key, &value)
+        }
         Command::Del { key } => kv::del(&load(&path)?, &key),
     }
 }

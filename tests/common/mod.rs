@@ -144,8 +144,14 @@ impl Cluster {
     pub async fn wait_ready(&self, client: &Client) {
         for shard in 1..=self.cfg.shards {
             let key = key_in_shard(shard, self.cfg.shards);
-            client.put(&key, b"ready").await.expect("cluster becomes ready");
-            assert_eq!(client.get(&key).await.expect("ready read"), Some(b"ready".to_vec()));
+            client
+                .put(&key, b"ready")
+                .await
+                .expect("cluster becomes ready");
+            assert_eq!(
+                client.get(&key).await.expect("ready read"),
+                Some(b"ready".to_vec())
+            );
             client.delete(&key).await.expect("ready delete");
         }
     }

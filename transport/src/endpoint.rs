@@ -124,9 +124,6 @@ pub fn is_refusal(e: &quinn::ConnectionError) -> bool {
 
 fn classify(addr: SocketAddr, e: &quinn::ConnectionError) -> TransportError {
     let reason = match e {
-        quinn::ConnectionError::ConnectionClosed(c) if is_refusal(e) => {
-            format!("{e} (the host rejected our certificate: is it signed by this cluster's CA?)")
-        }
         quinn::ConnectionError::ApplicationClosed(a) if is_refusal(e) => {
             String::from_utf8_lossy(&a.reason).into_owned()
         }
