@@ -81,6 +81,9 @@ pub struct ClientSettings {
     pub value_bytes_max: usize,
     /// How long one operation may take, retries included.
     pub deadline: Duration,
+    /// How long one attempt against one host may take before the client tries another
+    /// (a host that died silently is noticed after this, not after the whole deadline).
+    pub attempt_timeout: Duration,
     /// How reads are served.
     pub consistency: ReadConsistency,
 }
@@ -100,6 +103,7 @@ impl ClientSettings {
             },
             value_bytes_max: cfg.max_value_bytes,
             deadline: DEADLINE_DEFAULT,
+            attempt_timeout: (cfg.raft.election_timeout * 2).max(Duration::from_secs(2)),
             consistency: ReadConsistency::Linearizable,
         }
     }
@@ -252,6 +256,7 @@ impl Client {
             .unwrap_or(replicas[0]);
         let mut rotation = replicas.iter().position(|h| *h == target).unwrap_or(0);
         let mut backoff = BACKOFF_MIN;
+        let mut hops = 0u32;
         let mut last = String::from("no attempt made");
         loop {
             let now = Instant::now();
@@ -261,11 +266,14 @@ impl Client {
                     last,
                 });
             }
-            let remaining = deadline - now;
-            let attempt = tokio::time::timeout(remaining, self.call_host(target, req)).await;
+            let budget = (deadline - now).min(settings.attempt_timeout);
+            let attempt = tokio::time::timeout(budget, self.call_host(target, req)).await;
             let mut pause = true;
             match attempt {
-                Err(_) => last = format!("host {target} did not answer in time"),
+                Err(_) => {
+                    last = format!("host {target} did not answer within {budget:?}");
+                    self.forget_connection(target);
+                }
                 Ok(Err(TransportError::Refused { addr, reason })) => {
                     return Err(ClientError::Refused(format!(
                         "host at {addr} refused us: {reason}"
@@ -283,7 +291,19 @@ impl Client {
                         last = format!("host {target} is not the leader of shard {shard}");
                         self.lock_leaders().insert(shard, l);
                         target = l;
-                        // A fresh hint: try it at once.
+                        hops += 1;
+                        // A fresh hint: try it at once, unless hosts keep pointing at each
+                        // other (stale views during an election), then back off.
+                        if hops <= 2 {
+                            continue;
+                        }
+                        hops = 0;
+                        rotation = replicas.iter().position(|h| *h == l).unwrap_or(rotation);
+                        tokio::time::sleep(
+                            backoff.min(deadline.saturating_duration_since(Instant::now())),
+                        )
+                        .await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
                         continue;
                     }
                     Response::NotLeader { .. } => last = format!("shard {shard} has no leader yet"),
@@ -327,6 +347,11 @@ impl Client {
             }
         }
         res
+    }
+
+    fn forget_connection(&self, host: HostId) {
+        let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.remove(&host);
     }
 
     async fn connection(&self, host: HostId) -> Result<Connection, TransportError> {

@@ -13,3 +13,5 @@ pub mod daemon;
 
 pub use client::{Client, ClientError, ClientSettings};
 pub use config::ClusterConfig;
+pub mod bench;
+pub mod local;

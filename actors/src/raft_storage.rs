@@ -209,7 +209,8 @@ impl raft::Storage for LmdbRaftStorage {
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        let mut out = Vec::with_capacity((high - low) as usize);
+        // Sized by what is likely returned, not by the range asked for (which can be huge).
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         let mut size = 0u64;
         let range = log_key(self.shard, low)..log_key(self.shard, high);
         let range = (

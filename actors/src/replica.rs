@@ -60,6 +60,8 @@ pub struct ReplicaActor {
     /// ReadIndex requests waiting for their read state, by context id.
     pending_reads: HashMap<u64, PendingRead>,
     next_read_id: u64,
+    /// Reads waiting for this leader's first commit in its term before ReadIndex can be asked.
+    deferred_reads: Vec<u64>,
     /// A Ready's entries are being made durable; no new Ready until it finishes.
     persisting: bool,
     /// A drive is queued behind the messages already in the mailbox.
@@ -80,6 +82,9 @@ impl ReplicaActor {
         links: ReplicaLinks,
         logger: &slog::Logger,
     ) -> Result<Self, crate::error::ActorError> {
+        // Applied never exceeds the stored commit (raft-rs refuses to start otherwise); if a
+        // crash left it so, re-deliver from the commit: the ShardActor skips what it applied.
+        let applied = applied.min(storage.hard_state()?.commit);
         let cfg = raft::Config {
             id: host,
             election_tick: settings.election_ticks,
@@ -104,6 +109,7 @@ impl ReplicaActor {
             settings,
             pending_reads: HashMap::new(),
             next_read_id: 1,
+            deferred_reads: Vec::new(),
             persisting: false,
             drive_scheduled: false,
             leader: 0,
@@ -218,24 +224,68 @@ impl ReplicaActor {
         // 7. Committed entries go to the state machine, in order.
         self.apply(committed);
         let mut light = self.node.advance(ready);
-        // 8. A commit index that advanced without a new hard state must be stored before
-        //    entries up to it are applied (on restart, applied may never exceed commit).
+        // 8. A commit index that advanced without a new hard state is stored before entries
+        //    up to it are applied (on restart, applied may never exceed commit).
+        self.send(light.take_messages());
+        let committed = light.take_committed_entries();
         if let Some(commit) = light.commit_index() {
             let mut hs = self.node.raft.hard_state();
             hs.commit = commit;
-            match LmdbRaftStorage::hard_state_op(self.shard, &hs) {
-                Ok(op) => self
-                    .links
-                    .storage
-                    .do_send(Persist(WriteBatch { ops: vec![op] })),
-                Err(e) => error!(shard = self.shard, error = %e, "cannot encode hard state"),
+            let op = match LmdbRaftStorage::hard_state_op(self.shard, &hs) {
+                Ok(op) => op,
+                Err(e) => {
+                    error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
+                    ctx.stop();
+                    return;
+                }
+            };
+            self.persisting = true;
+            let persist = self
+                .links
+                .storage
+                .send(Persist(WriteBatch { ops: vec![op] }));
+            ctx.wait(persist.into_actor(self).map(move |res, act, ctx| {
+                act.persisting = false;
+                match res {
+                    Ok(Ok(())) => act.after_commit(committed, ctx),
+                    Ok(Err(e)) => {
+                        error!(shard = act.shard, error = %e, "persist failed; stopping replica");
+                        ctx.stop();
+                    }
+                    Err(e) => {
+                        error!(shard = act.shard, error = %e, "storage unreachable; stopping replica");
+                        ctx.stop();
+                    }
+                }
+            }));
+            return;
+        }
+        self.after_commit(committed, ctx);
+    }
+
+    /// Step 9: hand newly committed entries to the state machine and let Raft move on.
+    fn after_commit(&mut self, committed: Vec<Entry>, ctx: &mut Context<Self>) {
+        self.apply(committed);
+        // The ShardActor applies asynchronously and durably, in order.
+        self.node.advance_apply();
+        self.issue_deferred_reads();
+        self.schedule_drive(ctx);
+    }
+
+    /// raft-rs ignores ReadIndex on a leader that has not yet committed an entry of its own
+    /// term; such reads wait here until it has, instead of timing out.
+    fn issue_deferred_reads(&mut self) {
+        if self.deferred_reads.is_empty()
+            || !self.is_leader()
+            || !self.node.raft.commit_to_current_term()
+        {
+            return;
+        }
+        for id in std::mem::take(&mut self.deferred_reads) {
+            if self.pending_reads.contains_key(&id) {
+                self.node.read_index(id.to_be_bytes().to_vec());
             }
         }
-        self.send(light.take_messages());
-        self.apply(light.take_committed_entries());
-        // 9. Raft may move on; the ShardActor applies asynchronously and durably.
-        self.node.advance_apply();
-        self.schedule_drive(ctx);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -272,6 +322,7 @@ impl ReplicaActor {
             for (_, p) in self.pending_reads.drain() {
                 let _ = p.reply.send(resp.clone());
             }
+            self.deferred_reads.clear();
             self.links.fail_waiters.do_send(FailWaiters(resp));
         }
         self.role = role;
@@ -314,7 +365,11 @@ impl ReplicaActor {
                 }
                 let id = self.next_read_id;
                 self.next_read_id += 1;
-                self.node.read_index(id.to_be_bytes().to_vec());
+                if self.node.raft.commit_to_current_term() {
+                    self.node.read_index(id.to_be_bytes().to_vec());
+                } else {
+                    self.deferred_reads.push(id);
+                }
                 self.pending_reads.insert(
                     id,
                     PendingRead {

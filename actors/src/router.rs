@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use actix::prelude::*;
 use protobuf::Message as _;
-use raft::eraftpb::Message as RaftMessage;
+use raft::eraftpb::{Message as RaftMessage, MessageType};
 use shardkv_transport::slot::shard_of_key;
 use shardkv_transport::wire::{check_limits, Response};
 use shardkv_transport::{HostId, ShardId};
@@ -92,7 +92,23 @@ impl Handler<InboundRaft> for RouterActor {
                     continue;
                 }
             };
-            // A host may speak only for itself, and only to us.
+            // A host may speak only for itself, only to us, only in groups it is a member of,
+            // and only with the message types replicas exchange. Followers never forward
+            // proposals or reads (they answer NotLeader), and snapshots are not sent yet, so
+            // anything else would be a host trying to inject data or crash raft-rs.
+            let member = self
+                .placement
+                .get(&env.shard)
+                .is_some_and(|h| h.contains(&msg.from));
+            if !member || !peer_message_allowed(m.get_msg_type()) {
+                warn!(
+                    from = msg.from,
+                    shard = env.shard,
+                    kind = ?m.get_msg_type(),
+                    "Raft message from a non-member or of a forbidden type dropped"
+                );
+                continue;
+            }
             if m.from != msg.from || m.to != self.host {
                 warn!(
                     from = msg.from,
@@ -112,6 +128,23 @@ impl Handler<InboundRaft> for RouterActor {
             }
         }
     }
+}
+
+/// Message types one replica may send another over the network.
+fn peer_message_allowed(t: MessageType) -> bool {
+    use MessageType::*;
+    matches!(
+        t,
+        MsgAppend
+            | MsgAppendResponse
+            | MsgRequestVote
+            | MsgRequestVoteResponse
+            | MsgRequestPreVote
+            | MsgRequestPreVoteResponse
+            | MsgHeartbeat
+            | MsgHeartbeatResponse
+            | MsgTimeoutNow
+    )
 }
 
 /// To the RouterActor: status of every local replica.

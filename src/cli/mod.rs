@@ -1,5 +1,6 @@
 //! Command-line interface: one module per group of subcommands; `anyhow` lives only here.
 
+mod bench;
 mod kv;
 mod up;
 
@@ -56,6 +57,8 @@ enum Command {
     Put { key: String, value: Option<String> },
     /// Delete KEY.
     Del { key: String },
+    /// Measure throughput and latency (figures, not pass/fail).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,5 +146,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kv::put(&load(&path)?, &key, &value)
         }
         Command::Del { key } => kv::del(&load(&path)?, &key),
+        Command::Bench(args) => bench::run(&path, args),
     }
 }
