@@ -187,6 +187,29 @@ impl Client {
             .map(|_| ())
     }
 
+    /// Compare-and-swap: if `key`'s value equals `expected` (`None`: absent), set it to `new`
+    /// (`None`: delete). Returns `Ok(Ok(()))` on success, `Ok(Err(current))` with the value
+    /// found otherwise. Applied exactly once even when retried.
+    pub async fn cas(
+        &self,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<Result<(), Option<Vec<u8>>>, ClientError> {
+        let op = Op::Cas {
+            key: key.to_vec(),
+            expected: expected.map(|v| v.to_vec()),
+            new: new.map(|v| v.to_vec()),
+        };
+        match self.execute(op).await? {
+            Response::CasOk => Ok(Ok(())),
+            Response::CasFailed { current } => Ok(Err(current)),
+            other => Err(ClientError::Internal(format!(
+                "unexpected reply to cas: {other:?}"
+            ))),
+        }
+    }
+
     /// The host this client last saw lead the shard of `key`, if any.
     pub fn cached_leader(&self, key: &[u8]) -> Option<HostId> {
         let shard = shard_of_key(key, self.inner.settings.shards);
@@ -281,7 +304,10 @@ impl Client {
                 }
                 Ok(Err(e)) => last = format!("host {target}: {e}"),
                 Ok(Ok(resp)) => match resp {
-                    Response::Value(_) | Response::Ok => {
+                    Response::Value(_)
+                    | Response::Ok
+                    | Response::CasOk
+                    | Response::CasFailed { .. } => {
                         self.lock_leaders().insert(shard, target);
                         return Ok(resp);
                     }

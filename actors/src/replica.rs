@@ -386,6 +386,10 @@ impl ReplicaActor {
             Op::Delete { key } => {
                 self.propose(req.client_id, req.seq, Action::Delete { key }, tx, ctx)
             }
+            Op::Cas { key, expected, new } => {
+                let action = Action::Cas { key, expected, new };
+                self.propose(req.client_id, req.seq, action, tx, ctx)
+            }
         }
         rx
     }

@@ -66,24 +66,51 @@ impl ShardActor {
         }
     }
 
-    fn last_seq(&self, client_id: u64) -> Result<u64, ActorError> {
+    /// The last applied seq of a client session and the reply it got.
+    fn session(&self, client_id: u64) -> Result<(u64, Option<Response>), ActorError> {
         let rtxn = self.schema.env.read_txn()?;
         match self
             .schema
             .sessions
             .get(&rtxn, &session_key(self.shard, client_id))?
         {
-            Some(v) => decode_u64("session seq", v),
-            None => Ok(0),
+            Some(v) if v.len() >= 8 => {
+                let seq = decode_u64("session seq", &v[..8])?;
+                let reply = postcard::from_bytes(&v[8..]).ok();
+                Ok((seq, reply))
+            }
+            Some(v) => Err(ActorError::Corrupt {
+                what: format!("session of client {client_id:#x}"),
+                detail: format!("{} bytes", v.len()),
+            }),
+            None => Ok((0, None)),
         }
+    }
+
+    /// The current value of `key`, seeing writes planned earlier in the same batch.
+    fn current(
+        &self,
+        overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, ActorError> {
+        if let Some(v) = overlay.get(key) {
+            return Ok(v.clone());
+        }
+        let rtxn = self.schema.env.read_txn()?;
+        Ok(self
+            .schema
+            .kv
+            .get(&rtxn, &kv_key(self.shard, key))?
+            .map(|v| v.to_vec()))
     }
 
     /// Turns committed entries into one write batch, and the result of each entry.
     fn plan(&self, entries: &[Entry]) -> Result<(WriteBatch, Vec<Applied>), ActorError> {
         let mut batch = WriteBatch::default();
         let mut results = Vec::with_capacity(entries.len());
-        // Sessions touched in this batch (later entries must see earlier ones).
-        let mut seqs: HashMap<u64, u64> = HashMap::new();
+        // Sessions and values touched earlier in this batch (later entries must see them).
+        let mut sessions: HashMap<u64, (u64, Option<Response>)> = HashMap::new();
+        let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut last = self.applied;
         for e in entries {
             if e.index <= self.applied {
@@ -106,40 +133,79 @@ impl ShardActor {
                     what: format!("command at index {} of shard {}", e.index, self.shard),
                     detail: err.to_string(),
                 })?;
-            let seen = match seqs.get(&cmd.client_id) {
-                Some(s) => *s,
-                None => self.last_seq(cmd.client_id)?,
-            };
-            if cmd.seq != 0 && cmd.seq <= seen {
-                // A retry of a write already applied: do not apply it twice.
-                debug!(
-                    shard = self.shard,
-                    client = cmd.client_id,
-                    seq = cmd.seq,
-                    "duplicate write"
-                );
-                results.push((e.index, e.term, Response::Ok));
-                continue;
+            if cmd.seq != 0 {
+                let (seen, reply) = match sessions.get(&cmd.client_id) {
+                    Some(s) => s.clone(),
+                    None => self.session(cmd.client_id)?,
+                };
+                if cmd.seq <= seen {
+                    // A retry of a write already applied: answer what the first one got.
+                    debug!(
+                        shard = self.shard,
+                        client = cmd.client_id,
+                        seq = cmd.seq,
+                        "duplicate write"
+                    );
+                    let resp = match reply {
+                        Some(r) if cmd.seq == seen => r,
+                        _ => Response::Unavailable(
+                            "superseded by a later write of this session".into(),
+                        ),
+                    };
+                    results.push((e.index, e.term, resp));
+                    continue;
+                }
             }
-            match cmd.action {
+            let resp = match cmd.action {
                 Action::Put { key, value } => {
+                    overlay.insert(key.clone(), Some(value.clone()));
                     batch
                         .ops
-                        .push(WriteOp::Put(TableId::Kv, kv_key(self.shard, &key), value))
+                        .push(WriteOp::Put(TableId::Kv, kv_key(self.shard, &key), value));
+                    Response::Ok
                 }
-                Action::Delete { key } => batch
-                    .ops
-                    .push(WriteOp::Delete(TableId::Kv, kv_key(self.shard, &key))),
-            }
+                Action::Delete { key } => {
+                    batch
+                        .ops
+                        .push(WriteOp::Delete(TableId::Kv, kv_key(self.shard, &key)));
+                    overlay.insert(key, None);
+                    Response::Ok
+                }
+                Action::Cas { key, expected, new } => {
+                    let current = self.current(&overlay, &key)?;
+                    if current == expected {
+                        match &new {
+                            Some(v) => batch.ops.push(WriteOp::Put(
+                                TableId::Kv,
+                                kv_key(self.shard, &key),
+                                v.clone(),
+                            )),
+                            None => batch
+                                .ops
+                                .push(WriteOp::Delete(TableId::Kv, kv_key(self.shard, &key))),
+                        }
+                        overlay.insert(key, new);
+                        Response::CasOk
+                    } else {
+                        Response::CasFailed { current }
+                    }
+                }
+            };
             if cmd.seq != 0 {
-                seqs.insert(cmd.client_id, cmd.seq);
+                let mut record = cmd.seq.to_be_bytes().to_vec();
+                let reply = postcard::to_allocvec(&resp).map_err(|err| ActorError::Corrupt {
+                    what: "session reply".into(),
+                    detail: err.to_string(),
+                })?;
+                record.extend_from_slice(&reply);
                 batch.ops.push(WriteOp::Put(
                     TableId::Sessions,
                     session_key(self.shard, cmd.client_id).to_vec(),
-                    cmd.seq.to_be_bytes().to_vec(),
+                    record,
                 ));
+                sessions.insert(cmd.client_id, (cmd.seq, Some(resp.clone())));
             }
-            results.push((e.index, e.term, Response::Ok));
+            results.push((e.index, e.term, resp));
         }
         if last > self.applied {
             batch.ops.push(WriteOp::Put(

@@ -56,3 +56,31 @@ pub fn del(cfg: &ClusterConfig, key: &str) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     })
 }
+
+/// Compare-and-swap; exit 1 with the current value on stderr if it did not match.
+pub fn cas(
+    cfg: &ClusterConfig,
+    key: &str,
+    expected: Option<Vec<u8>>,
+    new: Option<Vec<u8>>,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let c = client(cfg, false)?;
+        match c
+            .cas(key.as_bytes(), expected.as_deref(), new.as_deref())
+            .await?
+        {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(current) => {
+                match current {
+                    Some(v) => eprintln!(
+                        "cas failed: current value is {}",
+                        String::from_utf8_lossy(&v)
+                    ),
+                    None => eprintln!("cas failed: key is absent"),
+                }
+                Ok(ExitCode::from(1))
+            }
+        }
+    })
+}

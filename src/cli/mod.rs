@@ -7,7 +7,7 @@ mod up;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use shardkv::config::ClusterConfig;
 
@@ -57,6 +57,22 @@ enum Command {
     Put { key: String, value: Option<String> },
     /// Delete KEY.
     Del { key: String },
+    /// Compare-and-swap: set KEY to NEW only if its value is EXPECTED (exit 1 and the current
+    /// value on stderr otherwise). `--absent` expects no value (create-if-absent); `--delete`
+    /// removes the key instead of writing NEW (delete-if-equal).
+    Cas {
+        key: String,
+        /// The value KEY must have (omit with --absent).
+        expected: Option<String>,
+        /// The value to write (omit with --delete).
+        new: Option<String>,
+        /// Succeed only if KEY is absent.
+        #[arg(long)]
+        absent: bool,
+        /// Delete KEY instead of writing a new value.
+        #[arg(long)]
+        delete: bool,
+    },
     /// Measure throughput and latency (figures, not pass/fail).
     Bench(bench::BenchArgs),
 }
@@ -146,6 +162,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kv::put(&load(&path)?, &key, &value)
         }
         Command::Del { key } => kv::del(&load(&path)?, &key),
+        Command::Cas {
+            key,
+            expected,
+            new,
+            absent,
+            delete,
+        } => {
+            // Positional values fill EXPECTED first, unless --absent says there is none.
+            let (expected, new) = match (absent, expected, new) {
+                (true, Some(_), Some(_)) => {
+                    bail!("--absent takes the place of EXPECTED: give only NEW")
+                }
+                (true, first, None) => (None, first),
+                (false, e, n) => (e, n),
+                (true, None, Some(n)) => (None, Some(n)),
+            };
+            let expected = match (absent, expected) {
+                (true, _) => None,
+                (false, Some(e)) => Some(e.into_bytes()),
+                (false, None) => bail!("give EXPECTED, or --absent for create-if-absent"),
+            };
+            let new = match (delete, new) {
+                (true, Some(_)) => bail!("--delete takes the place of NEW: do not give both"),
+                (true, None) => None,
+                (false, Some(n)) => Some(n.into_bytes()),
+                (false, None) => bail!("give NEW, or --delete for delete-if-equal"),
+            };
+            kv::cas(&load(&path)?, &key, expected, new)
+        }
         Command::Bench(args) => bench::run(&path, args),
     }
 }

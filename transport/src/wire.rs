@@ -42,13 +42,23 @@ pub enum Op {
     Put { key: Vec<u8>, value: Vec<u8> },
     /// Remove `key` (succeeds whether or not it existed).
     Delete { key: Vec<u8> },
+    /// Compare-and-swap: if the current value equals `expected` (`None`: the key is absent),
+    /// set it to `new` (`None`: delete it). Covers create-if-absent and delete-if-equal.
+    Cas {
+        key: Vec<u8>,
+        expected: Option<Vec<u8>>,
+        new: Option<Vec<u8>>,
+    },
 }
 
 impl Op {
     /// The key the operation touches.
     pub fn key(&self) -> &[u8] {
         match self {
-            Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } => key,
+            Op::Get { key, .. }
+            | Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Cas { key, .. } => key,
         }
     }
 
@@ -76,6 +86,10 @@ pub enum Response {
     Value(Option<Vec<u8>>),
     /// A write was committed by a majority and applied.
     Ok,
+    /// A CAS found the expected value and swapped it.
+    CasOk,
+    /// A CAS found another value (here: the current one) and changed nothing.
+    CasFailed { current: Option<Vec<u8>> },
     /// This host's replica of the shard is not the leader; try `leader` if known.
     NotLeader {
         shard: ShardId,
@@ -128,7 +142,12 @@ pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
             limit: KEY_BYTES_MAX,
         });
     }
-    if let Op::Put { value, .. } = op {
+    let values: [Option<&Vec<u8>>; 2] = match op {
+        Op::Put { value, .. } => [Some(value), None],
+        Op::Cas { expected, new, .. } => [expected.as_ref(), new.as_ref()],
+        _ => [None, None],
+    };
+    for value in values.into_iter().flatten() {
         if value.len() > value_bytes_max {
             return Err(Response::TooLarge {
                 what: LimitKind::Value,
