@@ -100,6 +100,21 @@ impl Cluster {
         }
     }
 
+    /// Whether host `id` has a running process.
+    pub fn is_running(&self, id: u64) -> bool {
+        self.procs.contains_key(&id)
+    }
+
+    /// SIGSTOP: the host freezes with its sockets open, like a long GC pause or a hung VM.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`Cluster::pause`].
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
     /// kill -9 and reap.
     pub fn kill9(&mut self, id: u64) {
         let mut c = self.procs.remove(&id).expect("host running");

@@ -1,0 +1,171 @@
+//! Jepsen-style runs: concurrent clients do get/put/cas/delete on a small key set against
+//! 3 hosts x 3 shards while a nemesis kills -9 and restarts hosts and pauses them (SIGSTOP).
+//! Every history is checked for linearizability; a violation fails the test and prints the
+//! minimal offending history of the key. Seeds are printed; SHARDKV_SEED replays one.
+//!
+//! CI runs a short budget; `cargo test --test nemesis -- --ignored` runs a long soak
+//! (SHARDKV_NEMESIS_SECS overrides either).
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use shardkv_checker::{check, Op, Outcome, Recorder};
+
+const CLIENTS: usize = 8;
+const KEYS: usize = 6;
+
+fn budget(default_secs: u64) -> Duration {
+    let secs = std::env::var("SHARDKV_NEMESIS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default_secs);
+    Duration::from_secs(secs)
+}
+
+async fn run(duration: Duration) {
+    let seed = common::seed();
+    let mut cluster = common::Cluster::new(3, 3, 3);
+    cluster.start_all();
+    let ready = cluster.client();
+    cluster.wait_ready(&ready).await;
+    drop(ready);
+
+    let recorder = Recorder::new();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for id in 0..CLIENTS {
+        let mut settings = cluster.settings("cli");
+        // Short deadlines keep the history moving through faults; outcomes become Unknown.
+        settings.deadline = Duration::from_secs(3);
+        settings.attempt_timeout = Duration::from_secs(1);
+        let client = shardkv::Client::new(settings).expect("client");
+        let recorder = recorder.clone();
+        let stop = stop.clone();
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(id as u64 + 1));
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut ops = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let key = format!("key-{}", rng.gen_range(0..KEYS)).into_bytes();
+                let value = format!("c{id}-{n}").into_bytes();
+                let dice = rng.gen_range(0..100);
+                if dice < 40 {
+                    let t = recorder.invoke(id, key.clone(), Op::Get);
+                    let outcome = match client.get(&key).await {
+                        Ok(v) => Outcome::Read(v),
+                        Err(_) => Outcome::Unknown,
+                    };
+                    recorder.complete(t, outcome);
+                } else if dice < 70 {
+                    let t = recorder.invoke(id, key.clone(), Op::Put(value.clone()));
+                    let outcome = match client.put(&key, &value).await {
+                        Ok(()) => Outcome::Written,
+                        Err(_) => Outcome::Unknown,
+                    };
+                    recorder.complete(t, outcome);
+                } else if dice < 80 {
+                    let t = recorder.invoke(id, key.clone(), Op::Delete);
+                    let outcome = match client.delete(&key).await {
+                        Ok(()) => Outcome::Written,
+                        Err(_) => Outcome::Unknown,
+                    };
+                    recorder.complete(t, outcome);
+                } else {
+                    // CAS from a recent read's value (or absent), so some succeed.
+                    let expected = match client.get(&key).await {
+                        Ok(v) => v,
+                        Err(_) => None,
+                    };
+                    let op = Op::Cas {
+                        expected: expected.clone(),
+                        new: Some(value.clone()),
+                    };
+                    let t = recorder.invoke(id, key.clone(), op);
+                    let outcome = match client.cas(&key, expected.as_deref(), Some(&value)).await {
+                        Ok(Ok(())) => Outcome::CasOk,
+                        Ok(Err(current)) => Outcome::CasFailed(current),
+                        Err(_) => Outcome::Unknown,
+                    };
+                    recorder.complete(t, outcome);
+                }
+                ops += 1;
+            }
+            ops
+        }));
+    }
+
+    // The nemesis: one fault at a time, each healed before the next.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let started = Instant::now();
+    let mut faults = Vec::new();
+    while started.elapsed() < duration {
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        let host = rng.gen_range(1..=3u64);
+        let hold = Duration::from_millis(rng.gen_range(200..2000));
+        match rng.gen_range(0..3) {
+            0 => {
+                cluster.kill9(host);
+                tokio::time::sleep(hold).await;
+                cluster.start(host);
+                faults.push(format!("kill -9 host {host} for {hold:?}"));
+            }
+            1 => {
+                cluster.pause(host);
+                tokio::time::sleep(hold).await;
+                cluster.resume(host);
+                faults.push(format!("pause host {host} for {hold:?}"));
+            }
+            _ => {
+                // Two hosts down at once: the cluster has no quorum; nothing may be
+                // acknowledged wrongly meanwhile.
+                let other = host % 3 + 1;
+                cluster.pause(host);
+                cluster.kill9(other);
+                tokio::time::sleep(hold).await;
+                cluster.resume(host);
+                cluster.start(other);
+                faults.push(format!(
+                    "pause host {host} + kill -9 host {other} for {hold:?}"
+                ));
+            }
+        }
+    }
+    // Heal, let clients see a healthy cluster for a moment, then stop.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for w in workers {
+        total += w.await.expect("worker");
+    }
+    let history = recorder.history();
+    let unknown = history
+        .events()
+        .iter()
+        .filter(|e| matches!(e.outcome, Outcome::Unknown))
+        .count();
+    eprintln!(
+        "seed {seed}: {total} ops ({unknown} with unknown outcome) under {} faults: {faults:?}",
+        faults.len()
+    );
+    assert!(total > 100, "the clients made progress ({total} ops)");
+    if let Err(e) = check(&history) {
+        panic!("seed {seed}: history is not linearizable:\n{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_linearizable_under_kills_and_pauses() {
+    run(budget(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long soak; run with --ignored"]
+async fn nemesis_soak() {
+    run(budget(300)).await;
+}
