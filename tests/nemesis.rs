@@ -78,10 +78,7 @@ async fn run(duration: Duration) {
                     recorder.complete(t, outcome);
                 } else {
                     // CAS from a recent read's value (or absent), so some succeed.
-                    let expected = match client.get(&key).await {
-                        Ok(v) => v,
-                        Err(_) => None,
-                    };
+                    let expected: Option<Vec<u8>> = client.get(&key).await.unwrap_or_default();
                     let op = Op::Cas {
                         expected: expected.clone(),
                         new: Some(value.clone()),
