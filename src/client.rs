@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, Endpoint};
 use shardkv_transport::endpoint::{call, client_endpoint, connect};
 use shardkv_transport::slot::shard_of_key;
-use shardkv_transport::wire::{check_limits, LimitKind, Op, ReadConsistency, Request, Response};
+use shardkv_transport::wire::{
+    check_limits, FaultSpec, HostStatus, LimitKind, Op, ReadConsistency, Request, Response,
+};
 use shardkv_transport::{HostId, ShardId, TlsFiles, TransportError};
 use tracing::debug;
 
@@ -210,6 +212,47 @@ impl Client {
         }
     }
 
+    /// Asks host `host` for its replicas' Raft status (one attempt, bounded by the
+    /// attempt timeout): for `shardkv status` and monitoring.
+    pub async fn host_status(&self, host: HostId) -> Result<HostStatus, ClientError> {
+        match self.admin(host, Op::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(final_error(other)),
+        }
+    }
+
+    /// Test hook: switches on faults in host `host` (only hosts built with the
+    /// `fault-injection` feature accept; release builds refuse).
+    pub async fn inject_fault(&self, host: HostId, spec: FaultSpec) -> Result<(), ClientError> {
+        match self.admin(host, Op::Fault(spec)).await? {
+            Response::Ok => Ok(()),
+            other => Err(final_error(other)),
+        }
+    }
+
+    async fn admin(&self, host: HostId, op: Op) -> Result<Response, ClientError> {
+        let req = Request {
+            client_id: 0,
+            seq: 0,
+            op,
+        };
+        let budget = self.inner.settings.attempt_timeout;
+        match tokio::time::timeout(budget, self.call_host(host, &req)).await {
+            Err(_) => Err(ClientError::Timeout {
+                deadline: budget,
+                last: format!("host {host} did not answer"),
+            }),
+            Ok(Err(TransportError::Refused { addr, reason })) => Err(ClientError::Refused(
+                format!("host at {addr} refused us: {reason}"),
+            )),
+            Ok(Err(e)) => Err(ClientError::Timeout {
+                deadline: budget,
+                last: format!("host {host}: {e}"),
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
     /// The host this client last saw lead the shard of `key`, if any.
     pub fn cached_leader(&self, key: &[u8]) -> Option<HostId> {
         let shard = shard_of_key(key, self.inner.settings.shards);
@@ -341,7 +384,8 @@ impl Client {
                         }
                     }
                     Response::Unavailable(why) => last = format!("shard {shard}: {why}"),
-                    other @ (Response::TooLarge { .. }
+                    other @ (Response::Status(_)
+                    | Response::TooLarge { .. }
                     | Response::Invalid(_)
                     | Response::Internal(_)) => {
                         return Err(final_error(other));

@@ -11,7 +11,7 @@ use shardkv_actors::messages::{ClientRequest, InboundRaft, SendRaft};
 use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
-use shardkv_actors::router::{LocalReplica, RouterActor};
+use shardkv_actors::router::{LocalReplica, RouterActor, TransferAll};
 use shardkv_actors::schema::Schema;
 use shardkv_actors::shard::ShardActor;
 use shardkv_actors::storage::StorageActor;
@@ -122,18 +122,57 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
             LocalReplica {
                 requests: replica.clone().recipient(),
                 raft: replica.clone().recipient(),
-                status: replica.recipient(),
+                status: replica.clone().recipient(),
+                transfer: replica.recipient(),
             },
         );
     }
     let replicas = local.len();
-    let router = RouterActor::new(host, cfg.shards, cfg.max_value_bytes, placement, local).start();
-    let handler = Arc::new(HostHandler { router });
+    let router = RouterActor::new(
+        host,
+        cfg.name.clone(),
+        cfg.shards,
+        cfg.max_value_bytes,
+        placement,
+        local,
+    )
+    .start();
+    let handler = Arc::new(HostHandler {
+        router: router.clone(),
+    });
     let accept = tokio::spawn(serve(endpoint.clone(), handler));
     info!(host, addr = %me.addr, replicas, cluster = %cfg.name, "host serving");
 
-    wait_for_stop_signal().await;
-    info!(host, "stopping");
+    // systemd (Type=notify): the host serves now. Outside systemd this is a no-op.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+
+    let mut signals = StopSignals::install();
+    signals.next().await;
+    info!(
+        host,
+        "stopping: handing leadership away (a second signal stops at once)"
+    );
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    // Hand every local leadership to an up-to-date follower so clients see no election
+    // timeout, bounded in time; a second signal skips the wait.
+    let handoff = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            match router.send(TransferAll).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        warn!(host, "some leaderships could not be handed off in time");
+    };
+    tokio::select! {
+        _ = handoff => {}
+        _ = signals.next() => {
+            warn!(host, "second signal: stopping now");
+            std::process::exit(130);
+        }
+    }
+    info!(host, "stopped");
     endpoint.close(0u32.into(), b"host shutting down");
     accept.abort();
     // Every acknowledged write is already durable; let in-flight commits finish briefly.
@@ -141,20 +180,32 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     Ok(())
 }
 
-async fn wait_for_stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
+/// SIGTERM and SIGINT, as one stream.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        if term.is_none() || int.is_none() {
             warn!("cannot install signal handlers; stop with SIGKILL");
-            std::future::pending::<()>().await;
+        }
+        StopSignals { term, int }
+    }
+
+    async fn next(&mut self) {
+        match (&mut self.term, &mut self.int) {
+            (Some(term), Some(int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => std::future::pending::<()>().await,
         }
     }
 }

@@ -97,20 +97,14 @@ pub struct FailWaiters(pub Response);
 
 /// To a ReplicaActor: report its Raft status.
 #[derive(Message)]
-#[rtype(result = "ReplicaStatus")]
+#[rtype(result = "shardkv_transport::wire::ReplicaInfo")]
 pub struct GetStatus;
 
-/// A replica's Raft status, for `shardkv status` and tests.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ReplicaStatus {
-    pub shard: shardkv_transport::ShardId,
-    pub host: HostId,
-    pub term: u64,
-    pub leader: Option<HostId>,
-    pub is_leader: bool,
-    pub commit: u64,
-    pub applied: u64,
-}
+/// To a ReplicaActor: if leader, hand leadership to another voter (before a graceful stop).
+/// Answers whether it was the leader when asked.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct TransferLeadership;
 
 /// A state-machine command as stored in the Raft log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -138,6 +138,9 @@ async fn link_loop(
                     Err(_) => break,
                 }
             }
+            if shardkv_transport::fault::partitioned(peer) {
+                continue; // Test fault: this link is cut.
+            }
             if let Err(e) = send_raft_batch(&mut stream, &batch).await {
                 info!(peer, error = %e, "peer link lost; reconnecting");
                 break;

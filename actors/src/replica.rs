@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};
 use raft::{RawNode, StateRole};
-use shardkv_transport::wire::{check_limits, Op, ReadConsistency, Response};
+use shardkv_transport::wire::{check_limits, Op, ReadConsistency, ReplicaInfo, Response};
 use shardkv_transport::{HostId, ShardId};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::messages::{
     Action, ApplyEntries, AwaitApply, ClientRequest, Command, FailWaiters, GetStatus, Persist,
-    ReadAt, ReplicaStatus, SendRaft, StepRaft, WriteBatch,
+    ReadAt, SendRaft, StepRaft, TransferLeadership, WriteBatch,
 };
 use crate::raft_storage::LmdbRaftStorage;
 
@@ -386,6 +386,11 @@ impl ReplicaActor {
             Op::Delete { key } => {
                 self.propose(req.client_id, req.seq, Action::Delete { key }, tx, ctx)
             }
+            Op::Status | Op::Fault(_) => {
+                let _ = tx.send(Response::Invalid(
+                    "administrative requests go to the router".into(),
+                ));
+            }
             Op::Cas { key, expected, new } => {
                 let action = Action::Cas { key, expected, new };
                 self.propose(req.client_id, req.seq, action, tx, ctx)
@@ -504,14 +509,43 @@ impl Handler<GetStatus> for ReplicaActor {
 
     fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
         let raft = &self.node.raft;
-        MessageResult(ReplicaStatus {
+        MessageResult(ReplicaInfo {
             shard: self.shard,
-            host: self.host,
             term: raft.term,
             leader: (raft.leader_id != 0).then_some(raft.leader_id),
             is_leader: raft.state == StateRole::Leader,
             commit: raft.raft_log.committed,
             applied: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
         })
+    }
+}
+
+impl Handler<TransferLeadership> for ReplicaActor {
+    type Result = bool;
+
+    /// Hands leadership to the most up-to-date voter; answers whether this replica still leads.
+    fn handle(&mut self, _: TransferLeadership, ctx: &mut Self::Context) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        let me = self.host;
+        let best = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, pr)| **id != me && pr.recent_active)
+            .max_by_key(|(_, pr)| pr.matched)
+            .map(|(id, _)| *id);
+        if let Some(to) = best {
+            info!(
+                shard = self.shard,
+                to, "transferring leadership before shutdown"
+            );
+            self.node.transfer_leader(to);
+            self.schedule_drive(ctx);
+        }
+        true
     }
 }

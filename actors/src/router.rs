@@ -8,22 +8,24 @@ use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use shardkv_transport::slot::shard_of_key;
-use shardkv_transport::wire::{check_limits, Response};
+use shardkv_transport::wire::{check_limits, HostStatus, Op, ReplicaInfo, Response};
 use shardkv_transport::{HostId, ShardId};
 use tracing::{debug, warn};
 
-use crate::messages::{ClientRequest, GetStatus, InboundRaft, ReplicaStatus, StepRaft};
+use crate::messages::{ClientRequest, GetStatus, InboundRaft, StepRaft, TransferLeadership};
 
 /// A local replica as the router sees it.
 pub struct LocalReplica {
     pub requests: Recipient<ClientRequest>,
     pub raft: Recipient<StepRaft>,
     pub status: Recipient<GetStatus>,
+    pub transfer: Recipient<TransferLeadership>,
 }
 
 /// The actor; see the module docs.
 pub struct RouterActor {
     host: HostId,
+    cluster: String,
     shards: u32,
     value_bytes_max: usize,
     /// Replica hosts of every shard (for NoReplicaHere answers).
@@ -35,6 +37,7 @@ impl RouterActor {
     /// A router for `host` of a cluster with `shards` shards placed as `placement`.
     pub fn new(
         host: HostId,
+        cluster: String,
         shards: u32,
         value_bytes_max: usize,
         placement: HashMap<ShardId, Vec<HostId>>,
@@ -42,6 +45,7 @@ impl RouterActor {
     ) -> Self {
         RouterActor {
             host,
+            cluster,
             shards,
             value_bytes_max,
             placement,
@@ -62,6 +66,29 @@ impl Handler<ClientRequest> for RouterActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) -> Self::Result {
+        match &msg.0.op {
+            Op::Status => {
+                let host = self.host;
+                let cluster = self.cluster.clone();
+                let status = self.local_status();
+                return Box::pin(async move {
+                    Response::Status(HostStatus {
+                        host,
+                        cluster,
+                        version: env!("CARGO_PKG_VERSION").to_string(),
+                        replicas: status.await,
+                    })
+                });
+            }
+            Op::Fault(spec) => {
+                let resp = match shardkv_transport::fault::apply(spec) {
+                    Ok(()) => Response::Ok,
+                    Err(e) => Response::Invalid(e),
+                };
+                return Box::pin(async move { resp });
+            }
+            _ => {}
+        }
         if let Err(resp) = check_limits(&msg.0.op, self.value_bytes_max) {
             return Box::pin(async move { resp });
         }
@@ -147,21 +174,19 @@ fn peer_message_allowed(t: MessageType) -> bool {
     )
 }
 
-/// To the RouterActor: status of every local replica.
+/// To the RouterActor: status of every local replica, by shard.
 #[derive(Message)]
-#[rtype(result = "Vec<ReplicaStatus>")]
+#[rtype(result = "Vec<ReplicaInfo>")]
 pub struct LocalStatus;
 
-impl Handler<LocalStatus> for RouterActor {
-    type Result = ResponseFuture<Vec<ReplicaStatus>>;
-
-    fn handle(&mut self, _: LocalStatus, _: &mut Self::Context) -> Self::Result {
+impl RouterActor {
+    fn local_status(&self) -> impl std::future::Future<Output = Vec<ReplicaInfo>> + 'static {
         let futs: Vec<_> = self
             .local
             .values()
             .map(|r| r.status.send(GetStatus))
             .collect();
-        Box::pin(async move {
+        async move {
             let mut out = Vec::new();
             for f in futs {
                 if let Ok(s) = f.await {
@@ -170,6 +195,41 @@ impl Handler<LocalStatus> for RouterActor {
             }
             out.sort_by_key(|s| s.shard);
             out
+        }
+    }
+}
+
+impl Handler<LocalStatus> for RouterActor {
+    type Result = ResponseFuture<Vec<ReplicaInfo>>;
+
+    fn handle(&mut self, _: LocalStatus, _: &mut Self::Context) -> Self::Result {
+        Box::pin(self.local_status())
+    }
+}
+
+/// To the RouterActor: ask every local leader to hand leadership away (graceful stop).
+/// Answers how many local replicas were still leading.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct TransferAll;
+
+impl Handler<TransferAll> for RouterActor {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: TransferAll, _: &mut Self::Context) -> Self::Result {
+        let futs: Vec<_> = self
+            .local
+            .values()
+            .map(|r| r.transfer.send(TransferLeadership))
+            .collect();
+        Box::pin(async move {
+            let mut leading = 0;
+            for f in futs {
+                if matches!(f.await, Ok(true)) {
+                    leading += 1;
+                }
+            }
+            leading
         })
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod kv;
+mod status;
 mod up;
 
 use std::path::PathBuf;
@@ -72,6 +73,13 @@ enum Command {
         /// Delete KEY instead of writing a new value.
         #[arg(long)]
         delete: bool,
+    },
+    /// Per host reachability and version; per shard leader, term, commit/applied, lag.
+    /// Exits 1 if any shard lacks a quorum.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure throughput and latency (figures, not pass/fail).
     Bench(bench::BenchArgs),
@@ -191,6 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             kv::cas(&load(&path)?, &key, expected, new)
         }
+        Command::Status { json } => status::run(&load(&path)?, json),
         Command::Bench(args) => bench::run(&path, args),
     }
 }

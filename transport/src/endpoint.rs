@@ -237,11 +237,19 @@ async fn serve_request<H: Handler>(
     peer: PeerIdentity,
     handler: Arc<H>,
 ) {
-    let resp = match read_frame::<_, Request>(&mut recv, CLIENT_FRAME_BYTES_MAX).await {
-        Ok(Some(req)) => handler.request(peer, req).await,
+    let (resp, write) = match read_frame::<_, Request>(&mut recv, CLIENT_FRAME_BYTES_MAX).await {
+        Ok(Some(req)) => {
+            let write = req.op.is_write();
+            (handler.request(peer, req).await, write)
+        }
         Ok(None) => return,
-        Err(e) => Response::Invalid(format!("bad request frame: {e}")),
+        Err(e) => (Response::Invalid(format!("bad request frame: {e}")), false),
     };
+    if write && crate::fault::take_reply_drop() {
+        // Test fault: the write was applied, its acknowledgement is lost.
+        let _ = send.reset(VarInt::from_u32(0));
+        return;
+    }
     if let Err(e) = write_frame(&mut send, &resp).await {
         debug!(error = %e, "could not send reply");
         return;
@@ -258,6 +266,7 @@ async fn serve_raft_stream<H: Handler>(
     info!(peer = from, "raft stream open");
     loop {
         match read_frame::<_, RaftBatch>(&mut recv, RAFT_FRAME_BYTES_MAX).await {
+            Ok(Some(_)) if crate::fault::partitioned(from) => {}
             Ok(Some(batch)) => handler.raft(from, batch),
             Ok(None) => break,
             Err(TransportError::Io(e)) => {

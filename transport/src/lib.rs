@@ -6,6 +6,7 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod fault;
 pub mod frame;
 pub mod slot;
 pub mod tls;

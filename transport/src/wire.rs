@@ -49,6 +49,41 @@ pub enum Op {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     },
+    /// Administrative: report this host's replicas (sent to one host, not routed by key).
+    Status,
+    /// Administrative, tests only: inject faults into this host's transport. Hosts built
+    /// without the `fault-injection` feature (every release build) answer `Invalid`.
+    Fault(FaultSpec),
+}
+
+/// Faults a test can switch on in one host (see [`Op::Fault`]).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+pub struct FaultSpec {
+    /// Drop all Raft traffic to and from these hosts (a partition), replacing earlier ones.
+    pub partition_from: Vec<HostId>,
+    /// Apply the next this-many client writes but drop their replies (lost acknowledgements).
+    pub drop_replies: u32,
+}
+
+/// One replica as its host reports it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub shard: ShardId,
+    pub term: u64,
+    pub leader: Option<HostId>,
+    pub is_leader: bool,
+    pub commit: u64,
+    pub applied: u64,
+    pub last_index: u64,
+}
+
+/// A host's answer to [`Op::Status`].
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct HostStatus {
+    pub host: HostId,
+    pub cluster: String,
+    pub version: String,
+    pub replicas: Vec<ReplicaInfo>,
 }
 
 impl Op {
@@ -59,12 +94,18 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => key,
+            Op::Status | Op::Fault(_) => &[],
         }
     }
 
     /// Whether the operation changes state (and so goes through the Raft log).
     pub fn is_write(&self) -> bool {
-        !matches!(self, Op::Get { .. })
+        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+    }
+
+    /// Whether the operation is addressed to a host rather than routed by key.
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Op::Status | Op::Fault(_))
     }
 }
 
@@ -90,6 +131,8 @@ pub enum Response {
     CasOk,
     /// A CAS found another value (here: the current one) and changed nothing.
     CasFailed { current: Option<Vec<u8>> },
+    /// The answer to [`Op::Status`].
+    Status(HostStatus),
     /// This host's replica of the shard is not the leader; try `leader` if known.
     NotLeader {
         shard: ShardId,
