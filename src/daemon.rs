@@ -141,6 +141,9 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         router: router.clone(),
     });
     let accept = tokio::spawn(serve(endpoint.clone(), handler));
+    if let Some(addr) = me.metrics {
+        serve_metrics(addr)?;
+    }
     info!(host, addr = %me.addr, replicas, cluster = %cfg.name, "host serving");
 
     // systemd (Type=notify): the host serves now. Outside systemd this is a no-op.
@@ -177,6 +180,34 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     accept.abort();
     // Every acknowledged write is already durable; let in-flight commits finish briefly.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    Ok(())
+}
+
+/// Serves `GET /metrics` (OpenMetrics text) on `addr`, on the actix system's arbiter.
+fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), DaemonError> {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    let registry = Arc::new(shardkv_actors::metrics::registry());
+    let server = HttpServer::new(move || {
+        let registry = registry.clone();
+        App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let body = shardkv_actors::metrics::encode(&registry);
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(addr)
+    .map_err(|e| DaemonError::Runtime(format!("metrics listener on {addr}: {e}")))?
+    .run();
+    actix_rt::spawn(server);
+    info!(%addr, "metrics at http://{addr}/metrics");
     Ok(())
 }
 

@@ -11,6 +11,7 @@
 pub mod error;
 pub mod logger;
 pub mod messages;
+pub mod metrics;
 pub mod peer;
 pub mod raft_storage;
 pub mod replica;

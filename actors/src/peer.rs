@@ -119,6 +119,11 @@ async fn link_loop(
             continue;
         };
         info!(peer, %addr, "peer up");
+        let gauge = crate::metrics::metrics()
+            .peer_connected
+            .get_or_create(&crate::metrics::PeerLabels { peer })
+            .clone();
+        gauge.set(1);
         was_up = true;
         backoff = BACKOFF_MIN;
         loop {
@@ -143,6 +148,7 @@ async fn link_loop(
             }
             if let Err(e) = send_raft_batch(&mut stream, &batch).await {
                 info!(peer, error = %e, "peer link lost; reconnecting");
+                gauge.set(0);
                 break;
             }
         }

@@ -68,6 +68,8 @@ pub struct ReplicaActor {
     drive_scheduled: bool,
     leader: u64,
     role: StateRole,
+    /// The hard state as last written to storage.
+    stored_hs: raft::eraftpb::HardState,
 }
 
 impl ReplicaActor {
@@ -84,7 +86,8 @@ impl ReplicaActor {
     ) -> Result<Self, crate::error::ActorError> {
         // Applied never exceeds the stored commit (raft-rs refuses to start otherwise); if a
         // crash left it so, re-deliver from the commit: the ShardActor skips what it applied.
-        let applied = applied.min(storage.hard_state()?.commit);
+        let stored_hs = storage.hard_state()?;
+        let applied = applied.min(stored_hs.commit);
         let cfg = raft::Config {
             id: host,
             election_tick: settings.election_ticks,
@@ -114,6 +117,7 @@ impl ReplicaActor {
             drive_scheduled: false,
             leader: 0,
             role: StateRole::Follower,
+            stored_hs,
         })
     }
 
@@ -185,14 +189,23 @@ impl ReplicaActor {
             ctx.stop();
             return;
         }
+        // The hard state must be durable before anything that depends on it leaves (a vote,
+        // a new term). A change of the commit index alone need not be: it is re-learned from
+        // the leader after a restart, and applied is clamped to the stored commit at start.
+        // So a commit-only change rides along with the next write instead of costing an
+        // fsync on every write's path.
         if let Some(hs) = ready.hs() {
-            match LmdbRaftStorage::hard_state_op(self.shard, hs) {
-                Ok(op) => batch.ops.push(op),
-                Err(e) => {
-                    error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
-                    ctx.stop();
-                    return;
+            let term_or_vote = hs.term != self.stored_hs.term || hs.vote != self.stored_hs.vote;
+            if term_or_vote || !batch.ops.is_empty() {
+                match LmdbRaftStorage::hard_state_op(self.shard, hs) {
+                    Ok(op) => batch.ops.push(op),
+                    Err(e) => {
+                        error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
+                        ctx.stop();
+                        return;
+                    }
                 }
+                self.stored_hs = hs.clone();
             }
         }
         if batch.ops.is_empty() {
@@ -224,42 +237,10 @@ impl ReplicaActor {
         // 7. Committed entries go to the state machine, in order.
         self.apply(committed);
         let mut light = self.node.advance(ready);
-        // 8. A commit index that advanced without a new hard state is stored before entries
-        //    up to it are applied (on restart, applied may never exceed commit).
+        // 8. Messages and entries the advance released (a commit index alone is not stored;
+        //    see step 5).
         self.send(light.take_messages());
         let committed = light.take_committed_entries();
-        if let Some(commit) = light.commit_index() {
-            let mut hs = self.node.raft.hard_state();
-            hs.commit = commit;
-            let op = match LmdbRaftStorage::hard_state_op(self.shard, &hs) {
-                Ok(op) => op,
-                Err(e) => {
-                    error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
-                    ctx.stop();
-                    return;
-                }
-            };
-            self.persisting = true;
-            let persist = self
-                .links
-                .storage
-                .send(Persist(WriteBatch { ops: vec![op] }));
-            ctx.wait(persist.into_actor(self).map(move |res, act, ctx| {
-                act.persisting = false;
-                match res {
-                    Ok(Ok(())) => act.after_commit(committed, ctx),
-                    Ok(Err(e)) => {
-                        error!(shard = act.shard, error = %e, "persist failed; stopping replica");
-                        ctx.stop();
-                    }
-                    Err(e) => {
-                        error!(shard = act.shard, error = %e, "storage unreachable; stopping replica");
-                        ctx.stop();
-                    }
-                }
-            }));
-            return;
-        }
         self.after_commit(committed, ctx);
     }
 
@@ -307,7 +288,16 @@ impl ReplicaActor {
     }
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        let m = crate::metrics::metrics();
+        let labels = crate::metrics::ShardLabels { shard: self.shard };
+        m.raft_is_leader
+            .get_or_create(&labels)
+            .set(i64::from(role == StateRole::Leader));
+        m.raft_term
+            .get_or_create(&labels)
+            .set(i64::try_from(self.node.raft.term).unwrap_or(i64::MAX));
         if leader != self.leader {
+            m.raft_leader_changes.get_or_create(&labels).inc();
             info!(
                 shard = self.shard,
                 host = self.host,
@@ -431,6 +421,10 @@ impl ReplicaActor {
         }
         let index = self.node.raft.raft_log.last_index();
         let term = self.node.raft.term;
+        crate::metrics::metrics()
+            .raft_proposals
+            .get_or_create(&crate::metrics::ShardLabels { shard: self.shard })
+            .inc();
         self.links.await_apply.do_send(AwaitApply {
             index,
             term,

@@ -90,6 +90,7 @@ impl Handler<ClientRequest> for RouterActor {
             _ => {}
         }
         if let Err(resp) = check_limits(&msg.0.op, self.value_bytes_max) {
+            record(kind_of(&msg.0.op), &resp, std::time::Instant::now());
             return Box::pin(async move { resp });
         }
         let shard = shard_of_key(msg.0.op.key(), self.shards);
@@ -97,12 +98,16 @@ impl Handler<ClientRequest> for RouterActor {
             let hosts = self.placement.get(&shard).cloned().unwrap_or_default();
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
         };
+        let kind = kind_of(&msg.0.op);
+        let started = std::time::Instant::now();
         let fut = replica.requests.send(msg);
         Box::pin(async move {
-            match fut.await {
+            let resp = match fut.await {
                 Ok(resp) => resp,
                 Err(e) => Response::Internal(format!("replica of shard {shard} unreachable: {e}")),
-            }
+            };
+            record(kind, &resp, started);
+            resp
         })
     }
 }
@@ -155,6 +160,44 @@ impl Handler<InboundRaft> for RouterActor {
             }
         }
     }
+}
+
+fn kind_of(op: &Op) -> &'static str {
+    match op {
+        Op::Get { .. } => "get",
+        Op::Put { .. } => "put",
+        Op::Delete { .. } => "delete",
+        Op::Cas { .. } => "cas",
+        Op::Status => "status",
+        Op::Fault(_) => "fault",
+    }
+}
+
+fn result_of(resp: &Response) -> &'static str {
+    match resp {
+        Response::Value(Some(_)) | Response::Ok | Response::CasOk | Response::Status(_) => "ok",
+        Response::Value(None) => "not_found",
+        Response::CasFailed { .. } => "cas_failed",
+        Response::NotLeader { .. } => "not_leader",
+        Response::NoReplicaHere { .. } => "no_replica",
+        Response::TooLarge { .. } => "too_large",
+        Response::Invalid(_) => "invalid",
+        Response::Unavailable(_) => "unavailable",
+        Response::Internal(_) => "internal",
+    }
+}
+
+fn record(kind: &'static str, resp: &Response, started: std::time::Instant) {
+    let m = crate::metrics::metrics();
+    m.client_requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            kind,
+            result: result_of(resp),
+        })
+        .inc();
+    m.client_request_seconds
+        .get_or_create(&crate::metrics::KindLabels { kind })
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// Message types one replica may send another over the network.

@@ -4,6 +4,13 @@
 //! client-session table in the same transaction, so a command is applied exactly once even when
 //! a client retries it or the host crashes mid-apply. It completes waiting writes and serves
 //! reads once the index they wait for is applied.
+//!
+//! Applying does not wait for its own fsync: a committed entry is already durable on a
+//! majority in the Raft log, so after a crash it is simply applied again from the log (the
+//! durable applied index and the sessions move together). The effects of batches still on
+//! their way to disk are kept in an in-memory overlay that reads and later applies consult
+//! first, so replies and reads never wait for the apply's fsync. (TiKV's apply works the same
+//! way.)
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,13 +32,30 @@ type WaitingRead = (Vec<u8>, oneshot::Sender<Response>);
 /// The outcome of one applied entry: (index, term, reply).
 type Applied = (u64, u64, Response);
 
+/// What applying a run of entries produces: the LMDB writes, each entry's reply, and the
+/// values and sessions it changed (for the overlay).
+struct Plan {
+    batch: WriteBatch,
+    results: Vec<Applied>,
+    values: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    sessions: HashMap<u64, (u64, Option<Response>)>,
+}
+
 /// The actor; see the module docs.
 pub struct ShardActor {
     shard: ShardId,
     schema: Schema,
     storage: Recipient<Persist>,
-    /// Highest index whose effects are durable in `kv`.
+    /// Highest index applied (visible to reads through the overlay).
     applied: u64,
+    /// Values written by batches not yet committed to LMDB: key -> (batch, value).
+    overlay: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
+    /// Sessions touched by batches not yet committed: client -> (batch, seq, reply).
+    session_overlay: HashMap<u64, (u64, u64, Option<Response>)>,
+    /// Number of the last apply batch sent to storage.
+    batch_seq: u64,
+    /// Apply batches sent to storage and not yet committed.
+    in_flight: usize,
     /// Writes waiting for their entry: index -> (term it was proposed in, reply).
     waiters: BTreeMap<u64, (u64, oneshot::Sender<Response>)>,
     /// Reads waiting for `applied` to reach an index.
@@ -46,12 +70,19 @@ impl ShardActor {
             schema,
             storage,
             applied,
+            overlay: HashMap::new(),
+            session_overlay: HashMap::new(),
+            batch_seq: 0,
+            in_flight: 0,
             waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
         }
     }
 
     fn read(&self, key: &[u8]) -> Response {
+        if let Some((_, v)) = self.overlay.get(key) {
+            return Response::Value(v.clone());
+        }
         let res = (|| -> Result<Option<Vec<u8>>, ActorError> {
             let rtxn = self.schema.env.read_txn()?;
             Ok(self
@@ -68,6 +99,9 @@ impl ShardActor {
 
     /// The last applied seq of a client session and the reply it got.
     fn session(&self, client_id: u64) -> Result<(u64, Option<Response>), ActorError> {
+        if let Some((_, seq, reply)) = self.session_overlay.get(&client_id) {
+            return Ok((*seq, reply.clone()));
+        }
         let rtxn = self.schema.env.read_txn()?;
         match self
             .schema
@@ -96,6 +130,9 @@ impl ShardActor {
         if let Some(v) = overlay.get(key) {
             return Ok(v.clone());
         }
+        if let Some((_, v)) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
         let rtxn = self.schema.env.read_txn()?;
         Ok(self
             .schema
@@ -105,7 +142,7 @@ impl ShardActor {
     }
 
     /// Turns committed entries into one write batch, and the result of each entry.
-    fn plan(&self, entries: &[Entry]) -> Result<(WriteBatch, Vec<Applied>), ActorError> {
+    fn plan(&self, entries: &[Entry]) -> Result<Plan, ActorError> {
         let mut batch = WriteBatch::default();
         let mut results = Vec::with_capacity(entries.len());
         // Sessions and values touched earlier in this batch (later entries must see them).
@@ -214,10 +251,19 @@ impl ShardActor {
                 last.to_be_bytes().to_vec(),
             ));
         }
-        Ok((batch, results))
+        Ok(Plan {
+            batch,
+            results,
+            values: overlay,
+            sessions,
+        })
     }
 
     fn on_applied(&mut self, last: u64, results: Vec<Applied>) {
+        crate::metrics::metrics()
+            .raft_applied_entries
+            .get_or_create(&crate::metrics::ShardLabels { shard: self.shard })
+            .inc_by(last.saturating_sub(self.applied));
         self.applied = last;
         for (index, term, resp) in results {
             if let Some((want_term, reply)) = self.waiters.remove(&index) {
@@ -265,7 +311,7 @@ impl Handler<ApplyEntries> for ShardActor {
         if last <= self.applied {
             return;
         }
-        let (batch, results) = match self.plan(&msg.0) {
+        let plan = match self.plan(&msg.0) {
             Ok(p) => p,
             Err(e) => {
                 error!(shard = self.shard, error = %e, "cannot apply committed entries; stopping shard");
@@ -273,20 +319,50 @@ impl Handler<ApplyEntries> for ShardActor {
                 return;
             }
         };
-        // Applies are strictly sequential: the next batch must see this one's sessions.
-        let persist = self.storage.send(Persist(batch));
-        ctx.wait(persist.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(Ok(())) => act.on_applied(last, results),
-            Ok(Err(e)) => {
-                error!(shard = act.shard, error = %e, "apply not persisted; stopping shard");
-                ctx.stop();
+        // Make the batch visible through the overlay, answer its writers and the reads it
+        // unblocks, then let storage commit it in the background (in order, with others).
+        self.batch_seq += 1;
+        let seq = self.batch_seq;
+        for (k, v) in plan.values {
+            self.overlay.insert(k, (seq, v));
+        }
+        for (client, (s, reply)) in plan.sessions {
+            self.session_overlay.insert(client, (seq, s, reply));
+        }
+        self.on_applied(last, plan.results);
+        self.in_flight += 1;
+        let persist = self.storage.send(Persist(plan.batch));
+        let done = persist.into_actor(self).map(move |res, act, _ctx| {
+            act.in_flight -= 1;
+            match res {
+                Ok(Ok(())) => {
+                    act.overlay.retain(|_, (b, _)| *b != seq);
+                    act.session_overlay.retain(|_, (b, _, _)| *b != seq);
+                }
+                Ok(Err(e)) => fatal(act.shard, &e.to_string()),
+                Err(e) => fatal(act.shard, &e.to_string()),
             }
-            Err(e) => {
-                error!(shard = act.shard, error = %e, "storage unreachable; stopping shard");
-                ctx.stop();
-            }
-        }));
+        });
+        if self.in_flight > APPLY_BATCHES_IN_FLIGHT_MAX {
+            // Storage is behind: stop taking work until this batch is down (bounds the overlay).
+            ctx.wait(done);
+        } else {
+            ctx.spawn(done);
+        }
     }
+}
+
+/// Apply batches that may be on their way to disk at once; past this, apply waits.
+const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 64;
+
+/// An applied batch could not be stored: memory and disk now disagree. The only safe move is
+/// to stop the host; on restart it re-applies from the durable Raft log.
+fn fatal(shard: ShardId, error: &str) {
+    error!(
+        shard,
+        error, "applied batch could not be stored; exiting so a restart re-applies it from the log"
+    );
+    std::process::exit(70);
 }
 
 impl Handler<AwaitApply> for ShardActor {

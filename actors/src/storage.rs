@@ -114,7 +114,13 @@ fn writer_loop(schema: Schema, rx: std_mpsc::Receiver<Job>) {
     while let Ok((batches, done)) = rx.recv() {
         let ops: usize = batches.iter().map(|b| b.ops.len()).sum();
         let started = std::time::Instant::now();
+        let count = batches.len();
         let res = commit(&schema, batches);
+        let m = crate::metrics::metrics();
+        m.storage_commits.inc();
+        m.storage_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        m.storage_commit_batches.observe(count as f64);
         if let Err(e) = &res {
             error!(error = %e, "LMDB commit failed");
         }

@@ -20,6 +20,32 @@ pub fn free_port(ip: [u8; 4]) -> u16 {
     s.local_addr().expect("probe socket has an address").port()
 }
 
+/// A free TCP port on `ip` (for the metrics listener).
+pub fn free_tcp_port(ip: [u8; 4]) -> u16 {
+    let s = std::net::TcpListener::bind(SocketAddr::from((ip, 0))).expect("bind a probe listener");
+    s.local_addr()
+        .expect("probe listener has an address")
+        .port()
+}
+
+/// GET `path` from `addr` over plain HTTP/1.0; returns the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read response");
+    assert!(
+        out.starts_with("HTTP/1.") && out.contains(" 200 "),
+        "response: {out}"
+    );
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub cfg_path: PathBuf,
@@ -40,9 +66,11 @@ impl Cluster {
         for id in 1..=hosts {
             let ip = [127, 0, 0, 10 + id as u8];
             let port = free_port(ip);
+            let metrics = free_tcp_port(ip);
             text.push_str(&format!(
-                "[[host]]\nid = {id}\naddr = \"127.0.0.{}:{port}\"\ndata_dir = \"data/host-{id}\"\n\n",
-                10 + id
+                "[[host]]\nid = {id}\naddr = \"127.0.0.{last}:{port}\"\ndata_dir = \"data/host-{id}\"\n\
+                 metrics = \"127.0.0.{last}:{metrics}\"\n\n",
+                last = 10 + id
             ));
         }
         let cfg_path = dir.path().join("cluster.toml");
