@@ -3,7 +3,11 @@
 //! acknowledged.
 //!
 //! Reads go straight to LMDB through read transactions; writes are produced as [`WriteOp`]s and
-//! made durable by the StorageActor *before* raft-rs is told they are persisted.
+//! made durable by the StorageActor *before* raft-rs is told they are persisted. Entries on
+//! their way to disk sit in a staging area that reads consult first, because raft-rs stops
+//! holding them itself as soon as they are handed to storage (`advance_append_async`).
+
+use std::collections::VecDeque;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -21,6 +25,10 @@ use crate::schema::{
 pub struct LmdbRaftStorage {
     schema: Schema,
     shard: ShardId,
+    /// Entries handed to storage and not yet known durable, contiguous by index. They
+    /// supersede whatever LMDB holds at the same or later indexes (an in-flight append may be
+    /// replacing a conflicting suffix there).
+    staged: VecDeque<Entry>,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -32,7 +40,53 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 impl LmdbRaftStorage {
     /// Storage of `shard` in `schema`.
     pub fn new(schema: Schema, shard: ShardId) -> Self {
-        LmdbRaftStorage { schema, shard }
+        LmdbRaftStorage {
+            schema,
+            shard,
+            staged: VecDeque::new(),
+        }
+    }
+
+    /// Records entries just handed to storage (they replace staged ones from their first
+    /// index on).
+    pub fn stage(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first().map(|e| e.index) else {
+            return;
+        };
+        while self.staged.back().is_some_and(|e| e.index >= first) {
+            self.staged.pop_back();
+        }
+        if let Some(back) = self.staged.back() {
+            assert_eq!(back.index + 1, first, "staged entries must stay contiguous");
+        }
+        self.staged.extend(entries);
+    }
+
+    /// Forgets staged entries that are now durable: those of `persisted` (index, term) still
+    /// at the front (a later append may already have replaced them).
+    pub fn unstage(&mut self, persisted: &[(u64, u64)]) {
+        for &(index, term) in persisted {
+            match self.staged.front() {
+                Some(e) if e.index == index && e.term == term => {
+                    self.staged.pop_front();
+                }
+                Some(e) if e.index < index => {
+                    // Cannot happen: batches become durable in order.
+                    self.staged.pop_front();
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn staged_first(&self) -> Option<u64> {
+        self.staged.front().map(|e| e.index)
+    }
+
+    fn staged_at(&self, index: u64) -> Option<&Entry> {
+        let first = self.staged_first()?;
+        let offset = usize::try_from(index.checked_sub(first)?).ok()?;
+        self.staged.get(offset)
     }
 
     /// On first start, records the initial voters; later starts keep what is stored.
@@ -205,32 +259,57 @@ impl raft::Storage for LmdbRaftStorage {
         if low <= truncated {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        let last = self.last_index_in(&rtxn)?;
+        let last = match self.staged.back() {
+            Some(e) => e.index,
+            None => self.last_index_in(&rtxn)?,
+        };
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
+        // LMDB serves what precedes the staged entries; the staging area serves the rest.
+        let lmdb_high = self.staged_first().map_or(high, |f| high.min(f));
         // Sized by what is likely returned, not by the range asked for (which can be huge).
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         let mut size = 0u64;
-        let range = log_key(self.shard, low)..log_key(self.shard, high);
-        let range = (
-            std::ops::Bound::Included(&range.start[..]),
-            std::ops::Bound::Excluded(&range.end[..]),
-        );
-        for item in self
-            .schema
-            .raft_log
-            .range(&rtxn, &range)
-            .map_err(store_err)?
-        {
-            let (_, v) = item.map_err(store_err)?;
-            let e = Entry::parse_from_bytes(v).map_err(store_err)?;
-            size += u64::from(e.compute_size());
-            // Always return at least one entry, as the Storage contract requires.
-            if !out.is_empty() && max_size.is_some_and(|m| size > m) {
-                break;
+        let mut full = false;
+        if low < lmdb_high {
+            let start = log_key(self.shard, low);
+            let end = log_key(self.shard, lmdb_high);
+            let range = (
+                std::ops::Bound::Included(&start[..]),
+                std::ops::Bound::Excluded(&end[..]),
+            );
+            for item in self
+                .schema
+                .raft_log
+                .range(&rtxn, &range)
+                .map_err(store_err)?
+            {
+                let (_, v) = item.map_err(store_err)?;
+                let e = Entry::parse_from_bytes(v).map_err(store_err)?;
+                size += u64::from(e.compute_size());
+                // Always return at least one entry, as the Storage contract requires.
+                if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                    full = true;
+                    break;
+                }
+                out.push(e);
             }
-            out.push(e);
+            if !full && out.len() as u64 != lmdb_high - low {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        if !full {
+            for index in low.max(lmdb_high)..high {
+                let Some(e) = self.staged_at(index) else {
+                    return Err(raft::Error::Store(StorageError::Unavailable));
+                };
+                size += u64::from(e.compute_size());
+                if !out.is_empty() && max_size.is_some_and(|m| size > m) {
+                    break;
+                }
+                out.push(e.clone());
+            }
         }
         if out.is_empty() && low < high {
             return Err(raft::Error::Store(StorageError::Unavailable));
@@ -247,6 +326,12 @@ impl raft::Storage for LmdbRaftStorage {
         if idx < truncated {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
+        if let Some(e) = self.staged_at(idx) {
+            return Ok(e.term);
+        }
+        if self.staged_first().is_some_and(|f| idx >= f) {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
         match self.entry_at(&rtxn, idx)? {
             Some(e) => Ok(e.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
@@ -259,6 +344,9 @@ impl raft::Storage for LmdbRaftStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
+        if let Some(e) = self.staged.back() {
+            return Ok(e.index);
+        }
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
         self.last_index_in(&rtxn)
     }
@@ -412,5 +500,41 @@ mod tests {
         let s = LmdbRaftStorage::new(schema, 1);
         let st = s.initial_state().unwrap();
         assert_eq!((st.hard_state.term, st.hard_state.vote), (7, 2));
+    }
+
+    #[test]
+    fn staged_entries_are_served_and_hide_a_conflicting_durable_suffix() {
+        let (_d, schema) = setup();
+        append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        let mut s = LmdbRaftStorage::new(schema.clone(), 1);
+        // A new leader's entries replace index 3 onwards; their batch is still in flight.
+        s.stage(vec![entry(3, 2), entry(4, 2)]);
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(
+            s.term(3).unwrap(),
+            2,
+            "the staged entry wins over LMDB's stale one"
+        );
+        assert_eq!(s.term(2).unwrap(), 1);
+        let got = s
+            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]
+        );
+        // Staging again from index 4 replaces only the tail.
+        s.stage(vec![entry(4, 3)]);
+        assert_eq!(s.term(4).unwrap(), 3);
+        // The first batch becomes durable: (3, 2) leaves the staging area, (4, 2) was
+        // already replaced and stays staged as (4, 3).
+        append(&schema, 1, &[entry(3, 2), entry(4, 2)]);
+        s.unstage(&[(3, 2), (4, 2)]);
+        assert_eq!(s.term(3).unwrap(), 2);
+        assert_eq!(s.term(4).unwrap(), 3);
+        append(&schema, 1, &[entry(4, 3)]);
+        s.unstage(&[(4, 3)]);
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 3);
     }
 }

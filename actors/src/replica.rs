@@ -62,8 +62,8 @@ pub struct ReplicaActor {
     next_read_id: u64,
     /// Reads waiting for this leader's first commit in its term before ReadIndex can be asked.
     deferred_reads: Vec<u64>,
-    /// A Ready's entries are being made durable; no new Ready until it finishes.
-    persisting: bool,
+    /// Ready batches handed to storage and not yet durable.
+    persists_in_flight: usize,
     /// A drive is queued behind the messages already in the mailbox.
     drive_scheduled: bool,
     leader: u64,
@@ -113,7 +113,7 @@ impl ReplicaActor {
             pending_reads: HashMap::new(),
             next_read_id: 1,
             deferred_reads: Vec::new(),
-            persisting: false,
+            persists_in_flight: 0,
             drive_scheduled: false,
             leader: 0,
             role: StateRole::Follower,
@@ -142,9 +142,13 @@ impl ReplicaActor {
         }
     }
 
-    /// The Ready loop, in the order of Raft's safety rules.
+    /// The Ready loop, in the order of Raft's safety rules. Persistence is pipelined: a
+    /// Ready's entries are handed to storage and raft-rs moves on (reading them from the
+    /// storage's staging area meanwhile); what depends on their durability — messages that
+    /// promise them, and raft-rs counting them as persisted — waits for the fsync. The
+    /// replica keeps stepping messages and taking proposals while the disk works.
     fn drive(&mut self, ctx: &mut Context<Self>) {
-        if self.persisting || !self.node.has_ready() {
+        if !self.node.has_ready() {
             return;
         }
         let mut ready = self.node.ready();
@@ -155,16 +159,19 @@ impl ReplicaActor {
         }
 
         // 2. Messages that need nothing on our disk first (a leader's appends and heartbeats
-        //    may go out while it persists the same entries: Raft counts the leader's own
-        //    vote only after its persist).
+        //    may go out while it persists the same entries: raft-rs counts the leader's own
+        //    copy only once it is persisted).
         self.send(ready.take_messages());
 
-        // 3. Snapshots are not produced yet (logs are never compacted), so none can arrive.
+        // 3. Snapshots are not produced yet (logs are never compacted) and the router drops
+        //    MsgSnapshot, so none can arrive; advancing past one would corrupt the log.
         if !ready.snapshot().is_empty() {
             error!(
                 shard = self.shard,
-                "received a snapshot, which this version cannot install"
+                "snapshot in Ready, which this version cannot install; stopping replica"
             );
+            ctx.stop();
+            return;
         }
 
         // 4. Linearizable reads whose ReadIndex is confirmed: serve once applied up to it.
@@ -181,19 +188,24 @@ impl ReplicaActor {
             }
         }
 
-        // 5. Persist new entries and hard state; everything after waits for the fsync.
+        // 5. Committed entries (raft-rs hands over only entries already persisted here) go
+        //    to the state machine, in order.
         let committed = ready.take_committed_entries();
+        let handed = committed.last().map(|e| e.index);
+        self.apply(committed);
+
+        // 6. New entries and hard state go to storage. The hard state must be durable before
+        //    anything that depends on it leaves (a vote, a new term). A change of the commit
+        //    index alone need not be: it is re-learned from the leader after a restart, and
+        //    applied is clamped to the stored commit at start; so it rides along with the next
+        //    write instead of costing an fsync on every write's path.
+        let entries = ready.take_entries();
         let mut batch = WriteBatch::default();
-        if let Err(e) = LmdbRaftStorage::append_ops(self.shard, ready.entries(), &mut batch.ops) {
+        if let Err(e) = LmdbRaftStorage::append_ops(self.shard, &entries, &mut batch.ops) {
             error!(shard = self.shard, error = %e, "cannot encode entries; stopping replica");
             ctx.stop();
             return;
         }
-        // The hard state must be durable before anything that depends on it leaves (a vote,
-        // a new term). A change of the commit index alone need not be: it is re-learned from
-        // the leader after a restart, and applied is clamped to the stored commit at start.
-        // So a commit-only change rides along with the next write instead of costing an
-        // fsync on every write's path.
         if let Some(hs) = ready.hs() {
             let term_or_vote = hs.term != self.stored_hs.term || hs.vote != self.stored_hs.vote;
             if term_or_vote || !batch.ops.is_empty() {
@@ -208,47 +220,58 @@ impl ReplicaActor {
                 self.stored_hs = hs.clone();
             }
         }
-        if batch.ops.is_empty() {
-            self.finish(ready, committed, ctx);
-            return;
+        let promises = ready.take_persisted_messages();
+        let number = ready.number();
+        let staged: Vec<(u64, u64)> = entries.iter().map(|e| (e.index, e.term)).collect();
+        self.node.mut_store().stage(entries);
+        self.node.advance_append_async(ready);
+        if let Some(index) = handed {
+            // The ShardActor applies asynchronously and durably, in order.
+            self.node.advance_apply_to(index);
         }
-        self.persisting = true;
-        let persist = self.links.storage.send(Persist(batch));
-        ctx.wait(persist.into_actor(self).map(move |res, act, ctx| {
-            act.persisting = false;
-            match res {
-                Ok(Ok(())) => act.finish(ready, committed, ctx),
-                Ok(Err(e)) => {
-                    error!(shard = act.shard, error = %e, "persist failed; stopping replica");
-                    ctx.stop();
+
+        // 7. Once durable (and everything sent to storage before it, which commits in order):
+        //    send the messages that promise it and let raft-rs count it.
+        if batch.ops.is_empty() && self.persists_in_flight == 0 {
+            self.on_persisted(number, &staged, promises, ctx);
+        } else {
+            self.persists_in_flight += 1;
+            let persist = self.links.storage.send(Persist(batch));
+            let done = persist.into_actor(self).map(move |res, act, ctx| {
+                act.persists_in_flight -= 1;
+                match res {
+                    Ok(Ok(())) => act.on_persisted(number, &staged, promises, ctx),
+                    Ok(Err(e)) => {
+                        error!(shard = act.shard, error = %e, "persist failed; stopping replica");
+                        ctx.stop();
+                    }
+                    Err(e) => {
+                        error!(shard = act.shard, error = %e, "storage unreachable; stopping replica");
+                        ctx.stop();
+                    }
                 }
-                Err(e) => {
-                    error!(shard = act.shard, error = %e, "storage unreachable; stopping replica");
-                    ctx.stop();
-                }
+            });
+            if self.persists_in_flight > PERSISTS_IN_FLIGHT_MAX {
+                // The disk is behind: stop taking work until it catches up (bounds memory).
+                ctx.wait(done);
+            } else {
+                ctx.spawn(done);
             }
-        }));
+        }
+        self.issue_deferred_reads();
+        self.schedule_drive(ctx);
     }
 
-    /// Steps 6-9, after the Ready's entries and hard state are durable.
-    fn finish(&mut self, mut ready: raft::Ready, committed: Vec<Entry>, ctx: &mut Context<Self>) {
-        // 6. Messages that promise what is now on disk (votes, append acks).
-        self.send(ready.take_persisted_messages());
-        // 7. Committed entries go to the state machine, in order.
-        self.apply(committed);
-        let mut light = self.node.advance(ready);
-        // 8. Messages and entries the advance released (a commit index alone is not stored;
-        //    see step 5).
-        self.send(light.take_messages());
-        let committed = light.take_committed_entries();
-        self.after_commit(committed, ctx);
-    }
-
-    /// Step 9: hand newly committed entries to the state machine and let Raft move on.
-    fn after_commit(&mut self, committed: Vec<Entry>, ctx: &mut Context<Self>) {
-        self.apply(committed);
-        // The ShardActor applies asynchronously and durably, in order.
-        self.node.advance_apply();
+    fn on_persisted(
+        &mut self,
+        number: u64,
+        staged: &[(u64, u64)],
+        promises: Vec<RaftMessage>,
+        ctx: &mut Context<Self>,
+    ) {
+        self.node.mut_store().unstage(staged);
+        self.send(promises);
+        self.node.on_persist_ready(number);
         self.issue_deferred_reads();
         self.schedule_drive(ctx);
     }
@@ -433,6 +456,9 @@ impl ReplicaActor {
         self.schedule_drive(ctx);
     }
 }
+
+/// Ready batches that may be on their way to disk at once; past this, the replica waits.
+const PERSISTS_IN_FLIGHT_MAX: usize = 32;
 
 fn read_id(ctx: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(ctx.try_into().ok()?))
