@@ -1,5 +1,6 @@
 //! Jepsen-style runs: concurrent clients do get/put/cas/delete on a small key set against
-//! 3 hosts x 3 shards while a nemesis kills -9 and restarts hosts and pauses them (SIGSTOP).
+//! 3 hosts x 3 shards while a nemesis kills -9 and restarts hosts, pauses them (SIGSTOP) and
+//! cuts a host's Raft links (the transport's test-only fault hook).
 //! Every history is checked for linearizability; a violation fails the test and prints the
 //! minimal offending history of the key. Seeds are printed; SHARDKV_SEED replays one.
 //!
@@ -105,7 +106,7 @@ async fn run(duration: Duration) {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         let host = rng.gen_range(1..=3u64);
         let hold = Duration::from_millis(rng.gen_range(200..2000));
-        match rng.gen_range(0..3) {
+        match rng.gen_range(0..4) {
             0 => {
                 cluster.kill9(host);
                 tokio::time::sleep(hold).await;
@@ -117,6 +118,31 @@ async fn run(duration: Duration) {
                 tokio::time::sleep(hold).await;
                 cluster.resume(host);
                 faults.push(format!("pause host {host} for {hold:?}"));
+            }
+            2 => {
+                // Cut one host's Raft links both ways (clients still reach it): a leader
+                // cut off this way must stop acknowledging and stop serving reads.
+                let others: Vec<u64> = (1..=3).filter(|h| *h != host).collect();
+                let admin = cluster.client();
+                let cut = |from: Vec<u64>| shardkv_transport::wire::FaultSpec {
+                    partition_from: from,
+                    drop_replies: 0,
+                };
+                admin
+                    .inject_fault(host, cut(others.clone()))
+                    .await
+                    .expect("partition");
+                for h in &others {
+                    admin
+                        .inject_fault(*h, cut(vec![host]))
+                        .await
+                        .expect("partition");
+                }
+                tokio::time::sleep(hold).await;
+                for h in 1..=3 {
+                    admin.inject_fault(h, cut(vec![])).await.expect("heal");
+                }
+                faults.push(format!("partition host {host} for {hold:?}"));
             }
             _ => {
                 // Two hosts down at once: the cluster has no quorum; nothing may be
