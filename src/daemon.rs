@@ -80,6 +80,8 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         heartbeat_ticks,
         value_bytes_max: cfg.max_value_bytes,
         request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
+        // A margin below the election timeout for clock-rate drift and tick granularity.
+        lease: (cfg.raft.election_timeout * 4 / 5).saturating_sub(cfg.raft.tick),
     };
     let logger = shardkv_actors::logger::raft_logger();
     let placement: HashMap<_, _> = cfg.placement().into_iter().collect();

@@ -44,6 +44,10 @@ async fn run(duration: Duration) {
         // Short deadlines keep the history moving through faults; outcomes become Unknown.
         settings.deadline = Duration::from_secs(3);
         settings.attempt_timeout = Duration::from_secs(1);
+        // Half the clients read through the leader's lease, half through ReadIndex.
+        if id % 2 == 1 {
+            settings.consistency = shardkv_transport::wire::ReadConsistency::Lease;
+        }
         let client = shardkv::Client::new(settings).expect("client");
         let recorder = recorder.clone();
         let stop = stop.clone();

@@ -31,6 +31,11 @@ pub struct ReplicaSettings {
     pub value_bytes_max: usize,
     /// How long a request may wait for commit/apply before the client is told to retry.
     pub request_timeout: Duration,
+    /// How long after a quorum confirmed its leadership (a ReadIndex round) the leader may
+    /// serve lease reads without asking again. Must stay below the election timeout: with
+    /// check-quorum on, followers refuse to vote for anyone else for that long after hearing
+    /// from the leader.
+    pub lease: Duration,
 }
 
 /// Where a replica sends things; handed over by the daemon.
@@ -45,6 +50,8 @@ pub struct ReplicaLinks {
 }
 
 struct PendingRead {
+    /// When the ReadIndex round was asked for: a lease derived from it starts here.
+    issued: Instant,
     key: Vec<u8>,
     reply: oneshot::Sender<Response>,
     deadline: Instant,
@@ -70,6 +77,10 @@ pub struct ReplicaActor {
     role: StateRole,
     /// The hard state as last written to storage.
     stored_hs: raft::eraftpb::HardState,
+    /// Until when lease reads may be served locally (leaders only).
+    lease_until: Option<Instant>,
+    /// Leadership is being handed away: no lease reads (the transferee may campaign at once).
+    transferring: bool,
 }
 
 impl ReplicaActor {
@@ -118,6 +129,8 @@ impl ReplicaActor {
             leader: 0,
             role: StateRole::Follower,
             stored_hs,
+            lease_until: None,
+            transferring: false,
         })
     }
 
@@ -180,6 +193,12 @@ impl ReplicaActor {
                 continue;
             };
             if let Some(p) = self.pending_reads.remove(&id) {
+                // A quorum confirmed our leadership after `issued`: lease reads may be served
+                // locally until `issued + lease` (never while handing leadership away).
+                if !self.transferring {
+                    let until = p.issued + self.settings.lease;
+                    self.lease_until = Some(self.lease_until.map_or(until, |u| u.max(until)));
+                }
                 self.links.read_at.do_send(ReadAt {
                     index: rs.index,
                     key: p.key,
@@ -338,6 +357,10 @@ impl ReplicaActor {
             self.deferred_reads.clear();
             self.links.fail_waiters.do_send(FailWaiters(resp));
         }
+        if role != self.role {
+            self.lease_until = None;
+            self.transferring = false;
+        }
         self.role = role;
     }
 
@@ -370,10 +393,25 @@ impl ReplicaActor {
             }
             Op::Get {
                 key,
-                consistency: ReadConsistency::Linearizable,
+                consistency: consistency @ (ReadConsistency::Linearizable | ReadConsistency::Lease),
             } => {
                 if !self.is_leader() {
                     let _ = tx.send(self.not_leader());
+                    return rx;
+                }
+                let now = Instant::now();
+                if consistency == ReadConsistency::Lease
+                    && !self.transferring
+                    && self.node.raft.commit_to_current_term()
+                    && self.lease_until.is_some_and(|u| u > now)
+                {
+                    // Everything acknowledged so far is committed at or below this index.
+                    let index = self.node.raft.raft_log.committed;
+                    self.links.read_at.do_send(ReadAt {
+                        index,
+                        key,
+                        reply: tx,
+                    });
                     return rx;
                 }
                 let id = self.next_read_id;
@@ -386,6 +424,7 @@ impl ReplicaActor {
                 self.pending_reads.insert(
                     id,
                     PendingRead {
+                        issued: now,
                         key,
                         reply: tx,
                         deadline: Instant::now() + self.settings.request_timeout,
@@ -558,6 +597,8 @@ impl Handler<TransferLeadership> for ReplicaActor {
             .filter(|(id, pr)| **id != me && pr.recent_active)
             .max_by_key(|(_, pr)| pr.matched)
             .map(|(id, _)| *id);
+        self.lease_until = None;
+        self.transferring = true;
         if let Some(to) = best {
             info!(
                 shard = self.shard,

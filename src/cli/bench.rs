@@ -38,8 +38,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "put=50,get=50,del=0")]
     mix: Mix,
     /// Serve gets from any replica (may be stale) instead of linearizably.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "lease")]
     stale: bool,
+    /// Serve gets from the leader's lease (no quorum round while it holds).
+    #[arg(long)]
+    lease: bool,
     /// Skip writing every key before measuring.
     #[arg(long)]
     no_preload: bool,
@@ -77,11 +80,13 @@ fn parse_shape(s: &str) -> anyhow::Result<(u32, u32)> {
     Ok((shards, replicas))
 }
 
-fn clients(cfg: &ClusterConfig, n: usize, stale: bool) -> anyhow::Result<Vec<Client>> {
+fn clients(cfg: &ClusterConfig, n: usize, args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
     let mut settings = ClientSettings::from_config(cfg, CLI_CLIENT);
     settings.deadline = Duration::from_secs(20);
-    if stale {
+    if args.stale {
         settings.consistency = ReadConsistency::Stale;
+    } else if args.lease {
+        settings.consistency = ReadConsistency::Lease;
     }
     (0..n).map(|_| Ok(Client::new(settings.clone())?)).collect()
 }
@@ -123,7 +128,7 @@ async fn run_one(
     n: usize,
     label: &str,
 ) -> anyhow::Result<Report> {
-    let cs = clients(cfg, n, args.stale)?;
+    let cs = clients(cfg, n, args)?;
     warm_up(&cs[0], cfg).await?;
     if !args.no_preload && args.mix.get > 0 {
         bench::preload(&cs, args.keys, args.value_size).await?;
@@ -210,7 +215,7 @@ pub fn run(config_path: &Path, args: BenchArgs) -> anyhow::Result<std::process::
             async move {
                 let mut out = Vec::new();
                 if args.sanity {
-                    let c = clients(&cfg, 1, args.stale)?;
+                    let c = clients(&cfg, 1, &args)?;
                     warm_up(&c[0], &cfg).await?;
                     let r = bench::sanity(&c[0], args.seed).await?;
                     if args.json {

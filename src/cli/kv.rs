@@ -14,18 +14,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn client(cfg: &ClusterConfig, stale: bool) -> anyhow::Result<Client> {
+fn client(cfg: &ClusterConfig, consistency: ReadConsistency) -> anyhow::Result<Client> {
     let mut settings = ClientSettings::from_config(cfg, CLI_CLIENT);
-    if stale {
-        settings.consistency = ReadConsistency::Stale;
-    }
+    settings.consistency = consistency;
     Ok(Client::new(settings)?)
 }
 
 /// Prints the value's bytes and a newline; exit 1 and "not found" on stderr if absent.
-pub fn get(cfg: &ClusterConfig, key: &str, stale: bool) -> anyhow::Result<ExitCode> {
+pub fn get(
+    cfg: &ClusterConfig,
+    key: &str,
+    consistency: ReadConsistency,
+) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let c = client(cfg, stale)?;
+        let c = client(cfg, consistency)?;
         match c.get(key.as_bytes()).await? {
             Some(v) => {
                 let mut out = std::io::stdout().lock();
@@ -44,7 +46,9 @@ pub fn get(cfg: &ClusterConfig, key: &str, stale: bool) -> anyhow::Result<ExitCo
 /// Writes KEY=VALUE.
 pub fn put(cfg: &ClusterConfig, key: &str, value: &[u8]) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        client(cfg, false)?.put(key.as_bytes(), value).await?;
+        client(cfg, ReadConsistency::Linearizable)?
+            .put(key.as_bytes(), value)
+            .await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -52,7 +56,9 @@ pub fn put(cfg: &ClusterConfig, key: &str, value: &[u8]) -> anyhow::Result<ExitC
 /// Deletes KEY.
 pub fn del(cfg: &ClusterConfig, key: &str) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        client(cfg, false)?.delete(key.as_bytes()).await?;
+        client(cfg, ReadConsistency::Linearizable)?
+            .delete(key.as_bytes())
+            .await?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -65,7 +71,7 @@ pub fn cas(
     new: Option<Vec<u8>>,
 ) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
-        let c = client(cfg, false)?;
+        let c = client(cfg, ReadConsistency::Linearizable)?;
         match c
             .cas(key.as_bytes(), expected.as_deref(), new.as_deref())
             .await?

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
 use shardkv::config::ClusterConfig;
+use shardkv_transport::wire::ReadConsistency;
 
 /// shardkv: a sharded, strongly consistent key/value store.
 #[derive(Parser, Debug)]
@@ -51,8 +52,11 @@ enum Command {
     Get {
         key: String,
         /// Serve from any replica's applied state (may be stale).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "lease")]
         stale: bool,
+        /// Serve from the leader's lease without a quorum round (see README, Guarantees).
+        #[arg(long)]
+        lease: bool,
     },
     /// Set KEY to VALUE (read from stdin when VALUE is omitted, for large or binary values).
     Put { key: String, value: Option<String> },
@@ -156,7 +160,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Get { key, stale } => kv::get(&load(&path)?, &key, stale),
+        Command::Get { key, stale, lease } => {
+            let consistency = match (stale, lease) {
+                (true, _) => ReadConsistency::Stale,
+                (_, true) => ReadConsistency::Lease,
+                _ => ReadConsistency::Linearizable,
+            };
+            kv::get(&load(&path)?, &key, consistency)
+        }
         Command::Put { key, value } => {
             let value = match value {
                 Some(v) => v.into_bytes(),

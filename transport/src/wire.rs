@@ -28,6 +28,10 @@ pub enum ReadConsistency {
     Linearizable,
     /// Served by any replica from what it has applied; may be behind.
     Stale,
+    /// Served by the leader from its own state while its leadership lease holds (no quorum
+    /// round); falls back to ReadIndex when the lease has lapsed. Linearizable as long as
+    /// clocks on the hosts advance at about the same rate.
+    Lease,
 }
 
 /// A client's operation on one key.
