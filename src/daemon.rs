@@ -7,18 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use shardkv_actors::messages::{ClientRequest, InboundRaft, SendRaft};
+use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, SendRaft};
 use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::{LocalReplica, RouterActor, TransferAll};
 use shardkv_actors::schema::Schema;
-use shardkv_actors::shard::ShardActor;
+use shardkv_actors::shard::{Compaction, ShardActor};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
 use shardkv_transport::wire::{RaftBatch, Request, Response};
-use shardkv_transport::{HostId, PeerIdentity, TlsFiles, TransportError};
+use shardkv_transport::{HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{info, warn};
 
 use crate::config::{ClusterConfig, ConfigError};
@@ -65,12 +65,18 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         key: me.key.clone(),
     };
     let endpoint = host_endpoint(me.addr, &tls)?;
+    let snap_dir = me.data_dir.join("snap");
+    std::fs::create_dir_all(&snap_dir)
+        .map_err(|e| DaemonError::Runtime(format!("cannot create {}: {e}", snap_dir.display())))?;
     let storage = StorageActor::new(schema.clone())?.start();
 
     // One outbound link per other host.
     let mut peers: HashMap<HostId, Addr<PeerActor>> = HashMap::new();
     for h in cfg.hosts.iter().filter(|h| h.id != host) {
-        peers.insert(h.id, PeerActor::new(h.id, h.addr, endpoint.clone()).start());
+        peers.insert(
+            h.id,
+            PeerActor::new(h.id, h.addr, endpoint.clone(), snap_dir.clone()).start(),
+        );
     }
 
     let (election_ticks, heartbeat_ticks) = cfg.raft_ticks();
@@ -92,14 +98,26 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         }
         LmdbRaftStorage::bootstrap(&schema, shard, &hosts)?;
         let applied = LmdbRaftStorage::applied_index(&schema, shard)?;
-        let shard_actor =
-            ShardActor::new(shard, schema.clone(), storage.clone().recipient(), applied).start();
+        let compaction = Compaction {
+            after: cfg.raft.snapshot_after,
+            // Keep a tail of the log so a follower a little behind catches up by entries.
+            keep: (cfg.raft.snapshot_after / 4).max(1),
+        };
+        let shard_actor = ShardActor::new(
+            shard,
+            schema.clone(),
+            storage.clone().recipient(),
+            applied,
+            Some(compaction),
+        )?
+        .start();
         let links = ReplicaLinks {
             storage: storage.clone().recipient(),
             apply: shard_actor.clone().recipient(),
             await_apply: shard_actor.clone().recipient(),
             read_at: shard_actor.clone().recipient(),
             fail_waiters: shard_actor.clone().recipient(),
+            install: shard_actor.clone().recipient(),
             peers: hosts
                 .iter()
                 .filter_map(|h| {
@@ -112,7 +130,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         let replica = ReplicaActor::new(
             shard,
             host,
-            LmdbRaftStorage::new(schema.clone(), shard),
+            LmdbRaftStorage::new(schema.clone(), shard, snap_dir.clone()),
             applied,
             settings.clone(),
             links,
@@ -125,7 +143,8 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
                 requests: replica.clone().recipient(),
                 raft: replica.clone().recipient(),
                 status: replica.clone().recipient(),
-                transfer: replica.recipient(),
+                transfer: replica.clone().recipient(),
+                snapshots: replica.recipient(),
             },
         );
     }
@@ -141,6 +160,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     .start();
     let handler = Arc::new(HostHandler {
         router: router.clone(),
+        snap_dir: snap_dir.clone(),
     });
     let accept = tokio::spawn(serve(endpoint.clone(), handler));
     if let Some(addr) = me.metrics {
@@ -246,11 +266,30 @@ impl StopSignals {
 /// The transport's view of this host: everything goes to the router.
 struct HostHandler {
     router: Addr<RouterActor>,
+    snap_dir: std::path::PathBuf,
 }
 
 impl Handler for HostHandler {
     fn raft(&self, from: HostId, batch: RaftBatch) {
         self.router.do_send(InboundRaft { from, batch });
+    }
+
+    fn snapshot_path(&self, from: HostId, shard: ShardId) -> std::path::PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        self.snap_dir
+            .join(format!("recv-{from}-{shard}-{nanos}.snap"))
+    }
+
+    fn snapshot(&self, from: HostId, shard: ShardId, message: Vec<u8>, path: std::path::PathBuf) {
+        self.router.do_send(InboundSnapshot {
+            from,
+            shard,
+            message,
+            path,
+        });
     }
 
     fn request(

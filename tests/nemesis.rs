@@ -30,7 +30,9 @@ fn budget(default_secs: u64) -> Duration {
 
 async fn run(duration: Duration) {
     let seed = common::seed();
-    let mut cluster = common::Cluster::new(3, 3, 3);
+    // A small snapshot_after makes logs compact often, so hosts that were down or cut off
+    // catch up through snapshots during the run too.
+    let mut cluster = common::Cluster::with_raft(3, 3, 3, "snapshot_after = 200\n");
     cluster.start_all();
     let ready = cluster.client();
     cluster.wait_ready(&ready).await;
@@ -108,6 +110,7 @@ async fn run(duration: Duration) {
     let mut faults = Vec::new();
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
+        cluster.check_alive();
         let host = rng.gen_range(1..=3u64);
         let hold = Duration::from_millis(rng.gen_range(200..2000));
         match rng.gen_range(0..4) {
@@ -165,6 +168,7 @@ async fn run(duration: Duration) {
     }
     // Heal, let clients see a healthy cluster for a moment, then stop.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.check_alive();
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
     for w in workers {

@@ -18,6 +18,12 @@ pub mod replica;
 pub mod router;
 pub mod schema;
 pub mod shard;
+pub mod snapshot;
 pub mod storage;
 
 pub use error::ActorError;
+
+/// Mailbox size of every actor. `do_send` ignores it; `send` waits when a mailbox is full.
+/// Large, so bursts (a Ready's worth of messages, a flood of client requests) do not stall,
+/// but finite (actix computes sender budgets from it).
+pub const MAILBOX_CAPACITY: usize = 1 << 16;

@@ -63,6 +63,47 @@ pub struct StepRaft(pub RaftMessage);
 pub struct SendRaft {
     pub shard: shardkv_transport::ShardId,
     pub message: RaftMessage,
+    /// For `MsgSnapshot`: where to report whether the snapshot reached the peer.
+    pub report: Option<Recipient<SnapshotReport>>,
+}
+
+/// To a ReplicaActor: how sending a snapshot to `to` ended (raft-rs must be told).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SnapshotReport {
+    pub to: HostId,
+    pub ok: bool,
+}
+
+/// To the RouterActor: a snapshot from host `from` arrived in `path` for the `MsgSnapshot`
+/// (protobuf) in `message`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundSnapshot {
+    pub from: HostId,
+    pub shard: shardkv_transport::ShardId,
+    pub message: Vec<u8>,
+    pub path: std::path::PathBuf,
+}
+
+/// To a ReplicaActor: step this `MsgSnapshot`, whose data is in the file at `path`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StepSnapshot {
+    pub message: RaftMessage,
+    pub path: std::path::PathBuf,
+}
+
+/// To a ShardActor: replace the shard's state by the snapshot file at `path` (at `index`,
+/// `term`), together with `raft_ops` (conf state, hard state) in one transaction. Resolves
+/// once durable.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct InstallSnapshot {
+    pub index: u64,
+    pub term: u64,
+    pub path: std::path::PathBuf,
+    pub raft_ops: Vec<WriteOp>,
 }
 
 /// To a ShardActor: entries committed by Raft, in log order, to apply.

@@ -7,18 +7,20 @@
 //! Raft retransmits, and a stale backlog would only delay recovery.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use actix::prelude::*;
 use protobuf::Message as _;
 use quinn::Endpoint;
-use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch};
+use raft::eraftpb::MessageType;
+use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch, send_snapshot};
 use shardkv_transport::wire::{RaftBatch, RaftEnvelope};
 use shardkv_transport::HostId;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::messages::SendRaft;
+use crate::messages::{SendRaft, SnapshotReport};
 
 /// Messages queued for one peer at most.
 const QUEUE_MESSAGES_MAX: usize = 65_536;
@@ -36,14 +38,17 @@ pub struct PeerActor {
     rx: Option<mpsc::Receiver<RaftEnvelope>>,
     endpoint: Endpoint,
     addr: SocketAddr,
+    /// Where this host's snapshot files are.
+    snap_dir: PathBuf,
 }
 
 impl PeerActor {
     /// A link to host `peer` at `addr`, dialled from `endpoint`.
-    pub fn new(peer: HostId, addr: SocketAddr, endpoint: Endpoint) -> Self {
+    pub fn new(peer: HostId, addr: SocketAddr, endpoint: Endpoint, snap_dir: PathBuf) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);
         PeerActor {
             peer,
+            snap_dir,
             queue: tx,
             rx: Some(rx),
             endpoint,
@@ -56,7 +61,7 @@ impl Actor for PeerActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         if let Some(rx) = self.rx.take() {
             let link = link_loop(self.peer, self.addr, self.endpoint.clone(), rx);
             ctx.spawn(link.into_actor(self));
@@ -67,7 +72,11 @@ impl Actor for PeerActor {
 impl Handler<SendRaft> for PeerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SendRaft, _: &mut Self::Context) {
+    fn handle(&mut self, msg: SendRaft, ctx: &mut Self::Context) {
+        if msg.message.get_msg_type() == MessageType::MsgSnapshot {
+            self.send_snapshot(msg, ctx);
+            return;
+        }
         let bytes = match msg.message.write_to_bytes() {
             Ok(b) => b,
             Err(e) => {
@@ -82,6 +91,50 @@ impl Handler<SendRaft> for PeerActor {
         if self.queue.try_send(env).is_err() {
             debug!(peer = self.peer, "peer queue full; Raft message dropped");
         }
+    }
+}
+
+impl PeerActor {
+    /// Streams a snapshot on a connection of its own (so Raft traffic is not stuck behind
+    /// it) and reports the outcome to the replica, as raft-rs requires.
+    fn send_snapshot(&mut self, msg: SendRaft, ctx: &mut Context<Self>) {
+        let peer = self.peer;
+        let meta = msg.message.get_snapshot().get_metadata();
+        let path = self
+            .snap_dir
+            .join(crate::snapshot::file_name(msg.shard, meta.index, meta.term));
+        let (endpoint, addr, shard) = (self.endpoint.clone(), self.addr, msg.shard);
+        let report = msg.report;
+        let message = msg.message.write_to_bytes();
+        ctx.spawn(
+            async move {
+                let message = message.map_err(|e| e.to_string())?;
+                let conn = connect(&endpoint, addr, peer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let bytes = send_snapshot(&conn, shard, message, &path)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close(0u32.into(), b"snapshot sent");
+                Ok::<u64, String>(bytes)
+            }
+            .into_actor(self)
+            .map(move |res, _act, _ctx| {
+                let ok = match res {
+                    Ok(bytes) => {
+                        info!(peer, shard, bytes, "snapshot sent");
+                        true
+                    }
+                    Err(e) => {
+                        warn!(peer, shard, error = %e, "snapshot not sent");
+                        false
+                    }
+                };
+                if let Some(r) = report {
+                    r.do_send(SnapshotReport { to: peer, ok });
+                }
+            }),
+        );
     }
 }
 

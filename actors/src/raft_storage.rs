@@ -8,6 +8,7 @@
 //! holding them itself as soon as they are handed to storage (`advance_append_async`).
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -20,6 +21,7 @@ use crate::schema::{
     decode_u64, log_key, log_key_index, state_key, Schema, TableId, TAG_APPLIED, TAG_CONF_STATE,
     TAG_HARD_STATE, TAG_TRUNCATED,
 };
+use crate::snapshot::SnapMeta;
 
 /// One shard's Raft storage.
 pub struct LmdbRaftStorage {
@@ -29,6 +31,8 @@ pub struct LmdbRaftStorage {
     /// supersede whatever LMDB holds at the same or later indexes (an in-flight append may be
     /// replacing a conflicting suffix there).
     staged: VecDeque<Entry>,
+    /// Where snapshot files of this host live.
+    snap_dir: PathBuf,
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -39,12 +43,68 @@ fn store_err(e: impl std::fmt::Display) -> raft::Error {
 
 impl LmdbRaftStorage {
     /// Storage of `shard` in `schema`.
-    pub fn new(schema: Schema, shard: ShardId) -> Self {
+    pub fn new(schema: Schema, shard: ShardId, snap_dir: PathBuf) -> Self {
         LmdbRaftStorage {
             schema,
             shard,
             staged: VecDeque::new(),
+            snap_dir,
         }
+    }
+
+    /// Forgets every staged entry (a snapshot replaced the log).
+    pub fn clear_staged(&mut self) {
+        self.staged.clear();
+    }
+
+    /// The (index, term) of the last entry removed by compaction or replaced by a snapshot.
+    pub fn truncated_state(schema: &Schema, shard: ShardId) -> Result<(u64, u64), ActorError> {
+        let s = LmdbRaftStorage::new(schema.clone(), shard, PathBuf::new());
+        let rtxn = schema.env.read_txn()?;
+        s.truncated(&rtxn)
+            .map_err(|e| ActorError::Storage(e.to_string()))
+    }
+
+    /// The write that records (index, term) as the truncation point.
+    pub fn truncated_op(shard: ShardId, index: u64, term: u64) -> WriteOp {
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        WriteOp::Put(
+            TableId::RaftState,
+            state_key(shard, TAG_TRUNCATED).to_vec(),
+            v,
+        )
+    }
+
+    /// The write of the conf state.
+    pub fn conf_state_op(shard: ShardId, cs: &ConfState) -> Result<WriteOp, ActorError> {
+        let bytes = cs
+            .write_to_bytes()
+            .map_err(|e| ActorError::Storage(e.to_string()))?;
+        Ok(WriteOp::Put(
+            TableId::RaftState,
+            state_key(shard, TAG_CONF_STATE).to_vec(),
+            bytes,
+        ))
+    }
+
+    /// The term of durable entry `index` (or of the truncation point), for compaction.
+    pub fn durable_term(
+        schema: &Schema,
+        shard: ShardId,
+        index: u64,
+    ) -> Result<Option<u64>, ActorError> {
+        let s = LmdbRaftStorage::new(schema.clone(), shard, PathBuf::new());
+        let rtxn = schema.env.read_txn()?;
+        let (t_index, t_term) = s
+            .truncated(&rtxn)
+            .map_err(|e| ActorError::Storage(e.to_string()))?;
+        if index == t_index {
+            return Ok(Some(t_term));
+        }
+        Ok(s.entry_at(&rtxn, index)
+            .map_err(|e| ActorError::Storage(e.to_string()))?
+            .map(|e| e.term))
     }
 
     /// Records entries just handed to storage (they replace staged ones from their first
@@ -351,11 +411,62 @@ impl raft::Storage for LmdbRaftStorage {
         self.last_index_in(&rtxn)
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // Logs are never compacted yet, so a follower never needs a snapshot to catch up.
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    /// The shard's state at its durable applied index, written to a file (reused while it is
+    /// the latest) that the PeerActor streams to the follower; `data` names it.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
+        let rtxn = self.schema.env.read_txn().map_err(store_err)?;
+        let applied = match self
+            .schema
+            .raft_state
+            .get(&rtxn, &state_key(self.shard, TAG_APPLIED))
+            .map_err(store_err)?
+        {
+            Some(v) => decode_u64("applied index", v).map_err(store_err)?,
+            None => 0,
+        };
+        if applied == 0 || applied < request_index {
+            return Err(unavailable());
+        }
+        let (t_index, t_term) = self.truncated(&rtxn)?;
+        let term = if applied == t_index {
+            t_term
+        } else {
+            match self.entry_at(&rtxn, applied)? {
+                Some(e) => e.term,
+                None => return Err(unavailable()),
+            }
+        };
+        let cs = match self
+            .schema
+            .raft_state
+            .get(&rtxn, &state_key(self.shard, TAG_CONF_STATE))
+            .map_err(store_err)?
+        {
+            Some(v) => ConfState::parse_from_bytes(v).map_err(store_err)?,
+            None => ConfState::default(),
+        };
+        let meta = SnapMeta {
+            shard: self.shard,
+            index: applied,
+            term,
+        };
+        crate::snapshot::write(&self.schema, &rtxn, &self.snap_dir, &meta).map_err(store_err)?;
+        let mut snap = Snapshot {
+            data: postcard::to_allocvec(&meta).map_err(store_err)?.into(),
+            ..Default::default()
+        };
+        let m = snap.mut_metadata();
+        m.index = applied;
+        m.term = term;
+        m.set_conf_state(cs);
+        tracing::info!(
+            shard = self.shard,
+            index = applied,
+            term,
+            "snapshot prepared"
+        );
+        Ok(snap)
     }
 }
 
@@ -390,7 +501,7 @@ mod tests {
     fn empty_storage() {
         let (_d, schema) = setup();
         LmdbRaftStorage::bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
-        let s = LmdbRaftStorage::new(schema, 1);
+        let s = LmdbRaftStorage::new(schema, 1, PathBuf::new());
         assert_eq!(s.first_index().unwrap(), 1);
         assert_eq!(s.last_index().unwrap(), 0);
         assert_eq!(s.term(0).unwrap(), 0);
@@ -412,7 +523,7 @@ mod tests {
             2,
             &[entry(1, 9), entry(2, 9), entry(3, 9), entry(4, 9)],
         );
-        let s = LmdbRaftStorage::new(schema.clone(), 1);
+        let s = LmdbRaftStorage::new(schema.clone(), 1, PathBuf::new());
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.term(3).unwrap(), 2);
         let got = s
@@ -429,7 +540,12 @@ mod tests {
             .entries(1, 4, Some(size), GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(two.len(), 2);
-        assert_eq!(LmdbRaftStorage::new(schema, 2).last_index().unwrap(), 4);
+        assert_eq!(
+            LmdbRaftStorage::new(schema, 2, PathBuf::new())
+                .last_index()
+                .unwrap(),
+            4
+        );
     }
 
     #[test]
@@ -441,7 +557,7 @@ mod tests {
             &[entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 1)],
         );
         append(&schema, 1, &[entry(3, 2)]);
-        let s = LmdbRaftStorage::new(schema, 1);
+        let s = LmdbRaftStorage::new(schema, 1, PathBuf::new());
         assert_eq!(s.last_index().unwrap(), 3);
         assert_eq!(s.term(3).unwrap(), 2);
         assert!(s.term(4).is_err());
@@ -464,7 +580,7 @@ mod tests {
             }],
         )
         .unwrap();
-        let s = LmdbRaftStorage::new(schema, 1);
+        let s = LmdbRaftStorage::new(schema, 1, PathBuf::new());
         assert_eq!(s.first_index().unwrap(), 4);
         assert_eq!(s.last_index().unwrap(), 6);
         assert_eq!(s.term(3).unwrap(), 2);
@@ -497,7 +613,7 @@ mod tests {
             commit(&schema, vec![WriteBatch { ops: vec![op] }]).unwrap();
         }
         let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let s = LmdbRaftStorage::new(schema, 1);
+        let s = LmdbRaftStorage::new(schema, 1, PathBuf::new());
         let st = s.initial_state().unwrap();
         assert_eq!((st.hard_state.term, st.hard_state.vote), (7, 2));
     }
@@ -506,7 +622,7 @@ mod tests {
     fn staged_entries_are_served_and_hide_a_conflicting_durable_suffix() {
         let (_d, schema) = setup();
         append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
-        let mut s = LmdbRaftStorage::new(schema.clone(), 1);
+        let mut s = LmdbRaftStorage::new(schema.clone(), 1, PathBuf::new());
         // A new leader's entries replace index 3 onwards; their batch is still in flight.
         s.stage(vec![entry(3, 2), entry(4, 2)]);
         assert_eq!(s.last_index().unwrap(), 4);

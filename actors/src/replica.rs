@@ -17,8 +17,9 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::messages::{
-    Action, ApplyEntries, AwaitApply, ClientRequest, Command, FailWaiters, GetStatus, Persist,
-    ReadAt, SendRaft, StepRaft, TransferLeadership, WriteBatch,
+    Action, ApplyEntries, AwaitApply, ClientRequest, Command, FailWaiters, GetStatus,
+    InstallSnapshot, Persist, ReadAt, SendRaft, SnapshotReport, StepRaft, StepSnapshot,
+    TransferLeadership, WriteBatch,
 };
 use crate::raft_storage::LmdbRaftStorage;
 
@@ -45,6 +46,7 @@ pub struct ReplicaLinks {
     pub await_apply: Recipient<AwaitApply>,
     pub read_at: Recipient<ReadAt>,
     pub fail_waiters: Recipient<FailWaiters>,
+    pub install: Recipient<InstallSnapshot>,
     /// One per other host that holds a replica of this shard.
     pub peers: HashMap<HostId, Recipient<SendRaft>>,
 }
@@ -81,6 +83,13 @@ pub struct ReplicaActor {
     lease_until: Option<Instant>,
     /// Leadership is being handed away: no lease reads (the transferee may campaign at once).
     transferring: bool,
+    /// Set when a snapshot was installed: (Ready number, index). Once raft-rs counts that
+    /// Ready as persisted, it must also count the snapshot as applied.
+    snapshot_applied: Option<(u64, u64)>,
+    /// This actor, for snapshot reports from the PeerActors.
+    me: Option<Recipient<SnapshotReport>>,
+    /// Snapshot files that arrived, by (index, term), waiting for raft-rs to accept them.
+    incoming_snapshots: HashMap<(u64, u64), std::path::PathBuf>,
 }
 
 impl ReplicaActor {
@@ -131,6 +140,9 @@ impl ReplicaActor {
             stored_hs,
             lease_until: None,
             transferring: false,
+            me: None,
+            snapshot_applied: None,
+            incoming_snapshots: HashMap::new(),
         })
     }
 
@@ -176,17 +188,83 @@ impl ReplicaActor {
         //    copy only once it is persisted).
         self.send(ready.take_messages());
 
-        // 3. Snapshots are not produced yet (logs are never compacted) and the router drops
-        //    MsgSnapshot, so none can arrive; advancing past one would corrupt the log.
+        // 3. A snapshot from the leader replaces the shard's state and log; it is installed
+        //    (durably, with the hard state) before anything else of this Ready.
         if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready, ctx);
+            return;
+        }
+        self.drive_rest(ready, false, ctx);
+    }
+
+    fn install_snapshot(&mut self, ready: raft::Ready, ctx: &mut Context<Self>) {
+        let meta = ready.snapshot().get_metadata().clone();
+        let Some(path) = self.incoming_snapshots.remove(&(meta.index, meta.term)) else {
             error!(
                 shard = self.shard,
-                "snapshot in Ready, which this version cannot install; stopping replica"
+                index = meta.index,
+                "snapshot data missing; stopping replica"
             );
             ctx.stop();
             return;
+        };
+        let mut raft_ops = Vec::new();
+        match LmdbRaftStorage::conf_state_op(self.shard, meta.get_conf_state()) {
+            Ok(op) => raft_ops.push(op),
+            Err(e) => {
+                error!(shard = self.shard, error = %e, "cannot encode conf state; stopping replica");
+                ctx.stop();
+                return;
+            }
         }
+        let hs_done = ready.hs().is_some();
+        if let Some(hs) = ready.hs() {
+            match LmdbRaftStorage::hard_state_op(self.shard, hs) {
+                Ok(op) => raft_ops.push(op),
+                Err(e) => {
+                    error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
+                    ctx.stop();
+                    return;
+                }
+            }
+            self.stored_hs = hs.clone();
+        }
+        let install = self.links.install.send(InstallSnapshot {
+            index: meta.index,
+            term: meta.term,
+            path,
+            raft_ops,
+        });
+        let shard = self.shard;
+        ctx.wait(
+            install
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(Ok(())) => {
+                        info!(
+                            shard,
+                            index = meta.index,
+                            term = meta.term,
+                            "snapshot installed"
+                        );
+                        act.node.mut_store().clear_staged();
+                        act.snapshot_applied = Some((ready.number(), meta.index));
+                        act.drive_rest(ready, hs_done, ctx);
+                    }
+                    Ok(Err(e)) => {
+                        error!(shard, error = %e, "snapshot install failed; stopping replica");
+                        ctx.stop();
+                    }
+                    Err(e) => {
+                        error!(shard, error = %e, "shard actor unreachable; stopping replica");
+                        ctx.stop();
+                    }
+                }),
+        );
+    }
 
+    /// Steps 4-7 of the Ready loop (after any snapshot is installed).
+    fn drive_rest(&mut self, mut ready: raft::Ready, hs_stored: bool, ctx: &mut Context<Self>) {
         // 4. Linearizable reads whose ReadIndex is confirmed: serve once applied up to it.
         for rs in ready.take_read_states() {
             let Some(id) = read_id(&rs.request_ctx) else {
@@ -225,9 +303,16 @@ impl ReplicaActor {
             ctx.stop();
             return;
         }
-        if let Some(hs) = ready.hs() {
+        if !hs_stored {
+            // The Ready reports the hard state only when it changed since the last Ready; a
+            // commit-only change skipped then is caught up here with the next entries.
+            let hs = ready
+                .hs()
+                .cloned()
+                .unwrap_or_else(|| self.node.raft.hard_state());
+            let hs = &hs;
             let term_or_vote = hs.term != self.stored_hs.term || hs.vote != self.stored_hs.vote;
-            if term_or_vote || !batch.ops.is_empty() {
+            if term_or_vote || (!batch.ops.is_empty() && *hs != self.stored_hs) {
                 match LmdbRaftStorage::hard_state_op(self.shard, hs) {
                     Ok(op) => batch.ops.push(op),
                     Err(e) => {
@@ -291,6 +376,13 @@ impl ReplicaActor {
         self.node.mut_store().unstage(staged);
         self.send(promises);
         self.node.on_persist_ready(number);
+        if let Some((n, index)) = self.snapshot_applied {
+            if n <= number {
+                // The snapshot counts as persisted now, and the state machine stands at it.
+                self.snapshot_applied = None;
+                self.node.advance_apply_to(index);
+            }
+        }
         self.issue_deferred_reads();
         self.schedule_drive(ctx);
     }
@@ -320,10 +412,16 @@ impl ReplicaActor {
     fn send(&mut self, msgs: Vec<RaftMessage>) {
         for m in msgs {
             match self.links.peers.get(&m.to) {
-                Some(peer) => peer.do_send(SendRaft {
-                    shard: self.shard,
-                    message: m,
-                }),
+                Some(peer) => {
+                    let report = (m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
+                        .then(|| self.me.clone())
+                        .flatten();
+                    peer.do_send(SendRaft {
+                        shard: self.shard,
+                        message: m,
+                        report,
+                    })
+                }
                 None => warn!(shard = self.shard, to = m.to, "no link to Raft peer"),
             }
         }
@@ -507,7 +605,8 @@ impl Actor for ReplicaActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
+        self.me = Some(ctx.address().recipient());
         ctx.run_interval(self.settings.tick, |act, ctx| {
             act.node.tick();
             act.expire_reads();
@@ -533,6 +632,38 @@ impl Handler<Drive> for ReplicaActor {
     fn handle(&mut self, _: Drive, ctx: &mut Self::Context) {
         self.drive_scheduled = false;
         self.drive(ctx);
+    }
+}
+
+impl Handler<StepSnapshot> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StepSnapshot, ctx: &mut Self::Context) {
+        let meta = msg.message.get_snapshot().get_metadata();
+        let key = (meta.index, meta.term);
+        // Only the newest arrival per point is kept; older files are dropped.
+        if let Some(old) = self.incoming_snapshots.insert(key, msg.path) {
+            let _ = std::fs::remove_file(old);
+        }
+        if let Err(e) = self.node.step(msg.message) {
+            debug!(shard = self.shard, error = %e, "snapshot step refused");
+        }
+        self.schedule_drive(ctx);
+    }
+}
+
+impl Handler<SnapshotReport> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotReport, ctx: &mut Self::Context) {
+        let status = if msg.ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            self.node.report_unreachable(msg.to);
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(msg.to, status);
+        self.schedule_drive(ctx);
     }
 }
 

@@ -12,7 +12,10 @@ use shardkv_transport::wire::{check_limits, HostStatus, Op, ReplicaInfo, Respons
 use shardkv_transport::{HostId, ShardId};
 use tracing::{debug, warn};
 
-use crate::messages::{ClientRequest, GetStatus, InboundRaft, StepRaft, TransferLeadership};
+use crate::messages::{
+    ClientRequest, GetStatus, InboundRaft, InboundSnapshot, StepRaft, StepSnapshot,
+    TransferLeadership,
+};
 
 /// A local replica as the router sees it.
 pub struct LocalReplica {
@@ -20,6 +23,7 @@ pub struct LocalReplica {
     pub raft: Recipient<StepRaft>,
     pub status: Recipient<GetStatus>,
     pub transfer: Recipient<TransferLeadership>,
+    pub snapshots: Recipient<StepSnapshot>,
 }
 
 /// The actor; see the module docs.
@@ -58,7 +62,7 @@ impl Actor for RouterActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
     }
 }
 
@@ -215,6 +219,38 @@ fn peer_message_allowed(t: MessageType) -> bool {
             | MsgHeartbeatResponse
             | MsgTimeoutNow
     )
+}
+
+impl Handler<InboundSnapshot> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundSnapshot, _: &mut Self::Context) {
+        let drop_file = |why: &str| {
+            warn!(from = msg.from, shard = msg.shard, why, "snapshot dropped");
+            let _ = std::fs::remove_file(&msg.path);
+        };
+        let m = match RaftMessage::parse_from_bytes(&msg.message) {
+            Ok(m) => m,
+            Err(_) => return drop_file("undecodable message"),
+        };
+        let member = self
+            .placement
+            .get(&msg.shard)
+            .is_some_and(|h| h.contains(&msg.from));
+        if !member || m.get_msg_type() != MessageType::MsgSnapshot {
+            return drop_file("not a snapshot from a member of the shard");
+        }
+        if m.from != msg.from || m.to != self.host {
+            return drop_file("forged or misdirected");
+        }
+        match self.local.get(&msg.shard) {
+            Some(r) => r.snapshots.do_send(StepSnapshot {
+                message: m,
+                path: msg.path,
+            }),
+            None => drop_file("shard not hosted here"),
+        }
+    }
 }
 
 /// To the RouterActor: status of every local replica, by shard.

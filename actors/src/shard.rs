@@ -23,9 +23,13 @@ use tracing::{debug, error, warn};
 
 use crate::error::ActorError;
 use crate::messages::{
-    Action, ApplyEntries, AwaitApply, Command, FailWaiters, Persist, ReadAt, WriteBatch, WriteOp,
+    Action, ApplyEntries, AwaitApply, Command, FailWaiters, InstallSnapshot, Persist, ReadAt,
+    WriteBatch, WriteOp,
 };
-use crate::schema::{decode_u64, kv_key, session_key, state_key, Schema, TableId, TAG_APPLIED};
+use crate::raft_storage::LmdbRaftStorage;
+use crate::schema::{
+    decode_u64, kv_key, log_key, session_key, state_key, Schema, TableId, TAG_APPLIED,
+};
 
 /// A read waiting for its index: the key and where the answer goes.
 type WaitingRead = (Vec<u8>, oneshot::Sender<Response>);
@@ -56,6 +60,12 @@ pub struct ShardActor {
     batch_seq: u64,
     /// Apply batches sent to storage and not yet committed.
     in_flight: usize,
+    /// Highest index whose apply batch is committed to LMDB.
+    durable_applied: u64,
+    /// The log is compacted up to here (inclusive).
+    compacted: u64,
+    /// Compact every this many applied entries, keeping the last `keep` (None: never).
+    compaction: Option<Compaction>,
     /// Writes waiting for their entry: index -> (term it was proposed in, reply).
     waiters: BTreeMap<u64, (u64, oneshot::Sender<Response>)>,
     /// Reads waiting for `applied` to reach an index.
@@ -64,8 +74,18 @@ pub struct ShardActor {
 
 impl ShardActor {
     /// A state machine over `schema` starting at the durable `applied` index.
-    pub fn new(shard: ShardId, schema: Schema, storage: Recipient<Persist>, applied: u64) -> Self {
-        ShardActor {
+    pub fn new(
+        shard: ShardId,
+        schema: Schema,
+        storage: Recipient<Persist>,
+        applied: u64,
+        compaction: Option<Compaction>,
+    ) -> Result<Self, ActorError> {
+        let (compacted, _) = LmdbRaftStorage::truncated_state(&schema, shard)?;
+        Ok(ShardActor {
+            durable_applied: applied,
+            compacted,
+            compaction,
             shard,
             schema,
             storage,
@@ -76,7 +96,46 @@ impl ShardActor {
             in_flight: 0,
             waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
+        })
+    }
+
+    /// Every `after` durably applied entries, drop the log up to `keep` entries before the
+    /// durable applied index; a follower that needs older entries gets a snapshot instead.
+    fn maybe_compact(&mut self) {
+        let Some(c) = self.compaction else { return };
+        // Never past the stored commit index: on restart raft-rs requires the log's start to
+        // be at or below it (a commit-only change of the hard state is stored lazily).
+        let stored_commit =
+            LmdbRaftStorage::new(self.schema.clone(), self.shard, Default::default())
+                .hard_state()
+                .map(|hs| hs.commit)
+                .unwrap_or(0);
+        let upto = self
+            .durable_applied
+            .saturating_sub(c.keep)
+            .min(stored_commit);
+        if upto < self.compacted + c.after {
+            return;
         }
+        let term = match LmdbRaftStorage::durable_term(&self.schema, self.shard, upto) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(shard = self.shard, error = %e, "cannot read the term for compaction");
+                return;
+            }
+        };
+        let ops = vec![
+            WriteOp::DeleteRange(
+                TableId::RaftLog,
+                log_key(self.shard, 0).to_vec(),
+                log_key(self.shard, upto + 1).to_vec(),
+            ),
+            LmdbRaftStorage::truncated_op(self.shard, upto, term),
+        ];
+        debug!(shard = self.shard, upto, "compacting the Raft log");
+        self.compacted = upto;
+        self.storage.do_send(Persist(WriteBatch { ops }));
     }
 
     fn read(&self, key: &[u8]) -> Response {
@@ -297,7 +356,7 @@ impl Actor for ShardActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
     }
 }
 
@@ -338,6 +397,8 @@ impl Handler<ApplyEntries> for ShardActor {
                 Ok(Ok(())) => {
                     act.overlay.retain(|_, (b, _)| *b != seq);
                     act.session_overlay.retain(|_, (b, _, _)| *b != seq);
+                    act.durable_applied = act.durable_applied.max(last);
+                    act.maybe_compact();
                 }
                 Ok(Err(e)) => fatal(act.shard, &e.to_string()),
                 Err(e) => fatal(act.shard, &e.to_string()),
@@ -349,6 +410,95 @@ impl Handler<ApplyEntries> for ShardActor {
         } else {
             ctx.spawn(done);
         }
+    }
+}
+
+/// When to compact the Raft log (see [`ShardActor`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    pub after: u64,
+    pub keep: u64,
+}
+
+impl Handler<InstallSnapshot> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<(), ActorError>>;
+
+    /// Replaces the shard's rows and sessions by the snapshot's, and the log by the
+    /// snapshot point, in one transaction with the replica's conf and hard state.
+    fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
+        let built = (|| -> Result<WriteBatch, ActorError> {
+            let (meta, records) = crate::snapshot::read(&msg.path)?;
+            if meta.shard != self.shard || meta.index != msg.index || meta.term != msg.term {
+                return Err(ActorError::Corrupt {
+                    what: format!("snapshot {}", msg.path.display()),
+                    detail: format!(
+                        "is {meta:?}, expected shard {} at {}/{}",
+                        self.shard, msg.index, msg.term
+                    ),
+                });
+            }
+            let (lo, hi) = crate::snapshot::shard_range(self.shard);
+            let mut ops = vec![
+                WriteOp::DeleteRange(TableId::Kv, lo.clone(), hi.clone()),
+                WriteOp::DeleteRange(TableId::Sessions, lo, hi),
+                WriteOp::DeleteRange(
+                    TableId::RaftLog,
+                    log_key(self.shard, 0).to_vec(),
+                    log_key(self.shard, u64::MAX).to_vec(),
+                ),
+            ];
+            for r in records {
+                match r {
+                    crate::snapshot::Record::Kv { key, value } => {
+                        ops.push(WriteOp::Put(TableId::Kv, kv_key(self.shard, &key), value))
+                    }
+                    crate::snapshot::Record::Session { client, record } => ops.push(WriteOp::Put(
+                        TableId::Sessions,
+                        session_key(self.shard, client).to_vec(),
+                        record,
+                    )),
+                    crate::snapshot::Record::Meta(_) => {}
+                }
+            }
+            ops.push(WriteOp::Put(
+                TableId::RaftState,
+                state_key(self.shard, TAG_APPLIED).to_vec(),
+                msg.index.to_be_bytes().to_vec(),
+            ));
+            ops.push(LmdbRaftStorage::truncated_op(
+                self.shard, msg.index, msg.term,
+            ));
+            ops.extend(msg.raft_ops);
+            Ok(WriteBatch { ops })
+        })();
+        let batch = match built {
+            Ok(b) => b,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let index = msg.index;
+        let path = msg.path;
+        let persist = self.storage.send(Persist(batch));
+        Box::pin(persist.into_actor(self).map(move |res, act, _| {
+            let res = match res {
+                Ok(r) => r,
+                Err(_) => Err(ActorError::StorageGone),
+            };
+            if res.is_ok() {
+                let _ = std::fs::remove_file(&path);
+                act.overlay.clear();
+                act.session_overlay.clear();
+                act.applied = index;
+                act.durable_applied = index;
+                act.compacted = index;
+                for (_, (_, reply)) in std::mem::take(&mut act.waiters) {
+                    let _ = reply.send(Response::Unavailable(
+                        "replica replaced by a snapshot; retry".into(),
+                    ));
+                }
+                act.on_applied(index, Vec::new());
+            }
+            res
+        }))
     }
 }
 

@@ -57,10 +57,15 @@ impl Cluster {
     /// Writes config + certs for `hosts` hosts, `shards` shards x `replicas` replicas. Each
     /// host gets its own loopback address 127.0.0.(10+id).
     pub fn new(hosts: u64, shards: u32, replicas: u32) -> Cluster {
+        Self::with_raft(hosts, shards, replicas, "")
+    }
+
+    /// Like [`Cluster::new`], with extra lines for the `[raft]` table.
+    pub fn with_raft(hosts: u64, shards: u32, replicas: u32, raft_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut text = format!(
             "[cluster]\nname = \"test\"\nshards = {shards}\nreplicas = {replicas}\n\n\
-             [raft]\ntick = \"50ms\"\nelection_timeout = \"500ms\"\nheartbeat = \"50ms\"\n\n\
+             [raft]\ntick = \"50ms\"\nelection_timeout = \"500ms\"\nheartbeat = \"50ms\"\n{raft_extra}\n\
              [storage]\nmap_size = \"1GiB\"\n\n"
         );
         for id in 1..=hosts {
@@ -104,6 +109,7 @@ impl Cluster {
             .arg("--host")
             .arg(id.to_string())
             .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -125,6 +131,16 @@ impl Cluster {
         // SAFETY: kill(2) on a child we started.
         unsafe {
             libc::kill(self.pid(id), sig);
+        }
+    }
+
+    /// Panics (with the logs) if a host process exited on its own: a crash the test did not
+    /// cause is a bug even when the cluster kept working.
+    pub fn check_alive(&mut self) {
+        for (id, c) in self.procs.iter_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("host {id} exited on its own ({status})");
+            }
         }
     }
 
@@ -202,8 +218,17 @@ impl Cluster {
     pub fn dump_logs(&self) {
         for h in &self.cfg.hosts {
             if let Ok(s) = std::fs::read_to_string(self.log_path(h.id)) {
-                let tail: Vec<&str> = s.lines().rev().take(40).collect();
-                eprintln!("---- host {} log (last 40 lines) ----", h.id);
+                let tail: Vec<&str> = s.lines().rev().take(60).collect();
+                let errors: Vec<&str> = s
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("panicked"))
+                    .take(20)
+                    .collect();
+                eprintln!("---- host {} log: errors ----", h.id);
+                for l in errors {
+                    eprintln!("{l}");
+                }
+                eprintln!("---- host {} log (last 60 lines) ----", h.id);
                 for l in tail.into_iter().rev() {
                     eprintln!("{l}");
                 }
@@ -214,7 +239,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("SHARDKV_TEST_LOGS").is_some() {
             self.dump_logs();
         }
         for (_, mut c) in std::mem::take(&mut self.procs) {

@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +19,8 @@ use crate::error::TransportError;
 use crate::frame::{read_frame, write_frame};
 use crate::tls::{self, PeerIdentity, TlsFiles};
 use crate::wire::{
-    HostId, RaftBatch, Request, Response, CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX,
+    HostId, RaftBatch, Request, Response, ShardId, SnapshotFrame, StreamHeader,
+    CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 
 /// QUIC application close code: the peer's role may not do what it tried.
@@ -35,6 +37,11 @@ pub trait Handler: Send + Sync + 'static {
     fn raft(&self, from: HostId, batch: RaftBatch);
     /// One client (or host) request; the future resolves to the reply.
     fn request(&self, peer: PeerIdentity, req: Request) -> impl Future<Output = Response> + Send;
+    /// Where an arriving snapshot may be written (a fresh path in the host's data dir).
+    fn snapshot_path(&self, from: HostId, shard: ShardId) -> PathBuf;
+    /// A whole snapshot from host `from` has arrived in `path`, for the `MsgSnapshot` in
+    /// `message`.
+    fn snapshot(&self, from: HostId, shard: ShardId, message: Vec<u8>, path: PathBuf);
 }
 
 fn transport_config() -> Arc<TransportConfig> {
@@ -168,7 +175,81 @@ pub async fn call(conn: &Connection, req: &Request) -> Result<Response, Transpor
 
 /// Opens the long-lived stream for Raft batches towards a host.
 pub async fn open_raft_stream(conn: &Connection) -> Result<quinn::SendStream, TransportError> {
-    conn.open_uni().await.map_err(|e| explain(conn, e))
+    let mut stream = conn.open_uni().await.map_err(|e| explain(conn, e))?;
+    write_frame(&mut stream, &StreamHeader::Raft).await?;
+    Ok(stream)
+}
+
+/// Streams the snapshot file at `path` for `MsgSnapshot` `message` of `shard` on a stream of
+/// its own, in chunks, so neither side ever holds it in one frame.
+pub async fn send_snapshot(
+    conn: &Connection,
+    shard: ShardId,
+    message: Vec<u8>,
+    path: &Path,
+) -> Result<u64, TransportError> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| TransportError::Io(format!("{}: {e}", path.display())))?;
+    let bytes = file.metadata().await.map_err(TransportError::io)?.len();
+    let mut stream = conn.open_uni().await.map_err(|e| explain(conn, e))?;
+    write_frame(
+        &mut stream,
+        &StreamHeader::Snapshot {
+            shard,
+            message,
+            bytes,
+        },
+    )
+    .await?;
+    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+    loop {
+        let n = file.read(&mut buf).await.map_err(TransportError::io)?;
+        if n == 0 {
+            break;
+        }
+        write_frame(&mut stream, &SnapshotFrame::Chunk(buf[..n].to_vec())).await?;
+    }
+    write_frame(&mut stream, &SnapshotFrame::End).await?;
+    stream.finish().map_err(TransportError::io)?;
+    // Wait until the peer has read everything (or the stream failed) before reporting.
+    let _ = stream.stopped().await;
+    Ok(bytes)
+}
+
+async fn receive_snapshot(
+    recv: &mut quinn::RecvStream,
+    path: &Path,
+    bytes: u64,
+) -> Result<(), TransportError> {
+    use tokio::io::AsyncWriteExt;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| TransportError::Io(format!("{}: {e}", path.display())))?;
+    let mut got = 0u64;
+    loop {
+        match read_frame::<_, SnapshotFrame>(recv, SNAPSHOT_CHUNK_BYTES + 64).await? {
+            Some(SnapshotFrame::Chunk(data)) => {
+                got += data.len() as u64;
+                if got > bytes {
+                    return Err(TransportError::Decode(format!(
+                        "snapshot larger than announced ({bytes} bytes)"
+                    )));
+                }
+                file.write_all(&data).await.map_err(TransportError::io)?;
+            }
+            Some(SnapshotFrame::End) => break,
+            None => return Err(TransportError::Truncated),
+        }
+    }
+    if got != bytes {
+        return Err(TransportError::Decode(format!(
+            "snapshot has {got} bytes, {bytes} announced"
+        )));
+    }
+    file.sync_all().await.map_err(TransportError::io)?;
+    Ok(())
 }
 
 /// Writes one batch on a Raft stream.
@@ -263,6 +344,36 @@ async fn serve_raft_stream<H: Handler>(
     from: HostId,
     handler: Arc<H>,
 ) {
+    match read_frame::<_, StreamHeader>(&mut recv, RAFT_FRAME_BYTES_MAX).await {
+        Ok(Some(StreamHeader::Raft)) => {}
+        Ok(Some(StreamHeader::Snapshot {
+            shard,
+            message,
+            bytes,
+        })) => {
+            let path = handler.snapshot_path(from, shard);
+            match receive_snapshot(&mut recv, &path, bytes).await {
+                Ok(()) if crate::fault::partitioned(from) => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+                Ok(()) => {
+                    info!(peer = from, shard, bytes, "snapshot received");
+                    handler.snapshot(from, shard, message, path);
+                }
+                Err(e) => {
+                    warn!(peer = from, shard, error = %e, "snapshot transfer failed");
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+            }
+            return;
+        }
+        Ok(None) => return,
+        Err(e) => {
+            warn!(peer = from, error = %e, "bad stream header; closing connection");
+            conn.close(VarInt::from_u32(CLOSE_PROTOCOL), e.to_string().as_bytes());
+            return;
+        }
+    }
     info!(peer = from, "raft stream open");
     loop {
         match read_frame::<_, RaftBatch>(&mut recv, RAFT_FRAME_BYTES_MAX).await {

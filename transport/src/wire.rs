@@ -215,6 +215,33 @@ pub struct RaftEnvelope {
     pub message: Vec<u8>,
 }
 
+/// The first frame of every host-to-host unidirectional stream: what the stream carries.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum StreamHeader {
+    /// [`RaftBatch`] frames follow, for as long as the connection lives.
+    Raft,
+    /// One snapshot of one shard follows as [`SnapshotFrame`]s.
+    Snapshot {
+        shard: ShardId,
+        /// The `MsgSnapshot` (protobuf) it belongs to; delivered once the data has arrived.
+        message: Vec<u8>,
+        /// Size of the data that follows, checked on arrival.
+        bytes: u64,
+    },
+}
+
+/// A piece of a snapshot stream.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum SnapshotFrame {
+    /// The next bytes of the snapshot file.
+    Chunk(Vec<u8>),
+    /// Everything was sent.
+    End,
+}
+
+/// Snapshot bytes per frame.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
 /// The frame on a host-to-host Raft stream: every message bound for one host since the last
 /// flush, across all shards.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]

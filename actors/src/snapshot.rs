@@ -1,0 +1,198 @@
+//! Snapshot files: one shard's state (its rows and client sessions) at one applied index,
+//! written from a single LMDB read transaction so it is exactly the state at that index.
+//!
+//! A file is a sequence of length-prefixed postcard records: first [`Record::Meta`], then one
+//! record per row. Files are streamed to followers in chunks (see the transport's
+//! `send_snapshot`) and installed by the ShardActor in one write transaction.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use heed::RoTxn;
+use serde::{Deserialize, Serialize};
+use shardkv_transport::ShardId;
+
+use crate::error::ActorError;
+use crate::schema::Schema;
+
+/// What a snapshot is of; also the `data` raft-rs carries in `MsgSnapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapMeta {
+    pub shard: ShardId,
+    pub index: u64,
+    pub term: u64,
+}
+
+/// One record of a snapshot file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Meta(SnapMeta),
+    /// A row of `kv` (user key, without the shard prefix).
+    Kv {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    /// A row of `sessions`: client id and its stored record.
+    Session {
+        client: u64,
+        record: Vec<u8>,
+    },
+}
+
+/// Largest record accepted when reading a file (a maximal value plus envelope).
+const RECORD_BYTES_MAX: usize = 65 * 1024 * 1024;
+
+fn io(path: &Path, e: impl std::fmt::Display) -> ActorError {
+    ActorError::Storage(format!("snapshot {}: {e}", path.display()))
+}
+
+/// The file name of a snapshot of `shard` at (`index`, `term`).
+pub fn file_name(shard: ShardId, index: u64, term: u64) -> String {
+    format!("shard-{shard}-{index}-{term}.snap")
+}
+
+/// The first key of `shard` in a shard-prefixed table, and the first key after it.
+pub fn shard_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    (
+        shard.to_be_bytes().to_vec(),
+        (u64::from(shard) + 1).to_be_bytes()[4..].to_vec(),
+    )
+}
+
+/// Writes the snapshot of `meta.shard` as seen by `rtxn` into `dir` (atomically: a temp file
+/// renamed into place) and returns its path. An existing file for the same point is reused.
+pub fn write(
+    schema: &Schema,
+    rtxn: &RoTxn,
+    dir: &Path,
+    meta: &SnapMeta,
+) -> Result<PathBuf, ActorError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let path = dir.join(file_name(meta.shard, meta.index, meta.term));
+    if path.exists() {
+        return Ok(path);
+    }
+    let tmp = dir.join(format!(
+        "{}.tmp",
+        file_name(meta.shard, meta.index, meta.term)
+    ));
+    let file = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    let mut out = BufWriter::new(file);
+    let mut put = |r: &Record| -> Result<(), ActorError> {
+        let frame = shardkv_transport::frame::encode(r).map_err(|e| io(&tmp, e))?;
+        out.write_all(&frame).map_err(|e| io(&tmp, e))
+    };
+    put(&Record::Meta(meta.clone()))?;
+    let prefix = meta.shard.to_be_bytes();
+    for item in schema.kv.prefix_iter(rtxn, &prefix)? {
+        let (k, v) = item?;
+        put(&Record::Kv {
+            key: k[4..].to_vec(),
+            value: v.to_vec(),
+        })?;
+    }
+    for item in schema.sessions.prefix_iter(rtxn, &prefix)? {
+        let (k, v) = item?;
+        let client = k
+            .get(4..12)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(|| ActorError::Corrupt {
+                what: "session key".into(),
+                detail: format!("{} bytes", k.len()),
+            })?;
+        put(&Record::Session {
+            client,
+            record: v.to_vec(),
+        })?;
+    }
+    let file = out.into_inner().map_err(|e| io(&tmp, e))?;
+    file.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    // Older snapshots of this shard are no longer needed.
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mine = format!("shard-{}-", meta.shard);
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&mine) && name.ends_with(".snap") && e.path() != path {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// Reads a whole snapshot file: its meta and its records.
+pub fn read(path: &Path) -> Result<(SnapMeta, Vec<Record>), ActorError> {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let mut input = BufReader::new(file);
+    let mut records = Vec::new();
+    loop {
+        let mut len = [0u8; 4];
+        match input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(io(path, e)),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > RECORD_BYTES_MAX {
+            return Err(io(path, format!("record of {len} bytes")));
+        }
+        let mut buf = vec![0u8; len];
+        input.read_exact(&mut buf).map_err(|e| io(path, e))?;
+        let r: Record = shardkv_transport::frame::decode(&buf).map_err(|e| io(path, e))?;
+        records.push(r);
+    }
+    let mut it = records.into_iter();
+    match it.next() {
+        Some(Record::Meta(meta)) => Ok((meta, it.collect())),
+        _ => Err(io(path, "does not start with its meta record")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{WriteBatch, WriteOp};
+    use crate::schema::{kv_key, session_key, TableId};
+
+    #[test]
+    fn a_snapshot_holds_exactly_one_shards_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(&dir.path().join("db"), 1 << 26, "t", 1).unwrap();
+        let mut ops = Vec::new();
+        for shard in [1u32, 2] {
+            for i in 0..10u8 {
+                ops.push(WriteOp::Put(
+                    TableId::Kv,
+                    kv_key(shard, &[b'k', i]),
+                    vec![shard as u8, i],
+                ));
+            }
+            ops.push(WriteOp::Put(
+                TableId::Sessions,
+                session_key(shard, 7).to_vec(),
+                vec![9; 8],
+            ));
+        }
+        crate::storage::commit(&schema, vec![WriteBatch { ops }]).unwrap();
+        let rtxn = schema.env.read_txn().unwrap();
+        let meta = SnapMeta {
+            shard: 2,
+            index: 42,
+            term: 3,
+        };
+        let path = write(&schema, &rtxn, &dir.path().join("snap"), &meta).unwrap();
+        let (got, records) = read(&path).unwrap();
+        assert_eq!(got, meta);
+        assert_eq!(records.len(), 11);
+        assert!(records.iter().all(|r| match r {
+            Record::Kv { key, value } => key[0] == b'k' && value[0] == 2,
+            Record::Session { client, .. } => *client == 7,
+            Record::Meta(_) => false,
+        }));
+        let (lo, hi) = shard_range(2);
+        assert!(kv_key(2, b"zzz") >= lo && kv_key(2, b"zzz") < hi && kv_key(3, b"") >= hi);
+    }
+}
