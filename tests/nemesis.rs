@@ -186,7 +186,21 @@ async fn run(duration: Duration) {
     );
     assert!(total > 100, "the clients made progress ({total} ops)");
     if let Err(e) = check(&history) {
-        panic!("seed {seed}: history is not linearizable:\n{e}");
+        // Keep the whole history for offline analysis next to the build output.
+        let dump =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("nemesis-{seed}.txt"));
+        let text: String = history
+            .events()
+            .iter()
+            .map(|ev| format!("{ev:?}\n"))
+            .collect();
+        let _ = std::fs::write(&dump, text);
+        // Either a proven violation, or a history too ambiguous (too many operations with
+        // unknown outcome, i.e. an availability problem) to prove anything: both fail.
+        panic!(
+            "seed {seed}: history check failed (full history: {}):\n{e}",
+            dump.display()
+        );
     }
 }
 
