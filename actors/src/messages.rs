@@ -152,6 +152,9 @@ pub struct TransferLeadership;
 pub struct Command {
     pub client_id: u64,
     pub seq: u64,
+    /// The proposing leader's wall clock (ms since the Unix epoch): the log's notion of time,
+    /// the same on every replica, used to expire idle client sessions deterministically.
+    pub time_ms: u64,
     pub action: Action,
 }
 

@@ -561,9 +561,14 @@ impl ReplicaActor {
             let _ = tx.send(self.not_leader());
             return;
         }
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
         let cmd = Command {
             client_id,
             seq,
+            time_ms,
             action,
         };
         let data = match postcard::to_allocvec(&cmd) {

@@ -33,6 +33,29 @@ use crate::schema::{
 
 /// A read waiting for its index: the key and where the answer goes.
 type WaitingRead = (Vec<u8>, oneshot::Sender<Response>);
+/// A client session: (last applied seq, log time of that write in ms, its reply).
+type SessionState = (u64, u64, Option<Response>);
+
+/// How long a client session may stay idle (in log time) before it is forgotten. A client
+/// retries a write only within its deadline (seconds), so a session this old can have no
+/// retry in flight; forgetting it keeps the table bounded by the clients active recently.
+pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
+/// Sessions are swept at every log index divisible by this.
+const SESSION_SWEEP_EVERY: u64 = 4096;
+
+fn decode_session(v: &[u8]) -> Result<SessionState, ActorError> {
+    if v.len() < 16 {
+        return Err(ActorError::Corrupt {
+            what: "client session".into(),
+            detail: format!("{} bytes", v.len()),
+        });
+    }
+    let seq = decode_u64("session seq", &v[..8])?;
+    let last_ms = decode_u64("session time", &v[8..16])?;
+    let reply = postcard::from_bytes(&v[16..]).ok();
+    Ok((seq, last_ms, reply))
+}
+
 /// The outcome of one applied entry: (index, term, reply).
 type Applied = (u64, u64, Response);
 
@@ -42,7 +65,7 @@ struct Plan {
     batch: WriteBatch,
     results: Vec<Applied>,
     values: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    sessions: HashMap<u64, (u64, Option<Response>)>,
+    sessions: HashMap<u64, SessionState>,
 }
 
 /// The actor; see the module docs.
@@ -55,7 +78,7 @@ pub struct ShardActor {
     /// Values written by batches not yet committed to LMDB: key -> (batch, value).
     overlay: HashMap<Vec<u8>, (u64, Option<Vec<u8>>)>,
     /// Sessions touched by batches not yet committed: client -> (batch, seq, reply).
-    session_overlay: HashMap<u64, (u64, u64, Option<Response>)>,
+    session_overlay: HashMap<u64, (u64, SessionState)>,
     /// Number of the last apply batch sent to storage.
     batch_seq: u64,
     /// Apply batches sent to storage and not yet committed.
@@ -157,9 +180,9 @@ impl ShardActor {
     }
 
     /// The last applied seq of a client session and the reply it got.
-    fn session(&self, client_id: u64) -> Result<(u64, Option<Response>), ActorError> {
-        if let Some((_, seq, reply)) = self.session_overlay.get(&client_id) {
-            return Ok((*seq, reply.clone()));
+    fn session(&self, client_id: u64) -> Result<SessionState, ActorError> {
+        if let Some((_, state)) = self.session_overlay.get(&client_id) {
+            return Ok(state.clone());
         }
         let rtxn = self.schema.env.read_txn()?;
         match self
@@ -167,17 +190,51 @@ impl ShardActor {
             .sessions
             .get(&rtxn, &session_key(self.shard, client_id))?
         {
-            Some(v) if v.len() >= 8 => {
-                let seq = decode_u64("session seq", &v[..8])?;
-                let reply = postcard::from_bytes(&v[8..]).ok();
-                Ok((seq, reply))
-            }
+            Some(v) if v.len() >= 16 => decode_session(v),
             Some(v) => Err(ActorError::Corrupt {
                 what: format!("session of client {client_id:#x}"),
                 detail: format!("{} bytes", v.len()),
             }),
-            None => Ok((0, None)),
+            None => Ok((0, 0, None)),
         }
+    }
+
+    /// Deletes sessions idle for longer than [`SESSION_TTL_MS`] of log time, as of `now_ms`.
+    /// Runs at the same log indexes on every replica, so they all keep the same sessions.
+    fn expire_sessions(
+        &self,
+        now_ms: u64,
+        planned: &HashMap<u64, SessionState>,
+        batch: &mut WriteBatch,
+    ) -> Result<usize, ActorError> {
+        let rtxn = self.schema.env.read_txn()?;
+        let mut expired = 0;
+        for item in self
+            .schema
+            .sessions
+            .prefix_iter(&rtxn, &self.shard.to_be_bytes())?
+        {
+            let (k, v) = item?;
+            let Some(client) = k.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            let client = u64::from_be_bytes(client);
+            // A newer record not yet on disk decides.
+            let last_ms = match planned
+                .get(&client)
+                .or_else(|| self.session_overlay.get(&client).map(|(_, s)| s))
+            {
+                Some(s) => s.1,
+                None => decode_session(v)?.1,
+            };
+            if last_ms.saturating_add(SESSION_TTL_MS) < now_ms {
+                batch
+                    .ops
+                    .push(WriteOp::Delete(TableId::Sessions, k.to_vec()));
+                expired += 1;
+            }
+        }
+        Ok(expired)
     }
 
     /// The current value of `key`, seeing writes planned earlier in the same batch.
@@ -205,7 +262,7 @@ impl ShardActor {
         let mut batch = WriteBatch::default();
         let mut results = Vec::with_capacity(entries.len());
         // Sessions and values touched earlier in this batch (later entries must see them).
-        let mut sessions: HashMap<u64, (u64, Option<Response>)> = HashMap::new();
+        let mut sessions: HashMap<u64, SessionState> = HashMap::new();
         let mut overlay: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let mut last = self.applied;
         for e in entries {
@@ -229,8 +286,14 @@ impl ShardActor {
                     what: format!("command at index {} of shard {}", e.index, self.shard),
                     detail: err.to_string(),
                 })?;
+            if e.index % SESSION_SWEEP_EVERY == 0 {
+                let expired = self.expire_sessions(cmd.time_ms, &sessions, &mut batch)?;
+                if expired > 0 {
+                    debug!(shard = self.shard, expired, "idle client sessions expired");
+                }
+            }
             if cmd.seq != 0 {
-                let (seen, reply) = match sessions.get(&cmd.client_id) {
+                let (seen, _, reply) = match sessions.get(&cmd.client_id) {
                     Some(s) => s.clone(),
                     None => self.session(cmd.client_id)?,
                 };
@@ -289,6 +352,7 @@ impl ShardActor {
             };
             if cmd.seq != 0 {
                 let mut record = cmd.seq.to_be_bytes().to_vec();
+                record.extend_from_slice(&cmd.time_ms.to_be_bytes());
                 let reply = postcard::to_allocvec(&resp).map_err(|err| ActorError::Corrupt {
                     what: "session reply".into(),
                     detail: err.to_string(),
@@ -299,7 +363,7 @@ impl ShardActor {
                     session_key(self.shard, cmd.client_id).to_vec(),
                     record,
                 ));
-                sessions.insert(cmd.client_id, (cmd.seq, Some(resp.clone())));
+                sessions.insert(cmd.client_id, (cmd.seq, cmd.time_ms, Some(resp.clone())));
             }
             results.push((e.index, e.term, resp));
         }
@@ -385,8 +449,8 @@ impl Handler<ApplyEntries> for ShardActor {
         for (k, v) in plan.values {
             self.overlay.insert(k, (seq, v));
         }
-        for (client, (s, reply)) in plan.sessions {
-            self.session_overlay.insert(client, (seq, s, reply));
+        for (client, state) in plan.sessions {
+            self.session_overlay.insert(client, (seq, state));
         }
         self.on_applied(last, plan.results);
         self.in_flight += 1;
@@ -396,7 +460,7 @@ impl Handler<ApplyEntries> for ShardActor {
             match res {
                 Ok(Ok(())) => {
                     act.overlay.retain(|_, (b, _)| *b != seq);
-                    act.session_overlay.retain(|_, (b, _, _)| *b != seq);
+                    act.session_overlay.retain(|_, (b, _)| *b != seq);
                     act.durable_applied = act.durable_applied.max(last);
                     act.maybe_compact();
                 }
@@ -560,5 +624,103 @@ impl Handler<FailWaiters> for ShardActor {
         for (_, (_, reply)) in std::mem::take(&mut self.waiters) {
             let _ = reply.send(msg.0.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{commit, StorageActor};
+    use shardkv_transport::wire::Response;
+
+    fn put_entry(index: u64, client: u64, seq: u64, time_ms: u64, key: &[u8]) -> Entry {
+        let cmd = Command {
+            client_id: client,
+            seq,
+            time_ms,
+            action: Action::Put {
+                key: key.to_vec(),
+                value: b"v".to_vec(),
+            },
+        };
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = 1;
+        e.data = postcard::to_allocvec(&cmd).unwrap().into();
+        e
+    }
+
+    fn session_exists(schema: &Schema, client: u64) -> bool {
+        let rtxn = schema.env.read_txn().unwrap();
+        schema
+            .sessions
+            .get(&rtxn, &session_key(1, client))
+            .unwrap()
+            .is_some()
+    }
+
+    #[actix_rt::test]
+    async fn idle_sessions_expire_and_live_ones_keep_deduplicating() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let storage = StorageActor::new(schema.clone()).unwrap().start();
+        let base = SESSION_SWEEP_EVERY * 2;
+        let t0 = 1_700_000_000_000;
+
+        // Client 9 writes once and goes quiet; client 8 writes a full TTL later.
+        let shard = ShardActor::new(
+            1,
+            schema.clone(),
+            storage.clone().recipient(),
+            base - 3,
+            None,
+        )
+        .unwrap();
+        let plan = shard
+            .plan(&[
+                put_entry(base - 2, 9, 1, t0, b"a"),
+                put_entry(base - 1, 8, 1, t0 + SESSION_TTL_MS, b"b"),
+            ])
+            .unwrap();
+        commit(&schema, vec![plan.batch]).unwrap();
+        assert!(session_exists(&schema, 9) && session_exists(&schema, 8));
+
+        // The sweep at `base`, 1 ms past client 9's TTL: 9 goes, 8 (idle 1 ms) stays.
+        let shard = ShardActor::new(
+            1,
+            schema.clone(),
+            storage.clone().recipient(),
+            base - 1,
+            None,
+        )
+        .unwrap();
+        let plan = shard
+            .plan(&[put_entry(base, 7, 1, t0 + SESSION_TTL_MS + 1, b"c")])
+            .unwrap();
+        commit(&schema, vec![plan.batch]).unwrap();
+        assert!(!session_exists(&schema, 9), "an idle session is forgotten");
+        assert!(session_exists(&schema, 8), "a live session is kept");
+        assert!(session_exists(&schema, 7));
+
+        // The live client's retry is still answered from its session, not applied again.
+        let shard = ShardActor::new(1, schema.clone(), storage.recipient(), base, None).unwrap();
+        let plan = shard
+            .plan(&[put_entry(
+                base + 1,
+                8,
+                1,
+                t0 + SESSION_TTL_MS + 2,
+                b"b-again",
+            )])
+            .unwrap();
+        assert_eq!(plan.results, vec![(base + 1, 1, Response::Ok)]);
+        assert!(
+            !plan
+                .batch
+                .ops
+                .iter()
+                .any(|op| matches!(op, WriteOp::Put(TableId::Kv, ..))),
+            "the duplicate wrote nothing"
+        );
     }
 }
