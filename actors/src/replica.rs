@@ -83,6 +83,8 @@ pub struct ReplicaActor {
     lease_until: Option<Instant>,
     /// Leadership is being handed away: no lease reads (the transferee may campaign at once).
     transferring: bool,
+    /// When this replica tried to hand its leadership away for a shutdown.
+    handoff_at: Option<Instant>,
     /// Set when a snapshot was installed: (Ready number, index). Once raft-rs counts that
     /// Ready as persisted, it must also count the snapshot as applied.
     snapshot_applied: Option<(u64, u64)>,
@@ -142,6 +144,7 @@ impl ReplicaActor {
             transferring: false,
             me: None,
             snapshot_applied: None,
+            handoff_at: None,
             incoming_snapshots: HashMap::new(),
         })
     }
@@ -719,11 +722,20 @@ impl Handler<GetStatus> for ReplicaActor {
 impl Handler<TransferLeadership> for ReplicaActor {
     type Result = bool;
 
-    /// Hands leadership to the most up-to-date voter; answers whether this replica still leads.
+    /// Hands leadership to the most up-to-date active voter, once per shutdown; answers
+    /// whether a hand-off is still worth waiting for. When every host stops at once (say
+    /// `shardkv up` ending), peers would pass leadership back and forth; one attempt each,
+    /// bounded by an election timeout, ends that quickly.
     fn handle(&mut self, _: TransferLeadership, ctx: &mut Self::Context) -> bool {
         if !self.is_leader() {
             return false;
         }
+        let patience =
+            self.settings.tick * u32::try_from(self.settings.election_ticks).unwrap_or(u32::MAX);
+        if let Some(at) = self.handoff_at {
+            return at.elapsed() < patience;
+        }
+        self.handoff_at = Some(Instant::now());
         let me = self.host;
         let best = self
             .node
@@ -735,14 +747,17 @@ impl Handler<TransferLeadership> for ReplicaActor {
             .map(|(id, _)| *id);
         self.lease_until = None;
         self.transferring = true;
-        if let Some(to) = best {
-            info!(
-                shard = self.shard,
-                to, "transferring leadership before shutdown"
-            );
-            self.node.transfer_leader(to);
-            self.schedule_drive(ctx);
+        match best {
+            Some(to) => {
+                info!(
+                    shard = self.shard,
+                    to, "transferring leadership before shutdown"
+                );
+                self.node.transfer_leader(to);
+                self.schedule_drive(ctx);
+                true
+            }
+            None => false,
         }
-        true
     }
 }
