@@ -69,8 +69,10 @@ pub struct ReplicaActor {
     /// ReadIndex requests waiting for their read state, by context id.
     pending_reads: HashMap<u64, PendingRead>,
     next_read_id: u64,
-    /// Reads waiting for this leader's first commit in its term before ReadIndex can be asked.
+    /// Reads waiting for the next ReadIndex round to be asked.
     deferred_reads: Vec<u64>,
+    /// ReadIndex rounds asked and not yet confirmed: round id -> the reads it serves.
+    read_rounds: HashMap<u64, Vec<u64>>,
     /// Ready batches handed to storage and not yet durable.
     persists_in_flight: usize,
     /// A drive is queued behind the messages already in the mailbox.
@@ -135,6 +137,7 @@ impl ReplicaActor {
             pending_reads: HashMap::new(),
             next_read_id: 1,
             deferred_reads: Vec::new(),
+            read_rounds: HashMap::new(),
             persists_in_flight: 0,
             drive_scheduled: false,
             leader: 0,
@@ -176,6 +179,7 @@ impl ReplicaActor {
     /// promise them, and raft-rs counting them as persisted — waits for the fsync. The
     /// replica keeps stepping messages and taking proposals while the disk works.
     fn drive(&mut self, ctx: &mut Context<Self>) {
+        self.issue_deferred_reads();
         if !self.node.has_ready() {
             return;
         }
@@ -270,10 +274,13 @@ impl ReplicaActor {
     fn drive_rest(&mut self, mut ready: raft::Ready, hs_stored: bool, ctx: &mut Context<Self>) {
         // 4. Linearizable reads whose ReadIndex is confirmed: serve once applied up to it.
         for rs in ready.take_read_states() {
-            let Some(id) = read_id(&rs.request_ctx) else {
+            let Some(round) = read_id(&rs.request_ctx) else {
                 continue;
             };
-            if let Some(p) = self.pending_reads.remove(&id) {
+            let Some(ids) = self.read_rounds.remove(&round) else {
+                continue;
+            };
+            for p in ids.iter().filter_map(|id| self.pending_reads.remove(id)) {
                 // A quorum confirmed our leadership after `issued`: lease reads may be served
                 // locally until `issued + lease` (never while handing leadership away).
                 if !self.transferring {
@@ -390,8 +397,10 @@ impl ReplicaActor {
         self.schedule_drive(ctx);
     }
 
-    /// raft-rs ignores ReadIndex on a leader that has not yet committed an entry of its own
-    /// term; such reads wait here until it has, instead of timing out.
+    /// Asks one ReadIndex round for every read that arrived since the last one: all reads of
+    /// a mailbox drain share a single quorum confirmation. raft-rs ignores ReadIndex on a
+    /// leader that has not yet committed an entry of its own term; reads wait here until it
+    /// has, instead of timing out.
     fn issue_deferred_reads(&mut self) {
         if self.deferred_reads.is_empty()
             || !self.is_leader()
@@ -399,11 +408,17 @@ impl ReplicaActor {
         {
             return;
         }
-        for id in std::mem::take(&mut self.deferred_reads) {
-            if self.pending_reads.contains_key(&id) {
-                self.node.read_index(id.to_be_bytes().to_vec());
-            }
+        let ids: Vec<u64> = std::mem::take(&mut self.deferred_reads)
+            .into_iter()
+            .filter(|id| self.pending_reads.contains_key(id))
+            .collect();
+        if ids.is_empty() {
+            return;
         }
+        let round = self.next_read_id;
+        self.next_read_id += 1;
+        self.read_rounds.insert(round, ids);
+        self.node.read_index(round.to_be_bytes().to_vec());
     }
 
     fn apply(&mut self, entries: Vec<Entry>) {
@@ -456,6 +471,7 @@ impl ReplicaActor {
                 let _ = p.reply.send(resp.clone());
             }
             self.deferred_reads.clear();
+            self.read_rounds.clear();
             self.links.fail_waiters.do_send(FailWaiters(resp));
         }
         if role != self.role {
@@ -469,6 +485,9 @@ impl ReplicaActor {
         let now = Instant::now();
         self.pending_reads
             .retain(|_, p| p.deadline > now && !p.reply.is_closed());
+        let pending = &self.pending_reads;
+        self.read_rounds
+            .retain(|_, ids| ids.iter().any(|id| pending.contains_key(id)));
     }
 
     fn handle_request(
@@ -517,11 +536,8 @@ impl ReplicaActor {
                 }
                 let id = self.next_read_id;
                 self.next_read_id += 1;
-                if self.node.raft.commit_to_current_term() {
-                    self.node.read_index(id.to_be_bytes().to_vec());
-                } else {
-                    self.deferred_reads.push(id);
-                }
+                // Joins the next ReadIndex round (asked when the mailbox has drained).
+                self.deferred_reads.push(id);
                 self.pending_reads.insert(
                     id,
                     PendingRead {
