@@ -31,6 +31,8 @@ pub struct LmdbRaftStorage {
     /// supersede whatever LMDB holds at the same or later indexes (an in-flight append may be
     /// replacing a conflicting suffix there).
     staged: VecDeque<Entry>,
+    /// The Ready number each staged entry was handed to storage with (same length).
+    staged_numbers: VecDeque<u64>,
     /// Where snapshot files of this host live.
     snap_dir: PathBuf,
 }
@@ -48,6 +50,7 @@ impl LmdbRaftStorage {
             schema,
             shard,
             staged: VecDeque::new(),
+            staged_numbers: VecDeque::new(),
             snap_dir,
         }
     }
@@ -55,6 +58,7 @@ impl LmdbRaftStorage {
     /// Forgets every staged entry (a snapshot replaced the log).
     pub fn clear_staged(&mut self) {
         self.staged.clear();
+        self.staged_numbers.clear();
     }
 
     /// The (index, term) of the last entry removed by compaction or replaced by a snapshot.
@@ -107,35 +111,31 @@ impl LmdbRaftStorage {
             .map(|e| e.term))
     }
 
-    /// Records entries just handed to storage (they replace staged ones from their first
-    /// index on).
-    pub fn stage(&mut self, entries: Vec<Entry>) {
+    /// Records entries just handed to storage with the Ready numbered `number` (they replace
+    /// staged ones from their first index on).
+    pub fn stage(&mut self, number: u64, entries: Vec<Entry>) {
         let Some(first) = entries.first().map(|e| e.index) else {
             return;
         };
         while self.staged.back().is_some_and(|e| e.index >= first) {
             self.staged.pop_back();
+            self.staged_numbers.pop_back();
         }
         if let Some(back) = self.staged.back() {
             assert_eq!(back.index + 1, first, "staged entries must stay contiguous");
         }
+        self.staged_numbers
+            .extend(std::iter::repeat_n(number, entries.len()));
         self.staged.extend(entries);
     }
 
-    /// Forgets staged entries that are now durable: those of `persisted` (index, term) still
-    /// at the front (a later append may already have replaced them).
-    pub fn unstage(&mut self, persisted: &[(u64, u64)]) {
-        for &(index, term) in persisted {
-            match self.staged.front() {
-                Some(e) if e.index == index && e.term == term => {
-                    self.staged.pop_front();
-                }
-                Some(e) if e.index < index => {
-                    // Cannot happen: batches become durable in order.
-                    self.staged.pop_front();
-                }
-                _ => {}
-            }
+    /// Forgets the staged entries of every Ready numbered up to `number`: storage commits in
+    /// order, so they are all durable now. Entries staged later (including ones that replaced
+    /// a conflicting suffix of an earlier Ready) stay until their own Ready is durable.
+    pub fn unstage(&mut self, number: u64) {
+        while self.staged_numbers.front().is_some_and(|n| *n <= number) {
+            self.staged_numbers.pop_front();
+            self.staged.pop_front();
         }
     }
 
@@ -623,9 +623,10 @@ mod tests {
         let (_d, schema) = setup();
         append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
         let mut s = LmdbRaftStorage::new(schema.clone(), 1, PathBuf::new());
-        // A new leader's entries replace index 3 onwards; their batch is still in flight.
-        s.stage(vec![entry(3, 2), entry(4, 2)]);
-        assert_eq!(s.last_index().unwrap(), 4);
+        // Ready 1 stages 3..=5 of term 1 (replacing 3 on disk); before it is durable, Ready 2
+        // from a new leader replaces index 4 onwards.
+        s.stage(1, vec![entry(3, 2), entry(4, 2), entry(5, 2)]);
+        assert_eq!(s.last_index().unwrap(), 5);
         assert_eq!(
             s.term(3).unwrap(),
             2,
@@ -633,24 +634,51 @@ mod tests {
         );
         assert_eq!(s.term(2).unwrap(), 1);
         let got = s
-            .entries(1, 5, None, GetEntriesContext::empty(false))
+            .entries(1, 6, None, GetEntriesContext::empty(false))
             .unwrap();
         assert_eq!(
             got,
-            vec![entry(1, 1), entry(2, 1), entry(3, 2), entry(4, 2)]
+            vec![
+                entry(1, 1),
+                entry(2, 1),
+                entry(3, 2),
+                entry(4, 2),
+                entry(5, 2)
+            ]
         );
-        // Staging again from index 4 replaces only the tail.
-        s.stage(vec![entry(4, 3)]);
-        assert_eq!(s.term(4).unwrap(), 3);
-        // The first batch becomes durable: (3, 2) leaves the staging area, (4, 2) was
-        // already replaced and stays staged as (4, 3).
-        append(&schema, 1, &[entry(3, 2), entry(4, 2)]);
-        s.unstage(&[(3, 2), (4, 2)]);
-        assert_eq!(s.term(3).unwrap(), 2);
-        assert_eq!(s.term(4).unwrap(), 3);
-        append(&schema, 1, &[entry(4, 3)]);
-        s.unstage(&[(4, 3)]);
+        s.stage(2, vec![entry(4, 3)]);
         assert_eq!(s.last_index().unwrap(), 4);
         assert_eq!(s.term(4).unwrap(), 3);
+        // Ready 1 becomes durable: only its surviving entry (3) leaves the staging area; the
+        // replacement (4, 3) must stay visible although LMDB now holds (4, 2) and (5, 2).
+        append(&schema, 1, &[entry(3, 2), entry(4, 2), entry(5, 2)]);
+        s.unstage(1);
+        assert_eq!(
+            s.last_index().unwrap(),
+            4,
+            "LMDB's superseded suffix stays hidden"
+        );
+        assert_eq!(s.term(4).unwrap(), 3);
+        assert_eq!(s.term(3).unwrap(), 2);
+        append(&schema, 1, &[entry(4, 3)]);
+        s.unstage(2);
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(s.term(4).unwrap(), 3);
+    }
+
+    #[test]
+    fn completions_out_of_order_leave_nothing_staged() {
+        let (_d, schema) = setup();
+        let mut s = LmdbRaftStorage::new(schema.clone(), 1, PathBuf::new());
+        s.stage(1, vec![entry(1, 1)]);
+        s.stage(2, vec![entry(2, 1)]);
+        s.stage(3, vec![entry(3, 1)]);
+        append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
+        // One group commit made all three durable; the callbacks ran 1, 3, 2.
+        s.unstage(1);
+        s.unstage(3);
+        s.unstage(2);
+        assert!(s.staged.is_empty() && s.staged_numbers.is_empty());
+        assert_eq!(s.last_index().unwrap(), 3);
     }
 }

@@ -336,8 +336,7 @@ impl ReplicaActor {
         }
         let promises = ready.take_persisted_messages();
         let number = ready.number();
-        let staged: Vec<(u64, u64)> = entries.iter().map(|e| (e.index, e.term)).collect();
-        self.node.mut_store().stage(entries);
+        self.node.mut_store().stage(number, entries);
         self.node.advance_append_async(ready);
         if let Some(index) = handed {
             // The ShardActor applies asynchronously and durably, in order.
@@ -347,14 +346,14 @@ impl ReplicaActor {
         // 7. Once durable (and everything sent to storage before it, which commits in order):
         //    send the messages that promise it and let raft-rs count it.
         if batch.ops.is_empty() && self.persists_in_flight == 0 {
-            self.on_persisted(number, &staged, promises, ctx);
+            self.on_persisted(number, promises, ctx);
         } else {
             self.persists_in_flight += 1;
             let persist = self.links.storage.send(Persist(batch));
             let done = persist.into_actor(self).map(move |res, act, ctx| {
                 act.persists_in_flight -= 1;
                 match res {
-                    Ok(Ok(())) => act.on_persisted(number, &staged, promises, ctx),
+                    Ok(Ok(())) => act.on_persisted(number, promises, ctx),
                     Ok(Err(e)) => {
                         error!(shard = act.shard, error = %e, "persist failed; stopping replica");
                         ctx.stop();
@@ -376,14 +375,8 @@ impl ReplicaActor {
         self.schedule_drive(ctx);
     }
 
-    fn on_persisted(
-        &mut self,
-        number: u64,
-        staged: &[(u64, u64)],
-        promises: Vec<RaftMessage>,
-        ctx: &mut Context<Self>,
-    ) {
-        self.node.mut_store().unstage(staged);
+    fn on_persisted(&mut self, number: u64, promises: Vec<RaftMessage>, ctx: &mut Context<Self>) {
+        self.node.mut_store().unstage(number);
         self.send(promises);
         self.node.on_persist_ready(number);
         if let Some((n, index)) = self.snapshot_applied {
