@@ -100,6 +100,11 @@ async fn metrics_counters_move_with_traffic() {
         ) >= 50.0,
         "latency histogram filled"
     );
+    // Electing the three leaders took at least three campaigns.
+    assert!(
+        total(&after, "shardkv_raft_elections_total", &[]) >= 3.0,
+        "elections counted"
+    );
     // One leader per shard across the cluster, and every host sees both peers connected.
     assert_eq!(total(&after, "shardkv_raft_is_leader", &[]), 3.0);
     for (host, body) in &after {

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub raft_proposals: Family<ShardLabels, Counter>,
     pub raft_applied_entries: Family<ShardLabels, Counter>,
     pub raft_leader_changes: Family<ShardLabels, Counter>,
+    pub raft_elections: Family<ShardLabels, Counter>,
+    pub snapshots_sent: Family<ShardLabels, Counter>,
+    pub snapshots_installed: Family<ShardLabels, Counter>,
     pub raft_is_leader: Family<ShardLabels, Gauge>,
     pub raft_term: Family<ShardLabels, Gauge>,
     pub storage_commits: Counter,
@@ -67,6 +70,9 @@ pub fn metrics() -> &'static Metrics {
         raft_proposals: Family::default(),
         raft_applied_entries: Family::default(),
         raft_leader_changes: Family::default(),
+        raft_elections: Family::default(),
+        snapshots_sent: Family::default(),
+        snapshots_installed: Family::default(),
         raft_is_leader: Family::default(),
         raft_term: Family::default(),
         storage_commits: Counter::default(),
@@ -104,6 +110,21 @@ pub fn registry() -> Registry {
         "raft_leader_changes",
         "Leader changes seen by local replicas",
         m.raft_leader_changes.clone(),
+    );
+    r.register(
+        "raft_elections",
+        "Elections started by local replicas (they became candidates)",
+        m.raft_elections.clone(),
+    );
+    r.register(
+        "snapshots_sent",
+        "Snapshots streamed to followers",
+        m.snapshots_sent.clone(),
+    );
+    r.register(
+        "snapshots_installed",
+        "Snapshots installed by local replicas",
+        m.snapshots_installed.clone(),
     );
     r.register(
         "raft_is_leader",

@@ -123,6 +123,10 @@ impl PeerActor {
                 let ok = match res {
                     Ok(bytes) => {
                         info!(peer, shard, bytes, "snapshot sent");
+                        crate::metrics::metrics()
+                            .snapshots_sent
+                            .get_or_create(&crate::metrics::ShardLabels { shard })
+                            .inc();
                         true
                     }
                     Err(e) => {

@@ -256,6 +256,10 @@ impl ReplicaActor {
                         );
                         act.node.mut_store().clear_staged();
                         act.snapshot_applied = Some((ready.number(), meta.index));
+                        crate::metrics::metrics()
+                            .snapshots_installed
+                            .get_or_create(&crate::metrics::ShardLabels { shard })
+                            .inc();
                         act.drive_rest(ready, hs_done, ctx);
                     }
                     Ok(Err(e)) => {
@@ -447,6 +451,9 @@ impl ReplicaActor {
         m.raft_term
             .get_or_create(&labels)
             .set(i64::try_from(self.node.raft.term).unwrap_or(i64::MAX));
+        if role == StateRole::Candidate && self.role != StateRole::Candidate {
+            m.raft_elections.get_or_create(&labels).inc();
+        }
         if leader != self.leader {
             m.raft_leader_changes.get_or_create(&labels).inc();
             info!(
