@@ -23,6 +23,22 @@ use crate::schema::{
 };
 use crate::snapshot::SnapMeta;
 
+/// The write of a protobuf record of `shard` under `tag` in `raft_state`.
+fn state_op(
+    shard: ShardId,
+    tag: u8,
+    record: &impl protobuf::Message,
+) -> Result<WriteOp, ActorError> {
+    let bytes = record
+        .write_to_bytes()
+        .map_err(|e| ActorError::Storage(e.to_string()))?;
+    Ok(WriteOp::Put(
+        TableId::RaftState,
+        state_key(shard, tag).to_vec(),
+        bytes,
+    ))
+}
+
 /// One shard's Raft storage.
 pub struct LmdbRaftStorage {
     schema: Schema,
@@ -82,14 +98,7 @@ impl LmdbRaftStorage {
 
     /// The write of the conf state.
     pub fn conf_state_op(shard: ShardId, cs: &ConfState) -> Result<WriteOp, ActorError> {
-        let bytes = cs
-            .write_to_bytes()
-            .map_err(|e| ActorError::Storage(e.to_string()))?;
-        Ok(WriteOp::Put(
-            TableId::RaftState,
-            state_key(shard, TAG_CONF_STATE).to_vec(),
-            bytes,
-        ))
+        state_op(shard, TAG_CONF_STATE, cs)
     }
 
     /// The term of durable entry `index` (or of the truncation point), for compaction.
@@ -211,14 +220,7 @@ impl LmdbRaftStorage {
 
     /// Write of the hard state.
     pub fn hard_state_op(shard: ShardId, hs: &HardState) -> Result<WriteOp, ActorError> {
-        let bytes = hs
-            .write_to_bytes()
-            .map_err(|e| ActorError::Storage(e.to_string()))?;
-        Ok(WriteOp::Put(
-            TableId::RaftState,
-            state_key(shard, TAG_HARD_STATE).to_vec(),
-            bytes,
-        ))
+        state_op(shard, TAG_HARD_STATE, hs)
     }
 
     /// The stored hard state (default if none).
