@@ -256,6 +256,19 @@ impl LmdbRaftStorage {
         }
     }
 
+    /// A protobuf record of this shard in `raft_state` (its default if none is stored).
+    fn read_state<M: protobuf::Message>(&self, rtxn: &heed::RoTxn, tag: u8) -> raft::Result<M> {
+        match self
+            .schema
+            .raft_state
+            .get(rtxn, &state_key(self.shard, tag))
+            .map_err(store_err)?
+        {
+            Some(v) => M::parse_from_bytes(v).map_err(store_err),
+            None => Ok(M::new()),
+        }
+    }
+
     fn last_index_in(&self, rtxn: &heed::RoTxn) -> raft::Result<u64> {
         let probe = log_key(self.shard, u64::MAX);
         let found = self
@@ -287,24 +300,8 @@ impl LmdbRaftStorage {
 impl raft::Storage for LmdbRaftStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        let hs = match self
-            .schema
-            .raft_state
-            .get(&rtxn, &state_key(self.shard, TAG_HARD_STATE))
-            .map_err(store_err)?
-        {
-            Some(v) => HardState::parse_from_bytes(v).map_err(store_err)?,
-            None => HardState::default(),
-        };
-        let cs = match self
-            .schema
-            .raft_state
-            .get(&rtxn, &state_key(self.shard, TAG_CONF_STATE))
-            .map_err(store_err)?
-        {
-            Some(v) => ConfState::parse_from_bytes(v).map_err(store_err)?,
-            None => ConfState::default(),
-        };
+        let hs: HardState = self.read_state(&rtxn, TAG_HARD_STATE)?;
+        let cs: ConfState = self.read_state(&rtxn, TAG_CONF_STATE)?;
         Ok(RaftState::new(hs, cs))
     }
 
@@ -439,15 +436,7 @@ impl raft::Storage for LmdbRaftStorage {
                 None => return Err(unavailable()),
             }
         };
-        let cs = match self
-            .schema
-            .raft_state
-            .get(&rtxn, &state_key(self.shard, TAG_CONF_STATE))
-            .map_err(store_err)?
-        {
-            Some(v) => ConfState::parse_from_bytes(v).map_err(store_err)?,
-            None => ConfState::default(),
-        };
+        let cs: ConfState = self.read_state(&rtxn, TAG_CONF_STATE)?;
         let meta = SnapMeta {
             shard: self.shard,
             index: applied,

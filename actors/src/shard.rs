@@ -126,6 +126,10 @@ impl ShardActor {
     /// durable applied index; a follower that needs older entries gets a snapshot instead.
     fn maybe_compact(&mut self) {
         let Some(c) = self.compaction else { return };
+        // Cheap test first: this runs after every durable apply batch.
+        if self.durable_applied.saturating_sub(c.keep) < self.compacted + c.after {
+            return;
+        }
         // Never past the stored commit index: on restart raft-rs requires the log's start to
         // be at or below it (a commit-only change of the hard state is stored lazily).
         let stored_commit =
