@@ -94,6 +94,8 @@ pub struct ReplicaActor {
     me: Option<Recipient<SnapshotReport>>,
     /// Snapshot files that arrived, by (index, term), waiting for raft-rs to accept them.
     incoming_snapshots: HashMap<(u64, u64), std::path::PathBuf>,
+    /// Until then, vote requests are dropped (see `refuses_vote`).
+    votes_refused_until: Instant,
 }
 
 impl ReplicaActor {
@@ -111,6 +113,7 @@ impl ReplicaActor {
         // Applied never exceeds the stored commit (raft-rs refuses to start otherwise); if a
         // crash left it so, re-deliver from the commit: the ShardActor skips what it applied.
         let stored_hs = storage.hard_state()?;
+        let votes_refused_until = Instant::now() + election_timeout(&settings);
         let applied = applied.min(stored_hs.commit);
         let cfg = raft::Config {
             id: host,
@@ -149,7 +152,22 @@ impl ReplicaActor {
             snapshot_applied: None,
             handoff_at: None,
             incoming_snapshots: HashMap::new(),
+            votes_refused_until,
         })
+    }
+
+    /// A replica that just started may have acknowledged a leader right before it went down,
+    /// and that leader may still serve lease reads on the strength of it. raft-rs only
+    /// protects such a lease while a follower remembers its leader, which a restart forgets;
+    /// so for one election timeout after start this replica votes for nobody. A leadership
+    /// transfer is let through: the leader handing over has already given up its lease.
+    fn refuses_vote(&self, m: &RaftMessage) -> bool {
+        use raft::eraftpb::MessageType;
+        matches!(
+            m.get_msg_type(),
+            MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+        ) && m.get_context() != raft::CAMPAIGN_TRANSFER
+            && Instant::now() < self.votes_refused_until
     }
 
     fn is_leader(&self) -> bool {
@@ -621,6 +639,11 @@ impl ReplicaActor {
 /// Ready batches that may be on their way to disk at once; past this, the replica waits.
 const PERSISTS_IN_FLIGHT_MAX: usize = 32;
 
+/// The base election timeout in real time.
+fn election_timeout(settings: &ReplicaSettings) -> Duration {
+    settings.tick * u32::try_from(settings.election_ticks).unwrap_or(u32::MAX)
+}
+
 fn read_id(ctx: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(ctx.try_into().ok()?))
 }
@@ -631,17 +654,39 @@ impl Actor for ReplicaActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         self.me = Some(ctx.address().recipient());
-        ctx.run_interval(self.settings.tick, |act, ctx| {
-            act.node.tick();
-            act.expire_reads();
-            act.schedule_drive(ctx);
-        });
+        // Ticks never catch up: after a stall (SIGSTOP, a long fsync, an overloaded host)
+        // one tick fires, then the schedule restarts from now. A burst of missed ticks would
+        // make this replica's election timer run faster than real time, so it could vote for
+        // a new leader while the old one still holds a lease it was granted in real time.
+        let mut interval = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.settings.tick,
+            self.settings.tick,
+        );
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ctx.add_stream(futures::stream::unfold(
+            interval,
+            |mut interval| async move {
+                interval.tick().await;
+                Some((Tick, interval))
+            },
+        ));
         // A single-replica group elects itself at once instead of waiting a timeout.
         if self.node.raft.prs().conf().voters().ids().len() == 1 {
             let _ = self.node.campaign();
         }
         self.schedule_drive(ctx);
         debug!(shard = self.shard, host = self.host, "replica started");
+    }
+}
+
+/// Internal: one Raft tick is due.
+struct Tick;
+
+impl StreamHandler<Tick> for ReplicaActor {
+    fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
+        self.node.tick();
+        self.expire_reads();
+        self.schedule_drive(ctx);
     }
 }
 
@@ -695,6 +740,14 @@ impl Handler<StepRaft> for ReplicaActor {
     type Result = ();
 
     fn handle(&mut self, msg: StepRaft, ctx: &mut Self::Context) {
+        if self.refuses_vote(&msg.0) {
+            debug!(
+                shard = self.shard,
+                from = msg.0.from,
+                "vote request dropped: this replica started less than an election timeout ago"
+            );
+            return;
+        }
         if let Err(e) = self.node.step(msg.0) {
             debug!(shard = self.shard, error = %e, "step refused");
         }
@@ -746,8 +799,7 @@ impl Handler<TransferLeadership> for ReplicaActor {
         if !self.is_leader() {
             return false;
         }
-        let patience =
-            self.settings.tick * u32::try_from(self.settings.election_ticks).unwrap_or(u32::MAX);
+        let patience = election_timeout(&self.settings);
         if let Some(at) = self.handoff_at {
             return at.elapsed() < patience;
         }

@@ -204,15 +204,18 @@ impl ShardActor {
     }
 
     /// Deletes sessions idle for longer than [`SESSION_TTL_MS`] of log time, as of `now_ms`.
-    /// Runs at the same log indexes on every replica, so they all keep the same sessions.
+    /// Runs at the same log indexes on every replica and judges the logical session table
+    /// (this batch's plan over the overlay over LMDB), never what happens to be on disk yet,
+    /// so every replica keeps the same sessions. Deleted sessions are recorded in `planned`
+    /// as absent, so later entries of the same batch see them gone.
     fn expire_sessions(
         &self,
         now_ms: u64,
-        planned: &HashMap<u64, SessionState>,
+        planned: &mut HashMap<u64, SessionState>,
         batch: &mut WriteBatch,
     ) -> Result<usize, ActorError> {
         let rtxn = self.schema.env.read_txn()?;
-        let mut expired = 0;
+        let mut clients: Vec<u64> = Vec::new();
         for item in self
             .schema
             .sessions
@@ -223,22 +226,33 @@ impl ShardActor {
                 continue;
             };
             let client = u64::from_be_bytes(client);
-            // A newer record not yet on disk decides.
-            let last_ms = match planned
-                .get(&client)
-                .or_else(|| self.session_overlay.get(&client).map(|(_, s)| s))
-            {
-                Some(s) => s.1,
-                None => decode_session(v)?.1,
-            };
-            if last_ms.saturating_add(SESSION_TTL_MS) < now_ms {
-                batch
-                    .ops
-                    .push(WriteOp::Delete(TableId::Sessions, k.to_vec()));
-                expired += 1;
+            if !planned.contains_key(&client) && !self.session_overlay.contains_key(&client) {
+                // Only on disk: its record decides (and is decoded only here).
+                if decode_session(v)?.1.saturating_add(SESSION_TTL_MS) < now_ms {
+                    clients.push(client);
+                }
             }
         }
-        Ok(expired)
+        drop(rtxn);
+        // Sessions with a newer record in memory: that record decides.
+        for (client, (seq, last_ms, _)) in planned.iter().map(|(c, s)| (*c, s)).chain(
+            self.session_overlay
+                .iter()
+                .filter(|(c, _)| !planned.contains_key(c))
+                .map(|(c, (_, s))| (*c, s)),
+        ) {
+            if *seq != 0 && last_ms.saturating_add(SESSION_TTL_MS) < now_ms {
+                clients.push(client);
+            }
+        }
+        for client in &clients {
+            batch.ops.push(WriteOp::Delete(
+                TableId::Sessions,
+                session_key(self.shard, *client).to_vec(),
+            ));
+            planned.insert(*client, (0, 0, None));
+        }
+        Ok(clients.len())
     }
 
     /// The current value of `key`, seeing writes planned earlier in the same batch.
@@ -291,7 +305,7 @@ impl ShardActor {
                     detail: err.to_string(),
                 })?;
             if e.index % SESSION_SWEEP_EVERY == 0 {
-                let expired = self.expire_sessions(cmd.time_ms, &sessions, &mut batch)?;
+                let expired = self.expire_sessions(cmd.time_ms, &mut sessions, &mut batch)?;
                 if expired > 0 {
                     debug!(shard = self.shard, expired, "idle client sessions expired");
                 }
@@ -726,5 +740,90 @@ mod tests {
                 .any(|op| matches!(op, WriteOp::Put(TableId::Kv, ..))),
             "the duplicate wrote nothing"
         );
+    }
+
+    /// Applies `entries` to a fresh shard in runs cut at `cuts`; with `durable`, each run is
+    /// committed to LMDB before the next is planned, otherwise it stays in the overlay (as
+    /// when storage lags). Returns every reply and the clients with a session at the end.
+    fn apply_in_runs(
+        entries: &[Entry],
+        cuts: &[usize],
+        durable: bool,
+    ) -> (Vec<Applied>, Vec<u64>, Vec<&'static str>) {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let storage = StorageActor::new(schema.clone()).unwrap().start();
+        let first = entries[0].index - 1;
+        let mut shard =
+            ShardActor::new(1, schema.clone(), storage.recipient(), first, None).unwrap();
+        let mut replies = Vec::new();
+        let mut pending = Vec::new();
+        let mut from = 0;
+        for (seq, to) in cuts.iter().copied().chain([entries.len()]).enumerate() {
+            let plan = shard.plan(&entries[from..to]).unwrap();
+            from = to;
+            replies.extend(plan.results.iter().cloned());
+            shard.applied = entries[to - 1].index;
+            if durable {
+                commit(&schema, vec![plan.batch]).unwrap();
+            } else {
+                for (client, state) in plan.sessions {
+                    shard.session_overlay.insert(client, (seq as u64, state));
+                }
+                for (k, v) in plan.values {
+                    shard.overlay.insert(k, (seq as u64, v));
+                }
+                pending.push(plan.batch);
+            }
+        }
+        commit(&schema, pending).unwrap();
+        let mut live: Vec<u64> = (1..=9).filter(|c| session_exists(&schema, *c)).collect();
+        live.sort_unstable();
+        let rtxn = schema.env.read_txn().unwrap();
+        let keys = ["a", "a2", "b", "b2", "c"]
+            .into_iter()
+            .filter(|k| {
+                schema
+                    .kv
+                    .get(&rtxn, &kv_key(1, k.as_bytes()))
+                    .unwrap()
+                    .is_some()
+            })
+            .collect();
+        (replies, live, keys)
+    }
+
+    #[actix_rt::test]
+    async fn session_expiry_does_not_depend_on_what_is_on_disk_yet() {
+        let base = SESSION_SWEEP_EVERY * 3;
+        let t0 = 1_700_000_000_000;
+        let late = t0 + SESSION_TTL_MS + 100;
+        // Client 5 writes, goes idle past its TTL, the sweep at `base` runs, and then an old
+        // write of 5 with an old seq arrives: with the session gone it is a new write on every
+        // replica, however far each replica's storage lags.
+        let entries = [
+            put_entry(base - 2, 5, 1, t0, b"a"),
+            put_entry(base - 1, 6, 1, t0 + 10, b"b"),
+            put_entry(base, 7, 1, late, b"c"),
+            put_entry(base + 1, 5, 1, late + 1, b"a2"),
+            put_entry(base + 2, 6, 1, late + 2, b"b2"),
+        ];
+        let on_disk = apply_in_runs(&entries, &[1, 2, 3, 4], true);
+        for (cuts, durable) in [
+            (&[][..], false),
+            (&[2][..], false),
+            (&[1, 3][..], false),
+            (&[3][..], true),
+        ] {
+            assert_eq!(
+                apply_in_runs(&entries, cuts, durable),
+                on_disk,
+                "runs cut at {cuts:?}, durable between runs: {durable}"
+            );
+        }
+        // The sweep dropped 5 and 6; 5's and 6's later writes made them new sessions again.
+        assert_eq!(on_disk.1, vec![5, 6, 7]);
+        assert_eq!(on_disk.2, vec!["a", "a2", "b", "b2", "c"]);
+        assert!(on_disk.0.iter().all(|(_, _, r)| *r == Response::Ok));
     }
 }
