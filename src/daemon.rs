@@ -68,6 +68,12 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     let snap_dir = me.data_dir.join("snap");
     std::fs::create_dir_all(&snap_dir)
         .map_err(|e| DaemonError::Runtime(format!("cannot create {}: {e}", snap_dir.display())))?;
+    // Snapshot files are only ever referenced from memory: what a previous run left is junk.
+    let removed = shardkv_actors::snapshot::clean_at_start(&snap_dir)
+        .map_err(|e| DaemonError::Runtime(e.to_string()))?;
+    if removed > 0 {
+        tracing::info!(removed, dir = %snap_dir.display(), "removed snapshot files of a previous run");
+    }
     let storage = StorageActor::new(schema.clone())?.start();
 
     // One outbound link per other host.

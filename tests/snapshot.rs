@@ -32,6 +32,19 @@ async fn wait_caught_up(cluster: &common::Cluster, client: &shardkv::Client, hos
     }
 }
 
+/// Names of the files in a snapshot directory.
+fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 fn raft_log_rows(schema: &Schema) -> u64 {
     let rtxn = schema.env.read_txn().expect("read txn");
     schema.raft_log.len(&rtxn).expect("count")
@@ -59,9 +72,42 @@ async fn a_host_behind_the_compacted_log_catches_up_by_snapshot() {
         model.insert(k, None);
     }
 
-    // Host 3 returns and cannot be caught up from the log any more.
+    // Host 3 returns and cannot be caught up from the log any more. Leftovers of a crash in
+    // its snapshot directory are cleared at start.
+    let snap3 = cluster.dir.path().join("data/host-3/snap");
+    let junk = [
+        snap3.join("recv-1-1-123.snap"),
+        snap3.join("shard-1-5-1.snap.tmp"),
+    ];
+    for j in &junk {
+        std::fs::write(j, b"half a snapshot").expect("write junk");
+    }
     cluster.start(3);
     wait_caught_up(&cluster, &client, 3).await;
+    for j in &junk {
+        assert!(!j.exists(), "{} left from a previous run", j.display());
+    }
+    assert_eq!(
+        snapshot_files(&snap3),
+        Vec::<String>::new(),
+        "the installed snapshot's file is gone"
+    );
+    // The leader keeps only its newest snapshot once the stream is reported done.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for h in [1, 2] {
+        let dir = cluster.dir.path().join(format!("data/host-{h}/snap"));
+        loop {
+            let files = snapshot_files(&dir);
+            if files.len() <= 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "host {h} keeps old snapshots: {files:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let log3 = std::fs::read_to_string(cluster.log_path(3)).expect("log");
     assert!(
         log3.contains("snapshot installed"),

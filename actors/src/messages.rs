@@ -9,7 +9,7 @@ use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};
 use serde::{Deserialize, Serialize};
 use shardkv_transport::wire::{RaftBatch, Request, Response};
-use shardkv_transport::HostId;
+use shardkv_transport::{HostId, ShardId};
 use tokio::sync::oneshot;
 
 use crate::error::ActorError;
@@ -24,6 +24,8 @@ pub enum WriteOp {
     Delete(TableId, Vec<u8>),
     /// Remove every key in `[from, to)`.
     DeleteRange(TableId, Vec<u8>, Vec<u8>),
+    /// Write the rows of a (verified) snapshot file of a shard, streaming it from disk.
+    LoadSnapshot(ShardId, std::path::PathBuf),
 }
 
 /// Writes that must become durable together, in order.

@@ -8,7 +8,8 @@
 //! holding them itself as soon as they are handed to storage (`advance_append_async`).
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -51,6 +52,80 @@ pub struct LmdbRaftStorage {
     staged_numbers: VecDeque<u64>,
     /// Where snapshot files of this host live.
     snap_dir: PathBuf,
+    /// The newest snapshot file of this shard, and whether one is being built.
+    snaps: Arc<Mutex<SnapFiles>>,
+}
+
+#[derive(Default)]
+struct SnapFiles {
+    building: bool,
+    latest: Option<BuiltSnapshot>,
+}
+
+/// A snapshot file on disk and what raft-rs needs to know of it.
+#[derive(Clone)]
+struct BuiltSnapshot {
+    meta: SnapMeta,
+    conf: ConfState,
+    path: PathBuf,
+}
+
+impl BuiltSnapshot {
+    fn to_raft(&self) -> raft::Result<Snapshot> {
+        let mut snap = Snapshot {
+            data: postcard::to_allocvec(&self.meta).map_err(store_err)?.into(),
+            ..Default::default()
+        };
+        let m = snap.mut_metadata();
+        m.index = self.meta.index;
+        m.term = self.meta.term;
+        m.set_conf_state(self.conf.clone());
+        Ok(snap)
+    }
+}
+
+/// Writes a snapshot of `shard` at its durable applied index, all read in one transaction.
+fn build_snapshot(
+    schema: &Schema,
+    shard: ShardId,
+    dir: &Path,
+) -> Result<BuiltSnapshot, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    let raft_err = |e: raft::Error| ActorError::Storage(e.to_string());
+    let applied = match schema
+        .raft_state
+        .get(&rtxn, &state_key(shard, TAG_APPLIED))?
+    {
+        Some(v) => decode_u64("applied index", v)?,
+        None => 0,
+    };
+    if applied == 0 {
+        return Err(ActorError::Storage("nothing applied yet".into()));
+    }
+    let durable = Durable { schema, shard };
+    let (t_index, t_term) = durable.truncated(&rtxn).map_err(raft_err)?;
+    let term = if applied == t_index {
+        t_term
+    } else {
+        match durable.entry_at(&rtxn, applied).map_err(raft_err)? {
+            Some(e) => e.term,
+            None => {
+                return Err(ActorError::Storage(format!(
+                    "applied entry {applied} is not in the log"
+                )))
+            }
+        }
+    };
+    let conf: ConfState = durable
+        .read_state(&rtxn, TAG_CONF_STATE)
+        .map_err(raft_err)?;
+    let meta = SnapMeta {
+        shard,
+        index: applied,
+        term,
+    };
+    let path = crate::snapshot::write(schema, &rtxn, dir, &meta)?;
+    Ok(BuiltSnapshot { meta, conf, path })
 }
 
 fn store_err(e: impl std::fmt::Display) -> raft::Error {
@@ -68,7 +143,31 @@ impl LmdbRaftStorage {
             staged: VecDeque::new(),
             staged_numbers: VecDeque::new(),
             snap_dir,
+            snaps: Arc::default(),
         }
+    }
+
+    /// Where the snapshot of this shard at (`index`, `term`) is (or would be) written.
+    pub fn snapshot_path(&self, index: u64, term: u64) -> PathBuf {
+        self.snap_dir
+            .join(crate::snapshot::file_name(self.shard, index, term))
+    }
+
+    /// Deletes this shard's snapshot files other than the newest and those in `in_use` (being
+    /// streamed to followers). Skipped while a build runs; the next call catches up.
+    pub fn retire_snapshots(&self, in_use: &[&Path]) {
+        let files = match self.snaps.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if files.building {
+            return;
+        }
+        let mut keep = in_use.to_vec();
+        if let Some(b) = &files.latest {
+            keep.push(&b.path);
+        }
+        crate::snapshot::remove_unused(&self.snap_dir, self.shard, &keep);
     }
 
     /// Forgets every staged entry (a snapshot replaced the log).
@@ -79,9 +178,9 @@ impl LmdbRaftStorage {
 
     /// The (index, term) of the last entry removed by compaction or replaced by a snapshot.
     pub fn truncated_state(schema: &Schema, shard: ShardId) -> Result<(u64, u64), ActorError> {
-        let s = LmdbRaftStorage::new(schema.clone(), shard, PathBuf::new());
         let rtxn = schema.env.read_txn()?;
-        s.truncated(&rtxn)
+        Durable { schema, shard }
+            .truncated(&rtxn)
             .map_err(|e| ActorError::Storage(e.to_string()))
     }
 
@@ -107,7 +206,7 @@ impl LmdbRaftStorage {
         shard: ShardId,
         index: u64,
     ) -> Result<Option<u64>, ActorError> {
-        let s = LmdbRaftStorage::new(schema.clone(), shard, PathBuf::new());
+        let s = Durable { schema, shard };
         let rtxn = schema.env.read_txn()?;
         let (t_index, t_term) = s
             .truncated(&rtxn)
@@ -239,7 +338,23 @@ impl LmdbRaftStorage {
         }
     }
 
-    fn truncated(&self, rtxn: &heed::RoTxn) -> raft::Result<(u64, u64)> {
+    /// Reads of what LMDB holds for this shard (not the staged entries).
+    fn durable(&self) -> Durable<'_> {
+        Durable {
+            schema: &self.schema,
+            shard: self.shard,
+        }
+    }
+}
+
+/// Reads of one shard's durable Raft state inside a read transaction.
+pub(crate) struct Durable<'a> {
+    pub schema: &'a Schema,
+    pub shard: ShardId,
+}
+
+impl Durable<'_> {
+    pub(crate) fn truncated(&self, rtxn: &heed::RoTxn) -> raft::Result<(u64, u64)> {
         match self
             .schema
             .raft_state
@@ -257,7 +372,11 @@ impl LmdbRaftStorage {
     }
 
     /// A protobuf record of this shard in `raft_state` (its default if none is stored).
-    fn read_state<M: protobuf::Message>(&self, rtxn: &heed::RoTxn, tag: u8) -> raft::Result<M> {
+    pub(crate) fn read_state<M: protobuf::Message>(
+        &self,
+        rtxn: &heed::RoTxn,
+        tag: u8,
+    ) -> raft::Result<M> {
         match self
             .schema
             .raft_state
@@ -269,7 +388,7 @@ impl LmdbRaftStorage {
         }
     }
 
-    fn last_index_in(&self, rtxn: &heed::RoTxn) -> raft::Result<u64> {
+    pub(crate) fn last_index_in(&self, rtxn: &heed::RoTxn) -> raft::Result<u64> {
         let probe = log_key(self.shard, u64::MAX);
         let found = self
             .schema
@@ -284,7 +403,7 @@ impl LmdbRaftStorage {
         }
     }
 
-    fn entry_at(&self, rtxn: &heed::RoTxn, index: u64) -> raft::Result<Option<Entry>> {
+    pub(crate) fn entry_at(&self, rtxn: &heed::RoTxn, index: u64) -> raft::Result<Option<Entry>> {
         match self
             .schema
             .raft_log
@@ -300,8 +419,8 @@ impl LmdbRaftStorage {
 impl raft::Storage for LmdbRaftStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        let hs: HardState = self.read_state(&rtxn, TAG_HARD_STATE)?;
-        let cs: ConfState = self.read_state(&rtxn, TAG_CONF_STATE)?;
+        let hs: HardState = self.durable().read_state(&rtxn, TAG_HARD_STATE)?;
+        let cs: ConfState = self.durable().read_state(&rtxn, TAG_CONF_STATE)?;
         Ok(RaftState::new(hs, cs))
     }
 
@@ -314,13 +433,13 @@ impl raft::Storage for LmdbRaftStorage {
     ) -> raft::Result<Vec<Entry>> {
         let max_size = max_size.into();
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        let (truncated, _) = self.truncated(&rtxn)?;
+        let (truncated, _) = self.durable().truncated(&rtxn)?;
         if low <= truncated {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
         let last = match self.staged.back() {
             Some(e) => e.index,
-            None => self.last_index_in(&rtxn)?,
+            None => self.durable().last_index_in(&rtxn)?,
         };
         if high > last + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
@@ -378,7 +497,7 @@ impl raft::Storage for LmdbRaftStorage {
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        let (truncated, truncated_term) = self.truncated(&rtxn)?;
+        let (truncated, truncated_term) = self.durable().truncated(&rtxn)?;
         if idx == truncated {
             return Ok(truncated_term);
         }
@@ -391,7 +510,7 @@ impl raft::Storage for LmdbRaftStorage {
         if self.staged_first().is_some_and(|f| idx >= f) {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
-        match self.entry_at(&rtxn, idx)? {
+        match self.durable().entry_at(&rtxn, idx)? {
             Some(e) => Ok(e.term),
             None => Err(raft::Error::Store(StorageError::Unavailable)),
         }
@@ -399,7 +518,7 @@ impl raft::Storage for LmdbRaftStorage {
 
     fn first_index(&self) -> raft::Result<u64> {
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        Ok(self.truncated(&rtxn)?.0 + 1)
+        Ok(self.durable().truncated(&rtxn)?.0 + 1)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
@@ -407,57 +526,68 @@ impl raft::Storage for LmdbRaftStorage {
             return Ok(e.index);
         }
         let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        self.last_index_in(&rtxn)
+        self.durable().last_index_in(&rtxn)
     }
 
-    /// The shard's state at its durable applied index, written to a file (reused while it is
-    /// the latest) that the PeerActor streams to the follower; `data` names it.
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The newest snapshot file of this shard if it is recent enough: at or past
+    /// `request_index` and the log's truncation point (so the follower can continue from the
+    /// log after installing it). Otherwise a build starts on a thread of its own and raft-rs
+    /// is told to ask again later: building reads the whole shard and must not stall the
+    /// replica. `data` names the file, which the PeerActor streams to the follower.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
-        let rtxn = self.schema.env.read_txn().map_err(store_err)?;
-        let applied = match self
-            .schema
-            .raft_state
-            .get(&rtxn, &state_key(self.shard, TAG_APPLIED))
-            .map_err(store_err)?
-        {
-            Some(v) => decode_u64("applied index", v).map_err(store_err)?,
-            None => 0,
+        let truncated = {
+            let rtxn = self.schema.env.read_txn().map_err(store_err)?;
+            self.durable().truncated(&rtxn)?.0
         };
-        if applied == 0 || applied < request_index {
+        let mut files = match self.snaps.lock() {
+            Ok(f) => f,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(b) = &files.latest {
+            if b.meta.index >= request_index.max(truncated) && b.path.exists() {
+                return b.to_raft();
+            }
+        }
+        if files.building {
             return Err(unavailable());
         }
-        let (t_index, t_term) = self.truncated(&rtxn)?;
-        let term = if applied == t_index {
-            t_term
-        } else {
-            match self.entry_at(&rtxn, applied)? {
-                Some(e) => e.term,
-                None => return Err(unavailable()),
+        let (schema, shard, dir) = (self.schema.clone(), self.shard, self.snap_dir.clone());
+        let snaps = Arc::clone(&self.snaps);
+        let spawned = std::thread::Builder::new()
+            .name(format!("snapshot-{shard}"))
+            .spawn(move || {
+                let started = std::time::Instant::now();
+                let built = build_snapshot(&schema, shard, &dir);
+                let mut files = match snaps.lock() {
+                    Ok(f) => f,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                files.building = false;
+                match built {
+                    Ok(b) => {
+                        tracing::info!(
+                            shard,
+                            index = b.meta.index,
+                            term = b.meta.term,
+                            millis = started.elapsed().as_millis() as u64,
+                            "snapshot built"
+                        );
+                        files.latest = Some(b);
+                    }
+                    // raft-rs asks again on the follower's next response; a lasting
+                    // failure (disk full) shows in this log line each time.
+                    Err(e) => tracing::warn!(shard, error = %e, "snapshot not built"),
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                files.building = true;
+                tracing::debug!(shard, to, "building a snapshot");
             }
-        };
-        let cs: ConfState = self.read_state(&rtxn, TAG_CONF_STATE)?;
-        let meta = SnapMeta {
-            shard: self.shard,
-            index: applied,
-            term,
-        };
-        crate::snapshot::write(&self.schema, &rtxn, &self.snap_dir, &meta).map_err(store_err)?;
-        let mut snap = Snapshot {
-            data: postcard::to_allocvec(&meta).map_err(store_err)?.into(),
-            ..Default::default()
-        };
-        let m = snap.mut_metadata();
-        m.index = applied;
-        m.term = term;
-        m.set_conf_state(cs);
-        tracing::info!(
-            shard = self.shard,
-            index = applied,
-            term,
-            "snapshot prepared"
-        );
-        Ok(snap)
+            Err(e) => tracing::warn!(shard, error = %e, "cannot start snapshot thread"),
+        }
+        Err(unavailable())
     }
 }
 
@@ -671,5 +801,84 @@ mod tests {
         s.unstage(2);
         assert!(s.staged.is_empty() && s.staged_numbers.is_empty());
         assert_eq!(s.last_index().unwrap(), 3);
+    }
+
+    /// Calls `snapshot` until the background build has produced a file.
+    fn snapshot_when_built(s: &LmdbRaftStorage, request_index: u64) -> Snapshot {
+        for _ in 0..500 {
+            match s.snapshot(request_index, 2) {
+                Ok(snap) => return snap,
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("snapshot failed: {e}"),
+            }
+        }
+        panic!("snapshot never built");
+    }
+
+    fn set_applied(schema: &Schema, shard: ShardId, index: u64) {
+        let op = WriteOp::Put(
+            TableId::RaftState,
+            state_key(shard, TAG_APPLIED).to_vec(),
+            index.to_be_bytes().to_vec(),
+        );
+        commit(schema, vec![WriteBatch { ops: vec![op] }]).unwrap();
+    }
+
+    #[test]
+    fn snapshots_are_built_off_thread_reused_and_retired() {
+        let (d, schema) = setup();
+        let snap_dir = d.path().join("snap");
+        LmdbRaftStorage::bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
+        append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
+        set_applied(&schema, 1, 2);
+        let s = LmdbRaftStorage::new(schema.clone(), 1, snap_dir.clone());
+
+        // The first ask starts a build and is told to come back.
+        assert!(matches!(
+            s.snapshot(0, 2),
+            Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable
+            ))
+        ));
+        let first = snapshot_when_built(&s, 0);
+        assert_eq!(
+            (first.get_metadata().index, first.get_metadata().term),
+            (2, 1)
+        );
+        assert_eq!(first.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
+        let first_path = s.snapshot_path(2, 1);
+        assert!(first_path.exists());
+        // Good enough for a follower that needs index 2: served again, not rebuilt.
+        assert_eq!(s.snapshot(2, 3).unwrap(), first);
+
+        // A follower that needs more gets a newer one; the old file stays while in use.
+        set_applied(&schema, 1, 3);
+        let second = snapshot_when_built(&s, 3);
+        assert_eq!(second.get_metadata().index, 3);
+        let second_path = s.snapshot_path(3, 2);
+        s.retire_snapshots(&[&first_path]);
+        assert!(first_path.exists() && second_path.exists());
+        s.retire_snapshots(&[]);
+        assert!(!first_path.exists(), "a file no one streams is removed");
+        assert!(
+            second_path.exists(),
+            "the newest stays for the next follower"
+        );
+
+        // A write error is "try later" for raft-rs, never a fatal storage error.
+        std::fs::remove_file(&second_path).unwrap();
+        std::fs::remove_dir(&snap_dir).unwrap();
+        std::fs::write(&snap_dir, b"not a directory").unwrap();
+        for _ in 0..20 {
+            assert!(matches!(
+                s.snapshot(3, 2),
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable
+                ))
+            ));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }

@@ -94,6 +94,8 @@ pub struct ReplicaActor {
     me: Option<Recipient<SnapshotReport>>,
     /// Snapshot files that arrived, by (index, term), waiting for raft-rs to accept them.
     incoming_snapshots: HashMap<(u64, u64), std::path::PathBuf>,
+    /// Snapshot files being streamed to followers, by follower (kept until it reports).
+    snapshots_out: HashMap<u64, std::path::PathBuf>,
     /// Until then, vote requests are dropped (see `refuses_vote`).
     votes_refused_until: Instant,
 }
@@ -152,6 +154,7 @@ impl ReplicaActor {
             snapshot_applied: None,
             handoff_at: None,
             incoming_snapshots: HashMap::new(),
+            snapshots_out: HashMap::new(),
             votes_refused_until,
         })
     }
@@ -446,9 +449,13 @@ impl ReplicaActor {
         for m in msgs {
             match self.links.peers.get(&m.to) {
                 Some(peer) => {
-                    let report = (m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot)
-                        .then(|| self.me.clone())
-                        .flatten();
+                    let is_snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
+                    if is_snapshot {
+                        let meta = m.get_snapshot().get_metadata();
+                        let path = self.node.store().snapshot_path(meta.index, meta.term);
+                        self.snapshots_out.insert(m.to, path);
+                    }
+                    let report = is_snapshot.then(|| self.me.clone()).flatten();
                     peer.do_send(SendRaft {
                         shard: self.shard,
                         message: m,
@@ -639,6 +646,12 @@ impl ReplicaActor {
 /// Ready batches that may be on their way to disk at once; past this, the replica waits.
 const PERSISTS_IN_FLIGHT_MAX: usize = 32;
 
+fn remove_snapshot_file(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        warn!(path = %path.display(), error = %e, "cannot remove snapshot file");
+    }
+}
+
 /// The base election timeout in real time.
 fn election_timeout(settings: &ReplicaSettings) -> Duration {
     settings.tick * u32::try_from(settings.election_ticks).unwrap_or(u32::MAX)
@@ -712,11 +725,28 @@ impl Handler<StepSnapshot> for ReplicaActor {
         let key = (meta.index, meta.term);
         // Only the newest arrival per point is kept; older files are dropped.
         if let Some(old) = self.incoming_snapshots.insert(key, msg.path) {
-            let _ = std::fs::remove_file(old);
+            remove_snapshot_file(&old);
         }
         if let Err(e) = self.node.step(msg.message) {
             debug!(shard = self.shard, error = %e, "snapshot step refused");
         }
+        // Keep only the file raft-rs now wants installed (if any): one it refused (stale, or
+        // from a deposed leader) or superseded will never be asked for.
+        let wanted = self
+            .node
+            .raft
+            .raft_log
+            .unstable
+            .snapshot
+            .as_ref()
+            .map(|s| (s.get_metadata().index, s.get_metadata().term));
+        self.incoming_snapshots.retain(|k, path| {
+            let keep = Some(*k) == wanted;
+            if !keep {
+                remove_snapshot_file(path);
+            }
+            keep
+        });
         self.schedule_drive(ctx);
     }
 }
@@ -732,6 +762,10 @@ impl Handler<SnapshotReport> for ReplicaActor {
             raft::SnapshotStatus::Failure
         };
         self.node.report_snapshot(msg.to, status);
+        self.snapshots_out.remove(&msg.to);
+        let in_use: Vec<&std::path::Path> =
+            self.snapshots_out.values().map(|p| p.as_path()).collect();
+        self.node.store().retire_snapshots(&in_use);
         self.schedule_drive(ctx);
     }
 }

@@ -506,67 +506,58 @@ impl Handler<InstallSnapshot> for ShardActor {
     type Result = ResponseActFuture<Self, Result<(), ActorError>>;
 
     /// Replaces the shard's rows and sessions by the snapshot's, and the log by the
-    /// snapshot point, in one transaction with the replica's conf and hard state.
+    /// snapshot point, in one transaction with the replica's conf and hard state. The file is
+    /// checked through on a blocking thread first, then streamed into LMDB by the writer
+    /// thread: neither this actor's thread nor memory carries the snapshot.
     fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
-        let built = (|| -> Result<WriteBatch, ActorError> {
-            let (meta, records) = crate::snapshot::read(&msg.path)?;
-            if meta.shard != self.shard || meta.index != msg.index || meta.term != msg.term {
+        let shard = self.shard;
+        let check_path = msg.path.clone();
+        let verified = tokio::task::spawn_blocking(move || crate::snapshot::verify(&check_path));
+        let InstallSnapshot {
+            index,
+            term,
+            path,
+            raft_ops,
+        } = msg;
+        let (lo, hi) = crate::snapshot::shard_range(shard);
+        let mut ops = vec![
+            WriteOp::DeleteRange(TableId::Kv, lo.clone(), hi.clone()),
+            WriteOp::DeleteRange(TableId::Sessions, lo, hi),
+            WriteOp::DeleteRange(
+                TableId::RaftLog,
+                log_key(shard, 0).to_vec(),
+                log_key(shard, u64::MAX).to_vec(),
+            ),
+            WriteOp::LoadSnapshot(shard, path.clone()),
+            WriteOp::Put(
+                TableId::RaftState,
+                state_key(shard, TAG_APPLIED).to_vec(),
+                index.to_be_bytes().to_vec(),
+            ),
+            LmdbRaftStorage::truncated_op(shard, index, term),
+        ];
+        ops.extend(raft_ops);
+        let storage = self.storage.clone();
+        let check = async move {
+            let meta = verified
+                .await
+                .map_err(|e| ActorError::Storage(format!("snapshot check: {e}")))??;
+            if meta.shard != shard || meta.index != index || meta.term != term {
                 return Err(ActorError::Corrupt {
-                    what: format!("snapshot {}", msg.path.display()),
-                    detail: format!(
-                        "is {meta:?}, expected shard {} at {}/{}",
-                        self.shard, msg.index, msg.term
-                    ),
+                    what: format!("snapshot {}", path.display()),
+                    detail: format!("is {meta:?}, expected shard {shard} at {index}/{term}"),
                 });
             }
-            let (lo, hi) = crate::snapshot::shard_range(self.shard);
-            let mut ops = vec![
-                WriteOp::DeleteRange(TableId::Kv, lo.clone(), hi.clone()),
-                WriteOp::DeleteRange(TableId::Sessions, lo, hi),
-                WriteOp::DeleteRange(
-                    TableId::RaftLog,
-                    log_key(self.shard, 0).to_vec(),
-                    log_key(self.shard, u64::MAX).to_vec(),
-                ),
-            ];
-            for r in records {
-                match r {
-                    crate::snapshot::Record::Kv { key, value } => {
-                        ops.push(WriteOp::Put(TableId::Kv, kv_key(self.shard, &key), value))
-                    }
-                    crate::snapshot::Record::Session { client, record } => ops.push(WriteOp::Put(
-                        TableId::Sessions,
-                        session_key(self.shard, client).to_vec(),
-                        record,
-                    )),
-                    crate::snapshot::Record::Meta(_) => {}
-                }
-            }
-            ops.push(WriteOp::Put(
-                TableId::RaftState,
-                state_key(self.shard, TAG_APPLIED).to_vec(),
-                msg.index.to_be_bytes().to_vec(),
-            ));
-            ops.push(LmdbRaftStorage::truncated_op(
-                self.shard, msg.index, msg.term,
-            ));
-            ops.extend(msg.raft_ops);
-            Ok(WriteBatch { ops })
-        })();
-        let batch = match built {
-            Ok(b) => b,
-            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+            storage
+                .send(Persist(WriteBatch { ops }))
+                .await
+                .map_err(|_| ActorError::StorageGone)??;
+            Ok(path)
         };
-        let index = msg.index;
-        let path = msg.path;
-        let persist = self.storage.send(Persist(batch));
-        Box::pin(persist.into_actor(self).map(move |res, act, _| {
-            let res = match res {
-                Ok(r) => r,
-                Err(_) => Err(ActorError::StorageGone),
-            };
-            if res.is_ok() {
-                let _ = std::fs::remove_file(&path);
+        Box::pin(check.into_actor(self).map(move |res, act, _| {
+            let path = res?;
+            let _ = std::fs::remove_file(&path);
+            {
                 act.overlay.clear();
                 act.session_overlay.clear();
                 act.applied = index;
@@ -579,7 +570,7 @@ impl Handler<InstallSnapshot> for ShardActor {
                 }
                 act.on_applied(index, Vec::new());
             }
-            res
+            Ok(())
         }))
     }
 }

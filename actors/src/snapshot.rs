@@ -3,7 +3,13 @@
 //!
 //! A file is a sequence of length-prefixed postcard records: first [`Record::Meta`], then one
 //! record per row. Files are streamed to followers in chunks (see the transport's
-//! `send_snapshot`) and installed by the ShardActor in one write transaction.
+//! `send_snapshot`), checked record by record off the actor threads, and loaded into LMDB by
+//! the storage writer thread in one transaction ([`load`]); no step holds a whole snapshot in
+//! memory.
+//!
+//! Who deletes what: a leader's files (`shard-*.snap`) are removed by
+//! [`remove_unused`] once no follower is being sent them; a follower's arrivals
+//! (`recv-*.snap`) once installed or refused; leftovers of a crash by [`clean_at_start`].
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -13,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
-use crate::schema::Schema;
+use crate::schema::{kv_key, session_key, Schema};
 
 /// What a snapshot is of; also the `data` raft-rs carries in `MsgSnapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,25 +115,19 @@ pub fn write(
     let file = out.into_inner().map_err(|e| io(&tmp, e))?;
     file.sync_all().map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
-    // Older snapshots of this shard are no longer needed.
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        let mine = format!("shard-{}-", meta.shard);
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with(&mine) && name.ends_with(".snap") && e.path() != path {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
     Ok(path)
 }
 
-/// Reads a whole snapshot file: its meta and its records.
-pub fn read(path: &Path) -> Result<(SnapMeta, Vec<Record>), ActorError> {
+/// Reads the records of a snapshot file one at a time, handing each to `each`; returns the
+/// meta record, which must come first. Memory use is one record.
+pub fn for_each(
+    path: &Path,
+    mut each: impl FnMut(Record) -> Result<(), ActorError>,
+) -> Result<SnapMeta, ActorError> {
     let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let mut input = BufReader::new(file);
-    let mut records = Vec::new();
+    let mut meta = None;
+    let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 4];
         match input.read_exact(&mut len) {
@@ -139,23 +139,98 @@ pub fn read(path: &Path) -> Result<(SnapMeta, Vec<Record>), ActorError> {
         if len > RECORD_BYTES_MAX {
             return Err(io(path, format!("record of {len} bytes")));
         }
-        let mut buf = vec![0u8; len];
+        buf.resize(len, 0);
         input.read_exact(&mut buf).map_err(|e| io(path, e))?;
         let r: Record = shardkv_transport::frame::decode(&buf).map_err(|e| io(path, e))?;
-        records.push(r);
+        match (r, &meta) {
+            (Record::Meta(m), None) => meta = Some(m),
+            (Record::Meta(_), Some(_)) => return Err(io(path, "a second meta record")),
+            (_, None) => return Err(io(path, "does not start with its meta record")),
+            (r, Some(_)) => each(r)?,
+        }
     }
-    let mut it = records.into_iter();
-    match it.next() {
-        Some(Record::Meta(meta)) => Ok((meta, it.collect())),
-        _ => Err(io(path, "does not start with its meta record")),
+    meta.ok_or_else(|| io(path, "empty file"))
+}
+
+/// Reads a whole file through, checking every record; returns its meta.
+pub fn verify(path: &Path) -> Result<SnapMeta, ActorError> {
+    for_each(path, |_| Ok(()))
+}
+
+/// Writes the rows of the snapshot at `path` into `wtxn` (the caller has cleared the shard).
+pub fn load(
+    schema: &Schema,
+    wtxn: &mut heed::RwTxn,
+    shard: ShardId,
+    path: &Path,
+) -> Result<(), ActorError> {
+    let meta = for_each(path, |r| {
+        match r {
+            Record::Kv { key, value } => schema.kv.put(wtxn, &kv_key(shard, &key), &value)?,
+            Record::Session { client, record } => {
+                schema
+                    .sessions
+                    .put(wtxn, &session_key(shard, client), &record)?
+            }
+            Record::Meta(_) => {}
+        }
+        Ok(())
+    })?;
+    if meta.shard != shard {
+        return Err(io(path, format!("is of shard {}, not {shard}", meta.shard)));
     }
+    Ok(())
+}
+
+/// Deletes the snapshot files of `shard` in `dir` except those in `keep`.
+pub fn remove_unused(dir: &Path, shard: ShardId, keep: &[&Path]) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mine = format!("shard-{shard}-");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let path = e.path();
+        if name.starts_with(&mine) && name.ends_with(".snap") && !keep.contains(&path.as_path()) {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::debug!(path = %path.display(), "snapshot file removed"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove snapshot file")
+                }
+            }
+        }
+    }
+}
+
+/// Removes what a previous run of the host left in `dir`: snapshots it built or received
+/// (only ever referenced from memory) and unfinished temp files.
+pub fn clean_at_start(dir: &Path) -> Result<usize, ActorError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(dir, e)),
+    };
+    let mut removed = 0;
+    for e in entries {
+        let e = e.map_err(|e| io(dir, e))?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let ours = (name.starts_with("shard-") || name.starts_with("recv-"))
+            && (name.ends_with(".snap") || name.ends_with(".snap.tmp"));
+        if ours {
+            std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::messages::{WriteBatch, WriteOp};
-    use crate::schema::{kv_key, session_key, TableId};
+    use crate::schema::TableId;
 
     #[test]
     fn a_snapshot_holds_exactly_one_shards_rows() {
@@ -184,7 +259,12 @@ mod tests {
             term: 3,
         };
         let path = write(&schema, &rtxn, &dir.path().join("snap"), &meta).unwrap();
-        let (got, records) = read(&path).unwrap();
+        let mut records = Vec::new();
+        let got = for_each(&path, |r| {
+            records.push(r);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(got, meta);
         assert_eq!(records.len(), 11);
         assert!(records.iter().all(|r| match r {

@@ -150,6 +150,9 @@ pub fn commit(schema: &Schema, batches: Vec<WriteBatch>) -> Result<(), ActorErro
                     );
                     schema.table(t).delete_range(&mut wtxn, &range)?;
                 }
+                WriteOp::LoadSnapshot(shard, path) => {
+                    crate::snapshot::load(schema, &mut wtxn, shard, &path)?
+                }
             }
         }
     }
