@@ -21,6 +21,13 @@ pub struct Mix {
     pub del: u32,
 }
 
+impl std::fmt::Display for Mix {
+    /// The form `FromStr` parses: `put=50,get=50,del=0`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "put={},get={},del={}", self.put, self.get, self.del)
+    }
+}
+
 impl std::str::FromStr for Mix {
     type Err = String;
 

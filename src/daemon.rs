@@ -112,7 +112,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         let shard_actor = ShardActor::new(
             shard,
             schema.clone(),
-            storage.clone().recipient(),
+            storage.clone(),
             applied,
             Some(compaction),
         )?

@@ -14,4 +14,5 @@ pub mod daemon;
 pub use client::{Client, ClientError, ClientSettings};
 pub use config::ClusterConfig;
 pub mod bench;
+pub mod chart;
 pub mod local;

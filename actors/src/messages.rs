@@ -40,6 +40,14 @@ pub struct WriteBatch {
 #[rtype(result = "Result<(), ActorError>")]
 pub struct Persist(pub WriteBatch);
 
+/// To the StorageActor: like [`Persist`], for writes nobody is waiting on and that can be
+/// redone after a crash (applying committed entries, compacting the log). They ride along
+/// with the next [`Persist`] instead of costing an fsync of their own, or are committed
+/// after [`crate::storage::LAZY_DELAY`] if none comes. Resolves once on disk.
+#[derive(Message)]
+#[rtype(result = "Result<(), ActorError>")]
+pub struct PersistLazy(pub WriteBatch);
+
 /// To the RouterActor or a ReplicaActor: a client request; resolves to its reply.
 #[derive(Message)]
 #[rtype(result = "Response")]

@@ -23,8 +23,8 @@ use tracing::{debug, error, warn};
 
 use crate::error::ActorError;
 use crate::messages::{
-    Action, ApplyEntries, AwaitApply, Command, FailWaiters, InstallSnapshot, Persist, ReadAt,
-    WriteBatch, WriteOp,
+    Action, ApplyEntries, AwaitApply, Command, FailWaiters, InstallSnapshot, Persist, PersistLazy,
+    ReadAt, WriteBatch, WriteOp,
 };
 use crate::raft_storage::LmdbRaftStorage;
 use crate::schema::{
@@ -72,7 +72,7 @@ struct Plan {
 pub struct ShardActor {
     shard: ShardId,
     schema: Schema,
-    storage: Recipient<Persist>,
+    storage: Addr<crate::storage::StorageActor>,
     /// Highest index applied (visible to reads through the overlay).
     applied: u64,
     /// Values written by batches not yet committed to LMDB: key -> (batch, value).
@@ -100,7 +100,7 @@ impl ShardActor {
     pub fn new(
         shard: ShardId,
         schema: Schema,
-        storage: Recipient<Persist>,
+        storage: Addr<crate::storage::StorageActor>,
         applied: u64,
         compaction: Option<Compaction>,
     ) -> Result<Self, ActorError> {
@@ -162,7 +162,7 @@ impl ShardActor {
         ];
         debug!(shard = self.shard, upto, "compacting the Raft log");
         self.compacted = upto;
-        self.storage.do_send(Persist(WriteBatch { ops }));
+        self.storage.do_send(PersistLazy(WriteBatch { ops }));
     }
 
     fn read(&self, key: &[u8]) -> Response {
@@ -472,7 +472,7 @@ impl Handler<ApplyEntries> for ShardActor {
         }
         self.on_applied(last, plan.results);
         self.in_flight += 1;
-        let persist = self.storage.send(Persist(plan.batch));
+        let persist = self.storage.send(PersistLazy(plan.batch));
         let done = persist.into_actor(self).map(move |res, act, _ctx| {
             act.in_flight -= 1;
             match res {
@@ -677,14 +677,7 @@ mod tests {
         let t0 = 1_700_000_000_000;
 
         // Client 9 writes once and goes quiet; client 8 writes a full TTL later.
-        let shard = ShardActor::new(
-            1,
-            schema.clone(),
-            storage.clone().recipient(),
-            base - 3,
-            None,
-        )
-        .unwrap();
+        let shard = ShardActor::new(1, schema.clone(), storage.clone(), base - 3, None).unwrap();
         let plan = shard
             .plan(&[
                 put_entry(base - 2, 9, 1, t0, b"a"),
@@ -695,14 +688,7 @@ mod tests {
         assert!(session_exists(&schema, 9) && session_exists(&schema, 8));
 
         // The sweep at `base`, 1 ms past client 9's TTL: 9 goes, 8 (idle 1 ms) stays.
-        let shard = ShardActor::new(
-            1,
-            schema.clone(),
-            storage.clone().recipient(),
-            base - 1,
-            None,
-        )
-        .unwrap();
+        let shard = ShardActor::new(1, schema.clone(), storage.clone(), base - 1, None).unwrap();
         let plan = shard
             .plan(&[put_entry(base, 7, 1, t0 + SESSION_TTL_MS + 1, b"c")])
             .unwrap();
@@ -712,7 +698,7 @@ mod tests {
         assert!(session_exists(&schema, 7));
 
         // The live client's retry is still answered from its session, not applied again.
-        let shard = ShardActor::new(1, schema.clone(), storage.recipient(), base, None).unwrap();
+        let shard = ShardActor::new(1, schema.clone(), storage, base, None).unwrap();
         let plan = shard
             .plan(&[put_entry(
                 base + 1,
@@ -745,8 +731,7 @@ mod tests {
         let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
         let storage = StorageActor::new(schema.clone()).unwrap().start();
         let first = entries[0].index - 1;
-        let mut shard =
-            ShardActor::new(1, schema.clone(), storage.recipient(), first, None).unwrap();
+        let mut shard = ShardActor::new(1, schema.clone(), storage, first, None).unwrap();
         let mut replies = Vec::new();
         let mut pending = Vec::new();
         let mut from = 0;

@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// clusters.
     #[arg(long, conflicts_with = "local")]
     grid: bool,
+    /// Also draw throughput and p99 against clients, one line per cluster, as SVG here.
+    #[arg(long, value_name = "FILE.svg", conflicts_with = "sanity")]
+    chart: Option<std::path::PathBuf>,
     /// Run the original 1000-op sanity workload (1 client) and report its time.
     #[arg(long, conflicts_with = "grid")]
     sanity: bool,
@@ -252,6 +255,17 @@ pub fn run(config_path: &Path, args: BenchArgs) -> anyhow::Result<std::process::
         }
         Ok::<_, anyhow::Error>(())
     })?;
+    if let Some(path) = &args.chart {
+        let title = format!(
+            "shardkv bench: mix {}, {}-byte values, {} keys",
+            args.mix, args.value_size, args.keys
+        );
+        shardkv::chart::render_svg(&rows, &title, path)
+            .with_context(|| format!("cannot write the chart {}", path.display()))?;
+        if !args.json {
+            println!("chart: {}", path.display());
+        }
+    }
     if args.json && !args.sanity {
         let json: Vec<_> = rows
             .iter()
