@@ -149,7 +149,10 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
   fi
 fi
 if [[ " $SYSTEMS " == *" shardkv "* ]]; then
-  for i in $(seq 1 30); do [[ -x "$SHARDKV" ]] && break; log "waiting for $SHARDKV to be built"; sleep 20; done
+  if [[ ! -x "$SHARDKV" && "$SHARDKV" == "$ROOT/target/release/shardkv" ]]; then
+    log "building shardkv (cargo build --release; a few minutes on a fresh clone)"
+    (cd "$ROOT" && cargo build --release -q) || die "cargo build --release failed"
+  fi
   [[ -x "$SHARDKV" ]] || die "no shardkv binary at $SHARDKV (cargo build --release)"
   cp "$SHARDKV" "$WORK/shardkv"
 fi
