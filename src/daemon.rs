@@ -300,9 +300,12 @@ impl Handler for HostHandler {
 
     fn request(
         &self,
-        _peer: PeerIdentity,
-        req: Request,
+        peer: PeerIdentity,
+        mut req: Request,
     ) -> impl std::future::Future<Output = Response> + Send {
+        if req.seq != 0 {
+            req.client_id = scoped_session(&peer, req.client_id);
+        }
         let fut = self.router.send(ClientRequest(req));
         async move {
             match fut.await {
@@ -310,5 +313,50 @@ impl Handler for HostHandler {
                 Err(e) => Response::Internal(format!("router unreachable: {e}")),
             }
         }
+    }
+}
+
+/// The session a write belongs to. A client picks its session id at random, so ids are only
+/// unique among one client's sessions; scoping them by the certificate that sent the write
+/// keeps another certificate holder from answering into (or suppressing writes of) a session
+/// it does not own, even if it learns the id. Every host derives the same value, so a retry
+/// sent to a new leader still finds its session.
+pub fn scoped_session(peer: &PeerIdentity, client_id: u64) -> u64 {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"shardkv session\0");
+    ctx.update(peer.to_string().as_bytes());
+    ctx.update(b"\0");
+    ctx.update(&client_id.to_be_bytes());
+    let digest = ctx.finish();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest.as_ref()[..8]);
+    // 0 means "no session" on the wire; keep it out of the range.
+    u64::from_be_bytes(id).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_scoped_by_certificate_and_stable() {
+        let alice = PeerIdentity::Client("alice".into());
+        let mallory = PeerIdentity::Client("mallory".into());
+        let a = scoped_session(&alice, 42);
+        assert_eq!(
+            a,
+            scoped_session(&alice, 42),
+            "every host derives the same id"
+        );
+        assert_ne!(
+            a,
+            scoped_session(&mallory, 42),
+            "same id, other certificate"
+        );
+        assert_ne!(a, scoped_session(&alice, 43));
+        assert_ne!(a, scoped_session(&PeerIdentity::Host(42), 42));
+        // Pinned (SHA-256 of "shardkv session\0client alice\0" + 42 as u64 BE, first 8
+        // bytes): a change would split sessions across hosts running different versions.
+        assert_eq!(a, 0x5432_9a0c_eeac_7940, "{a:#x}");
     }
 }
