@@ -27,6 +27,7 @@ pub type ShardId = u32;
 
 /// Most shards a cluster may declare; a limit so placement and per-shard state stay bounded.
 pub const SHARDS_MAX: u32 = 16_384;
+const _: () = assert!(SHARDS_MAX as usize <= shardkv_actors::SHARDS_PER_HOST_MAX);
 
 /// Default and bounds for `cluster.max_value_bytes`.
 pub const MAX_VALUE_BYTES_DEFAULT: usize = 1 << 20;

@@ -644,7 +644,7 @@ impl ReplicaActor {
 }
 
 /// Ready batches that may be on their way to disk at once; past this, the replica waits.
-const PERSISTS_IN_FLIGHT_MAX: usize = 32;
+pub(crate) const PERSISTS_IN_FLIGHT_MAX: usize = 32;
 
 fn remove_snapshot_file(path: &std::path::Path) {
     if let Err(e) = std::fs::remove_file(path) {

@@ -576,7 +576,7 @@ impl Handler<InstallSnapshot> for ShardActor {
 }
 
 /// Apply batches that may be on their way to disk at once; past this, apply waits.
-const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 64;
+pub(crate) const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 64;
 
 /// An applied batch could not be stored: memory and disk now disagree. The only safe move is
 /// to stop the host; on restart it re-applies from the durable Raft log.

@@ -120,7 +120,7 @@ impl Actor for StorageActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
+        ctx.set_mailbox_capacity(crate::STORAGE_MAILBOX_CAPACITY);
     }
 }
 
