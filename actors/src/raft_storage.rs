@@ -54,12 +54,75 @@ pub struct LmdbRaftStorage {
     snap_dir: PathBuf,
     /// The newest snapshot file of this shard, and whether one is being built.
     snaps: Arc<Mutex<SnapFiles>>,
+    /// Where build slots come from (the host's, shared by all shards).
+    build_slots: &'static BuildSlots,
 }
 
 #[derive(Default)]
 struct SnapFiles {
     building: bool,
     latest: Option<BuiltSnapshot>,
+    /// Files handed to raft-rs whose `MsgSnapshot` the replica has not sent yet (it then
+    /// tracks them itself until the follower's report); never retired.
+    handed_out: Vec<PathBuf>,
+}
+
+fn lock(snaps: &Mutex<SnapFiles>) -> std::sync::MutexGuard<'_, SnapFiles> {
+    match snaps.lock() {
+        Ok(f) => f,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Snapshot builds that may run at once on this host. Each reads a whole shard and holds an
+/// LMDB reader slot for as long (LMDB has a fixed number of them); when all are busy raft-rs
+/// is told to ask again later.
+pub const SNAPSHOT_BUILDS_MAX: usize = 2;
+
+/// Counts running snapshot builds against a limit.
+pub struct BuildSlots {
+    max: usize,
+    running: std::sync::atomic::AtomicUsize,
+}
+
+impl BuildSlots {
+    pub const fn new(max: usize) -> Self {
+        BuildSlots {
+            max,
+            running: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// A slot for a build of the shard whose files are `snaps`, if one is free. Marks the
+    /// shard as building; dropping the slot (when the build ends, panics, or cannot start)
+    /// frees it and clears the mark.
+    fn acquire(&'static self, snaps: &Arc<Mutex<SnapFiles>>) -> Option<BuildSlot> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.running
+            .fetch_update(SeqCst, SeqCst, |n| (n < self.max).then_some(n + 1))
+            .ok()?;
+        lock(snaps).building = true;
+        Some(BuildSlot {
+            slots: self,
+            snaps: Arc::clone(snaps),
+        })
+    }
+}
+
+static BUILD_SLOTS: BuildSlots = BuildSlots::new(SNAPSHOT_BUILDS_MAX);
+
+struct BuildSlot {
+    slots: &'static BuildSlots,
+    snaps: Arc<Mutex<SnapFiles>>,
+}
+
+impl Drop for BuildSlot {
+    fn drop(&mut self) {
+        lock(&self.snaps).building = false;
+        self.slots
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A snapshot file on disk and what raft-rs needs to know of it.
@@ -144,7 +207,14 @@ impl LmdbRaftStorage {
             staged_numbers: VecDeque::new(),
             snap_dir,
             snaps: Arc::default(),
+            build_slots: &BUILD_SLOTS,
         }
+    }
+
+    /// Draw snapshot-build slots from `slots` instead of the host's (tests).
+    pub fn with_build_slots(mut self, slots: &'static BuildSlots) -> Self {
+        self.build_slots = slots;
+        self
     }
 
     /// Where the snapshot of this shard at (`index`, `term`) is (or would be) written.
@@ -156,18 +226,21 @@ impl LmdbRaftStorage {
     /// Deletes this shard's snapshot files other than the newest and those in `in_use` (being
     /// streamed to followers). Skipped while a build runs; the next call catches up.
     pub fn retire_snapshots(&self, in_use: &[&Path]) {
-        let files = match self.snaps.lock() {
-            Ok(f) => f,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let files = lock(&self.snaps);
         if files.building {
             return;
         }
         let mut keep = in_use.to_vec();
+        keep.extend(files.handed_out.iter().map(|p| p.as_path()));
         if let Some(b) = &files.latest {
             keep.push(&b.path);
         }
         crate::snapshot::remove_unused(&self.snap_dir, self.shard, &keep);
+    }
+
+    /// The replica sent a `MsgSnapshot` for the file at `path` and tracks it from now on.
+    pub fn claim_snapshot(&self, path: &Path) {
+        lock(&self.snaps).handed_out.retain(|p| p != path);
     }
 
     /// Forgets every staged entry (a snapshot replaced the log).
@@ -540,31 +613,35 @@ impl raft::Storage for LmdbRaftStorage {
             let rtxn = self.schema.env.read_txn().map_err(store_err)?;
             self.durable().truncated(&rtxn)?.0
         };
-        let mut files = match self.snaps.lock() {
-            Ok(f) => f,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if let Some(b) = &files.latest {
+        let mut files = lock(&self.snaps);
+        if let Some(b) = files.latest.clone() {
             if b.meta.index >= request_index.max(truncated) && b.path.exists() {
+                if !files.handed_out.contains(&b.path) {
+                    files.handed_out.push(b.path.clone());
+                }
                 return b.to_raft();
             }
         }
         if files.building {
             return Err(unavailable());
         }
+        drop(files);
+        let Some(slot) = self.build_slots.acquire(&self.snaps) else {
+            tracing::debug!(
+                shard = self.shard,
+                "snapshot builds busy; asking again later"
+            );
+            return Err(unavailable());
+        };
         let (schema, shard, dir) = (self.schema.clone(), self.shard, self.snap_dir.clone());
         let snaps = Arc::clone(&self.snaps);
         let spawned = std::thread::Builder::new()
             .name(format!("snapshot-{shard}"))
             .spawn(move || {
+                // Freed when this thread ends, however it ends.
+                let _slot = slot;
                 let started = std::time::Instant::now();
-                let built = build_snapshot(&schema, shard, &dir);
-                let mut files = match snaps.lock() {
-                    Ok(f) => f,
-                    Err(poisoned) => poisoned.into_inner(),
-                };
-                files.building = false;
-                match built {
+                match build_snapshot(&schema, shard, &dir) {
                     Ok(b) => {
                         tracing::info!(
                             shard,
@@ -573,7 +650,7 @@ impl raft::Storage for LmdbRaftStorage {
                             millis = started.elapsed().as_millis() as u64,
                             "snapshot built"
                         );
-                        files.latest = Some(b);
+                        lock(&snaps).latest = Some(b);
                     }
                     // raft-rs asks again on the follower's next response; a lasting
                     // failure (disk full) shows in this log line each time.
@@ -581,10 +658,7 @@ impl raft::Storage for LmdbRaftStorage {
                 }
             });
         match spawned {
-            Ok(_) => {
-                files.building = true;
-                tracing::debug!(shard, to, "building a snapshot");
-            }
+            Ok(_) => tracing::debug!(shard, to, "building a snapshot"),
             Err(e) => tracing::warn!(shard, error = %e, "cannot start snapshot thread"),
         }
         Err(unavailable())
@@ -858,6 +932,11 @@ mod tests {
         let second = snapshot_when_built(&s, 3);
         assert_eq!(second.get_metadata().index, 3);
         let second_path = s.snapshot_path(3, 2);
+        // The first file was handed to raft-rs and its message not sent yet: kept.
+        s.retire_snapshots(&[]);
+        assert!(first_path.exists() && second_path.exists());
+        // Sent (the replica tracks it now) and still streaming: kept.
+        s.claim_snapshot(&first_path);
         s.retire_snapshots(&[&first_path]);
         assert!(first_path.exists() && second_path.exists());
         s.retire_snapshots(&[]);
@@ -880,5 +959,28 @@ mod tests {
             ));
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+    }
+
+    #[test]
+    fn build_slots_are_bounded_and_freed_even_by_a_panicking_build() {
+        static SLOTS: BuildSlots = BuildSlots::new(1);
+        let a: Arc<Mutex<SnapFiles>> = Arc::default();
+        let b: Arc<Mutex<SnapFiles>> = Arc::default();
+        let first = SLOTS.acquire(&a).expect("a free slot");
+        assert!(lock(&a).building);
+        assert!(SLOTS.acquire(&b).is_none(), "only one build at a time");
+        assert!(!lock(&b).building, "a refused build marks nothing");
+        drop(first);
+        assert!(!lock(&a).building);
+
+        let slot = SLOTS.acquire(&b).expect("freed");
+        let crashed = std::thread::spawn(move || {
+            let _slot = slot;
+            panic!("a build that panics");
+        })
+        .join();
+        assert!(crashed.is_err());
+        assert!(!lock(&b).building, "the shard may build again");
+        assert!(SLOTS.acquire(&a).is_some(), "the slot came back");
     }
 }

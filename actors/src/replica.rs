@@ -453,6 +453,7 @@ impl ReplicaActor {
                     if is_snapshot {
                         let meta = m.get_snapshot().get_metadata();
                         let path = self.node.store().snapshot_path(meta.index, meta.term);
+                        self.node.store().claim_snapshot(&path);
                         self.snapshots_out.insert(m.to, path);
                     }
                     let report = is_snapshot.then(|| self.me.clone()).flatten();

@@ -511,6 +511,9 @@ impl Handler<InstallSnapshot> for ShardActor {
     /// thread: neither this actor's thread nor memory carries the snapshot.
     fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
         let shard = self.shard;
+        // No compaction may be queued from now on: computed from the state before the
+        // install, it would commit after it and move the log's start below the snapshot.
+        self.compacted = self.compacted.max(msg.index);
         let check_path = msg.path.clone();
         let verified = tokio::task::spawn_blocking(move || crate::snapshot::verify(&check_path));
         let InstallSnapshot {

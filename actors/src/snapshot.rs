@@ -152,9 +152,20 @@ pub fn for_each(
     meta.ok_or_else(|| io(path, "empty file"))
 }
 
-/// Reads a whole file through, checking every record; returns its meta.
+/// Reads a whole file through, checking every record (so that loading it cannot fail on
+/// its content); returns its meta.
 pub fn verify(path: &Path) -> Result<SnapMeta, ActorError> {
-    for_each(path, |_| Ok(()))
+    let max = shardkv_transport::wire::KEY_BYTES_MAX;
+    for_each(path, |r| match r {
+        Record::Kv { key, .. } if key.is_empty() || key.len() > max => {
+            Err(io(path, format!("a key of {} bytes", key.len())))
+        }
+        Record::Session { record, .. } if record.len() < 16 => Err(io(
+            path,
+            format!("a session record of {} bytes", record.len()),
+        )),
+        _ => Ok(()),
+    })
 }
 
 /// Writes the rows of the snapshot at `path` into `wtxn` (the caller has cleared the shard).

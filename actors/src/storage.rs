@@ -88,7 +88,23 @@ impl StorageActor {
         if self.in_flight || self.pending.is_empty() {
             return;
         }
-        let take = self.pending.len().min(GROUP_BATCHES_MAX);
+        // A snapshot load commits alone: if it failed, it must not take other shards'
+        // batches down with it.
+        let loads = |p: &Pending| {
+            p.batch
+                .ops
+                .iter()
+                .any(|op| matches!(op, WriteOp::LoadSnapshot(..)))
+        };
+        let take = if loads(&self.pending[0]) {
+            1
+        } else {
+            self.pending
+                .iter()
+                .take(GROUP_BATCHES_MAX)
+                .position(loads)
+                .unwrap_or(self.pending.len().min(GROUP_BATCHES_MAX))
+        };
         let (batches, waiters): (Vec<_>, Vec<_>) = self
             .pending
             .drain(..take)
@@ -323,5 +339,22 @@ mod tests {
             .unwrap();
         last.await.unwrap().unwrap();
         assert_eq!(get(&schema, b"k"), Some(b"end".to_vec()));
+    }
+
+    #[actix_rt::test]
+    async fn a_failing_snapshot_load_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let before = addr.send(Persist(put(b"before", b"1")));
+        let load = addr.send(Persist(WriteBatch {
+            ops: vec![WriteOp::LoadSnapshot(1, dir.path().join("no-such.snap"))],
+        }));
+        let after = addr.send(Persist(put(b"after", b"2")));
+        before.await.unwrap().unwrap();
+        assert!(load.await.unwrap().is_err(), "the load fails");
+        after.await.unwrap().unwrap();
+        assert_eq!(get(&schema, b"before"), Some(b"1".to_vec()));
+        assert_eq!(get(&schema, b"after"), Some(b"2".to_vec()));
     }
 }
