@@ -93,6 +93,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         value_bytes_max: cfg.max_value_bytes,
         request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
         lease: lease_for(cfg.raft.tick, election_ticks),
+        preferred_leader: None,
     };
     let logger = shardkv_actors::logger::raft_logger();
     let placement: HashMap<_, _> = cfg.placement().into_iter().collect();
@@ -137,7 +138,13 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
             host,
             LmdbRaftStorage::new(schema.clone(), shard, snap_dir.clone()),
             applied,
-            settings.clone(),
+            ReplicaSettings {
+                // The first host of the placement leads when healthy: placement rotates
+                // the first host over the shards (or an operator pins it), so leaders
+                // spread over the hosts.
+                preferred_leader: hosts.first().copied(),
+                ..settings.clone()
+            },
             links,
             &logger,
         )?

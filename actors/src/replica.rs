@@ -37,6 +37,8 @@ pub struct ReplicaSettings {
     /// check-quorum on, followers refuse to vote for anyone else for that long after hearing
     /// from the leader.
     pub lease: Duration,
+    /// The host that should lead this shard when healthy (None: whoever wins elections).
+    pub preferred_leader: Option<HostId>,
 }
 
 /// Where a replica sends things; handed over by the daemon.
@@ -96,6 +98,12 @@ pub struct ReplicaActor {
     incoming_snapshots: HashMap<(u64, u64), std::path::PathBuf>,
     /// Snapshot files being streamed to followers, by follower (kept until it reports).
     snapshots_out: HashMap<u64, std::path::PathBuf>,
+    /// The host that should lead this shard when it is healthy (the first of its placement),
+    /// so that leaders, and the work only leaders do, spread over the hosts.
+    preferred_leader: HostId,
+    /// When this replica last became leader, or last tried to hand leadership to the
+    /// preferred host.
+    balanced_at: Instant,
     /// Until then, vote requests are dropped (see `refuses_vote`).
     votes_refused_until: Instant,
 }
@@ -116,6 +124,7 @@ impl ReplicaActor {
         // crash left it so, re-deliver from the commit: the ShardActor skips what it applied.
         let stored_hs = storage.hard_state()?;
         let votes_refused_until = Instant::now() + election_timeout(&settings);
+        let preferred_leader = settings.preferred_leader.unwrap_or(host);
         let applied = applied.min(stored_hs.commit);
         let cfg = raft::Config {
             id: host,
@@ -155,8 +164,47 @@ impl ReplicaActor {
             handoff_at: None,
             incoming_snapshots: HashMap::new(),
             snapshots_out: HashMap::new(),
+            preferred_leader,
+            balanced_at: Instant::now(),
             votes_refused_until,
         })
+    }
+
+    /// Hands leadership to the preferred host once it is back and caught up, after this
+    /// replica has led for a while (so an election settles first and a flapping host cannot
+    /// make leadership ping-pong faster than once per interval). A leader that hands over
+    /// stops serving lease reads at once: the transferee campaigns without waiting for the
+    /// other followers' leases to run out.
+    fn balance_leadership(&mut self) {
+        let interval = election_timeout(&self.settings) * 2;
+        let pref = self.preferred_leader;
+        if pref == self.host
+            || !self.is_leader()
+            || self.handoff_at.is_some()
+            || self.node.raft.lead_transferee.is_some()
+            || self.balanced_at.elapsed() < interval
+        {
+            return;
+        }
+        let last = self.node.raft.raft_log.last_index();
+        let ready = self
+            .node
+            .raft
+            .prs()
+            .get(pref)
+            .is_some_and(|pr| pr.recent_active && pr.matched == last);
+        if !ready {
+            return;
+        }
+        self.balanced_at = Instant::now();
+        self.lease_until = None;
+        self.transferring = true;
+        info!(
+            shard = self.shard,
+            to = pref,
+            "handing leadership to the shard's preferred host"
+        );
+        self.node.transfer_leader(pref);
     }
 
     /// A replica that just started may have acknowledged a leader right before it went down,
@@ -503,6 +551,7 @@ impl ReplicaActor {
         if role != self.role {
             self.lease_until = None;
             self.transferring = false;
+            self.balanced_at = Instant::now();
         }
         self.role = role;
     }
@@ -700,6 +749,7 @@ impl StreamHandler<Tick> for ReplicaActor {
     fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
         self.node.tick();
         self.expire_reads();
+        self.balance_leadership();
         self.schedule_drive(ctx);
     }
 }
