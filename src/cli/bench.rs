@@ -122,7 +122,28 @@ async fn warm_up(c: &Client, cfg: &ClusterConfig) -> anyhow::Result<()> {
             .await
             .context("cluster did not become ready")?;
     }
+    // A fresh cluster hands each shard to its preferred host within a few seconds; measure
+    // after that, not during the hand-overs. Bounded: a host may be down on purpose.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline && !leaders_settled(c, cfg).await {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     Ok(())
+}
+
+/// Whether every shard is led by the first host of its placement.
+async fn leaders_settled(c: &Client, cfg: &ClusterConfig) -> bool {
+    let mut led = std::collections::HashMap::new();
+    for h in &cfg.hosts {
+        if let Ok(s) = c.host_status(h.id).await {
+            for r in s.replicas.iter().filter(|r| r.is_leader) {
+                led.insert(r.shard, h.id);
+            }
+        }
+    }
+    cfg.placement()
+        .iter()
+        .all(|(shard, hosts)| hosts.first() == led.get(shard))
 }
 
 async fn run_one(
