@@ -6,11 +6,8 @@ mod common;
 use std::time::Duration;
 
 use shardkv::client::{Client, ClientError};
-use shardkv_transport::endpoint::{
-    client_endpoint, connect, open_raft_stream, send_raft_batch, CLOSE_FORBIDDEN,
-};
+use shardkv_transport::endpoint::{open_raft_stream, send_raft_batch, CLOSE_FORBIDDEN};
 use shardkv_transport::wire::{RaftBatch, RaftEnvelope};
-use shardkv_transport::TlsFiles;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_from_another_ca_is_refused() {
@@ -57,17 +54,8 @@ async fn client_cert_cannot_send_raft_messages() {
     let good = cluster.client();
     cluster.wait_ready(&good).await;
 
-    let (cert, key) = cluster.cfg.client_cert_paths("cli");
-    let files = TlsFiles {
-        ca: cluster.cfg.tls.ca.clone(),
-        cert,
-        key,
-    };
-    let endpoint = client_endpoint(&files).expect("endpoint");
     let host = &cluster.cfg.hosts[0];
-    let conn = connect(&endpoint, host.addr, host.id)
-        .await
-        .expect("a client may connect");
+    let conn = cluster.raw_connection("cli", 0).await;
     // A forged vote request claiming to come from host 2 with a huge term.
     let mut m = raft::eraftpb::Message::default();
     m.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);

@@ -4,23 +4,8 @@
 
 mod common;
 
-use shardkv_transport::endpoint::{call, client_endpoint, connect};
+use shardkv_transport::endpoint::call;
 use shardkv_transport::wire::{Op, Request, Response};
-use shardkv_transport::TlsFiles;
-
-async fn raw_client(cluster: &common::Cluster, name: &str) -> quinn::Connection {
-    let (cert, key) = cluster.cfg.client_cert_paths(name);
-    let files = TlsFiles {
-        ca: cluster.cfg.tls.ca.clone(),
-        cert,
-        key,
-    };
-    let endpoint = client_endpoint(&files).expect("endpoint");
-    let host = &cluster.cfg.hosts[0];
-    connect(&endpoint, host.addr, host.id)
-        .await
-        .expect("connect")
-}
 
 fn put(client_id: u64, seq: u64, value: &[u8]) -> Request {
     Request {
@@ -42,8 +27,8 @@ async fn a_session_id_is_private_to_its_certificate() {
     let reader = cluster.client();
     cluster.wait_ready(&reader).await;
 
-    let alice = raw_client(&cluster, "cli").await;
-    let mallory = raw_client(&cluster, "mallory").await;
+    let alice = cluster.raw_connection("cli", 0).await;
+    let mallory = cluster.raw_connection("mallory", 0).await;
     let session = 0x5eed_5eed;
 
     let first = call(&alice, &put(session, 1, b"alice-1"))

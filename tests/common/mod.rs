@@ -199,6 +199,23 @@ impl Cluster {
         Client::new(self.settings("cli")).expect("client")
     }
 
+    /// A bare QUIC connection to the `index`th host with the client certificate `name`, for
+    /// tests that send hand-made requests or Raft traffic.
+    pub async fn raw_connection(&self, name: &str, index: usize) -> quinn::Connection {
+        let (cert, key) = self.cfg.client_cert_paths(name);
+        let files = shardkv_transport::TlsFiles {
+            ca: self.cfg.tls.ca.clone(),
+            cert,
+            key,
+        };
+        let endpoint =
+            shardkv_transport::endpoint::client_endpoint(&files).expect("client endpoint");
+        let host = &self.cfg.hosts[index];
+        shardkv_transport::endpoint::connect(&endpoint, host.addr, host.id)
+            .await
+            .expect("a client may connect")
+    }
+
     /// Waits until every shard accepts a write and a linearizable read.
     pub async fn wait_ready(&self, client: &Client) {
         for shard in 1..=self.cfg.shards {
