@@ -93,6 +93,12 @@ pub struct Report {
     pub error_samples: Vec<String>,
 }
 
+/// A latency histogram (microseconds, 3 significant digits).
+fn latency_histogram() -> Histogram<u64> {
+    // ok: 3 is within hdrhistogram's 0..=5 significant digits, so `new` cannot fail.
+    Histogram::<u64>::new(3).expect("3 significant digits is a valid precision")
+}
+
 fn key(i: u64) -> Vec<u8> {
     format!("bench-{i:010}").into_bytes()
 }
@@ -136,8 +142,7 @@ pub async fn run(clients: &[Client], w: &Workload, tick: Arc<dyn Fn() + Send + S
         let tick = tick.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(w.seed.wrapping_add(n as u64));
-            let mut hist =
-                Histogram::<u64>::new(3).expect("3 significant digits is a valid precision");
+            let mut hist = latency_histogram();
             let mut errors = 0u64;
             let mut samples: Vec<String> = Vec::new();
             let value = vec![b'v'; w.value_bytes];
@@ -175,7 +180,7 @@ pub async fn run(clients: &[Client], w: &Workload, tick: Arc<dyn Fn() + Send + S
             (hist, errors, samples)
         }));
     }
-    let mut hist = Histogram::<u64>::new(3).expect("3 significant digits is a valid precision");
+    let mut hist = latency_histogram();
     let mut errors = 0;
     let mut error_samples = Vec::new();
     for t in tasks {

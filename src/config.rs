@@ -899,6 +899,8 @@ impl ClusterConfig {
                 })
                 .collect(),
         };
+        // ok: RawFile has only strings, integers, tables and arrays of tables, which TOML
+        // can always represent; serialisation cannot fail.
         toml::to_string(&raw)
             .expect("RawFile holds only strings, integers, tables and arrays of tables")
     }

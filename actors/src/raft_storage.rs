@@ -154,34 +154,17 @@ fn build_snapshot(
     dir: &Path,
 ) -> Result<BuiltSnapshot, ActorError> {
     let rtxn = schema.env.read_txn()?;
-    let raft_err = |e: raft::Error| ActorError::Storage(e.to_string());
-    let applied = match schema
-        .raft_state
-        .get(&rtxn, &state_key(shard, TAG_APPLIED))?
-    {
-        Some(v) => decode_u64("applied index", v)?,
-        None => 0,
-    };
+    let durable = Durable { schema, shard };
+    let applied = durable.applied(&rtxn)?;
     if applied == 0 {
         return Err(ActorError::Storage("nothing applied yet".into()));
     }
-    let durable = Durable { schema, shard };
-    let (t_index, t_term) = durable.truncated(&rtxn).map_err(raft_err)?;
-    let term = if applied == t_index {
-        t_term
-    } else {
-        match durable.entry_at(&rtxn, applied).map_err(raft_err)? {
-            Some(e) => e.term,
-            None => {
-                return Err(ActorError::Storage(format!(
-                    "applied entry {applied} is not in the log"
-                )))
-            }
-        }
-    };
+    let term = durable
+        .term_of(&rtxn, applied)?
+        .ok_or_else(|| ActorError::Storage(format!("applied entry {applied} is not in the log")))?;
     let conf: ConfState = durable
         .read_state(&rtxn, TAG_CONF_STATE)
-        .map_err(raft_err)?;
+        .map_err(|e| ActorError::Storage(e.to_string()))?;
     let meta = SnapMeta {
         shard,
         index: applied,
@@ -279,17 +262,8 @@ impl LmdbRaftStorage {
         shard: ShardId,
         index: u64,
     ) -> Result<Option<u64>, ActorError> {
-        let s = Durable { schema, shard };
         let rtxn = schema.env.read_txn()?;
-        let (t_index, t_term) = s
-            .truncated(&rtxn)
-            .map_err(|e| ActorError::Storage(e.to_string()))?;
-        if index == t_index {
-            return Ok(Some(t_term));
-        }
-        Ok(s.entry_at(&rtxn, index)
-            .map_err(|e| ActorError::Storage(e.to_string()))?
-            .map(|e| e.term))
+        Durable { schema, shard }.term_of(&rtxn, index)
     }
 
     /// Records entries just handed to storage with the Ready numbered `number` (they replace
@@ -352,13 +326,7 @@ impl LmdbRaftStorage {
     /// The index applied to `kv` (durably, in the apply transaction).
     pub fn applied_index(schema: &Schema, shard: ShardId) -> Result<u64, ActorError> {
         let rtxn = schema.env.read_txn()?;
-        match schema
-            .raft_state
-            .get(&rtxn, &state_key(shard, TAG_APPLIED))?
-        {
-            Some(v) => decode_u64("applied index", v),
-            None => Ok(0),
-        }
+        Durable { schema, shard }.applied(&rtxn)
     }
 
     /// Writes that append `entries` (replacing any conflicting suffix of the log).
@@ -427,6 +395,35 @@ pub(crate) struct Durable<'a> {
 }
 
 impl Durable<'_> {
+    /// The index applied to `kv` (0 if none).
+    pub(crate) fn applied(&self, rtxn: &heed::RoTxn) -> Result<u64, ActorError> {
+        match self
+            .schema
+            .raft_state
+            .get(rtxn, &state_key(self.shard, TAG_APPLIED))?
+        {
+            Some(v) => decode_u64("applied index", v),
+            None => Ok(0),
+        }
+    }
+
+    /// The term of durable entry `index`, or of the truncation point if it is that.
+    pub(crate) fn term_of(
+        &self,
+        rtxn: &heed::RoTxn,
+        index: u64,
+    ) -> Result<Option<u64>, ActorError> {
+        let raft_err = |e: raft::Error| ActorError::Storage(e.to_string());
+        let (t_index, t_term) = self.truncated(rtxn).map_err(raft_err)?;
+        if index == t_index {
+            return Ok(Some(t_term));
+        }
+        Ok(self
+            .entry_at(rtxn, index)
+            .map_err(raft_err)?
+            .map(|e| e.term))
+    }
+
     pub(crate) fn truncated(&self, rtxn: &heed::RoTxn) -> raft::Result<(u64, u64)> {
         match self
             .schema

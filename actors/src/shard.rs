@@ -166,21 +166,24 @@ impl ShardActor {
     }
 
     fn read(&self, key: &[u8]) -> Response {
-        if let Some((_, v)) = self.overlay.get(key) {
-            return Response::Value(v.clone());
-        }
-        let res = (|| -> Result<Option<Vec<u8>>, ActorError> {
-            let rtxn = self.schema.env.read_txn()?;
-            Ok(self
-                .schema
-                .kv
-                .get(&rtxn, &kv_key(self.shard, key))?
-                .map(|v| v.to_vec()))
-        })();
-        match res {
+        match self.applied_value(key) {
             Ok(v) => Response::Value(v),
             Err(e) => Response::Internal(format!("read failed: {e}")),
         }
+    }
+
+    /// The value of `key` as applied so far: the overlay of batches on their way to disk,
+    /// then LMDB.
+    fn applied_value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ActorError> {
+        if let Some((_, v)) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        let rtxn = self.schema.env.read_txn()?;
+        Ok(self
+            .schema
+            .kv
+            .get(&rtxn, &kv_key(self.shard, key))?
+            .map(|v| v.to_vec()))
     }
 
     /// The last applied seq of a client session and the reply it got.
@@ -194,11 +197,7 @@ impl ShardActor {
             .sessions
             .get(&rtxn, &session_key(self.shard, client_id))?
         {
-            Some(v) if v.len() >= 16 => decode_session(v),
-            Some(v) => Err(ActorError::Corrupt {
-                what: format!("session of client {client_id:#x}"),
-                detail: format!("{} bytes", v.len()),
-            }),
+            Some(v) => decode_session(v),
             None => Ok((0, 0, None)),
         }
     }
@@ -261,18 +260,10 @@ impl ShardActor {
         overlay: &HashMap<Vec<u8>, Option<Vec<u8>>>,
         key: &[u8],
     ) -> Result<Option<Vec<u8>>, ActorError> {
-        if let Some(v) = overlay.get(key) {
-            return Ok(v.clone());
+        match overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.applied_value(key),
         }
-        if let Some((_, v)) = self.overlay.get(key) {
-            return Ok(v.clone());
-        }
-        let rtxn = self.schema.env.read_txn()?;
-        Ok(self
-            .schema
-            .kv
-            .get(&rtxn, &kv_key(self.shard, key))?
-            .map(|v| v.to_vec()))
     }
 
     /// Turns committed entries into one write batch, and the result of each entry.
