@@ -92,7 +92,6 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         heartbeat_ticks,
         value_bytes_max: cfg.max_value_bytes,
         request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
-        lease: lease_for(cfg.raft.tick, election_ticks),
         preferred_leader: None,
     };
     let logger = shardkv_actors::logger::raft_logger();
@@ -322,21 +321,6 @@ impl Handler for HostHandler {
     }
 }
 
-/// How long a leader may serve lease reads after a quorum confirmed it. A follower that
-/// acknowledged it refuses to vote for `election_ticks` of its ticks; ticks never catch up
-/// after a stall but the first one after a reset may come at once and tokio lets a tick run
-/// up to ~5 ms late without rescheduling, so the refusal lasts at least
-/// `(election_ticks - 1) * tick - 5 ms` of real time. The lease is 4/5 of that, leaving a
-/// fifth for the two hosts' clocks running at different rates.
-pub fn lease_for(tick: Duration, election_ticks: usize) -> Duration {
-    let ticks = u32::try_from(election_ticks.saturating_sub(1)).unwrap_or(u32::MAX);
-    (tick
-        .saturating_mul(ticks)
-        .saturating_sub(Duration::from_millis(5)))
-        * 4
-        / 5
-}
-
 /// The session a write belongs to. A client picks its session id at random, so ids are only
 /// unique among one client's sessions; scoping them by the certificate that sent the write
 /// keeps another certificate holder from answering into (or suppressing writes of) a session
@@ -358,23 +342,6 @@ pub fn scoped_session(peer: &PeerIdentity, client_id: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_lease_ends_before_any_follower_may_vote_again() {
-        let ms = Duration::from_millis;
-        // The sample config: 100 ms ticks, 1 s election timeout.
-        assert_eq!(lease_for(ms(100), 10), ms(716));
-        for (tick, ticks) in [(ms(100), 3), (ms(1), 20), (ms(10), 3), (ms(250), 4)] {
-            let window = tick * (ticks - 1) - ms(5);
-            let lease = lease_for(tick, ticks as usize);
-            assert!(
-                lease < window && lease > Duration::ZERO,
-                "{tick:?} x {ticks}: lease {lease:?}, window {window:?}"
-            );
-        }
-        // Windows too short to be safe give no lease at all (reads fall back to ReadIndex).
-        assert_eq!(lease_for(ms(2), 3), Duration::ZERO);
-    }
 
     #[test]
     fn sessions_are_scoped_by_certificate_and_stable() {

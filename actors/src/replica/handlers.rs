@@ -1,0 +1,160 @@
+//! The replica's inbound messages: Raft traffic and snapshots from peers, snapshot reports,
+//! status, and leadership hand-off (back to the preferred host, or away before a stop).
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use raft::StateRole;
+use shardkv_transport::wire::ReplicaInfo;
+use shardkv_transport::HostId;
+use tracing::{debug, info};
+
+use super::placement::{best_transferee, FollowerProgress, ShutdownHandoff};
+use super::ReplicaActor;
+use crate::messages::{GetStatus, SnapshotReport, StepRaft, StepSnapshot, TransferLeadership};
+
+impl Handler<StepRaft> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StepRaft, ctx: &mut Self::Context) {
+        if self.votes.refuses(&msg.0, Instant::now()) {
+            debug!(
+                shard = self.shard,
+                from = msg.0.from,
+                "vote request dropped: this replica started less than an election timeout ago"
+            );
+            return;
+        }
+        if let Err(e) = self.node.step(msg.0) {
+            debug!(shard = self.shard, error = %e, "step refused");
+        }
+        self.schedule_drive(ctx);
+    }
+}
+
+impl Handler<StepSnapshot> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: StepSnapshot, ctx: &mut Self::Context) {
+        let meta = msg.message.get_snapshot().get_metadata();
+        self.snapshots.arrived((meta.index, meta.term), msg.path);
+        if let Err(e) = self.node.step(msg.message) {
+            debug!(shard = self.shard, error = %e, "snapshot step refused");
+        }
+        let wanted = self
+            .node
+            .raft
+            .raft_log
+            .unstable
+            .snapshot
+            .as_ref()
+            .map(|s| (s.get_metadata().index, s.get_metadata().term));
+        self.snapshots.keep_only(wanted);
+        self.schedule_drive(ctx);
+    }
+}
+
+impl Handler<SnapshotReport> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SnapshotReport, ctx: &mut Self::Context) {
+        let status = if msg.ok {
+            raft::SnapshotStatus::Finish
+        } else {
+            self.node.report_unreachable(msg.to);
+            raft::SnapshotStatus::Failure
+        };
+        self.node.report_snapshot(msg.to, status);
+        let in_use = self.snapshots.delivered(msg.to);
+        self.node.store().retire_snapshots(&in_use);
+        self.schedule_drive(ctx);
+    }
+}
+
+impl Handler<GetStatus> for ReplicaActor {
+    type Result = MessageResult<GetStatus>;
+
+    fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+        let raft = &self.node.raft;
+        MessageResult(ReplicaInfo {
+            shard: self.shard,
+            term: raft.term,
+            leader: (raft.leader_id != 0).then_some(raft.leader_id),
+            is_leader: raft.state == StateRole::Leader,
+            commit: raft.raft_log.committed,
+            applied: raft.raft_log.applied,
+            last_index: raft.raft_log.last_index(),
+        })
+    }
+}
+
+impl Handler<TransferLeadership> for ReplicaActor {
+    type Result = bool;
+
+    /// Hands leadership to the most up-to-date active voter, once per stop; answers whether a
+    /// hand-off is still worth waiting for.
+    fn handle(&mut self, _: TransferLeadership, ctx: &mut Self::Context) -> bool {
+        if !self.is_leader() {
+            return false;
+        }
+        match self.placement.shutdown_handoff(Instant::now()) {
+            ShutdownHandoff::Waiting => return true,
+            ShutdownHandoff::GaveUp => return false,
+            ShutdownHandoff::Begin => {}
+        }
+        self.lease.suspend();
+        let followers: Vec<FollowerProgress> = self
+            .node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter_map(|id| self.follower_progress(id))
+            .collect();
+        let Some(to) = best_transferee(self.host, followers) else {
+            return false;
+        };
+        info!(
+            shard = self.shard,
+            to, "transferring leadership before shutdown"
+        );
+        self.node.transfer_leader(to);
+        self.schedule_drive(ctx);
+        true
+    }
+}
+
+impl ReplicaActor {
+    /// Hands leadership back to the preferred host once it is back and caught up. A leader
+    /// that hands over stops serving lease reads at once: the transferee campaigns without
+    /// waiting for the other followers' leases to run out.
+    pub(super) fn balance_leadership(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let preferred = self.follower_progress(self.placement.preferred());
+        let Some(to) = self.placement.hand_back(
+            Instant::now(),
+            self.node.raft.lead_transferee.is_some(),
+            preferred,
+            self.node.raft.raft_log.last_index(),
+        ) else {
+            return;
+        };
+        self.lease.suspend();
+        info!(
+            shard = self.shard,
+            to, "handing leadership to the shard's preferred host"
+        );
+        self.node.transfer_leader(to);
+    }
+
+    /// `host`'s replication progress as this leader tracks it.
+    fn follower_progress(&self, host: HostId) -> Option<FollowerProgress> {
+        self.node.raft.prs().get(host).map(|pr| FollowerProgress {
+            host,
+            recent_active: pr.recent_active,
+            matched: pr.matched,
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! ReplicaActor: one shard's Raft replica on this host, driving a raft-rs `RawNode`.
+//!
+//! It ticks on a timer, steps inbound messages, turns client writes into proposals and
+//! linearizable reads into ReadIndex rounds, and handles `Ready` in the order the protocol's
+//! safety rules demand ([`ready`]). The state machine lives in the shard's ShardActor:
+//! committed entries go there, so consensus and apply overlap.
+//!
+//! The actor is a struct of typed parts, each a plain type with its own tests:
+//! [`reads::ReadQueue`] (ReadIndex rounds), [`lease::Lease`] (lease reads),
+//! [`persist::PersistPipeline`] (Ready batches on their way to disk),
+//! [`placement::LeaderPlacement`] (hand-back and shutdown hand-off),
+//! [`snapshots::SnapshotFiles`] (snapshot files in and out) and
+//! [`votes::StartupVoteRefusal`]. Message handlers are in [`handlers`], client requests in
+//! [`requests`].
+
+mod handlers;
+pub mod lease;
+pub mod persist;
+pub mod placement;
+pub mod reads;
+mod ready;
+mod requests;
+pub mod snapshots;
+pub mod votes;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use raft::{RawNode, StateRole};
+use shardkv_transport::wire::Response;
+use shardkv_transport::{HostId, ShardId};
+use tracing::{debug, error};
+
+use crate::messages::{
+    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, ReadAt, SendRaft,
+    SnapshotReport,
+};
+use crate::raft_storage::LmdbRaftStorage;
+use lease::{lease_for, Lease};
+use persist::PersistPipeline;
+pub(crate) use persist::PERSISTS_IN_FLIGHT_MAX;
+use placement::LeaderPlacement;
+use reads::ReadQueue;
+use snapshots::SnapshotFiles;
+use votes::StartupVoteRefusal;
+
+/// Timing and limits of one replica.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    pub tick: Duration,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    pub value_bytes_max: usize,
+    /// How long a request may wait for commit/apply before the client is told to retry.
+    pub request_timeout: Duration,
+    /// The host that should lead this shard when healthy (None: whoever wins elections).
+    pub preferred_leader: Option<HostId>,
+}
+
+impl ReplicaSettings {
+    /// The base election timeout in real time.
+    fn election_timeout(&self) -> Duration {
+        self.tick * u32::try_from(self.election_ticks).unwrap_or(u32::MAX)
+    }
+}
+
+/// Where a replica sends things; handed over by the daemon.
+pub struct ReplicaLinks {
+    pub storage: Recipient<Persist>,
+    pub apply: Recipient<ApplyEntries>,
+    pub await_apply: Recipient<AwaitApply>,
+    pub read_at: Recipient<ReadAt>,
+    pub fail_waiters: Recipient<FailWaiters>,
+    pub install: Recipient<InstallSnapshot>,
+    /// One per other host that holds a replica of this shard.
+    pub peers: HashMap<HostId, Recipient<SendRaft>>,
+}
+
+/// The actor; see the module docs.
+pub struct ReplicaActor {
+    shard: ShardId,
+    host: HostId,
+    node: RawNode<LmdbRaftStorage>,
+    links: ReplicaLinks,
+    settings: ReplicaSettings,
+    reads: ReadQueue,
+    lease: Lease,
+    persist: PersistPipeline,
+    placement: LeaderPlacement,
+    snapshots: SnapshotFiles,
+    votes: StartupVoteRefusal,
+    /// The leader and role as of the last Ready (to log changes and fail what only a leader
+    /// could finish).
+    leader: u64,
+    role: StateRole,
+    /// A drive is queued behind the messages already in the mailbox.
+    drive_scheduled: bool,
+    /// This actor, for snapshot reports from the PeerActors.
+    me: Option<Recipient<SnapshotReport>>,
+}
+
+impl ReplicaActor {
+    /// Builds the replica over its storage. `applied` is the durable apply index, so raft-rs
+    /// hands over only entries the state machine has not applied yet.
+    pub fn new(
+        shard: ShardId,
+        host: HostId,
+        storage: LmdbRaftStorage,
+        applied: u64,
+        settings: ReplicaSettings,
+        links: ReplicaLinks,
+        logger: &slog::Logger,
+    ) -> Result<Self, crate::error::ActorError> {
+        // Applied never exceeds the stored commit (raft-rs refuses to start otherwise); if a
+        // crash left it so, re-deliver from the commit: the ShardActor skips what it applied.
+        let stored_hs = storage.hard_state()?;
+        let applied = applied.min(stored_hs.commit);
+        let cfg = raft::Config {
+            id: host,
+            election_tick: settings.election_ticks,
+            heartbeat_tick: settings.heartbeat_ticks,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        cfg.validate()
+            .map_err(|e| crate::error::ActorError::Raft(e.to_string()))?;
+        let logger = logger.new(slog::o!("shard" => shard, "host" => host));
+        let node = RawNode::new(&cfg, storage, &logger)
+            .map_err(|e| crate::error::ActorError::Raft(e.to_string()))?;
+        let now = Instant::now();
+        let election_timeout = settings.election_timeout();
+        Ok(ReplicaActor {
+            shard,
+            host,
+            node,
+            links,
+            reads: ReadQueue::default(),
+            lease: Lease::new(lease_for(settings.tick, settings.election_ticks)),
+            persist: PersistPipeline::new(stored_hs),
+            placement: LeaderPlacement::new(host, settings.preferred_leader, election_timeout, now),
+            snapshots: SnapshotFiles::default(),
+            votes: StartupVoteRefusal::until(now + election_timeout),
+            settings,
+            leader: 0,
+            role: StateRole::Follower,
+            drive_scheduled: false,
+            me: None,
+        })
+    }
+
+    fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    fn not_leader(&self) -> Response {
+        let leader = self.node.raft.leader_id;
+        Response::NotLeader {
+            shard: self.shard,
+            leader: (leader != 0 && leader != self.host).then_some(leader),
+        }
+    }
+
+    /// The one way a replica ends on a fatal error (its storage or state machine failed, or
+    /// what it was about to write cannot be encoded): log why, and stop the actor.
+    fn stop_fatally(&self, ctx: &mut Context<Self>, what: &str, error: &dyn std::fmt::Display) {
+        error!(shard = self.shard, host = self.host, error = %error, "{what}; stopping replica");
+        ctx.stop();
+    }
+}
+
+impl Actor for ReplicaActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
+        self.me = Some(ctx.address().recipient());
+        // Ticks never catch up: after a stall (SIGSTOP, a long fsync, an overloaded host)
+        // one tick fires, then the schedule restarts from now. A burst of missed ticks would
+        // make this replica's election timer run faster than real time, so it could vote for
+        // a new leader while the old one still holds a lease it was granted in real time.
+        let mut interval = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.settings.tick,
+            self.settings.tick,
+        );
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ctx.add_stream(futures::stream::unfold(
+            interval,
+            |mut interval| async move {
+                interval.tick().await;
+                Some((Tick, interval))
+            },
+        ));
+        // A single-replica group elects itself at once instead of waiting a timeout.
+        if self.node.raft.prs().conf().voters().ids().len() == 1 {
+            let _ = self.node.campaign();
+        }
+        self.schedule_drive(ctx);
+        debug!(shard = self.shard, host = self.host, "replica started");
+    }
+}
+
+/// Internal: one Raft tick is due.
+struct Tick;
+
+impl StreamHandler<Tick> for ReplicaActor {
+    fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
+        self.node.tick();
+        self.reads.expire(Instant::now());
+        self.balance_leadership();
+        self.schedule_drive(ctx);
+    }
+}

@@ -1,0 +1,151 @@
+//! Client requests at the replica: reads by their consistency, writes as proposals.
+//!
+//! A stale read is served from whatever is applied; a lease read from the leader's state while
+//! its lease holds; any other linearizable read joins the next ReadIndex round. A write becomes
+//! a [`Command`] in the log and its reply waits in the ShardActor until it is applied.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use shardkv_transport::wire::{check_limits, Op, ReadConsistency, Request, Response};
+use tokio::sync::oneshot;
+
+use super::reads::PendingRead;
+use super::ReplicaActor;
+use crate::messages::{Action, AwaitApply, ClientRequest, Command, ReadAt};
+use crate::metrics::{metrics, ShardLabels};
+
+impl Handler<ClientRequest> for ReplicaActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: ClientRequest, ctx: &mut Self::Context) -> Self::Result {
+        let rx = self.handle_request(msg.0, ctx);
+        let timeout = self.settings.request_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(_)) => Response::Unavailable("request dropped by the replica; retry".into()),
+                Err(_) => Response::Unavailable(format!("not committed within {timeout:?}; retry")),
+            }
+        })
+    }
+}
+
+impl ReplicaActor {
+    fn handle_request(
+        &mut self,
+        req: Request,
+        ctx: &mut Context<Self>,
+    ) -> oneshot::Receiver<Response> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(resp) = check_limits(&req.op, self.settings.value_bytes_max) {
+            let _ = tx.send(resp);
+            return rx;
+        }
+        match req.op {
+            Op::Get { key, consistency } => self.read(key, consistency, tx, ctx),
+            Op::Put { key, value } => {
+                self.propose(req.client_id, req.seq, Action::Put { key, value }, tx, ctx)
+            }
+            Op::Delete { key } => {
+                self.propose(req.client_id, req.seq, Action::Delete { key }, tx, ctx)
+            }
+            Op::Status | Op::Fault(_) => {
+                let _ = tx.send(Response::Invalid(
+                    "administrative requests go to the router".into(),
+                ));
+            }
+            Op::Cas { key, expected, new } => {
+                let action = Action::Cas { key, expected, new };
+                self.propose(req.client_id, req.seq, action, tx, ctx)
+            }
+        }
+        rx
+    }
+
+    fn read(
+        &mut self,
+        key: Vec<u8>,
+        consistency: ReadConsistency,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        if consistency == ReadConsistency::Stale {
+            self.links.read_at.do_send(ReadAt {
+                index: 0,
+                key,
+                reply,
+            });
+            return;
+        }
+        if !self.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return;
+        }
+        let now = Instant::now();
+        if consistency == ReadConsistency::Lease
+            && self.node.raft.commit_to_current_term()
+            && self.lease.valid(now)
+        {
+            // Everything acknowledged so far is committed at or below this index.
+            let index = self.node.raft.raft_log.committed;
+            self.links.read_at.do_send(ReadAt { index, key, reply });
+            return;
+        }
+        // Joins the next ReadIndex round (asked when the mailbox has drained).
+        self.reads.push(PendingRead {
+            issued: now,
+            key,
+            reply,
+            deadline: now + self.settings.request_timeout,
+        });
+        self.schedule_drive(ctx);
+    }
+
+    fn propose(
+        &mut self,
+        client_id: u64,
+        seq: u64,
+        action: Action,
+        reply: oneshot::Sender<Response>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !self.is_leader() {
+            let _ = reply.send(self.not_leader());
+            return;
+        }
+        let time_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let cmd = Command {
+            client_id,
+            seq,
+            time_ms,
+            action,
+        };
+        let data = match postcard::to_allocvec(&cmd) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Response::Internal(format!("cannot encode command: {e}")));
+                return;
+            }
+        };
+        if let Err(e) = self.node.propose(vec![], data) {
+            let _ = reply.send(Response::Unavailable(format!(
+                "proposal dropped: {e}; retry"
+            )));
+            return;
+        }
+        let index = self.node.raft.raft_log.last_index();
+        let term = self.node.raft.term;
+        metrics()
+            .raft_proposals
+            .get_or_create(&ShardLabels { shard: self.shard })
+            .inc();
+        self.links
+            .await_apply
+            .do_send(AwaitApply { index, term, reply });
+        self.schedule_drive(ctx);
+    }
+}
