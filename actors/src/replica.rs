@@ -22,6 +22,7 @@ use crate::messages::{
     TransferLeadership, WriteBatch,
 };
 use crate::raft_storage::LmdbRaftStorage;
+use crate::schema::raft_records;
 
 /// Timing and limits of one replica.
 #[derive(Debug, Clone)]
@@ -285,7 +286,7 @@ impl ReplicaActor {
             return;
         };
         let mut raft_ops = Vec::new();
-        match LmdbRaftStorage::conf_state_op(self.shard, meta.get_conf_state()) {
+        match raft_records::conf_state_op(self.shard, meta.get_conf_state()) {
             Ok(op) => raft_ops.push(op),
             Err(e) => {
                 error!(shard = self.shard, error = %e, "cannot encode conf state; stopping replica");
@@ -295,7 +296,7 @@ impl ReplicaActor {
         }
         let hs_done = ready.hs().is_some();
         if let Some(hs) = ready.hs() {
-            match LmdbRaftStorage::hard_state_op(self.shard, hs) {
+            match raft_records::hard_state_op(self.shard, hs) {
                 Ok(op) => raft_ops.push(op),
                 Err(e) => {
                     error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
@@ -381,7 +382,7 @@ impl ReplicaActor {
         //    write instead of costing an fsync on every write's path.
         let entries = ready.take_entries();
         let mut batch = WriteBatch::default();
-        if let Err(e) = LmdbRaftStorage::append_ops(self.shard, &entries, &mut batch.ops) {
+        if let Err(e) = raft_records::append_ops(self.shard, &entries, &mut batch.ops) {
             error!(shard = self.shard, error = %e, "cannot encode entries; stopping replica");
             ctx.stop();
             return;
@@ -396,7 +397,7 @@ impl ReplicaActor {
             let hs = &hs;
             let term_or_vote = hs.term != self.stored_hs.term || hs.vote != self.stored_hs.vote;
             if term_or_vote || (!batch.ops.is_empty() && *hs != self.stored_hs) {
-                match LmdbRaftStorage::hard_state_op(self.shard, hs) {
+                match raft_records::hard_state_op(self.shard, hs) {
                     Ok(op) => batch.ops.push(op),
                     Err(e) => {
                         error!(shard = self.shard, error = %e, "cannot encode hard state; stopping replica");
@@ -500,8 +501,8 @@ impl ReplicaActor {
                     let is_snapshot = m.get_msg_type() == raft::eraftpb::MessageType::MsgSnapshot;
                     if is_snapshot {
                         let meta = m.get_snapshot().get_metadata();
-                        let path = self.node.store().snapshot_path(meta.index, meta.term);
-                        self.node.store().claim_snapshot(&path);
+                        let path = self.node.store().snapshots().path(meta.index, meta.term);
+                        self.node.store().snapshots().claim(&path);
                         self.snapshots_out.insert(m.to, path);
                     }
                     let report = is_snapshot.then(|| self.me.clone()).flatten();
@@ -816,7 +817,7 @@ impl Handler<SnapshotReport> for ReplicaActor {
         self.snapshots_out.remove(&msg.to);
         let in_use: Vec<&std::path::Path> =
             self.snapshots_out.values().map(|p| p.as_path()).collect();
-        self.node.store().retire_snapshots(&in_use);
+        self.node.store().snapshots().retire(&in_use);
         self.schedule_drive(ctx);
     }
 }
