@@ -12,8 +12,9 @@ use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::{LocalReplica, RouterActor, TransferAll};
-use shardkv_actors::schema::Schema;
+use shardkv_actors::schema::{raft_records, Schema};
 use shardkv_actors::shard::{Compaction, ShardActor};
+use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
@@ -96,13 +97,15 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     };
     let logger = shardkv_actors::logger::raft_logger();
     let placement: HashMap<_, _> = cfg.placement().into_iter().collect();
+    // One host-wide bound on concurrent snapshot builds, shared by its replicas.
+    let build_slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
     let mut local = HashMap::new();
     for (shard, hosts) in cfg.placement() {
         if !hosts.contains(&host) {
             continue;
         }
-        LmdbRaftStorage::bootstrap(&schema, shard, &hosts)?;
-        let applied = LmdbRaftStorage::applied_index(&schema, shard)?;
+        raft_records::bootstrap(&schema, shard, &hosts)?;
+        let applied = raft_records::applied_index(&schema, shard)?;
         let compaction = Compaction {
             after: cfg.raft.snapshot_after,
             // Keep a tail of the log so a follower a little behind catches up by entries.
@@ -135,7 +138,12 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         let replica = ReplicaActor::new(
             shard,
             host,
-            LmdbRaftStorage::new(schema.clone(), shard, snap_dir.clone()),
+            LmdbRaftStorage::new(
+                schema.clone(),
+                shard,
+                snap_dir.clone(),
+                Arc::clone(&build_slots),
+            ),
             applied,
             ReplicaSettings {
                 // The first host of the placement leads when healthy: placement rotates

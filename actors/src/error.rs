@@ -29,3 +29,13 @@ impl From<heed::Error> for ActorError {
         ActorError::Storage(e.to_string())
     }
 }
+
+/// The one way a failure inside the host's storage reaches raft-rs (from the `raft::Storage`
+/// impl and the snapshot builder): as its storage error `Other`, carrying ours, so the cause
+/// shows in raft-rs's report. Conditions raft-rs acts on (compacted, unavailable, snapshot
+/// not ready) are never errors of ours and are built as raft-rs's own variants.
+impl From<ActorError> for raft::Error {
+    fn from(e: ActorError) -> Self {
+        raft::Error::Store(raft::StorageError::Other(Box::new(e)))
+    }
+}

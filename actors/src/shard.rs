@@ -26,10 +26,9 @@ use crate::messages::{
     Action, ApplyEntries, AwaitApply, Command, FailWaiters, InstallSnapshot, Persist, PersistLazy,
     ReadAt, WriteBatch, WriteOp,
 };
-use crate::raft_storage::LmdbRaftStorage;
-use crate::schema::{
-    decode_u64, kv_key, log_key, session_key, state_key, Schema, TableId, TAG_APPLIED,
-};
+use crate::schema::raft_records;
+use crate::schema::session_record::{decode_session, encode_session};
+use crate::schema::{kv_key, log_key, session_key, Schema, TableId};
 
 /// A read waiting for its index: the key and where the answer goes.
 type WaitingRead = (Vec<u8>, oneshot::Sender<Response>);
@@ -42,19 +41,6 @@ type SessionState = (u64, u64, Option<Response>);
 pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 /// Sessions are swept at every log index divisible by this.
 const SESSION_SWEEP_EVERY: u64 = 4096;
-
-fn decode_session(v: &[u8]) -> Result<SessionState, ActorError> {
-    if v.len() < 16 {
-        return Err(ActorError::Corrupt {
-            what: "client session".into(),
-            detail: format!("{} bytes", v.len()),
-        });
-    }
-    let seq = decode_u64("session seq", &v[..8])?;
-    let last_ms = decode_u64("session time", &v[8..16])?;
-    let reply = postcard::from_bytes(&v[16..]).ok();
-    Ok((seq, last_ms, reply))
-}
 
 /// The outcome of one applied entry: (index, term, reply).
 type Applied = (u64, u64, Response);
@@ -104,7 +90,7 @@ impl ShardActor {
         applied: u64,
         compaction: Option<Compaction>,
     ) -> Result<Self, ActorError> {
-        let (compacted, _) = LmdbRaftStorage::truncated_state(&schema, shard)?;
+        let (compacted, _) = raft_records::truncated_state(&schema, shard)?;
         Ok(ShardActor {
             durable_applied: applied,
             compacted,
@@ -132,11 +118,9 @@ impl ShardActor {
         }
         // Never past the stored commit index: on restart raft-rs requires the log's start to
         // be at or below it (a commit-only change of the hard state is stored lazily).
-        let stored_commit =
-            LmdbRaftStorage::new(self.schema.clone(), self.shard, Default::default())
-                .hard_state()
-                .map(|hs| hs.commit)
-                .unwrap_or(0);
+        let stored_commit = raft_records::hard_state(&self.schema, self.shard)
+            .map(|hs| hs.commit)
+            .unwrap_or(0);
         let upto = self
             .durable_applied
             .saturating_sub(c.keep)
@@ -144,7 +128,7 @@ impl ShardActor {
         if upto < self.compacted + c.after {
             return;
         }
-        let term = match LmdbRaftStorage::durable_term(&self.schema, self.shard, upto) {
+        let term = match raft_records::durable_term(&self.schema, self.shard, upto) {
             Ok(Some(t)) => t,
             Ok(None) => return,
             Err(e) => {
@@ -158,7 +142,7 @@ impl ShardActor {
                 log_key(self.shard, 0).to_vec(),
                 log_key(self.shard, upto + 1).to_vec(),
             ),
-            LmdbRaftStorage::truncated_op(self.shard, upto, term),
+            raft_records::truncated_op(self.shard, upto, term),
         ];
         debug!(shard = self.shard, upto, "compacting the Raft log");
         self.compacted = upto;
@@ -197,7 +181,7 @@ impl ShardActor {
             .sessions
             .get(&rtxn, &session_key(self.shard, client_id))?
         {
-            Some(v) => decode_session(v),
+            Some(v) => decode_session(v).map(|s| (s.seq, s.last_ms, s.reply)),
             None => Ok((0, 0, None)),
         }
     }
@@ -227,7 +211,7 @@ impl ShardActor {
             let client = u64::from_be_bytes(client);
             if !planned.contains_key(&client) && !self.session_overlay.contains_key(&client) {
                 // Only on disk: its record decides (and is decoded only here).
-                if decode_session(v)?.1.saturating_add(SESSION_TTL_MS) < now_ms {
+                if decode_session(v)?.last_ms.saturating_add(SESSION_TTL_MS) < now_ms {
                     clients.push(client);
                 }
             }
@@ -360,28 +344,17 @@ impl ShardActor {
                 }
             };
             if cmd.seq != 0 {
-                let mut record = cmd.seq.to_be_bytes().to_vec();
-                record.extend_from_slice(&cmd.time_ms.to_be_bytes());
-                let reply = postcard::to_allocvec(&resp).map_err(|err| ActorError::Corrupt {
-                    what: "session reply".into(),
-                    detail: err.to_string(),
-                })?;
-                record.extend_from_slice(&reply);
                 batch.ops.push(WriteOp::Put(
                     TableId::Sessions,
                     session_key(self.shard, cmd.client_id).to_vec(),
-                    record,
+                    encode_session(cmd.seq, cmd.time_ms, &resp)?,
                 ));
                 sessions.insert(cmd.client_id, (cmd.seq, cmd.time_ms, Some(resp.clone())));
             }
             results.push((e.index, e.term, resp));
         }
         if last > self.applied {
-            batch.ops.push(WriteOp::Put(
-                TableId::RaftState,
-                state_key(self.shard, TAG_APPLIED).to_vec(),
-                last.to_be_bytes().to_vec(),
-            ));
+            batch.ops.push(raft_records::applied_op(self.shard, last));
         }
         Ok(Plan {
             batch,
@@ -523,12 +496,8 @@ impl Handler<InstallSnapshot> for ShardActor {
                 log_key(shard, u64::MAX).to_vec(),
             ),
             WriteOp::LoadSnapshot(shard, path.clone()),
-            WriteOp::Put(
-                TableId::RaftState,
-                state_key(shard, TAG_APPLIED).to_vec(),
-                index.to_be_bytes().to_vec(),
-            ),
-            LmdbRaftStorage::truncated_op(shard, index, term),
+            raft_records::applied_op(shard, index),
+            raft_records::truncated_op(shard, index, term),
         ];
         ops.extend(raft_ops);
         let storage = self.storage.clone();

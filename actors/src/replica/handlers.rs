@@ -66,7 +66,7 @@ impl Handler<SnapshotReport> for ReplicaActor {
         };
         self.node.report_snapshot(msg.to, status);
         let in_use = self.snapshots.delivered(msg.to);
-        self.node.store().retire_snapshots(&in_use);
+        self.node.store().snapshots().retire(&in_use);
         self.schedule_drive(ctx);
     }
 }

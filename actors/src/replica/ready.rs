@@ -16,7 +16,7 @@ use crate::messages::{
     ApplyEntries, FailWaiters, InstallSnapshot, Persist, ReadAt, SendRaft, WriteBatch,
 };
 use crate::metrics::{metrics, ShardLabels};
-use crate::raft_storage::LmdbRaftStorage;
+use crate::schema::raft_records;
 
 /// Internal: handle Ready now.
 #[derive(Message)]
@@ -77,13 +77,13 @@ impl ReplicaActor {
             return self.stop_fatally(ctx, "snapshot data missing", &missing);
         };
         let mut raft_ops = Vec::new();
-        match LmdbRaftStorage::conf_state_op(self.shard, meta.get_conf_state()) {
+        match raft_records::conf_state_op(self.shard, meta.get_conf_state()) {
             Ok(op) => raft_ops.push(op),
             Err(e) => return self.stop_fatally(ctx, "cannot encode conf state", &e),
         }
         let hs_stored = ready.hs().is_some();
         if let Some(hs) = ready.hs() {
-            match LmdbRaftStorage::hard_state_op(self.shard, hs) {
+            match raft_records::hard_state_op(self.shard, hs) {
                 Ok(op) => raft_ops.push(op),
                 Err(e) => return self.stop_fatally(ctx, "cannot encode hard state", &e),
             }
@@ -140,7 +140,7 @@ impl ReplicaActor {
         //    rides along with the next entries (see `PersistPipeline::take_hard_state`).
         let entries = ready.take_entries();
         let mut batch = WriteBatch::default();
-        if let Err(e) = LmdbRaftStorage::append_ops(self.shard, &entries, &mut batch.ops) {
+        if let Err(e) = raft_records::append_ops(self.shard, &entries, &mut batch.ops) {
             return self.stop_fatally(ctx, "cannot encode entries", &e);
         }
         if !hs_stored {
@@ -151,7 +151,7 @@ impl ReplicaActor {
                 .cloned()
                 .unwrap_or_else(|| self.node.raft.hard_state());
             if let Some(hs) = self.persist.take_hard_state(hs, !batch.ops.is_empty()) {
-                match LmdbRaftStorage::hard_state_op(self.shard, &hs) {
+                match raft_records::hard_state_op(self.shard, &hs) {
                     Ok(op) => batch.ops.push(op),
                     Err(e) => return self.stop_fatally(ctx, "cannot encode hard state", &e),
                 }
@@ -245,8 +245,8 @@ impl ReplicaActor {
             if is_snapshot {
                 // The file stays until the follower reports (see `SnapshotReport`).
                 let meta = m.get_snapshot().get_metadata();
-                let path = self.node.store().snapshot_path(meta.index, meta.term);
-                self.node.store().claim_snapshot(&path);
+                let path = self.node.store().snapshots().path(meta.index, meta.term);
+                self.node.store().snapshots().claim(&path);
                 self.snapshots.sending(m.to, path);
             }
             let report = is_snapshot.then(|| self.me.clone()).flatten();

@@ -10,6 +10,9 @@
 //! Who deletes what: a leader's files (`shard-*.snap`) are removed by
 //! [`remove_unused`] once no follower is being sent them; a follower's arrivals
 //! (`recv-*.snap`) once installed or refused; leftovers of a crash by [`clean_at_start`].
+//!
+//! When a leader builds its files, and how many builds run at once, is [`ShardSnapshots`]'s
+//! and [`BuildSlots`]'s business (in `build.rs`).
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +22,12 @@ use serde::{Deserialize, Serialize};
 use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
+use crate::schema::session_record::SESSION_RECORD_BYTES_MIN;
 use crate::schema::{kv_key, session_key, Schema};
+
+mod build;
+
+pub use build::{BuildSlots, ShardSnapshots, SNAPSHOT_BUILDS_MAX};
 
 /// What a snapshot is of; also the `data` raft-rs carries in `MsgSnapshot`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,7 +168,7 @@ pub fn verify(path: &Path) -> Result<SnapMeta, ActorError> {
         Record::Kv { key, .. } if key.is_empty() || key.len() > max => {
             Err(io(path, format!("a key of {} bytes", key.len())))
         }
-        Record::Session { record, .. } if record.len() < 16 => Err(io(
+        Record::Session { record, .. } if record.len() < SESSION_RECORD_BYTES_MIN => Err(io(
             path,
             format!("a session record of {} bytes", record.len()),
         )),

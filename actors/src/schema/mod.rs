@@ -6,8 +6,12 @@
 //! - `raft_state`: (shard, tag u8)               -> hard state / conf state / applied index /
 //!   truncated (index, term)
 //! - `kv`:         (shard, user key)             -> value
-//! - `sessions`:   (shard, client id u64 BE)     -> last applied seq (u64 BE)
+//! - `sessions`:   (shard, client id u64 BE)     -> last applied seq (u64 BE), log time of that
+//!   write in ms (u64 BE), then its reply (postcard); see [`session_record`]
 //! - `meta`:       b"cluster" / b"host"          -> which cluster and host own this directory
+//!
+//! The layouts of the values live beside the keys: [`raft_records`] encodes and decodes the
+//! `raft_log` and `raft_state` rows, [`session_record`] the `sessions` rows.
 
 use std::path::Path;
 
@@ -16,6 +20,9 @@ use heed::{Database, Env, EnvOpenOptions};
 use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
+
+pub mod raft_records;
+pub mod session_record;
 
 /// A byte-keyed, byte-valued LMDB table.
 pub type Table = Database<Bytes, Bytes>;
