@@ -19,6 +19,12 @@ pub enum ActorError {
     /// The storage actor stopped; the host cannot persist anything more.
     #[error("storage actor is gone")]
     StorageGone,
+    /// An earlier commit failed, so this host's writer takes no more work: nothing after a
+    /// failed batch may be reported durable. The host stops; a restart recovers from disk.
+    #[error(
+        "an earlier LMDB commit failed ({0}); this host persists nothing more until restarted"
+    )]
+    StorageFailed(String),
     /// raft-rs refused to start a replica.
     #[error("raft: {0}")]
     Raft(String),
