@@ -17,11 +17,11 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::messages::{
-    Action, ApplyEntries, AwaitApply, ClientRequest, Command, FailWaiters, GetStatus,
-    InstallSnapshot, Persist, ReadAt, SendRaft, SnapshotReport, StepRaft, StepSnapshot,
-    TransferLeadership, WriteBatch,
+    ApplyEntries, AwaitApply, ClientRequest, FailWaiters, GetStatus, InstallSnapshot, Persist,
+    ReadAt, SendRaft, SnapshotReport, StepRaft, StepSnapshot, TransferLeadership, WriteBatch,
 };
 use crate::raft_storage::LmdbRaftStorage;
+use crate::shard::{Action, Command};
 
 /// Timing and limits of one replica.
 #[derive(Debug, Clone)]
