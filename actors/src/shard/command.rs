@@ -23,14 +23,21 @@ pub struct Command {
     pub action: Action,
 }
 
-/// What a command does to the shard's data.
+/// What a command does to the shard's data. It is the log's format, apart from the wire's
+/// request type: entries a previous version wrote must still apply after an upgrade.
+/// - `Put`: overwrite (or create) the row of `key`.
+/// - `Delete`: drop the row of `key`; an absent key is not an error.
+/// - `Cas`: replace the row of `key` by `new` (`None`: drop it) if and only if it holds
+///   `expected` (`None`: no row) when the entry is applied.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
-    /// Set `key` to `value`.
-    Put { key: Vec<u8>, value: Vec<u8> },
-    /// Remove `key` (a no-op if absent; still answered `Ok`).
-    Delete { key: Vec<u8> },
-    /// Set `key` to `new` (`None`: remove it) only if its value is `expected` (`None`: absent).
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     Cas {
         key: Vec<u8>,
         expected: Option<Vec<u8>>,

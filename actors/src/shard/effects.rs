@@ -143,6 +143,7 @@ impl Effects {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::sessions::session;
     use crate::shard::view::MemoryView;
 
     #[test]
@@ -162,11 +163,7 @@ mod tests {
     #[test]
     fn a_forgotten_session_hides_the_stored_one() {
         let mut view = MemoryView::default();
-        let stored = Session {
-            seq: 1,
-            last_ms: 0,
-            reply: None,
-        };
+        let stored = session(1, 0, None);
         view.sessions.insert(9, stored.clone());
         let mut effects = Effects::new(1);
         assert_eq!(effects.session(&view, 9).unwrap(), Some(stored));
@@ -183,14 +180,9 @@ mod tests {
             &effects.batch.ops[..],
             [WriteOp::Put(TableId::Sessions, k, _)] if k[..] == session_key(2, 5)
         ));
-        let recorded = Session {
-            seq: 4,
-            last_ms: 77,
-            reply: Some(Response::Ok),
-        };
         assert_eq!(
             effects.session(&MemoryView::default(), 5).unwrap(),
-            Some(recorded)
+            Some(session(4, 77, Some(Response::Ok)))
         );
     }
 }

@@ -76,6 +76,7 @@ impl Overlay {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::sessions::session;
 
     fn values(pairs: &[(&str, Option<&str>)]) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
         pairs
@@ -107,11 +108,7 @@ mod tests {
     #[test]
     fn sessions_settle_like_values() {
         let mut overlay = Overlay::default();
-        let session = Session {
-            seq: 1,
-            last_ms: 5,
-            reply: None,
-        };
+        let session = session(1, 5, None);
         overlay.add(
             1,
             HashMap::new(),

@@ -123,18 +123,20 @@ pub fn expire_idle(
     Ok(idle.len())
 }
 
+/// A session, tersely, for tests.
+#[cfg(test)]
+pub fn session(seq: u64, last_ms: u64, reply: Option<Response>) -> Session {
+    Session {
+        seq,
+        last_ms,
+        reply,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::shard::view::MemoryView;
-
-    fn session(seq: u64, last_ms: u64, reply: Option<Response>) -> Session {
-        Session {
-            seq,
-            last_ms,
-            reply,
-        }
-    }
 
     #[test]
     fn a_session_record_round_trips() {

@@ -89,7 +89,7 @@ mod tests {
     use super::*;
     use crate::messages::{WriteBatch, WriteOp};
     use crate::schema::TableId;
-    use crate::shard::sessions::encode_session;
+    use crate::shard::sessions::{encode_session, session};
     use crate::storage::commit;
     use shardkv_transport::wire::Response;
 
@@ -108,11 +108,7 @@ mod tests {
         ];
         commit(&schema, vec![WriteBatch { ops }]).unwrap();
         let mut overlay = Overlay::default();
-        let newer = Session {
-            seq: 2,
-            last_ms: 66,
-            reply: None,
-        };
+        let newer = session(2, 66, None);
         overlay.add(
             1,
             HashMap::from([(b"b".to_vec(), None)]),

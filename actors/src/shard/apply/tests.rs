@@ -3,7 +3,7 @@
 use super::*;
 use crate::messages::WriteOp;
 use crate::schema::{kv_key, state_key, TableId, TAG_APPLIED};
-use crate::shard::sessions::{Session, SESSION_TTL_MS};
+use crate::shard::sessions::{session, SESSION_TTL_MS};
 use crate::shard::view::MemoryView;
 
 const SHARD: ShardId = 1;
@@ -23,11 +23,28 @@ fn entry(index: u64, client_id: u64, seq: u64, time_ms: u64, action: Action) -> 
     }
 }
 
+/// A put of `key` (value "v") at log time 0.
+fn put_at(index: u64, client_id: u64, seq: u64, key: &[u8]) -> Entry {
+    entry(index, client_id, seq, 0, put_action(key, b"v"))
+}
+
 fn put_action(key: &[u8], value: &[u8]) -> Action {
     Action::Put {
         key: key.to_vec(),
         value: value.to_vec(),
     }
+}
+
+/// Compare-and-swap of key `k`, as the tests write it.
+fn cas_k(
+    expected: Option<&str>,
+    new: Option<&str>,
+    view: &MemoryView,
+    effects: &mut Effects,
+) -> Response {
+    let bytes = |v: Option<&str>| v.map(|v| v.as_bytes().to_vec());
+    let (expected, new) = (bytes(expected), bytes(new));
+    cas(b"k".to_vec(), expected, new, view, effects).unwrap()
 }
 
 fn responses(plan: &Plan) -> Vec<Response> {
@@ -79,14 +96,7 @@ fn cas_swaps_only_when_the_current_value_is_the_expected_one() {
     view.values.insert(b"k".to_vec(), b"old".to_vec());
     let mut effects = Effects::new(SHARD);
 
-    let failed = cas(
-        b"k".to_vec(),
-        None,
-        Some(b"x".to_vec()),
-        &view,
-        &mut effects,
-    )
-    .unwrap();
+    let failed = cas_k(None, Some("x"), &view, &mut effects);
     assert_eq!(
         failed,
         Response::CasFailed {
@@ -95,14 +105,7 @@ fn cas_swaps_only_when_the_current_value_is_the_expected_one() {
     );
     assert!(effects.batch.ops.is_empty(), "a failed cas writes nothing");
 
-    let ok = cas(
-        b"k".to_vec(),
-        Some(b"old".to_vec()),
-        Some(b"new".to_vec()),
-        &view,
-        &mut effects,
-    )
-    .unwrap();
+    let ok = cas_k(Some("old"), Some("new"), &view, &mut effects);
     assert_eq!(ok, Response::CasOk);
     assert_eq!(effects.value(&view, b"k").unwrap(), Some(b"new".to_vec()));
 }
@@ -111,23 +114,9 @@ fn cas_swaps_only_when_the_current_value_is_the_expected_one() {
 fn cas_to_none_deletes_and_cas_from_none_creates() {
     let view = MemoryView::default();
     let mut effects = Effects::new(SHARD);
-    let created = cas(
-        b"k".to_vec(),
-        None,
-        Some(b"v".to_vec()),
-        &view,
-        &mut effects,
-    )
-    .unwrap();
+    let created = cas_k(None, Some("v"), &view, &mut effects);
     assert_eq!(created, Response::CasOk);
-    let deleted = cas(
-        b"k".to_vec(),
-        Some(b"v".to_vec()),
-        None,
-        &view,
-        &mut effects,
-    )
-    .unwrap();
+    let deleted = cas_k(Some("v"), None, &view, &mut effects);
     assert_eq!(deleted, Response::CasOk);
     assert_eq!(effects.value(&view, b"k").unwrap(), None);
 }
@@ -162,18 +151,11 @@ fn a_retried_write_is_applied_once_and_answered_its_first_reply() {
     // The retry in the same batch, and a retry of a write the view already holds.
     let mut view = MemoryView::default();
     let first = Response::CasFailed { current: None };
-    view.sessions.insert(
-        8,
-        Session {
-            seq: 3,
-            last_ms: 0,
-            reply: Some(first.clone()),
-        },
-    );
+    view.sessions.insert(8, session(3, 0, Some(first.clone())));
     let entries = [
-        entry(1, 7, 1, 0, put_action(b"a", b"v")),
-        entry(2, 7, 1, 0, put_action(b"a", b"v")),
-        entry(3, 8, 3, 0, put_action(b"b", b"v")),
+        put_at(1, 7, 1, b"a"),
+        put_at(2, 7, 1, b"a"),
+        put_at(3, 8, 3, b"b"),
     ];
     let plan = plan(SHARD, 0, &entries, &view).unwrap();
     assert_eq!(responses(&plan), vec![Response::Ok, Response::Ok, first]);
@@ -187,10 +169,7 @@ fn a_retried_write_is_applied_once_and_answered_its_first_reply() {
 #[test]
 fn writes_without_a_session_are_never_deduplicated_nor_recorded() {
     let view = MemoryView::default();
-    let entries = [
-        entry(1, 7, 0, 0, put_action(b"a", b"v")),
-        entry(2, 7, 0, 0, put_action(b"a", b"v")),
-    ];
+    let entries = [put_at(1, 7, 0, b"a"), put_at(2, 7, 0, b"a")];
     let plan = plan(SHARD, 0, &entries, &view).unwrap();
     assert_eq!(kv_writes(&plan), 2);
     assert!(plan.effects.sessions.is_empty());
@@ -200,9 +179,9 @@ fn writes_without_a_session_are_never_deduplicated_nor_recorded() {
 fn entries_already_applied_are_skipped_and_the_applied_index_is_written_last() {
     let view = MemoryView::default();
     let entries = [
-        entry(4, 0, 0, 0, put_action(b"old", b"v")),
-        entry(5, 0, 0, 0, put_action(b"old", b"v")),
-        entry(6, 0, 0, 0, put_action(b"new", b"v")),
+        put_at(4, 0, 0, b"old"),
+        put_at(5, 0, 0, b"old"),
+        put_at(6, 0, 0, b"new"),
     ];
     let plan = plan(SHARD, 5, &entries, &view).unwrap();
     assert_eq!(
@@ -233,7 +212,7 @@ fn an_empty_entry_advances_the_applied_index_without_a_reply() {
 
 #[test]
 fn nothing_new_writes_nothing() {
-    let entries = [entry(3, 0, 0, 0, put_action(b"a", b"v"))];
+    let entries = [put_at(3, 0, 0, b"a")];
     let plan = plan(SHARD, 3, &entries, &MemoryView::default()).unwrap();
     assert!(plan.replies.is_empty() && plan.effects.batch.ops.is_empty());
 }
@@ -241,7 +220,7 @@ fn nothing_new_writes_nothing() {
 #[test]
 #[should_panic(expected = "applies out of order")]
 fn a_gap_in_the_entries_is_refused() {
-    let entries = [entry(3, 0, 0, 0, put_action(b"a", b"v"))];
+    let entries = [put_at(3, 0, 0, b"a")];
     let _ = plan(SHARD, 1, &entries, &MemoryView::default());
 }
 
@@ -252,14 +231,9 @@ fn the_sweep_runs_before_the_entry_at_its_index() {
     let index = 4096;
     let now = 1_700_000_000_000;
     let mut view = MemoryView::default();
-    view.sessions.insert(
-        5,
-        Session {
-            seq: 1,
-            last_ms: now - SESSION_TTL_MS - 1,
-            reply: Some(Response::Ok),
-        },
-    );
+    let idle_since = now - SESSION_TTL_MS - 1;
+    view.sessions
+        .insert(5, session(1, idle_since, Some(Response::Ok)));
     let entries = [entry(index, 5, 1, now, put_action(b"a", b"v"))];
     let plan = plan(SHARD, index - 1, &entries, &view).unwrap();
     assert_eq!(
