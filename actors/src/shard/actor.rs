@@ -35,7 +35,7 @@ pub struct Compaction {
     pub keep: u64,
 }
 
-/// The state machine of one shard's replica on this host; see the module docs.
+/// The state machine of one shard's replica on this host; see [`crate::shard`].
 pub struct ShardActor {
     shard: ShardId,
     schema: Schema,
