@@ -1,12 +1,14 @@
 //! `shardkv serve`: one host's daemon. Maps `cluster.toml` into the actors' plain settings,
 //! opens the host's LMDB Env, starts every actor and the QUIC endpoint, and runs until SIGTERM
-//! or SIGINT.
+//! or SIGINT, or until an actor reports a fatal error (then it exits at once with
+//! `EXIT_FATAL`). It is the only place that ends the process.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use shardkv_actors::fatal::{Fatal, FatalReporter};
 use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, SendRaft};
 use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
@@ -20,7 +22,7 @@ use shardkv_actors::ActorError;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
 use shardkv_transport::wire::{RaftBatch, Request, Response};
 use shardkv_transport::{HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, ConfigError};
 
@@ -36,6 +38,10 @@ pub enum DaemonError {
     #[error("runtime: {0}")]
     Runtime(String),
 }
+
+/// Exit status after a fatal error (EX_SOFTWARE): memory and disk disagree, so the host stops
+/// without a hand-off; a restart recovers from the durable Raft log.
+const EXIT_FATAL: i32 = 70;
 
 /// Runs host `host` of `cfg` until a stop signal. Blocks the calling thread.
 pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
@@ -75,7 +81,8 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     if removed > 0 {
         tracing::info!(removed, dir = %snap_dir.display(), "removed snapshot files of a previous run");
     }
-    let storage = StorageActor::new(schema.clone())?.start();
+    let (fatal, mut fatals) = FatalReporter::channel();
+    let storage = StorageActor::new(schema.clone(), fatal.clone())?.start();
 
     // One outbound link per other host.
     let mut peers: HashMap<HostId, Addr<PeerActor>> = HashMap::new();
@@ -117,6 +124,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
             storage.clone(),
             applied,
             Some(compaction),
+            fatal.clone(),
         )?
         .start();
         let links = ReplicaLinks {
@@ -191,7 +199,10 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 
     let mut signals = StopSignals::install();
-    signals.next().await;
+    tokio::select! {
+        _ = signals.next() => {}
+        Some(fatal) = fatals.recv() => exit_fatal(fatal),
+    }
     info!(
         host,
         "stopping: handing leadership away (a second signal stops at once)"
@@ -215,13 +226,28 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
             warn!(host, "second signal: stopping now");
             std::process::exit(130);
         }
+        Some(fatal) = fatals.recv() => exit_fatal(fatal),
     }
     info!(host, "stopped");
     endpoint.close(0u32.into(), b"host shutting down");
     accept.abort();
     // Every acknowledged write is already durable; let in-flight commits finish briefly.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        Some(fatal) = fatals.recv() => exit_fatal(fatal),
+    }
     Ok(())
+}
+
+/// Ends the process after a fatal error, at once: no hand-off and no graceful stop, since
+/// the state in memory is no longer what is on disk.
+fn exit_fatal(fatal: Fatal) -> ! {
+    error!(
+        shard = ?fatal.shard,
+        reason = %fatal.reason,
+        "fatal error; exiting so a restart recovers from the durable Raft log"
+    );
+    std::process::exit(EXIT_FATAL);
 }
 
 /// Serves `GET /metrics` (OpenMetrics text) on `addr`, on the actix system's arbiter.

@@ -9,6 +9,7 @@
 //! They speak only the messages in [`messages`]; the daemon wires them together.
 
 pub mod error;
+pub mod fatal;
 pub mod logger;
 pub mod messages;
 pub mod metrics;

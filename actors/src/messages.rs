@@ -7,7 +7,6 @@
 
 use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};
-use serde::{Deserialize, Serialize};
 use shardkv_transport::wire::{RaftBatch, Request, Response};
 use shardkv_transport::{HostId, ShardId};
 use tokio::sync::oneshot;
@@ -156,31 +155,3 @@ pub struct GetStatus;
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct TransferLeadership;
-
-/// A state-machine command as stored in the Raft log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command {
-    pub client_id: u64,
-    pub seq: u64,
-    /// The proposing leader's wall clock (ms since the Unix epoch): the log's notion of time,
-    /// the same on every replica, used to expire idle client sessions deterministically.
-    pub time_ms: u64,
-    pub action: Action,
-}
-
-/// What a command does to the shard's data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Action {
-    Put {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    Delete {
-        key: Vec<u8>,
-    },
-    Cas {
-        key: Vec<u8>,
-        expected: Option<Vec<u8>>,
-        new: Option<Vec<u8>>,
-    },
-}

@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, error, warn};
 
 use crate::error::ActorError;
+use crate::fatal::{Fatal, FatalReporter};
 use crate::messages::{Persist, PersistLazy, WriteBatch, WriteOp};
 use crate::schema::Schema;
 
@@ -56,11 +57,13 @@ pub struct StorageActor {
     lazy_timer: bool,
     /// Why the writer stopped, once a commit failed: every batch from then on gets this.
     failed: Option<String>,
+    /// Where the failure goes: the host must stop.
+    fatal: FatalReporter,
 }
 
 impl StorageActor {
-    /// Starts the writer thread over `schema`.
-    pub fn new(schema: Schema) -> Result<Self, ActorError> {
+    /// Starts the writer thread over `schema`; a failed commit is reported to `fatal`.
+    pub fn new(schema: Schema, fatal: FatalReporter) -> Result<Self, ActorError> {
         let (tx, rx) = std_mpsc::channel::<Job>();
         thread::Builder::new()
             .name("lmdb-writer".into())
@@ -72,6 +75,7 @@ impl StorageActor {
             in_flight: false,
             lazy_timer: false,
             failed: None,
+            fatal,
         })
     }
 
@@ -164,6 +168,10 @@ impl StorageActor {
         if self.failed.is_none() {
             error!(error = %error, "LMDB commit failed; the writer takes no more work and the host must stop");
             self.failed = Some(error.to_string());
+            self.fatal.report(Fatal {
+                shard: None,
+                reason: format!("LMDB commit failed: {error}"),
+            });
         }
     }
 }
@@ -282,7 +290,9 @@ mod tests {
     async fn batches_commit_in_order_and_are_visible() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+            .unwrap()
+            .start();
         let mut futs = Vec::new();
         for i in 0..100u32 {
             let b = WriteBatch {
@@ -341,7 +351,9 @@ mod tests {
     async fn a_lazy_batch_alone_is_committed_after_its_delay() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+            .unwrap()
+            .start();
         addr.send(PersistLazy(put(b"k", b"lazy")))
             .await
             .unwrap()
@@ -353,7 +365,9 @@ mod tests {
     async fn lazy_and_urgent_batches_keep_their_arrival_order() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+            .unwrap()
+            .start();
         let mut futs = Vec::new();
         for i in 0..50u32 {
             let b = put(b"k", &i.to_be_bytes());
@@ -383,7 +397,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A map of 1 MiB: a 4 MiB value fails the commit with MDB_MAP_FULL, a real error.
         let schema = Schema::open(dir.path(), 1 << 20, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let (fatal, mut fatals) = FatalReporter::channel();
+        let addr = StorageActor::new(schema.clone(), fatal).unwrap().start();
         let too_big = addr.send(Persist(put(b"big", &vec![7u8; 4 << 20])));
         assert!(too_big.await.unwrap().is_err(), "the map is full");
         // Small enough to fit: without the stop it would commit and be acknowledged, over a
@@ -400,13 +415,18 @@ mod tests {
         );
         assert_eq!(get(&schema, b"small"), None);
         assert_eq!(get(&schema, b"lazy"), None);
+        let fatal = fatals.try_recv().expect("the host is told to stop");
+        assert_eq!(fatal.shard, None, "the whole host");
+        assert!(fatals.try_recv().is_err(), "reported once");
     }
 
     #[actix_rt::test]
     async fn a_failing_snapshot_load_fails_alone() {
         let dir = tempfile::tempdir().unwrap();
         let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone()).unwrap().start();
+        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+            .unwrap()
+            .start();
         let before = addr.send(Persist(put(b"before", b"1")));
         let load = addr.send(Persist(WriteBatch {
             ops: vec![WriteOp::LoadSnapshot(1, dir.path().join("no-such.snap"))],

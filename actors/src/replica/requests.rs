@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 
 use super::reads::PendingRead;
 use super::ReplicaActor;
-use crate::messages::{Action, AwaitApply, ClientRequest, Command, ReadAt};
+use crate::messages::{AwaitApply, ClientRequest, ReadAt};
 use crate::metrics::{metrics, ShardLabels};
+use crate::shard::{Action, Command};
 
 impl Handler<ClientRequest> for ReplicaActor {
     type Result = ResponseFuture<Response>;

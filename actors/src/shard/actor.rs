@@ -1,0 +1,347 @@
+//! The ShardActor: runs the apply core on committed entries, keeps the overlay, hands the
+//! batches to storage, answers waiting writes and reads, compacts the log and installs
+//! snapshots.
+
+use actix::prelude::*;
+use raft::eraftpb::Entry;
+use shardkv_transport::wire::Response;
+use shardkv_transport::ShardId;
+use tracing::{debug, error, warn};
+
+use super::apply::{self, Plan};
+use super::overlay::Overlay;
+use super::store_view::StoreView;
+use super::view::AppliedView;
+use super::waiters::{ReadWaiter, ReadWaiters, WriteWaiters};
+use crate::error::ActorError;
+use crate::fatal::{Fatal, FatalReporter};
+use crate::messages::{
+    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, PersistLazy, ReadAt,
+    WriteBatch, WriteOp,
+};
+use crate::schema::{log_key, raft_records, Schema, TableId};
+
+/// Apply batches that may be on their way to disk at once; past this, apply waits.
+pub(crate) const APPLY_BATCHES_IN_FLIGHT_MAX: usize = 64;
+
+/// When to compact the Raft log (see [`ShardActor`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Compaction {
+    /// Compact once this many entries are durably applied past the last compaction.
+    pub after: u64,
+    /// Entries to keep below the durable applied index, so a follower a little behind
+    /// catches up by entries rather than a snapshot.
+    pub keep: u64,
+}
+
+/// The state machine of one shard's replica on this host; see [`crate::shard`].
+pub struct ShardActor {
+    shard: ShardId,
+    schema: Schema,
+    storage: Addr<crate::storage::StorageActor>,
+    /// Where a batch that could not be stored is reported: the host must stop.
+    fatal: FatalReporter,
+    /// Highest index applied (visible to reads through the overlay).
+    applied: u64,
+    /// Values and sessions written by batches not yet committed to LMDB.
+    overlay: Overlay,
+    /// Number of the last apply batch sent to storage.
+    batch_seq: u64,
+    /// Apply batches sent to storage and not yet committed.
+    in_flight: usize,
+    /// Highest index whose apply batch is committed to LMDB.
+    durable_applied: u64,
+    /// The log is compacted up to here (inclusive).
+    compacted: u64,
+    /// Compact every this many applied entries, keeping the last `keep` (None: never).
+    compaction: Option<Compaction>,
+    /// Writes waiting for their entry.
+    writes: WriteWaiters,
+    /// Reads waiting for `applied` to reach an index.
+    reads: ReadWaiters,
+}
+
+impl ShardActor {
+    /// A state machine over `schema` starting at the durable `applied` index; a batch it
+    /// cannot store is reported to `fatal`.
+    pub fn new(
+        shard: ShardId,
+        schema: Schema,
+        storage: Addr<crate::storage::StorageActor>,
+        applied: u64,
+        compaction: Option<Compaction>,
+        fatal: FatalReporter,
+    ) -> Result<Self, ActorError> {
+        let (compacted, _) = raft_records::truncated_state(&schema, shard)?;
+        Ok(ShardActor {
+            durable_applied: applied,
+            compacted,
+            compaction,
+            shard,
+            schema,
+            storage,
+            fatal,
+            applied,
+            overlay: Overlay::default(),
+            batch_seq: 0,
+            in_flight: 0,
+            writes: WriteWaiters::default(),
+            reads: ReadWaiters::default(),
+        })
+    }
+
+    /// The applied state as reads and the apply core see it.
+    fn view(&self) -> StoreView<'_> {
+        StoreView {
+            schema: &self.schema,
+            shard: self.shard,
+            overlay: &self.overlay,
+        }
+    }
+
+    /// Turns committed entries into one write batch and the reply of each entry.
+    pub(super) fn plan(&self, entries: &[Entry]) -> Result<Plan, ActorError> {
+        apply::plan(self.shard, self.applied, entries, &self.view())
+    }
+
+    /// Every `after` durably applied entries, drop the log up to `keep` entries before the
+    /// durable applied index; a follower that needs older entries gets a snapshot instead.
+    fn maybe_compact(&mut self) {
+        let Some(c) = self.compaction else { return };
+        // Cheap test first: this runs after every durable apply batch.
+        if self.durable_applied.saturating_sub(c.keep) < self.compacted + c.after {
+            return;
+        }
+        // Never past the stored commit index: on restart raft-rs requires the log's start to
+        // be at or below it (a commit-only change of the hard state is stored lazily).
+        let stored_commit = raft_records::hard_state(&self.schema, self.shard)
+            .map(|hs| hs.commit)
+            .unwrap_or(0);
+        let upto = self
+            .durable_applied
+            .saturating_sub(c.keep)
+            .min(stored_commit);
+        if upto < self.compacted + c.after {
+            return;
+        }
+        let term = match raft_records::durable_term(&self.schema, self.shard, upto) {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(shard = self.shard, error = %e, "cannot read the term for compaction");
+                return;
+            }
+        };
+        let ops = vec![
+            WriteOp::DeleteRange(
+                TableId::RaftLog,
+                log_key(self.shard, 0).to_vec(),
+                log_key(self.shard, upto + 1).to_vec(),
+            ),
+            raft_records::truncated_op(self.shard, upto, term),
+        ];
+        debug!(shard = self.shard, upto, "compacting the Raft log");
+        self.compacted = upto;
+        self.storage.do_send(PersistLazy(WriteBatch { ops }));
+    }
+
+    fn read(&self, key: &[u8]) -> Response {
+        match self.view().value(key) {
+            Ok(v) => Response::Value(v),
+            Err(e) => Response::Internal(format!("read failed: {e}")),
+        }
+    }
+
+    /// Everything up to `last` is applied: answer the writes and reads waiting on it.
+    fn on_applied(&mut self, last: u64, replies: Vec<apply::EntryReply>) {
+        crate::metrics::metrics()
+            .raft_applied_entries
+            .get_or_create(&crate::metrics::ShardLabels { shard: self.shard })
+            .inc_by(last.saturating_sub(self.applied));
+        self.applied = last;
+        self.writes.complete(replies, last);
+        for read in self.reads.take_ready(last) {
+            let _ = read.reply.send(self.read(&read.key));
+        }
+    }
+
+    /// An applied batch could not be stored: memory and disk now disagree. This shard stops
+    /// at once (nothing later may reach disk past the lost batch) and the daemon, told, stops
+    /// the host; on restart it re-applies from the durable Raft log.
+    fn fail_fatally(&mut self, error: &str, ctx: &mut Context<Self>) {
+        self.fatal.report(Fatal {
+            shard: Some(self.shard),
+            reason: format!("applied batch could not be stored: {error}"),
+        });
+        ctx.stop();
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
+    }
+}
+
+impl Handler<ApplyEntries> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyEntries, ctx: &mut Self::Context) {
+        let Some(last) = msg.0.last().map(|e| e.index) else {
+            return;
+        };
+        if last <= self.applied {
+            return;
+        }
+        let plan = match self.plan(&msg.0) {
+            Ok(p) => p,
+            Err(e) => {
+                error!(shard = self.shard, error = %e, "cannot apply committed entries; stopping shard");
+                ctx.stop();
+                return;
+            }
+        };
+        // Make the batch visible through the overlay, answer its writers and the reads it
+        // unblocks, then let storage commit it in the background (in order, with others).
+        self.batch_seq += 1;
+        let seq = self.batch_seq;
+        let effects = plan.effects;
+        self.overlay.add(seq, effects.values, effects.sessions);
+        self.on_applied(last, plan.replies);
+        self.in_flight += 1;
+        let persist = self.storage.send(PersistLazy(effects.batch));
+        let done = persist.into_actor(self).map(move |res, act, ctx| {
+            act.in_flight -= 1;
+            match res {
+                Ok(Ok(())) => {
+                    act.overlay.settle(seq);
+                    act.durable_applied = act.durable_applied.max(last);
+                    act.maybe_compact();
+                }
+                Ok(Err(e)) => act.fail_fatally(&e.to_string(), ctx),
+                Err(e) => act.fail_fatally(&e.to_string(), ctx),
+            }
+        });
+        if self.in_flight > APPLY_BATCHES_IN_FLIGHT_MAX {
+            // Storage is behind: stop taking work until this batch is down (bounds the overlay).
+            ctx.wait(done);
+        } else {
+            ctx.spawn(done);
+        }
+    }
+}
+
+impl Handler<InstallSnapshot> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<(), ActorError>>;
+
+    /// Replaces the shard's rows and sessions by the snapshot's, and the log by the
+    /// snapshot point, in one transaction with the replica's conf and hard state. The file is
+    /// checked through on a blocking thread first, then streamed into LMDB by the writer
+    /// thread: neither this actor's thread nor memory carries the snapshot.
+    fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
+        let shard = self.shard;
+        // No compaction may be queued from now on: computed from the state before the
+        // install, it would commit after it and move the log's start below the snapshot.
+        self.compacted = self.compacted.max(msg.index);
+        let check_path = msg.path.clone();
+        let verified = tokio::task::spawn_blocking(move || crate::snapshot::verify(&check_path));
+        let InstallSnapshot {
+            index,
+            term,
+            path,
+            raft_ops,
+        } = msg;
+        let (lo, hi) = crate::snapshot::shard_range(shard);
+        let mut ops = vec![
+            WriteOp::DeleteRange(TableId::Kv, lo.clone(), hi.clone()),
+            WriteOp::DeleteRange(TableId::Sessions, lo, hi),
+            WriteOp::DeleteRange(
+                TableId::RaftLog,
+                log_key(shard, 0).to_vec(),
+                log_key(shard, u64::MAX).to_vec(),
+            ),
+            WriteOp::LoadSnapshot(shard, path.clone()),
+            raft_records::applied_op(shard, index),
+            raft_records::truncated_op(shard, index, term),
+        ];
+        ops.extend(raft_ops);
+        let storage = self.storage.clone();
+        let check = async move {
+            let meta = verified
+                .await
+                .map_err(|e| ActorError::Storage(format!("snapshot check: {e}")))??;
+            if meta.shard != shard || meta.index != index || meta.term != term {
+                return Err(ActorError::Corrupt {
+                    what: format!("snapshot {}", path.display()),
+                    detail: format!("is {meta:?}, expected shard {shard} at {index}/{term}"),
+                });
+            }
+            storage
+                .send(Persist(WriteBatch { ops }))
+                .await
+                .map_err(|_| ActorError::StorageGone)??;
+            Ok(path)
+        };
+        Box::pin(check.into_actor(self).map(move |res, act, _| {
+            let path = res?;
+            let _ = std::fs::remove_file(&path);
+            act.overlay.clear();
+            act.applied = index;
+            act.durable_applied = index;
+            act.compacted = index;
+            act.writes.fail_all(&Response::Unavailable(
+                "replica replaced by a snapshot; retry".into(),
+            ));
+            act.on_applied(index, Vec::new());
+            Ok(())
+        }))
+    }
+}
+
+impl Handler<AwaitApply> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AwaitApply, _: &mut Self::Context) {
+        if msg.index <= self.applied {
+            warn!(
+                shard = self.shard,
+                index = msg.index,
+                "waiter for an index already applied"
+            );
+            let _ = msg.reply.send(Response::Unavailable(
+                "proposal raced with apply; retry".into(),
+            ));
+            return;
+        }
+        self.writes.wait(msg.index, msg.term, msg.reply);
+    }
+}
+
+impl Handler<ReadAt> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReadAt, _: &mut Self::Context) {
+        if msg.index <= self.applied {
+            let _ = msg.reply.send(self.read(&msg.key));
+        } else {
+            let read = ReadWaiter {
+                key: msg.key,
+                reply: msg.reply,
+            };
+            self.reads.wait(msg.index, read);
+        }
+    }
+}
+
+impl Handler<FailWaiters> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FailWaiters, _: &mut Self::Context) {
+        self.writes.fail_all(&msg.0);
+    }
+}
+
+#[cfg(test)]
+mod tests;

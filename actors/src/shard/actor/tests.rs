@@ -1,0 +1,217 @@
+//! The ShardActor's apply over LMDB: the session rules whatever storage has committed yet.
+
+use super::*;
+use crate::schema::{kv_key, session_key};
+use crate::shard::apply::EntryReply;
+use crate::shard::command::{Action, Command};
+use crate::shard::sessions::{SESSION_SWEEP_EVERY, SESSION_TTL_MS};
+use crate::storage::{commit, StorageActor};
+
+fn shard_actor(schema: &Schema, storage: &Addr<StorageActor>, applied: u64) -> ShardActor {
+    let (fatal, _) = FatalReporter::channel();
+    ShardActor::new(1, schema.clone(), storage.clone(), applied, None, fatal).unwrap()
+}
+
+fn put_entry(index: u64, client: u64, seq: u64, time_ms: u64, key: &[u8]) -> Entry {
+    let cmd = Command {
+        client_id: client,
+        seq,
+        time_ms,
+        action: Action::Put {
+            key: key.to_vec(),
+            value: b"v".to_vec(),
+        },
+    };
+    Entry {
+        index,
+        term: 1,
+        data: postcard::to_allocvec(&cmd).unwrap().into(),
+        ..Default::default()
+    }
+}
+
+fn session_exists(schema: &Schema, client: u64) -> bool {
+    let rtxn = schema.env.read_txn().unwrap();
+    schema
+        .sessions
+        .get(&rtxn, &session_key(1, client))
+        .unwrap()
+        .is_some()
+}
+
+#[actix_rt::test]
+async fn idle_sessions_expire_and_live_ones_keep_deduplicating() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+        .unwrap()
+        .start();
+    let base = SESSION_SWEEP_EVERY * 2;
+    let t0 = 1_700_000_000_000;
+
+    // Client 9 writes once and goes quiet; client 8 writes a full TTL later.
+    let shard = shard_actor(&schema, &storage, base - 3);
+    let plan = shard
+        .plan(&[
+            put_entry(base - 2, 9, 1, t0, b"a"),
+            put_entry(base - 1, 8, 1, t0 + SESSION_TTL_MS, b"b"),
+        ])
+        .unwrap();
+    commit(&schema, vec![plan.effects.batch]).unwrap();
+    assert!(session_exists(&schema, 9) && session_exists(&schema, 8));
+
+    // The sweep at `base`, 1 ms past client 9's TTL: 9 goes, 8 (idle 1 ms) stays.
+    let shard = shard_actor(&schema, &storage, base - 1);
+    let plan = shard
+        .plan(&[put_entry(base, 7, 1, t0 + SESSION_TTL_MS + 1, b"c")])
+        .unwrap();
+    commit(&schema, vec![plan.effects.batch]).unwrap();
+    assert!(!session_exists(&schema, 9), "an idle session is forgotten");
+    assert!(session_exists(&schema, 8), "a live session is kept");
+    assert!(session_exists(&schema, 7));
+
+    // The live client's retry is still answered from its session, not applied again.
+    let shard = shard_actor(&schema, &storage, base);
+    let plan = shard
+        .plan(&[put_entry(
+            base + 1,
+            8,
+            1,
+            t0 + SESSION_TTL_MS + 2,
+            b"b-again",
+        )])
+        .unwrap();
+    assert_eq!(
+        plan.replies,
+        vec![EntryReply {
+            index: base + 1,
+            term: 1,
+            response: Response::Ok
+        }]
+    );
+    assert!(
+        !plan
+            .effects
+            .batch
+            .ops
+            .iter()
+            .any(|op| matches!(op, WriteOp::Put(TableId::Kv, ..))),
+        "the duplicate wrote nothing"
+    );
+}
+
+/// Applies `entries` to a fresh shard in runs cut at `cuts`; with `durable`, each run is
+/// committed to LMDB before the next is planned, otherwise it stays in the overlay (as
+/// when storage lags). Returns every reply and the clients with a session at the end.
+fn apply_in_runs(
+    entries: &[Entry],
+    cuts: &[usize],
+    durable: bool,
+) -> (Vec<EntryReply>, Vec<u64>, Vec<&'static str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+        .unwrap()
+        .start();
+    let first = entries[0].index - 1;
+    let mut shard = shard_actor(&schema, &storage, first);
+    let mut replies = Vec::new();
+    let mut pending = Vec::new();
+    let mut from = 0;
+    for (seq, to) in cuts.iter().copied().chain([entries.len()]).enumerate() {
+        let plan = shard.plan(&entries[from..to]).unwrap();
+        from = to;
+        replies.extend(plan.replies.iter().cloned());
+        shard.applied = entries[to - 1].index;
+        if durable {
+            commit(&schema, vec![plan.effects.batch]).unwrap();
+        } else {
+            let effects = plan.effects;
+            shard
+                .overlay
+                .add(seq as u64, effects.values, effects.sessions);
+            pending.push(effects.batch);
+        }
+    }
+    commit(&schema, pending).unwrap();
+    let mut live: Vec<u64> = (1..=9).filter(|c| session_exists(&schema, *c)).collect();
+    live.sort_unstable();
+    let rtxn = schema.env.read_txn().unwrap();
+    let keys = ["a", "a2", "b", "b2", "c"]
+        .into_iter()
+        .filter(|k| {
+            schema
+                .kv
+                .get(&rtxn, &kv_key(1, k.as_bytes()))
+                .unwrap()
+                .is_some()
+        })
+        .collect();
+    (replies, live, keys)
+}
+
+#[actix_rt::test]
+async fn session_expiry_does_not_depend_on_what_is_on_disk_yet() {
+    let base = SESSION_SWEEP_EVERY * 3;
+    let t0 = 1_700_000_000_000;
+    let late = t0 + SESSION_TTL_MS + 100;
+    // Client 5 writes, goes idle past its TTL, the sweep at `base` runs, and then an old
+    // write of 5 with an old seq arrives: with the session gone it is a new write on every
+    // replica, however far each replica's storage lags.
+    let entries = [
+        put_entry(base - 2, 5, 1, t0, b"a"),
+        put_entry(base - 1, 6, 1, t0 + 10, b"b"),
+        put_entry(base, 7, 1, late, b"c"),
+        put_entry(base + 1, 5, 1, late + 1, b"a2"),
+        put_entry(base + 2, 6, 1, late + 2, b"b2"),
+    ];
+    let on_disk = apply_in_runs(&entries, &[1, 2, 3, 4], true);
+    for (cuts, durable) in [
+        (&[][..], false),
+        (&[2][..], false),
+        (&[1, 3][..], false),
+        (&[3][..], true),
+    ] {
+        assert_eq!(
+            apply_in_runs(&entries, cuts, durable),
+            on_disk,
+            "runs cut at {cuts:?}, durable between runs: {durable}"
+        );
+    }
+    // The sweep dropped 5 and 6; 5's and 6's later writes made them new sessions again.
+    assert_eq!(on_disk.1, vec![5, 6, 7]);
+    assert_eq!(on_disk.2, vec!["a", "a2", "b", "b2", "c"]);
+    assert!(on_disk.0.iter().all(|r| r.response == Response::Ok));
+}
+
+#[actix_rt::test]
+async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+    // A storage actor whose arbiter is gone: every batch sent to it fails.
+    let arbiter = Arbiter::new();
+    let writer = StorageActor::new(schema.clone(), FatalReporter::channel().0).unwrap();
+    let storage = StorageActor::start_in_arbiter(&arbiter.handle(), |_| writer);
+    arbiter.stop();
+    arbiter.join().unwrap();
+    let (fatal, mut fatals) = FatalReporter::channel();
+    let shard = ShardActor::new(1, schema, storage, 0, None, fatal)
+        .unwrap()
+        .start();
+
+    shard.do_send(ApplyEntries(vec![put_entry(1, 0, 0, 0, b"a")]));
+    let reported = tokio::time::timeout(std::time::Duration::from_secs(10), fatals.recv())
+        .await
+        .expect("a fatal error is reported")
+        .expect("the reporter is alive");
+    assert_eq!(reported.shard, Some(1));
+    assert!(
+        reported.reason.contains("could not be stored"),
+        "{reported:?}"
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shard.connected() {
+        assert!(tokio::time::Instant::now() < deadline, "the shard stops");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
