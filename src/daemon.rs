@@ -142,6 +142,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
                         .map(|p| (*h, p.clone().recipient::<SendRaft>()))
                 })
                 .collect(),
+            fatal: fatal.clone(),
         };
         let replica = ReplicaActor::new(
             shard,

@@ -30,8 +30,9 @@ use actix::prelude::*;
 use raft::{RawNode, StateRole};
 use shardkv_transport::wire::Response;
 use shardkv_transport::{HostId, ShardId};
-use tracing::{debug, error};
+use tracing::debug;
 
+use crate::fatal::{Fatal, FatalReporter};
 use crate::messages::{
     ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, ReadAt, SendRaft,
     SnapshotReport,
@@ -75,6 +76,8 @@ pub struct ReplicaLinks {
     pub install: Recipient<InstallSnapshot>,
     /// One per other host that holds a replica of this shard.
     pub peers: HashMap<HostId, Recipient<SendRaft>>,
+    /// Where a fatal error goes: the host stops rather than run without this replica.
+    pub fatal: FatalReporter,
 }
 
 /// The actor; see the module docs.
@@ -166,10 +169,15 @@ impl ReplicaActor {
     }
 
     /// The one way a replica ends on a fatal error (its storage or state machine failed, or
-    /// what it was about to write cannot be encoded): log why, and stop the actor.
+    /// what it was about to write cannot be encoded): stop the actor and tell the daemon,
+    /// which stops the host. A host running on without one of its replicas would look
+    /// healthy while that shard had one replica fewer.
     fn stop_fatally(&self, ctx: &mut Context<Self>, what: &str, error: &dyn std::fmt::Display) {
-        error!(shard = self.shard, host = self.host, error = %error, "{what}; stopping replica");
         ctx.stop();
+        self.links.fatal.report(Fatal {
+            shard: Some(self.shard),
+            reason: format!("{what}: {error}"),
+        });
     }
 }
 

@@ -6,7 +6,7 @@ use actix::prelude::*;
 use raft::eraftpb::Entry;
 use shardkv_transport::wire::Response;
 use shardkv_transport::ShardId;
-use tracing::{debug, error, warn};
+use tracing::{debug, warn};
 
 use super::apply::{self, Plan};
 use super::overlay::Overlay;
@@ -165,13 +165,15 @@ impl ShardActor {
         }
     }
 
-    /// An applied batch could not be stored: memory and disk now disagree. This shard stops
-    /// at once (nothing later may reach disk past the lost batch) and the daemon, told, stops
-    /// the host; on restart it re-applies from the durable Raft log.
-    fn fail_fatally(&mut self, error: &str, ctx: &mut Context<Self>) {
+    /// The state machine cannot go on: an applied batch could not be stored (memory and disk
+    /// now disagree), or committed entries could not be planned (a corrupt entry or row).
+    /// This shard stops at once (nothing later may reach disk past the lost batch) and the
+    /// daemon, told, stops the host: a replica must not keep leading and voting for a shard
+    /// nothing applies. On restart the host re-applies from the durable Raft log.
+    fn fail_fatally(&mut self, reason: String, ctx: &mut Context<Self>) {
         self.fatal.report(Fatal {
             shard: Some(self.shard),
-            reason: format!("applied batch could not be stored: {error}"),
+            reason,
         });
         ctx.stop();
     }
@@ -198,9 +200,7 @@ impl Handler<ApplyEntries> for ShardActor {
         let plan = match self.plan(&msg.0) {
             Ok(p) => p,
             Err(e) => {
-                error!(shard = self.shard, error = %e, "cannot apply committed entries; stopping shard");
-                ctx.stop();
-                return;
+                return self.fail_fatally(format!("cannot apply committed entries: {e}"), ctx);
             }
         };
         // Make the batch visible through the overlay, answer its writers and the reads it
@@ -220,8 +220,10 @@ impl Handler<ApplyEntries> for ShardActor {
                     act.durable_applied = act.durable_applied.max(last);
                     act.maybe_compact();
                 }
-                Ok(Err(e)) => act.fail_fatally(&e.to_string(), ctx),
-                Err(e) => act.fail_fatally(&e.to_string(), ctx),
+                Ok(Err(e)) => {
+                    act.fail_fatally(format!("applied batch could not be stored: {e}"), ctx)
+                }
+                Err(e) => act.fail_fatally(format!("applied batch could not be stored: {e}"), ctx),
             }
         });
         if self.in_flight > APPLY_BATCHES_IN_FLIGHT_MAX {

@@ -215,3 +215,29 @@ async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+#[actix_rt::test]
+async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+        .unwrap()
+        .start();
+    let (fatal, mut fatals) = FatalReporter::channel();
+    let shard = ShardActor::new(1, schema, storage, 0, None, fatal)
+        .unwrap()
+        .start();
+    let garbage = Entry {
+        index: 1,
+        term: 1,
+        data: vec![0xff; 9].into(),
+        ..Default::default()
+    };
+    shard.do_send(ApplyEntries(vec![garbage]));
+    let reported = tokio::time::timeout(std::time::Duration::from_secs(10), fatals.recv())
+        .await
+        .expect("a fatal error is reported, not just a stopped shard")
+        .expect("the reporter is alive");
+    assert_eq!(reported.shard, Some(1));
+    assert!(reported.reason.contains("cannot apply"), "{reported:?}");
+}
