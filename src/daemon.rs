@@ -11,7 +11,7 @@ use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, Send
 use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
-use shardkv_actors::router::{LocalReplica, RouterActor, TransferAll};
+use shardkv_actors::router::{GetHostStatus, LocalReplica, RouterActor, TransferAll};
 use shardkv_actors::schema::Schema;
 use shardkv_actors::shard::{Compaction, ShardActor};
 use shardkv_actors::storage::StorageActor;
@@ -90,7 +90,6 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         tick: cfg.raft.tick,
         election_ticks,
         heartbeat_ticks,
-        value_bytes_max: cfg.max_value_bytes,
         request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
         lease: lease_for(cfg.raft.tick, election_ticks),
         preferred_leader: None,
@@ -165,7 +164,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         host,
         cfg.name.clone(),
         cfg.shards,
-        cfg.max_value_bytes,
+        cfg.value_bytes_max,
         placement,
         local,
     )
@@ -316,6 +315,16 @@ impl Handler for HostHandler {
         async move {
             match fut.await {
                 Ok(resp) => resp,
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+
+    fn status(&self) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(GetHostStatus);
+        async move {
+            match fut.await {
+                Ok(status) => Response::Status(status),
                 Err(e) => Response::Internal(format!("router unreachable: {e}")),
             }
         }

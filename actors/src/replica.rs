@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};
 use raft::{RawNode, StateRole};
-use shardkv_transport::wire::{check_limits, Op, ReadConsistency, ReplicaInfo, Response};
+use shardkv_transport::wire::{Op, ReadConsistency, ReplicaInfo, Response};
 use shardkv_transport::{HostId, ShardId};
 use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
@@ -29,7 +29,6 @@ pub struct ReplicaSettings {
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    pub value_bytes_max: usize,
     /// How long a request may wait for commit/apply before the client is told to retry.
     pub request_timeout: Duration,
     /// How long after a quorum confirmed its leadership (a ReadIndex round) the leader may
@@ -571,10 +570,6 @@ impl ReplicaActor {
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
-        if let Err(resp) = check_limits(&req.op, self.settings.value_bytes_max) {
-            let _ = tx.send(resp);
-            return rx;
-        }
         match req.op {
             Op::Get {
                 key,
@@ -629,11 +624,6 @@ impl ReplicaActor {
             }
             Op::Delete { key } => {
                 self.propose(req.client_id, req.seq, Action::Delete { key }, tx, ctx)
-            }
-            Op::Status | Op::Fault(_) => {
-                let _ = tx.send(Response::Invalid(
-                    "administrative requests go to the router".into(),
-                ));
             }
             Op::Cas { key, expected, new } => {
                 let action = Action::Cas { key, expected, new };
