@@ -173,7 +173,10 @@ impl HostProcesses {
             cmd.stdout(Stdio::null()).stderr(log);
         }
         let child = cmd.spawn().map_err(|e| {
-            LocalError::Io(format!("cannot start {} for host {id}: {e}", self.exe.display()))
+            LocalError::Io(format!(
+                "cannot start {} for host {id}: {e}",
+                self.exe.display()
+            ))
         })?;
         self.children.insert(id, child);
         Ok(())

@@ -109,5 +109,8 @@ async fn client_cert_cannot_switch_on_fault_hooks() {
     // Nothing was switched on: the next write is acknowledged.
     client.put(b"k", b"v").await.expect("write acknowledged");
     let log = std::fs::read_to_string(cluster.log_path(1)).expect("host log");
-    assert!(!log.contains("fault injection active"), "the hook stayed off");
+    assert!(
+        !log.contains("fault injection active"),
+        "the hook stayed off"
+    );
 }

@@ -27,7 +27,9 @@ use shardkv_transport::endpoint::{call, client_endpoint, connect};
 use shardkv_transport::slot::shard_of_key;
 #[cfg(feature = "fault-injection")]
 use shardkv_transport::wire::FaultSpec;
-use shardkv_transport::wire::{check_limits, AdminRequest, HostStatus, Op, Request, RequestFrame, Response};
+use shardkv_transport::wire::{
+    check_limits, AdminRequest, HostStatus, Op, Request, RequestFrame, Response,
+};
 use shardkv_transport::{HostId, ShardId, TransportError};
 use tracing::debug;
 

@@ -21,10 +21,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use shardkv_client::config::Checker;
 pub use shardkv_client::config::{
     replica_hosts, ClientConfig, ConfigError, HostAddr, ShardPin, TlsSettings, SHARDS_MAX,
 };
-use shardkv_client::config::Checker;
 use shardkv_transport::{HostId, ShardId};
 
 const _: () = assert!(SHARDS_MAX as usize <= shardkv_actors::SHARDS_PER_HOST_MAX);

@@ -109,13 +109,11 @@ pub(super) fn storage(
                         "use e.g. \"64GiB\"; it reserves address space, not disk",
                     ))
                 }
-                None => {
-                    return Err(check.invalid(
-                        "storage.map_size",
-                        format!("cannot parse {shown} as a size"),
-                        "give bytes as an integer or a string like \"64GiB\" (B, KiB, MiB, GiB, TiB)",
-                    ))
-                }
+                None => return Err(check.invalid(
+                    "storage.map_size",
+                    format!("cannot parse {shown} as a size"),
+                    "give bytes as an integer or a string like \"64GiB\" (B, KiB, MiB, GiB, TiB)",
+                )),
             }
         }
     };
@@ -188,12 +186,12 @@ pub(super) fn hosts(
             }
         }
         out.push(HostConfig {
-        id,
-        addr,
-        data_dir,
-        metrics,
-        cert,
-        key,
+            id,
+            addr,
+            data_dir,
+            metrics,
+            cert,
+            key,
         });
     }
     Ok(out)
@@ -221,4 +219,3 @@ fn parse_size(text: &str) -> Option<u64> {
     };
     number.checked_mul(1u64 << shift)
 }
-

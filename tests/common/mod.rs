@@ -51,7 +51,10 @@ pub struct Cluster {
     /// First field, so it drops (killing the hosts) before their directory is removed.
     hosts: HostProcesses,
     /// Holds the config, certificates, data and logs; removed when the cluster drops.
-    #[allow(dead_code, reason = "read only by the tests that write files of their own")]
+    #[allow(
+        dead_code,
+        reason = "read only by the tests that write files of their own"
+    )]
     pub dir: tempfile::TempDir,
     #[allow(dead_code, reason = "read only by the tests that run the CLI")]
     pub cfg_path: PathBuf,
@@ -85,10 +88,13 @@ impl Cluster {
             metrics: true,
         };
         let (cfg_path, cfg) = spec.write(dir.path()).expect("test config and certs");
-        let hosts = HostProcesses::new(std::path::Path::new(env!("CARGO_BIN_EXE_shardkv")), &cfg_path)
-            .log_to(dir.path())
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "0");
+        let hosts = HostProcesses::new(
+            std::path::Path::new(env!("CARGO_BIN_EXE_shardkv")),
+            &cfg_path,
+        )
+        .log_to(dir.path())
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "0");
         Cluster {
             hosts,
             dir,
@@ -132,7 +138,9 @@ impl Cluster {
 
     /// kill -9 and reap.
     pub fn kill9(&mut self, id: HostId) {
-        self.hosts.kill(id).expect("SIGKILL and reap a running host");
+        self.hosts
+            .kill(id)
+            .expect("SIGKILL and reap a running host");
     }
 
     pub fn kill9_all(&mut self) {

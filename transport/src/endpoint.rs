@@ -21,9 +21,8 @@ use crate::frame::{read_frame, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
-    AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response, ShardId,
-    SnapshotFrame, StreamHeader,
-    CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
+    AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response, ShardId, SnapshotFrame,
+    StreamHeader, CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 
 /// QUIC application close code: the peer's role may not do what it tried.
@@ -323,8 +322,7 @@ async fn serve_request<H: Handler>(
     peer: PeerIdentity,
     handler: Arc<H>,
 ) {
-    let (resp, write) = match read_frame::<_, RequestFrame>(&mut recv, CLIENT_FRAME_BYTES_MAX)
-        .await
+    let (resp, write) = match read_frame::<_, RequestFrame>(&mut recv, CLIENT_FRAME_BYTES_MAX).await
     {
         Ok(Some(RequestFrame::Data(req))) => {
             let write = req.op.is_write();

@@ -77,9 +77,8 @@ impl PeerIdentity {
                 }
             }
         }
-        found.ok_or_else(|| {
-            TransportError::Identity("certificate has no shardkv:// URI SAN".into())
-        })
+        found
+            .ok_or_else(|| TransportError::Identity("certificate has no shardkv:// URI SAN".into()))
     }
 }
 
@@ -134,15 +133,21 @@ mod tests {
         ]))
         .is_err());
         assert_eq!(
-            PeerIdentity::from_cert(&cert_with_uris(&["https://example.com", "shardkv://host/7"]))
-                .unwrap(),
+            PeerIdentity::from_cert(&cert_with_uris(&[
+                "https://example.com",
+                "shardkv://host/7"
+            ]))
+            .unwrap(),
             PeerIdentity::Host(7)
         );
     }
 
     #[test]
     fn a_built_uri_parses_back_to_the_same_identity() {
-        for identity in [PeerIdentity::Host(12), PeerIdentity::Client("bench-1".into())] {
+        for identity in [
+            PeerIdentity::Host(12),
+            PeerIdentity::Client("bench-1".into()),
+        ] {
             assert_eq!(
                 PeerIdentity::from_uri(&identity.uri()).unwrap(),
                 Some(identity)

@@ -193,7 +193,9 @@ impl ClientConfig {
         };
         let election_timeout = check.duration(
             "raft.election_timeout",
-            raw.raft.as_ref().and_then(|r| r.election_timeout.as_deref()),
+            raw.raft
+                .as_ref()
+                .and_then(|r| r.election_timeout.as_deref()),
             ELECTION_TIMEOUT_DEFAULT,
         )?;
 
