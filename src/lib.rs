@@ -4,7 +4,7 @@
 //!
 //! This crate holds the daemon's view of `cluster.toml` ([`config`]), certificate tooling
 //! ([`certs`]), the daemon wiring ([`daemon`]), local clusters ([`local`]) and the benchmark
-//! ([`bench`], [`chart`]). The client library is the `shardkv-client` crate, re-exported here
+//! ([`mod@bench`], [`chart`]). The client library is the `shardkv-client` crate, re-exported here
 //! as [`client`] for applications that already depend on this one; the actors live in
 //! `shardkv-actors`, the wire in `shardkv-transport`.
 

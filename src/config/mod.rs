@@ -7,7 +7,7 @@
 //! not re-check any of that.
 //!
 //! The file's schema and the checks a client also needs live in `shardkv_client::config`; this
-//! module adds what only a daemon needs ([`validate`]) and writes configs back out
+//! module adds what only a daemon needs (`validate.rs`) and writes configs back out
 //! ([`ClusterConfig::to_toml`]). Errors name the field (`host[1].addr`,
 //! `raft.election_timeout`), give the reason and say what to do. Certificate files are
 //! deliberately *not* checked while parsing, because `shardkv certs init` itself needs a parsed
@@ -44,24 +44,23 @@ pub const SAMPLE: &str = include_str!("../../cluster.toml");
 /// resolved against the directory of the file they came from (absolute if that was absolute).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// Cluster name; appears in the CA's subject so certificates of two clusters are told apart.
+    /// As [`ClientConfig::name`].
     pub name: String,
-    /// Number of shards (Raft groups), numbered `1..=shards`.
+    /// As [`ClientConfig::shards`].
     pub shards: u32,
-    /// Replicas per shard; always `<=` the number of hosts.
+    /// As [`ClientConfig::replicas`].
     pub replicas: u32,
-    /// Largest value a client may write, in bytes (`cluster.max_value_bytes`: `1..=64 MiB`,
-    /// default 1 MiB).
+    /// As [`ClientConfig::value_bytes_max`].
     pub value_bytes_max: usize,
     /// Raft timing and snapshot policy.
     pub raft: RaftSettings,
-    /// Where the cluster's TLS material lives.
+    /// As [`ClientConfig::tls`].
     pub tls: TlsSettings,
     /// LMDB settings.
     pub storage: StorageSettings,
     /// Hosts in file order; ids are unique and non-zero.
     pub hosts: Vec<HostConfig>,
-    /// Explicit placements for some shards (`[[shard]]`); the rest are placed round-robin.
+    /// As [`ClientConfig::pins`].
     pub pins: Vec<ShardPin>,
     /// The file this came from; used in messages (`run ... --config <path>`).
     pub path: PathBuf,

@@ -1,7 +1,7 @@
 //! What a client needs from `cluster.toml`: the hosts and their addresses, the shards and
 //! where their replicas live, the TLS files, and the limits the hosts enforce.
 //!
-//! [`ClientConfig::load`] reads the same file the daemons read (one schema, [`file`]) and
+//! [`ClientConfig::load`] reads the same file the daemons read (one schema, [`mod@file`]) and
 //! validates the parts a client uses; once it returns `Ok`, host ids are unique and non-zero,
 //! addresses parse and differ, every shard has exactly `replicas` distinct known hosts, and the
 //! value limit is in range. Host-only settings (data directories, Raft timing beyond the
