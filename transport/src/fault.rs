@@ -3,8 +3,8 @@
 //! The hooks are compiled in only with the `fault-injection` feature, which the workspace
 //! enables for its own tests (as a dev-dependency feature) and never for `cargo build
 //! --release`. Without it `apply` does not exist and every query here answers "no fault".
-//! Faults are switched on by `AdminRequest::Fault` (see [`crate::wire`]), which the endpoint accepts
-//! from host certificates only.
+//! Faults are switched on by `AdminRequest::Fault` (see [`crate::wire`]), which the endpoint
+//! accepts from host certificates only.
 
 use crate::wire::HostId;
 
