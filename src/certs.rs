@@ -1,10 +1,11 @@
 //! `shardkv certs init` / `shardkv certs client NAME`: the cluster's private CA and the
-//! certificates it issues (DESIGN §6).
+//! certificates it issues.
 //!
 //! Every QUIC connection is mutually authenticated against one cluster CA, and a certificate's
 //! role travels in a URI SAN: `shardkv://host/<id>` or `shardkv://client/<name>`. This module is
-//! the only place those certificates are made, so the SANs the transport checks and the SANs
-//! written here cannot drift apart (see [`host_uri`], [`client_uri`], [`host_server_name`]).
+//! the only place those certificates are made; the names come from
+//! `shardkv_transport::identity`, the same module the transport checks them with, so the two
+//! cannot drift apart.
 //!
 //! Files are written whole or not at all (temp file + rename), private keys are created with
 //! mode 0600, and nothing is overwritten unless the caller passes `force`.
@@ -20,7 +21,9 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::config::{ClusterConfig, HostConfig, HostId};
+use shardkv_transport::identity::{host_server_name, PeerIdentity};
+
+use crate::config::{ClusterConfig, HostConfig};
 
 /// Name of the client certificate `certs init` makes for the CLI.
 pub const CLI_CLIENT: &str = "cli";
@@ -93,23 +96,6 @@ pub enum CertError {
 pub struct Written {
     /// Paths written (certificates and keys).
     pub paths: Vec<PathBuf>,
-}
-
-/// TLS server name of host `id` (a DNS SAN on its certificate). Clients dial `addr` but verify
-/// this name, so certificates stay valid when addresses are reassigned.
-pub fn host_server_name(id: HostId) -> String {
-    format!("host-{id}")
-}
-
-/// URI SAN that marks a certificate as host `id`; the transport accepts Raft traffic from a
-/// peer only if its certificate carries the URI of the host id it claims.
-pub fn host_uri(id: HostId) -> String {
-    format!("shardkv://host/{id}")
-}
-
-/// URI SAN that marks a certificate as client `name`.
-pub fn client_uri(name: &str) -> String {
-    format!("shardkv://client/{name}")
 }
 
 /// One file to write: contents and whether it is a private key.
@@ -328,7 +314,7 @@ fn host_files(ca: &Ca, host: &HostConfig) -> Result<[Pending; 2], CertError> {
         SanType::IpAddress(host.addr.ip()),
         SanType::DnsName(ia5(&subject, host_server_name(host.id))?),
         SanType::DnsName(ia5(&subject, "localhost".to_string())?),
-        SanType::URI(ia5(&subject, host_uri(host.id))?),
+        SanType::URI(ia5(&subject, PeerIdentity::Host(host.id).uri())?),
     ];
     // Hosts serve clients and peers, and dial peers as clients.
     params.extended_key_usages = vec![
@@ -349,7 +335,7 @@ fn client_files(cfg: &ClusterConfig, ca: &Ca, name: &str) -> Result<[Pending; 2]
     let key = KeyPair::generate().map_err(generate(&subject))?;
     let mut params = base_params(format!("shardkv client {name}"));
     params.subject_alt_names = vec![
-        SanType::URI(ia5(&subject, client_uri(name))?),
+        SanType::URI(ia5(&subject, PeerIdentity::Client(name.to_string()).uri())?),
         SanType::DnsName(ia5(&subject, format!("client-{name}"))?),
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -514,7 +500,7 @@ mod tests {
         for h in &cfg.hosts {
             let sans = verify_chain(&h.cert, &cfg.tls.ca);
             assert!(
-                sans.contains(&format!("uri:{}", host_uri(h.id))),
+                sans.contains(&format!("uri:{}", PeerIdentity::Host(h.id).uri())),
                 "{sans:?}"
             );
             assert!(sans.contains(&format!("dns:host-{}", h.id)), "{sans:?}");
@@ -636,6 +622,6 @@ mod tests {
         assert_eq!(made.paths, vec![h2.cert.clone(), h2.key.clone()]);
         assert_eq!(fs::read(&cfg.tls.ca).expect("read"), ca_before);
         let sans = verify_chain(&h2.cert, &cfg.tls.ca);
-        assert!(sans.contains(&host_uri(2).replace("shardkv", "uri:shardkv")));
+        assert!(sans.contains(&format!("uri:{}", PeerIdentity::Host(2).uri())));
     }
 }

@@ -13,7 +13,7 @@ use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, Send
 use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
-use shardkv_actors::router::{LocalReplica, RouterActor, TransferAll};
+use shardkv_actors::router::{GetHostStatus, LocalReplica, RouterActor, TransferAll};
 use shardkv_actors::schema::{raft_records, Schema};
 use shardkv_actors::shard::{Compaction, ShardActor};
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
@@ -98,7 +98,6 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         tick: cfg.raft.tick,
         election_ticks,
         heartbeat_ticks,
-        value_bytes_max: cfg.max_value_bytes,
         request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
         preferred_leader: None,
     };
@@ -181,7 +180,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         host,
         cfg.name.clone(),
         cfg.shards,
-        cfg.max_value_bytes,
+        cfg.value_bytes_max,
         placement,
         local,
     )
@@ -350,6 +349,16 @@ impl Handler for HostHandler {
         async move {
             match fut.await {
                 Ok(resp) => resp,
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+
+    fn status(&self) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(GetHostStatus);
+        async move {
+            match fut.await {
+                Ok(status) => Response::Status(status),
                 Err(e) => Response::Internal(format!("router unreachable: {e}")),
             }
         }

@@ -2,17 +2,19 @@
 //! (raft-rs) whose replicas live on different hosts; state lives in LMDB; hosts and clients
 //! talk QUIC with mutual TLS.
 //!
-//! This crate holds the client library ([`client::Client`]), the `cluster.toml` model
-//! ([`config`]), certificate tooling ([`certs`]) and the daemon wiring ([`daemon`]). The
-//! actors live in `shardkv-actors`, the wire in `shardkv-transport`.
+//! This crate holds the daemon's view of `cluster.toml` ([`config`]), certificate tooling
+//! ([`certs`]), the daemon wiring ([`daemon`]), local clusters ([`local`]) and the benchmark
+//! ([`mod@bench`], [`chart`]). The client library is the `shardkv-client` crate, re-exported here
+//! as [`client`] for applications that already depend on this one; the actors live in
+//! `shardkv-actors`, the wire in `shardkv-transport`.
 
+pub mod bench;
 pub mod certs;
-pub mod client;
+pub mod chart;
 pub mod config;
 pub mod daemon;
-
-pub use client::{Client, ClientError, ClientSettings};
-pub use config::ClusterConfig;
-pub mod bench;
-pub mod chart;
 pub mod local;
+
+pub use config::ClusterConfig;
+pub use shardkv_client as client;
+pub use shardkv_client::{Client, ClientError, ClientSettings};

@@ -37,12 +37,13 @@ async fn a_cut_off_leader_does_not_serve_stale_lease_reads() {
         drop_replies: 0,
     };
     let others: Vec<u64> = (1..=3).filter(|h| *h != old).collect();
-    writer
+    let admin = cluster.admin();
+    admin
         .inject_fault(old, cut(others.clone()))
         .await
         .expect("partition");
     for h in &others {
-        writer
+        admin
             .inject_fault(*h, cut(vec![old]))
             .await
             .expect("partition");
@@ -71,7 +72,7 @@ async fn a_cut_off_leader_does_not_serve_stale_lease_reads() {
     );
 
     for h in 1..=3 {
-        writer.inject_fault(h, cut(vec![])).await.expect("heal");
+        admin.inject_fault(h, cut(vec![])).await.expect("heal");
     }
     assert_eq!(
         reader.get(b"k").await.expect("read after healing"),

@@ -130,7 +130,7 @@ async fn run(duration: Duration) {
                 // Cut one host's Raft links both ways (clients still reach it): a leader
                 // cut off this way must stop acknowledging and stop serving reads.
                 let others: Vec<u64> = (1..=3).filter(|h| *h != host).collect();
-                let admin = cluster.client();
+                let admin = cluster.admin();
                 let cut = |from: Vec<u64>| shardkv_transport::wire::FaultSpec {
                     partition_from: from,
                     drop_replies: 0,

@@ -19,7 +19,8 @@ async fn a_retried_write_whose_reply_was_lost_is_applied_once() {
         drop_replies: 1,
         ..FaultSpec::default()
     };
-    client
+    cluster
+        .admin()
         .inject_fault(leader, spec)
         .await
         .expect("fault hook (test builds only)");

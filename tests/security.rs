@@ -89,3 +89,28 @@ async fn client_cert_cannot_send_raft_messages() {
         .await
         .expect("cluster still serves");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_cert_cannot_switch_on_fault_hooks() {
+    let mut cluster = common::Cluster::new(1, 1, 1);
+    cluster.start_all();
+    let client = cluster.client();
+    cluster.wait_ready(&client).await;
+
+    let spec = shardkv_transport::wire::FaultSpec {
+        drop_replies: 1,
+        ..Default::default()
+    };
+    let refused = client.inject_fault(1, spec).await;
+    assert!(
+        matches!(&refused, Err(shardkv::ClientError::Invalid(why)) if why.contains("host certificate")),
+        "{refused:?}"
+    );
+    // Nothing was switched on: the next write is acknowledged.
+    client.put(b"k", b"v").await.expect("write acknowledged");
+    let log = std::fs::read_to_string(cluster.log_path(1)).expect("host log");
+    assert!(
+        !log.contains("fault injection active"),
+        "the hook stayed off"
+    );
+}

@@ -5,17 +5,17 @@
 mod common;
 
 use shardkv_transport::endpoint::call;
-use shardkv_transport::wire::{Op, Request, Response};
+use shardkv_transport::wire::{Op, Request, RequestFrame, Response};
 
-fn put(client_id: u64, seq: u64, value: &[u8]) -> Request {
-    Request {
+fn put(client_id: u64, seq: u64, value: &[u8]) -> RequestFrame {
+    RequestFrame::Data(Request {
         client_id,
         seq,
         op: Op::Put {
             key: b"k".to_vec(),
             value: value.to_vec(),
         },
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

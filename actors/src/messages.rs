@@ -1,9 +1,12 @@
 //! The vocabulary every actor of a host shares: each message type and its reply.
 //!
-//! Actors reach each other only through `Recipient<M>` of these messages, handed to them when
-//! the daemon starts the host; no actor module imports another, so each can be read and tested
-//! alone. Replies that complete later than the handler (a write waits for its commit) travel in
-//! a `oneshot` sender inside the message.
+//! Actors reach each other through `Recipient<M>` of these messages, handed to them when the
+//! daemon starts the host, so each can be read and tested with stand-ins. One actor holds
+//! another's address instead: `ShardActor` keeps an `Addr<StorageActor>` (it sends it several
+//! of these messages). Code shared as plain modules rather than messages: the Raft storage
+//! (`raft_storage`, used by the replica and shard actors) and snapshot files (`snapshot`).
+//! Replies that complete later than the handler (a write waits for its commit) travel in a
+//! `oneshot` sender inside the message.
 
 use actix::prelude::*;
 use raft::eraftpb::{Entry, Message as RaftMessage};

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use shardkv_transport::slot::shard_of_key;
-use shardkv_transport::wire::{check_limits, HostStatus, Op, ReplicaInfo, Response};
+use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
 use shardkv_transport::{HostId, ShardId};
 use tracing::{debug, warn};
 
@@ -70,29 +70,6 @@ impl Handler<ClientRequest> for RouterActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) -> Self::Result {
-        match &msg.0.op {
-            Op::Status => {
-                let host = self.host;
-                let cluster = self.cluster.clone();
-                let status = self.local_status();
-                return Box::pin(async move {
-                    Response::Status(HostStatus {
-                        host,
-                        cluster,
-                        version: env!("CARGO_PKG_VERSION").to_string(),
-                        replicas: status.await,
-                    })
-                });
-            }
-            Op::Fault(spec) => {
-                let resp = match shardkv_transport::fault::apply(spec) {
-                    Ok(()) => Response::Ok,
-                    Err(e) => Response::Invalid(e),
-                };
-                return Box::pin(async move { resp });
-            }
-            _ => {}
-        }
         if let Err(resp) = check_limits(&msg.0.op, self.value_bytes_max) {
             record(kind_of(&msg.0.op), &resp, std::time::Instant::now());
             return Box::pin(async move { resp });
@@ -130,8 +107,9 @@ impl Handler<InboundRaft> for RouterActor {
             };
             // A host may speak only for itself, only to us, only in groups it is a member of,
             // and only with the message types replicas exchange. Followers never forward
-            // proposals or reads (they answer NotLeader), and snapshots are not sent yet, so
-            // anything else would be a host trying to inject data or crash raft-rs.
+            // proposals or reads (they answer NotLeader), and snapshots arrive on a stream of
+            // their own (`InboundSnapshot`), so anything else would be a host trying to inject
+            // data or crash raft-rs.
             let member = self
                 .placement
                 .get(&env.shard)
@@ -172,8 +150,6 @@ fn kind_of(op: &Op) -> &'static str {
         Op::Put { .. } => "put",
         Op::Delete { .. } => "delete",
         Op::Cas { .. } => "cas",
-        Op::Status => "status",
-        Op::Fault(_) => "fault",
     }
 }
 
@@ -253,36 +229,38 @@ impl Handler<InboundSnapshot> for RouterActor {
     }
 }
 
-/// To the RouterActor: status of every local replica, by shard.
+/// To the RouterActor: this host's status, its local replicas in shard order (the answer to
+/// an admin status request).
 #[derive(Message)]
-#[rtype(result = "Vec<ReplicaInfo>")]
-pub struct LocalStatus;
+#[rtype(result = "HostStatus")]
+pub struct GetHostStatus;
 
-impl RouterActor {
-    fn local_status(&self) -> impl std::future::Future<Output = Vec<ReplicaInfo>> + 'static {
+impl Handler<GetHostStatus> for RouterActor {
+    type Result = ResponseFuture<HostStatus>;
+
+    fn handle(&mut self, _: GetHostStatus, _: &mut Self::Context) -> Self::Result {
+        let host = self.host;
+        let cluster = self.cluster.clone();
         let futs: Vec<_> = self
             .local
             .values()
             .map(|r| r.status.send(GetStatus))
             .collect();
-        async move {
-            let mut out = Vec::new();
+        Box::pin(async move {
+            let mut replicas = Vec::new();
             for f in futs {
                 if let Ok(s) = f.await {
-                    out.push(s);
+                    replicas.push(s);
                 }
             }
-            out.sort_by_key(|s| s.shard);
-            out
-        }
-    }
-}
-
-impl Handler<LocalStatus> for RouterActor {
-    type Result = ResponseFuture<Vec<ReplicaInfo>>;
-
-    fn handle(&mut self, _: LocalStatus, _: &mut Self::Context) -> Self::Result {
-        Box::pin(self.local_status())
+            replicas.sort_by_key(|s| s.shard);
+            HostStatus {
+                host,
+                cluster,
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                replicas,
+            }
+        })
     }
 }
 

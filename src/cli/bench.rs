@@ -84,7 +84,7 @@ fn parse_shape(s: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 fn clients(cfg: &ClusterConfig, n: usize, args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
-    let mut settings = ClientSettings::from_config(cfg, CLI_CLIENT);
+    let mut settings = ClientSettings::from_config(&cfg.client(), CLI_CLIENT);
     settings.deadline = Duration::from_secs(20);
     if args.stale {
         settings.consistency = ReadConsistency::Stale;

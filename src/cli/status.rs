@@ -57,7 +57,7 @@ pub fn run(cfg: &ClusterConfig, json: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let statuses: Vec<(HostId, Result<HostStatus, String>)> = rt.block_on(async {
-        let mut settings = ClientSettings::from_config(cfg, CLI_CLIENT);
+        let mut settings = ClientSettings::from_config(&cfg.client(), CLI_CLIENT);
         settings.attempt_timeout = Duration::from_secs(2);
         let client = Client::new(settings)?;
         let futs = cfg.hosts.iter().map(|h| {

@@ -3,21 +3,15 @@
 //! to each, then wait); if a child dies, the others are stopped too.
 
 use std::path::Path;
-use std::process::{Child, Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use shardkv::config::ClusterConfig;
+use shardkv::local::HostProcesses;
 
-fn signal(child: &Child, sig: libc::c_int) {
-    // Only our own children, by PID.
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-}
+/// How long the hosts get to hand off leadership and exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the local cluster until a signal.
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
@@ -28,17 +22,11 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
         }
     }
     let exe = std::env::current_exe().context("cannot find the shardkv executable")?;
-    let mut children = Vec::new();
+    let mut children = HostProcesses::new(&exe, path);
     for h in &cfg.hosts {
-        let child = Command::new(&exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(path)
-            .arg("--host")
-            .arg(h.id.to_string())
-            .spawn()
+        children
+            .start(h.id)
             .with_context(|| format!("cannot start host {}", h.id))?;
-        children.push((h.id, child));
     }
     let hosts: Vec<String> = cfg
         .hosts
@@ -68,10 +56,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
                     _ = term.recv() => return Ok::<_, anyhow::Error>(None),
                     _ = int.recv() => return Ok(None),
                     _ = tick.tick() => {
-                        for (id, c) in children.iter_mut() {
-                            if let Ok(Some(status)) = c.try_wait() {
-                                return Ok(Some((*id, status)));
-                            }
+                        if let Some(exited) = children.exited() {
+                            return Ok(Some(exited));
                         }
                     }
                 }
@@ -81,25 +67,8 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     if let Some((id, status)) = stop {
         eprintln!("host {id} exited ({status}); stopping the others");
     }
-    for (_, c) in &children {
-        signal(c, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for (id, c) in children.iter_mut() {
-        loop {
-            match c.try_wait() {
-                Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => {
-                    eprintln!("host {id} did not stop in time; killing it");
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-            }
-        }
+    for id in children.stop_all(STOP_GRACE) {
+        eprintln!("host {id} did not stop in time; it was killed");
     }
     Ok(if stop.is_some() {
         ExitCode::FAILURE

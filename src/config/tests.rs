@@ -51,7 +51,7 @@ fn committed_sample_parses_with_defaults() {
     let cfg = parse(SAMPLE).expect("sample must parse");
     assert_eq!(cfg.name, "local");
     assert_eq!((cfg.shards, cfg.replicas), (3, 3));
-    assert_eq!(cfg.max_value_bytes, 1 << 20);
+    assert_eq!(cfg.value_bytes_max, 1 << 20);
     assert_eq!(cfg.raft.tick, Duration::from_millis(100));
     assert_eq!(cfg.raft.election_timeout, Duration::from_secs(1));
     assert_eq!(cfg.raft.heartbeat, Duration::from_millis(100));

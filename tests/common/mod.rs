@@ -1,34 +1,34 @@
 //! Test harness: a real cluster of `shardkv serve` processes on loopback, with certificates and
-//! a config written into a temp dir. Processes are stopped by PID when the harness drops.
-#![allow(dead_code)]
+//! a config written into a temp dir, started and stopped by PID through the same launcher as
+//! `shardkv up` ([`shardkv::local`]). Failures panic with what went wrong: this is a test.
+//!
+//! Every test binary compiles this module and uses a different part of it, so the items that
+//! not every binary uses carry a narrow `allow(dead_code)`.
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use shardkv::client::{Client, ClientSettings};
 use shardkv::config::ClusterConfig;
+use shardkv::local::{HostProcesses, LoopbackSpec};
+use shardkv_transport::HostId;
 
 /// Path of the binary under test.
+#[allow(dead_code, reason = "used by the tests that run the CLI")]
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardkv");
 
-/// A free UDP port on `ip` (QUIC listens on UDP).
-pub fn free_port(ip: [u8; 4]) -> u16 {
-    let s = UdpSocket::bind(SocketAddr::from((ip, 0))).expect("bind a probe socket on loopback");
-    s.local_addr().expect("probe socket has an address").port()
-}
+/// How long a host may take to exit after SIGTERM before the test fails.
+const STOP_GRACE: Duration = Duration::from_secs(15);
 
-/// A free TCP port on `ip` (for the metrics listener).
-pub fn free_tcp_port(ip: [u8; 4]) -> u16 {
-    let s = std::net::TcpListener::bind(SocketAddr::from((ip, 0))).expect("bind a probe listener");
-    s.local_addr()
-        .expect("probe listener has an address")
-        .port()
+/// A free UDP port on `ip` (QUIC listens on UDP).
+#[allow(dead_code, reason = "used by the tests that write their own config")]
+pub fn free_port(ip: [u8; 4]) -> u16 {
+    shardkv::local::free_udp_port(ip).expect("a free port on loopback")
 }
 
 /// GET `path` from `addr` over plain HTTP/1.0; returns the body.
+#[allow(dead_code, reason = "used by the metrics tests")]
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
@@ -46,13 +46,25 @@ pub fn http_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A cluster under test; every host still running is killed when it drops.
 pub struct Cluster {
+    /// First field, so it drops (killing the hosts) before their directory is removed.
+    hosts: HostProcesses,
+    /// Holds the config, certificates, data and logs; removed when the cluster drops.
+    #[allow(
+        dead_code,
+        reason = "read only by the tests that write files of their own"
+    )]
     pub dir: tempfile::TempDir,
+    #[allow(dead_code, reason = "read only by the tests that run the CLI")]
     pub cfg_path: PathBuf,
     pub cfg: ClusterConfig,
-    procs: BTreeMap<u64, Child>,
 }
 
+#[allow(
+    dead_code,
+    reason = "each test binary drives the cluster through a different subset of these"
+)]
 impl Cluster {
     /// Writes config + certs for `hosts` hosts, `shards` shards x `replicas` replicas. Each
     /// host gets its own loopback address 127.0.0.(10+id).
@@ -63,58 +75,41 @@ impl Cluster {
     /// Like [`Cluster::new`], with extra lines for the `[raft]` table.
     pub fn with_raft(hosts: u64, shards: u32, replicas: u32, raft_extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut text = format!(
-            "[cluster]\nname = \"test\"\nshards = {shards}\nreplicas = {replicas}\n\n\
-             [raft]\ntick = \"50ms\"\nelection_timeout = \"500ms\"\nheartbeat = \"50ms\"\n{raft_extra}\n\
-             [storage]\nmap_size = \"1GiB\"\n\n"
-        );
-        for id in 1..=hosts {
-            let ip = [127, 0, 0, 10 + id as u8];
-            let port = free_port(ip);
-            let metrics = free_tcp_port(ip);
-            text.push_str(&format!(
-                "[[host]]\nid = {id}\naddr = \"127.0.0.{last}:{port}\"\ndata_dir = \"data/host-{id}\"\n\
-                 metrics = \"127.0.0.{last}:{metrics}\"\n\n",
-                last = 10 + id
-            ));
-        }
-        let cfg_path = dir.path().join("cluster.toml");
-        std::fs::write(&cfg_path, text).expect("write config");
-        let cfg = ClusterConfig::load(&cfg_path).expect("test config is valid");
-        shardkv::certs::init(&cfg, false).expect("certs");
+        let spec = LoopbackSpec {
+            name: "test".into(),
+            hosts,
+            shards,
+            replicas,
+            first_octet: 10,
+            raft: format!(
+                "tick = \"50ms\"\nelection_timeout = \"500ms\"\nheartbeat = \"50ms\"\n{raft_extra}"
+            ),
+            map_size: "1GiB".into(),
+            metrics: true,
+        };
+        let (cfg_path, cfg) = spec.write(dir.path()).expect("test config and certs");
+        let hosts = HostProcesses::new(
+            std::path::Path::new(env!("CARGO_BIN_EXE_shardkv")),
+            &cfg_path,
+        )
+        .log_to(dir.path())
+        .env("RUST_LOG", "info")
+        .env("RUST_BACKTRACE", "0");
         Cluster {
+            hosts,
             dir,
             cfg_path,
             cfg,
-            procs: BTreeMap::new(),
         }
     }
 
-    pub fn log_path(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("host-{id}.log"))
+    pub fn log_path(&self, id: HostId) -> PathBuf {
+        self.hosts.log_path(id).expect("test hosts log to files")
     }
 
     /// Starts `shardkv serve` for host `id`.
-    pub fn start(&mut self, id: u64) {
-        assert!(!self.procs.contains_key(&id), "host {id} already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(id))
-            .expect("log file");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.cfg_path)
-            .arg("--host")
-            .arg(id.to_string())
-            .env("RUST_LOG", "info")
-            .env("RUST_BACKTRACE", "0")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn shardkv serve");
-        self.procs.insert(id, child);
+    pub fn start(&mut self, id: HostId) {
+        self.hosts.start(id).expect("start shardkv serve");
     }
 
     pub fn start_all(&mut self) {
@@ -123,80 +118,63 @@ impl Cluster {
         }
     }
 
-    pub fn pid(&self, id: u64) -> i32 {
-        self.procs[&id].id() as i32
-    }
-
-    pub fn signal(&self, id: u64, sig: libc::c_int) {
-        // SAFETY: kill(2) on a child we started.
-        unsafe {
-            libc::kill(self.pid(id), sig);
-        }
-    }
-
     /// Panics (with the logs) if a host process exited on its own: a crash the test did not
     /// cause is a bug even when the cluster kept working.
     pub fn check_alive(&mut self) {
-        for (id, c) in self.procs.iter_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("host {id} exited on its own ({status})");
-            }
+        if let Some((id, status)) = self.hosts.exited() {
+            panic!("host {id} exited on its own ({status})");
         }
     }
 
-    /// Whether host `id` has a running process.
-    pub fn is_running(&self, id: u64) -> bool {
-        self.procs.contains_key(&id)
-    }
-
     /// SIGSTOP: the host freezes with its sockets open, like a long GC pause or a hung VM.
-    pub fn pause(&self, id: u64) {
-        self.signal(id, libc::SIGSTOP);
+    pub fn pause(&self, id: HostId) {
+        assert!(self.hosts.signal(id, libc::SIGSTOP), "host {id} running");
     }
 
     /// SIGCONT after [`Cluster::pause`].
-    pub fn resume(&self, id: u64) {
-        self.signal(id, libc::SIGCONT);
+    pub fn resume(&self, id: HostId) {
+        assert!(self.hosts.signal(id, libc::SIGCONT), "host {id} running");
     }
 
     /// kill -9 and reap.
-    pub fn kill9(&mut self, id: u64) {
-        let mut c = self.procs.remove(&id).expect("host running");
-        c.kill().expect("SIGKILL");
-        c.wait().expect("reap");
+    pub fn kill9(&mut self, id: HostId) {
+        self.hosts
+            .kill(id)
+            .expect("SIGKILL and reap a running host");
     }
 
     pub fn kill9_all(&mut self) {
-        for id in self.procs.keys().copied().collect::<Vec<_>>() {
+        for id in self.hosts.running() {
             self.kill9(id);
         }
     }
 
     /// SIGTERM and wait for a clean exit; returns the exit status.
-    pub fn stop(&mut self, id: u64) -> std::process::ExitStatus {
-        self.signal(id, libc::SIGTERM);
-        let mut c = self.procs.remove(&id).expect("host running");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("host {id} did not stop after SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    pub fn stop(&mut self, id: HostId) -> std::process::ExitStatus {
+        match self.hosts.stop(id, STOP_GRACE) {
+            Ok(status) => status,
+            Err(e) => panic!("{e}"),
         }
     }
 
     pub fn settings(&self, name: &str) -> ClientSettings {
-        let mut s = ClientSettings::from_config(&self.cfg, name);
+        let mut s = ClientSettings::from_config(&self.cfg.client(), name);
         s.deadline = Duration::from_secs(20);
         s
     }
 
     pub fn client(&self) -> Client {
         Client::new(self.settings("cli")).expect("client")
+    }
+
+    /// A client holding host 1's certificate: hosts accept fault hooks only from a host
+    /// certificate, never from a client one.
+    pub fn admin(&self) -> Client {
+        let host = &self.cfg.hosts[0];
+        let mut settings = self.settings("cli");
+        settings.tls.cert = host.cert.clone();
+        settings.tls.key = host.key.clone();
+        Client::new(settings).expect("admin client")
     }
 
     /// A bare QUIC connection to the `index`th host with the client certificate `name`, for
@@ -259,14 +237,11 @@ impl Drop for Cluster {
         if std::thread::panicking() || std::env::var_os("SHARDKV_TEST_LOGS").is_some() {
             self.dump_logs();
         }
-        for (_, mut c) in std::mem::take(&mut self.procs) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
 /// A key that lands in `shard`.
+#[allow(dead_code, reason = "used by the tests that target one shard")]
 pub fn key_in_shard(shard: u32, shards: u32) -> Vec<u8> {
     (0u64..)
         .map(|i| format!("probe-{i}").into_bytes())
@@ -275,6 +250,7 @@ pub fn key_in_shard(shard: u32, shards: u32) -> Vec<u8> {
 }
 
 /// Seed from SHARDKV_SEED or the clock, printed so a failure can be replayed.
+#[allow(dead_code, reason = "used by the randomised tests")]
 pub fn seed() -> u64 {
     let seed = std::env::var("SHARDKV_SEED")
         .ok()

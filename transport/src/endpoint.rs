@@ -1,6 +1,7 @@
 //! QUIC endpoints and the two kinds of streams shardkv opens on them.
 //!
-//! - Client -> host: one bidirectional stream per request (a request frame, then a reply frame).
+//! - Client -> host: one bidirectional stream per request (a [`RequestFrame`], then a reply
+//!   frame). Admin requests are answered here; fault hooks only for host certificates.
 //! - Host -> host: one long-lived unidirectional stream per direction carrying [`RaftBatch`]
 //!   frames. It is accepted only from a host certificate, and every message in it must come from
 //!   the host id that certificate names (checked by the [`Handler`]).
@@ -17,10 +18,11 @@ use tracing::{debug, info, warn};
 
 use crate::error::TransportError;
 use crate::frame::{read_frame, write_frame};
-use crate::tls::{self, PeerIdentity, TlsFiles};
+use crate::identity::{host_server_name, PeerIdentity};
+use crate::tls::{self, TlsFiles};
 use crate::wire::{
-    HostId, RaftBatch, Request, Response, ShardId, SnapshotFrame, StreamHeader,
-    CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
+    AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response, ShardId, SnapshotFrame,
+    StreamHeader, CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
 };
 
 /// QUIC application close code: the peer's role may not do what it tried.
@@ -35,8 +37,10 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
 pub trait Handler: Send + Sync + 'static {
     /// A batch of Raft messages from host `from` (already proven by its certificate).
     fn raft(&self, from: HostId, batch: RaftBatch);
-    /// One client (or host) request; the future resolves to the reply.
+    /// One client (or host) data request; the future resolves to the reply.
     fn request(&self, peer: PeerIdentity, req: Request) -> impl Future<Output = Response> + Send;
+    /// The reply to [`AdminRequest::Status`]: [`Response::Status`], or why there is none.
+    fn status(&self) -> impl Future<Output = Response> + Send;
     /// Where an arriving snapshot may be written (a fresh path in the host's data dir).
     fn snapshot_path(&self, from: HostId, shard: ShardId) -> PathBuf;
     /// A whole snapshot from host `from` has arrived in `path`, for the `MsgSnapshot` in
@@ -98,7 +102,7 @@ pub async fn connect(
         reason,
     };
     let connecting = endpoint
-        .connect(addr, &tls::host_server_name(id))
+        .connect(addr, &host_server_name(id))
         .map_err(|e| err(e.to_string()))?;
     let conn = connecting.await.map_err(|e| classify(addr, &e))?;
     match tls::peer_identity(&conn)? {
@@ -159,7 +163,7 @@ pub fn explain(conn: &Connection, e: impl std::fmt::Display) -> TransportError {
 }
 
 /// Sends one request on its own bidirectional stream and waits for the reply.
-pub async fn call(conn: &Connection, req: &Request) -> Result<Response, TransportError> {
+pub async fn call(conn: &Connection, req: &RequestFrame) -> Result<Response, TransportError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| explain(conn, e))?;
     write_frame(&mut send, req)
         .await
@@ -318,11 +322,13 @@ async fn serve_request<H: Handler>(
     peer: PeerIdentity,
     handler: Arc<H>,
 ) {
-    let (resp, write) = match read_frame::<_, Request>(&mut recv, CLIENT_FRAME_BYTES_MAX).await {
-        Ok(Some(req)) => {
+    let (resp, write) = match read_frame::<_, RequestFrame>(&mut recv, CLIENT_FRAME_BYTES_MAX).await
+    {
+        Ok(Some(RequestFrame::Data(req))) => {
             let write = req.op.is_write();
             (handler.request(peer, req).await, write)
         }
+        Ok(Some(RequestFrame::Admin(req))) => (serve_admin(req, &peer, &*handler).await, false),
         Ok(None) => return,
         Err(e) => (Response::Invalid(format!("bad request frame: {e}")), false),
     };
@@ -336,6 +342,27 @@ async fn serve_request<H: Handler>(
         return;
     }
     let _ = send.finish();
+}
+
+/// Answers a request addressed to this host. Fault hooks change how the host treats its
+/// peers, so only another host's certificate (the test harness holds one) may use them.
+async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler: &H) -> Response {
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = peer;
+    match req {
+        AdminRequest::Status => handler.status().await,
+        #[cfg(feature = "fault-injection")]
+        AdminRequest::Fault(spec) => match peer {
+            PeerIdentity::Host(_) => {
+                crate::fault::apply(&spec);
+                Response::Ok
+            }
+            PeerIdentity::Client(_) => {
+                warn!(%peer, "refused a fault hook from a client certificate");
+                Response::Invalid("fault hooks require a host certificate".into())
+            }
+        },
+    }
 }
 
 async fn serve_raft_stream<H: Handler>(

@@ -1,10 +1,12 @@
 //! Fault injection for tests: partitions between hosts and lost acknowledgements.
 //!
-//! Compiled in only with the `fault-injection` feature, which the workspace enables for its
-//! own tests (as a dev-dependency feature) and never for `cargo build --release`. Without it
-//! every query here answers "no fault" and [`apply`] refuses.
+//! The hooks are compiled in only with the `fault-injection` feature, which the workspace
+//! enables for its own tests (as a dev-dependency feature) and never for `cargo build
+//! --release`. Without it `apply` does not exist and every query here answers "no fault".
+//! Faults are switched on by `AdminRequest::Fault` (see [`crate::wire`]), which the endpoint
+//! accepts from host certificates only.
 
-use crate::wire::{FaultSpec, HostId};
+use crate::wire::HostId;
 
 #[cfg(feature = "fault-injection")]
 mod state {
@@ -29,24 +31,13 @@ mod state {
     }
 }
 
-/// Whether this build can inject faults.
-pub const ENABLED: bool = cfg!(feature = "fault-injection");
-
 /// Switches on the faults in `spec` (replacing earlier ones).
-pub fn apply(spec: &FaultSpec) -> Result<(), String> {
-    #[cfg(feature = "fault-injection")]
-    {
-        let mut g = state::PARTITIONED.lock().unwrap_or_else(|p| p.into_inner());
-        *g = Some(spec.partition_from.iter().copied().collect());
-        state::DROP_REPLIES.store(spec.drop_replies, std::sync::atomic::Ordering::SeqCst);
-        tracing::warn!(?spec, "fault injection active");
-        Ok(())
-    }
-    #[cfg(not(feature = "fault-injection"))]
-    {
-        let _ = spec;
-        Err("fault injection is not compiled into this host (test builds only)".into())
-    }
+#[cfg(feature = "fault-injection")]
+pub fn apply(spec: &crate::wire::FaultSpec) {
+    let mut g = state::PARTITIONED.lock().unwrap_or_else(|p| p.into_inner());
+    *g = Some(spec.partition_from.iter().copied().collect());
+    state::DROP_REPLIES.store(spec.drop_replies, std::sync::atomic::Ordering::SeqCst);
+    tracing::warn!(?spec, "fault injection active");
 }
 
 /// Whether Raft traffic to/from `peer` is being dropped.

@@ -8,10 +8,12 @@ pub mod endpoint;
 pub mod error;
 pub mod fault;
 pub mod frame;
+pub mod identity;
 pub mod slot;
 pub mod tls;
 pub mod wire;
 
 pub use error::TransportError;
-pub use tls::{PeerIdentity, TlsFiles};
+pub use identity::PeerIdentity;
+pub use tls::TlsFiles;
 pub use wire::{HostId, ShardId};

@@ -13,8 +13,12 @@ pub type ShardId = u32;
 
 /// Longest key accepted: LMDB's limit is 511 bytes and the schema prefixes keys.
 pub const KEY_BYTES_MAX: usize = 480;
-/// Default ceiling on a value; `cluster.max_value_bytes` overrides it.
-pub const VALUE_BYTES_DEFAULT_MAX: usize = 1024 * 1024;
+/// Largest value when `cluster.max_value_bytes` is not set (1 MiB).
+pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
+/// Highest `cluster.max_value_bytes` accepted (64 MiB): a value rides whole in one Raft entry
+/// and one frame.
+pub const VALUE_BYTES_MAX_CEILING: usize = 64 << 20;
+const _: () = assert!(VALUE_BYTES_MAX_CEILING + KEY_BYTES_MAX < crate::frame::FRAME_BYTES_MAX);
 /// Frame limit for client requests and replies on hosts (values are capped further by config).
 pub const CLIENT_FRAME_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX;
 /// Frame limit for a batch of Raft messages.
@@ -34,7 +38,7 @@ pub enum ReadConsistency {
     Lease,
 }
 
-/// A client's operation on one key.
+/// A client's operation on one key; every variant is routed by its key to one shard.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Read the value of `key`.
@@ -53,14 +57,24 @@ pub enum Op {
         expected: Option<Vec<u8>>,
         new: Option<Vec<u8>>,
     },
-    /// Administrative: report this host's replicas (sent to one host, not routed by key).
+}
+
+/// A request addressed to one host rather than routed by key. The transport answers it
+/// without it ever reaching a shard, so data paths never see one.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Report this host's replicas (answered with [`Response::Status`]); any certificate of
+    /// the cluster may ask.
     Status,
-    /// Administrative, tests only: inject faults into this host's transport. Hosts built
-    /// without the `fault-injection` feature (every release build) answer `Invalid`.
+    /// Tests only: inject faults into this host's transport. Accepted only from a host
+    /// certificate; compiled in only with the `fault-injection` feature, so a release host
+    /// cannot even decode it.
+    #[cfg(feature = "fault-injection")]
     Fault(FaultSpec),
 }
 
-/// Faults a test can switch on in one host (see [`Op::Fault`]).
+/// Faults a test can switch on in one host (see [`AdminRequest::Fault`]).
+#[cfg(feature = "fault-injection")]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct FaultSpec {
     /// Drop all Raft traffic to and from these hosts (a partition), replacing earlier ones.
@@ -81,7 +95,7 @@ pub struct ReplicaInfo {
     pub last_index: u64,
 }
 
-/// A host's answer to [`Op::Status`].
+/// A host's answer to [`AdminRequest::Status`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct HostStatus {
     pub host: HostId,
@@ -91,25 +105,19 @@ pub struct HostStatus {
 }
 
 impl Op {
-    /// The key the operation touches.
+    /// The key the operation touches; it decides the shard.
     pub fn key(&self) -> &[u8] {
         match self {
             Op::Get { key, .. }
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => key,
-            Op::Status | Op::Fault(_) => &[],
         }
     }
 
     /// Whether the operation changes state (and so goes through the Raft log).
     pub fn is_write(&self) -> bool {
         matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
-    }
-
-    /// Whether the operation is addressed to a host rather than routed by key.
-    pub fn is_admin(&self) -> bool {
-        matches!(self, Op::Status | Op::Fault(_))
     }
 }
 
@@ -124,7 +132,17 @@ pub struct Request {
     pub op: Op,
 }
 
-/// The answer to a [`Request`].
+/// What a client sends on a request stream: a data request, routed by key to a shard, or an
+/// admin request, answered by the host itself.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum RequestFrame {
+    /// Read or write one key.
+    Data(Request),
+    /// Ask the host itself.
+    Admin(AdminRequest),
+}
+
+/// The answer to a [`RequestFrame`].
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Result of a `Get`: the value, or `None` if the key is absent.
@@ -135,7 +153,7 @@ pub enum Response {
     CasOk,
     /// A CAS found another value (here: the current one) and changed nothing.
     CasFailed { current: Option<Vec<u8>> },
-    /// The answer to [`Op::Status`].
+    /// The answer to [`AdminRequest::Status`].
     Status(HostStatus),
     /// This host's replica of the shard is not the leader; try `leader` if known.
     NotLeader {
@@ -174,7 +192,8 @@ impl std::fmt::Display for LimitKind {
     }
 }
 
-/// Checks key and value sizes; the same rule runs in the client and again on the host.
+/// Checks key and value sizes against `value_bytes_max`. The client runs it to save a round
+/// trip; the host runs it once, in its router, before anything reaches a shard.
 pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
     let key = op.key();
     if key.is_empty() {

@@ -52,7 +52,6 @@ pub struct ReplicaSettings {
     pub tick: Duration,
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    pub value_bytes_max: usize,
     /// How long a request may wait for commit/apply before the client is told to retry.
     pub request_timeout: Duration,
     /// The host that should lead this shard when healthy (None: whoever wins elections).

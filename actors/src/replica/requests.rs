@@ -7,7 +7,7 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
-use shardkv_transport::wire::{check_limits, Op, ReadConsistency, Request, Response};
+use shardkv_transport::wire::{Op, ReadConsistency, Request, Response};
 use tokio::sync::oneshot;
 
 use super::reads::PendingRead;
@@ -39,10 +39,6 @@ impl ReplicaActor {
         ctx: &mut Context<Self>,
     ) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
-        if let Err(resp) = check_limits(&req.op, self.settings.value_bytes_max) {
-            let _ = tx.send(resp);
-            return rx;
-        }
         match req.op {
             Op::Get { key, consistency } => self.read(key, consistency, tx, ctx),
             Op::Put { key, value } => {
@@ -50,11 +46,6 @@ impl ReplicaActor {
             }
             Op::Delete { key } => {
                 self.propose(req.client_id, req.seq, Action::Delete { key }, tx, ctx)
-            }
-            Op::Status | Op::Fault(_) => {
-                let _ = tx.send(Response::Invalid(
-                    "administrative requests go to the router".into(),
-                ));
             }
             Op::Cas { key, expected, new } => {
                 let action = Action::Cas { key, expected, new };

@@ -1,4 +1,4 @@
-//! The shardkv client library: the public way to read and write.
+//! [`Client`]: the public way to read and write.
 //!
 //! A [`Client`] is built from the cluster's description (hosts, CA and a client certificate),
 //! routes each key to its shard by slot, talks to the shard's leader over QUIC with mutual TLS,
@@ -6,11 +6,10 @@
 //! `(client_id, seq)` so that a retried write is applied once.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), shardkv::client::ClientError> {
-//! use shardkv::client::Client;
-//! use shardkv::config::ClusterConfig;
+//! # async fn demo() -> Result<(), shardkv_client::ClientError> {
+//! use shardkv_client::{Client, ClientConfig};
 //!
-//! let cfg = ClusterConfig::load("cluster.toml".as_ref()).expect("valid cluster.toml");
+//! let cfg = ClientConfig::load("cluster.toml".as_ref()).expect("valid cluster.toml");
 //! let client = Client::from_config(&cfg, "cli")?;
 //! client.put(b"greeting", b"hello").await?;
 //! assert_eq!(client.get(b"greeting").await?, Some(b"hello".to_vec()));
@@ -26,90 +25,19 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, Endpoint};
 use shardkv_transport::endpoint::{call, client_endpoint, connect};
 use shardkv_transport::slot::shard_of_key;
+#[cfg(feature = "fault-injection")]
+use shardkv_transport::wire::FaultSpec;
 use shardkv_transport::wire::{
-    check_limits, FaultSpec, HostStatus, LimitKind, Op, ReadConsistency, Request, Response,
+    check_limits, AdminRequest, HostStatus, Op, Request, RequestFrame, Response,
 };
-use shardkv_transport::{HostId, ShardId, TlsFiles, TransportError};
+use shardkv_transport::{HostId, ShardId, TransportError};
 use tracing::debug;
 
-use crate::config::ClusterConfig;
+use crate::config::ClientConfig;
+use crate::{ClientError, ClientSettings};
 
-/// How long an operation keeps retrying by default.
-pub const DEADLINE_DEFAULT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
-
-/// Why an operation failed. Retryable conditions (elections, lost connections) are retried
-/// inside the client until the deadline; what reaches the caller is final.
-#[derive(thiserror::Error, Debug, Clone)]
-pub enum ClientError {
-    /// The key or value is over its limit; nothing was sent.
-    #[error("{what} of {len} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        what: LimitKind,
-        len: usize,
-        limit: usize,
-    },
-    /// The request is malformed (e.g. empty key).
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// A host refused our certificate (or role); retrying will not help.
-    #[error("{0}; check that the client certificate was issued by this cluster's CA (`shardkv certs client NAME`)")]
-    Refused(String),
-    /// No answer within the deadline. For a write the outcome is unknown: it may or may not
-    /// have been applied (a retry with the same client is still applied at most once).
-    #[error("no answer within {deadline:?}; last problem: {last}")]
-    Timeout { deadline: Duration, last: String },
-    /// Client setup failed (TLS files, endpoint).
-    #[error("client setup: {0}")]
-    Setup(String),
-    /// The host reported an internal fault.
-    #[error("host error: {0}")]
-    Internal(String),
-}
-
-/// Everything a client needs to know about the cluster.
-#[derive(Debug, Clone)]
-pub struct ClientSettings {
-    /// Every host and its address.
-    pub hosts: Vec<(HostId, SocketAddr)>,
-    /// Number of shards.
-    pub shards: u32,
-    /// Replica hosts of each shard.
-    pub placement: HashMap<ShardId, Vec<HostId>>,
-    /// CA, client certificate and key.
-    pub tls: TlsFiles,
-    /// Largest value the cluster accepts.
-    pub value_bytes_max: usize,
-    /// How long one operation may take, retries included.
-    pub deadline: Duration,
-    /// How long one attempt against one host may take before the client tries another
-    /// (a host that died silently is noticed after this, not after the whole deadline).
-    pub attempt_timeout: Duration,
-    /// How reads are served.
-    pub consistency: ReadConsistency,
-}
-
-impl ClientSettings {
-    /// Settings from a cluster description, using client certificate `name`.
-    pub fn from_config(cfg: &ClusterConfig, name: &str) -> Self {
-        let (cert, key) = cfg.client_cert_paths(name);
-        ClientSettings {
-            hosts: cfg.hosts.iter().map(|h| (h.id, h.addr)).collect(),
-            shards: cfg.shards,
-            placement: cfg.placement().into_iter().collect(),
-            tls: TlsFiles {
-                ca: cfg.tls.ca.clone(),
-                cert,
-                key,
-            },
-            value_bytes_max: cfg.max_value_bytes,
-            deadline: DEADLINE_DEFAULT,
-            attempt_timeout: (cfg.raft.election_timeout * 2).max(Duration::from_secs(2)),
-            consistency: ReadConsistency::Linearizable,
-        }
-    }
-}
 
 struct Inner {
     settings: ClientSettings,
@@ -137,7 +65,7 @@ pub struct Client {
 impl Client {
     /// A client for the cluster in `cfg` using client certificate `name` (e.g. "cli").
     /// Must be called inside a Tokio runtime.
-    pub fn from_config(cfg: &ClusterConfig, name: &str) -> Result<Self, ClientError> {
+    pub fn from_config(cfg: &ClientConfig, name: &str) -> Result<Self, ClientError> {
         Self::new(ClientSettings::from_config(cfg, name))
     }
 
@@ -215,27 +143,25 @@ impl Client {
     /// Asks host `host` for its replicas' Raft status (one attempt, bounded by the
     /// attempt timeout): for `shardkv status` and monitoring.
     pub async fn host_status(&self, host: HostId) -> Result<HostStatus, ClientError> {
-        match self.admin(host, Op::Status).await? {
+        match self.admin(host, AdminRequest::Status).await? {
             Response::Status(s) => Ok(s),
             other => Err(final_error(other)),
         }
     }
 
-    /// Test hook: switches on faults in host `host` (only hosts built with the
-    /// `fault-injection` feature accept; release builds refuse).
+    /// Test hook: switches on faults in host `host`. Only hosts built with the
+    /// `fault-injection` feature understand it, and they accept it only from a client that
+    /// holds a host certificate (the test harness); a client certificate is answered `Invalid`.
+    #[cfg(feature = "fault-injection")]
     pub async fn inject_fault(&self, host: HostId, spec: FaultSpec) -> Result<(), ClientError> {
-        match self.admin(host, Op::Fault(spec)).await? {
+        match self.admin(host, AdminRequest::Fault(spec)).await? {
             Response::Ok => Ok(()),
             other => Err(final_error(other)),
         }
     }
 
-    async fn admin(&self, host: HostId, op: Op) -> Result<Response, ClientError> {
-        let req = Request {
-            client_id: 0,
-            seq: 0,
-            op,
-        };
+    async fn admin(&self, host: HostId, req: AdminRequest) -> Result<Response, ClientError> {
+        let req = RequestFrame::Admin(req);
         let budget = self.inner.settings.attempt_timeout;
         match tokio::time::timeout(budget, self.call_host(host, &req)).await {
             Err(_) => Err(ClientError::Timeout {
@@ -296,17 +222,17 @@ impl Client {
         } else {
             (0, 0, None)
         };
-        let req = Request { client_id, seq, op };
-        let res = self.retry(&req).await;
+        let res = self.retry(Request { client_id, seq, op }).await;
         if let Some(s) = session {
             self.return_session(s);
         }
         res
     }
 
-    async fn retry(&self, req: &Request) -> Result<Response, ClientError> {
+    async fn retry(&self, req: Request) -> Result<Response, ClientError> {
         let settings = &self.inner.settings;
         let shard = shard_of_key(req.op.key(), settings.shards);
+        let req = RequestFrame::Data(req);
         let replicas = settings.placement.get(&shard).cloned().unwrap_or_default();
         if replicas.is_empty() {
             return Err(ClientError::Setup(format!(
@@ -333,7 +259,7 @@ impl Client {
                 });
             }
             let budget = (deadline - now).min(settings.attempt_timeout);
-            let attempt = tokio::time::timeout(budget, self.call_host(target, req)).await;
+            let attempt = tokio::time::timeout(budget, self.call_host(target, &req)).await;
             let mut pause = true;
             match attempt {
                 Err(_) => {
@@ -384,6 +310,7 @@ impl Client {
                         }
                     }
                     Response::Unavailable(why) => last = format!("shard {shard}: {why}"),
+                    // A status reply to a data request would be a host bug: final.
                     other @ (Response::Status(_)
                     | Response::TooLarge { .. }
                     | Response::Invalid(_)
@@ -403,7 +330,11 @@ impl Client {
         }
     }
 
-    async fn call_host(&self, host: HostId, req: &Request) -> Result<Response, TransportError> {
+    async fn call_host(
+        &self,
+        host: HostId,
+        req: &RequestFrame,
+    ) -> Result<Response, TransportError> {
         let conn = self.connection(host).await?;
         let res = call(&conn, req).await;
         if res.is_err() {

@@ -1,0 +1,253 @@
+//! `cluster.toml`: the one file that describes a cluster, as a host daemon sees it.
+//!
+//! Every host daemon, the CLI and the tests read the same file, so this module turns it into a
+//! [`ClusterConfig`] that is *valid by construction*: once [`ClusterConfig::load`] returns `Ok`,
+//! host ids are unique and non-zero, addresses parse and differ, every shard has exactly
+//! `replicas` distinct known hosts, and the Raft timing is something raft-rs accepts. Callers do
+//! not re-check any of that.
+//!
+//! The file's schema and the checks a client also needs live in `shardkv_client::config`; this
+//! module adds what only a daemon needs (`validate.rs`) and writes configs back out
+//! ([`ClusterConfig::to_toml`]). Errors name the field (`host[1].addr`,
+//! `raft.election_timeout`), give the reason and say what to do. Certificate files are
+//! deliberately *not* checked while parsing, because `shardkv certs init` itself needs a parsed
+//! config; [`ClusterConfig::check_certs`] does that when a daemon or client is about to use
+//! them.
+
+mod render;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use shardkv_client::config::Checker;
+pub use shardkv_client::config::{
+    replica_hosts, ClientConfig, ConfigError, HostAddr, ShardPin, TlsSettings, SHARDS_MAX,
+};
+use shardkv_transport::{HostId, ShardId};
+
+const _: () = assert!(SHARDS_MAX as usize <= shardkv_actors::SHARDS_PER_HOST_MAX);
+
+/// Default LMDB map size (64 GiB): address space only, not disk, on 64-bit hosts.
+pub const MAP_SIZE_DEFAULT: u64 = 64 << 30;
+/// Smallest LMDB map size accepted (1 MiB); anything smaller cannot hold a useful shard.
+pub const MAP_SIZE_MIN: u64 = 1 << 20;
+
+/// The sample `cluster.toml` committed at the repository root (three hosts on loopback).
+/// Kept here so tests and `--help` texts can show a config known to parse.
+pub const SAMPLE: &str = include_str!("../../cluster.toml");
+
+/// A parsed and validated `cluster.toml`.
+///
+/// Guarantee: every value has passed the checks listed in the module docs; all paths are
+/// resolved against the directory of the file they came from (absolute if that was absolute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// As [`ClientConfig::name`].
+    pub name: String,
+    /// As [`ClientConfig::shards`].
+    pub shards: u32,
+    /// As [`ClientConfig::replicas`].
+    pub replicas: u32,
+    /// As [`ClientConfig::value_bytes_max`].
+    pub value_bytes_max: usize,
+    /// Raft timing and snapshot policy.
+    pub raft: RaftSettings,
+    /// As [`ClientConfig::tls`].
+    pub tls: TlsSettings,
+    /// LMDB settings.
+    pub storage: StorageSettings,
+    /// Hosts in file order; ids are unique and non-zero.
+    pub hosts: Vec<HostConfig>,
+    /// As [`ClientConfig::pins`].
+    pub pins: Vec<ShardPin>,
+    /// The file this came from; used in messages (`run ... --config <path>`).
+    pub path: PathBuf,
+}
+
+/// Raft timing. Guarantee: `tick > 0`, `heartbeat >= tick`, `election_timeout > heartbeat`,
+/// `election_timeout >= 3 * tick`, and in whole ticks election > heartbeat (raft-rs requires it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// Period of the Raft logical clock.
+    pub tick: Duration,
+    /// Base election timeout (raft-rs randomises within `[1, 2)` times this).
+    pub election_timeout: Duration,
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Applied entries between snapshots; at least 1.
+    pub snapshot_after: u64,
+}
+
+/// LMDB environment settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSettings {
+    /// LMDB map size in bytes (at least 1 MiB).
+    pub map_size: u64,
+}
+
+/// One host: where it listens, where it keeps data, and which certificate proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Host id, also its Raft peer id; never 0.
+    pub id: HostId,
+    /// QUIC listen and advertise address; a concrete IP and non-zero port, unique in the cluster.
+    pub addr: SocketAddr,
+    /// Directory of the host's LMDB environment.
+    pub data_dir: PathBuf,
+    /// Optional HTTP `/metrics` listener.
+    pub metrics: Option<SocketAddr>,
+    /// Host certificate (PEM); default `<tls.dir>/host-<id>.pem`.
+    pub cert: PathBuf,
+    /// Host private key (PEM); default `<tls.dir>/host-<id>.key`.
+    pub key: PathBuf,
+}
+
+impl ClusterConfig {
+    /// Reads and validates `path`. Relative paths inside are resolved against the file's
+    /// directory, so a config works the same whatever the current directory is.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base_dir = path.parent().unwrap_or(Path::new(""));
+        Self::parse(&text, base_dir, path)
+    }
+
+    /// Parses and validates `text` as if it were the file `origin`, resolving relative paths
+    /// against `base_dir`. For tests and configs built in memory.
+    pub fn parse(text: &str, base_dir: &Path, origin: &Path) -> Result<Self, ConfigError> {
+        let raw = ClientConfig::read(text, origin)?;
+        let client = ClientConfig::from_raw(&raw, base_dir, origin)?;
+        let check = Checker { origin };
+        let raft = validate::raft(&check, raw.raft.as_ref(), client.election_timeout)?;
+        let storage = validate::storage(&check, raw.storage.as_ref())?;
+        let hosts = validate::hosts(&check, base_dir, &client.tls, &client.hosts, &raw.host)?;
+        Ok(ClusterConfig {
+            name: client.name,
+            shards: client.shards,
+            replicas: client.replicas,
+            value_bytes_max: client.value_bytes_max,
+            raft,
+            tls: client.tls,
+            storage,
+            hosts,
+            pins: client.pins,
+            path: client.path,
+        })
+    }
+
+    /// The host with this id, if listed.
+    pub fn host(&self, id: HostId) -> Option<&HostConfig> {
+        self.hosts.iter().find(|h| h.id == id)
+    }
+
+    /// Every shard `1..=shards` with its replica hosts, in shard order. Pinned shards use their
+    /// pin; the rest are round-robin over hosts sorted by id (see [`replica_hosts`]), the same
+    /// placement every client computes.
+    pub fn placement(&self) -> Vec<(ShardId, Vec<HostId>)> {
+        (1..=self.shards)
+            .map(|s| (s, self.shard_hosts(s)))
+            .collect()
+    }
+
+    /// Replica hosts of one shard (see [`ClusterConfig::placement`]); empty if `shard` is not in
+    /// `1..=shards`.
+    pub fn shard_hosts(&self, shard: ShardId) -> Vec<HostId> {
+        replica_hosts(
+            shard,
+            self.shards,
+            self.replicas,
+            self.hosts.iter().map(|h| h.id),
+            &self.pins,
+        )
+    }
+
+    /// Shards that have a replica on `host`, in shard order.
+    pub fn shards_of_host(&self, host: HostId) -> Vec<ShardId> {
+        self.placement()
+            .into_iter()
+            .filter(|(_, hosts)| hosts.contains(&host))
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// Certificate and key of client `name`: `(<tls.dir>/client-<name>.pem, .key)`.
+    pub fn client_cert_paths(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.tls.client_cert_paths(name)
+    }
+
+    /// The part of this config a client uses, for [`shardkv_client::Client::from_config`].
+    pub fn client(&self) -> ClientConfig {
+        ClientConfig {
+            name: self.name.clone(),
+            shards: self.shards,
+            replicas: self.replicas,
+            value_bytes_max: self.value_bytes_max,
+            election_timeout: self.raft.election_timeout,
+            tls: self.tls.clone(),
+            hosts: self
+                .hosts
+                .iter()
+                .map(|h| HostAddr {
+                    id: h.id,
+                    addr: h.addr,
+                })
+                .collect(),
+            pins: self.pins.clone(),
+            path: self.path.clone(),
+        }
+    }
+
+    /// Raft timing in ticks, as raft-rs wants it: `(election_tick, heartbeat_tick)`. Validation
+    /// guarantees `election >= 3`, `heartbeat >= 1` and `election > heartbeat`.
+    pub fn raft_ticks(&self) -> (usize, usize) {
+        let tick = self.raft.tick.as_nanos().max(1);
+        let ticks = |d: Duration| usize::try_from(d.as_nanos() / tick).unwrap_or(usize::MAX);
+        (
+            ticks(self.raft.election_timeout).max(1),
+            ticks(self.raft.heartbeat).max(1),
+        )
+    }
+
+    /// Checks that the CA certificate and the certificate and key of `host` (or of every host
+    /// when `None`) exist, so a daemon fails at start with the command that makes them rather
+    /// than at its first TLS handshake.
+    pub fn check_certs(&self, host: Option<HostId>) -> Result<(), ConfigError> {
+        let missing = |what: String, file: &Path| -> Result<(), ConfigError> {
+            if file.is_file() {
+                Ok(())
+            } else {
+                Err(ConfigError::MissingCert {
+                    what,
+                    file: file.to_path_buf(),
+                    config: self.path.clone(),
+                })
+            }
+        };
+        missing("CA certificate".into(), &self.tls.ca)?;
+        let hosts: Vec<&HostConfig> = match host {
+            None => self.hosts.iter().collect(),
+            Some(id) => match self.host(id) {
+                Some(h) => vec![h],
+                None => {
+                    return Err(ConfigError::UnknownHost {
+                        path: self.path.clone(),
+                        id,
+                        known: self.hosts.iter().map(|h| h.id).collect(),
+                    })
+                }
+            },
+        };
+        for h in hosts {
+            missing(format!("host {} certificate", h.id), &h.cert)?;
+            missing(format!("host {} key", h.id), &h.key)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
