@@ -85,7 +85,11 @@ impl Handler<ClientRequest> for RouterActor {
         Box::pin(async move {
             let resp = match fut.await {
                 Ok(resp) => resp,
-                Err(e) => Response::Internal(format!("replica of shard {shard} unreachable: {e}")),
+                // The replica stopped (its host is going down on a fatal error): another
+                // replica of the shard can serve, so the client must try elsewhere, not give up.
+                Err(e) => Response::Unavailable(format!(
+                    "replica of shard {shard} on this host is stopped ({e}); retry on another"
+                )),
             };
             record(kind, &resp, started);
             resp
@@ -288,5 +292,81 @@ impl Handler<TransferAll> for RouterActor {
             }
             leading
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardkv_transport::wire::{ReadConsistency, Request};
+
+    use super::*;
+
+    /// An actor that stops as soon as it starts: a replica that failed.
+    struct Stopped;
+
+    impl Actor for Stopped {
+        type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.stop();
+        }
+    }
+
+    macro_rules! refuse {
+        ($($msg:ty => $result:ty),*) => {$(
+            impl Handler<$msg> for Stopped {
+                type Result = $result;
+                fn handle(&mut self, _: $msg, _: &mut Self::Context) -> Self::Result {
+                    unreachable!("a stopped actor handles nothing")
+                }
+            }
+        )*};
+    }
+    refuse!(ClientRequest => MessageResult<ClientRequest>, StepRaft => (),
+        TransferLeadership => bool, StepSnapshot => ());
+
+    impl Handler<GetStatus> for Stopped {
+        type Result = MessageResult<GetStatus>;
+        fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
+            unreachable!("a stopped actor handles nothing")
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_stopped_replica_is_answered_retryable_so_the_client_tries_another() {
+        let stopped = Stopped.start();
+        while stopped.connected() {
+            tokio::task::yield_now().await;
+        }
+        let local = LocalReplica {
+            requests: stopped.clone().recipient(),
+            raft: stopped.clone().recipient(),
+            status: stopped.clone().recipient(),
+            transfer: stopped.clone().recipient(),
+            snapshots: stopped.recipient(),
+        };
+        let placement = HashMap::from([(1, vec![1, 2, 3])]);
+        let router = RouterActor::new(
+            1,
+            "t".into(),
+            1,
+            1024,
+            placement,
+            HashMap::from([(1, local)]),
+        )
+        .start();
+        let get = Request {
+            client_id: 0,
+            seq: 0,
+            op: Op::Get {
+                key: b"k".to_vec(),
+                consistency: ReadConsistency::Linearizable,
+            },
+        };
+        let resp = router
+            .send(ClientRequest(get))
+            .await
+            .expect("router answers");
+        assert!(matches!(resp, Response::Unavailable(_)), "{resp:?}");
     }
 }
