@@ -13,17 +13,20 @@ use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, Send
 use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
-use shardkv_actors::router::{GetHostStatus, LocalReplica, RouterActor, TransferAll};
-use shardkv_actors::schema::{raft_records, Schema};
+use shardkv_actors::router::{
+    GetHostStatus, LocalReplica, RouterActor, RouterSettings, TransferAll,
+};
+use shardkv_actors::schema::{meta, raft_records, Schema};
 use shardkv_actors::shard::{Compaction, ShardActor};
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
 use shardkv_transport::wire::{RaftBatch, Request, Response};
-use shardkv_transport::{HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
+use shardkv_transport::{HostId, Layout, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
 
+use crate::bootstrap::{settle_layout, BootstrapError};
 use crate::config::{ClusterConfig, ConfigError};
 
 /// Why a host could not start or stopped abnormally.
@@ -35,6 +38,8 @@ pub enum DaemonError {
     Storage(#[from] ActorError),
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
     #[error("runtime: {0}")]
     Runtime(String),
 }
@@ -56,12 +61,20 @@ pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
     cfg.check_certs(Some(host))?;
     let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.name, host)?;
     let system = System::new();
-    let res = system.block_on(async move { serve_host(cfg, me.id, schema).await });
+    let res = system.block_on(async move {
+        let layout = settle_layout(&cfg, &me, &schema).await?;
+        serve_host(cfg, me.id, schema, layout).await
+    });
     System::current().stop();
     res
 }
 
-async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<(), DaemonError> {
+async fn serve_host(
+    cfg: ClusterConfig,
+    host: HostId,
+    schema: Schema,
+    layout: Layout,
+) -> Result<(), DaemonError> {
     let me = cfg
         .host(host)
         .cloned()
@@ -89,7 +102,14 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     for h in cfg.hosts.iter().filter(|h| h.id != host) {
         peers.insert(
             h.id,
-            PeerActor::new(h.id, h.addr, endpoint.clone(), snap_dir.clone()).start(),
+            PeerActor::new(
+                h.id,
+                h.addr,
+                endpoint.clone(),
+                snap_dir.clone(),
+                schema.incarnation,
+            )
+            .start(),
         );
     }
 
@@ -102,11 +122,10 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         preferred_leader: None,
     };
     let logger = shardkv_actors::logger::raft_logger();
-    let placement: HashMap<_, _> = cfg.placement().into_iter().collect();
     // One host-wide bound on concurrent snapshot builds, shared by its replicas.
     let build_slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
     let mut local = HashMap::new();
-    for (shard, hosts) in cfg.placement() {
+    for (shard, hosts) in layout.placement.clone() {
         if !hosts.contains(&host) {
             continue;
         }
@@ -176,15 +195,15 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         );
     }
     let replicas = local.len();
-    let router = RouterActor::new(
+    let settings = RouterSettings {
         host,
-        cfg.name.clone(),
-        cfg.shards,
-        cfg.value_bytes_max,
-        placement,
-        local,
-    )
-    .start();
+        cluster: cfg.name.clone(),
+        value_bytes_max: cfg.value_bytes_max,
+        layout,
+        incarnation: schema.incarnation,
+        peer_incarnations: meta::peer_incarnations(&schema)?,
+    };
+    let router = RouterActor::new(settings, local, storage.clone().recipient()).start();
     let handler = Arc::new(HostHandler {
         router: router.clone(),
         snap_dir: snap_dir.clone(),

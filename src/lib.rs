@@ -9,6 +9,7 @@
 //! `shardkv-actors`, the wire in `shardkv-transport`.
 
 pub mod bench;
+pub mod bootstrap;
 pub mod certs;
 pub mod chart;
 pub mod config;

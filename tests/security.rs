@@ -65,6 +65,7 @@ async fn client_cert_cannot_send_raft_messages() {
     let bytes = protobuf::Message::write_to_bytes(&m).expect("encode");
     let mut stream = open_raft_stream(&conn).await.expect("stream opens locally");
     let batch = RaftBatch {
+        incarnation: 1,
         messages: vec![RaftEnvelope {
             shard: 1,
             message: bytes,

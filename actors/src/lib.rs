@@ -10,6 +10,7 @@
 
 pub mod error;
 pub mod fatal;
+pub mod incarnations;
 pub mod logger;
 pub mod messages;
 pub mod metrics;

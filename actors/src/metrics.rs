@@ -54,6 +54,7 @@ pub struct Metrics {
     pub storage_commit_seconds: Histogram,
     pub storage_commit_batches: Histogram,
     pub peer_connected: Family<PeerLabels, Gauge>,
+    pub raft_batches_refused: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,6 +80,7 @@ pub fn metrics() -> &'static Metrics {
         storage_commit_seconds: latency_histogram(),
         storage_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         peer_connected: Family::default(),
+        raft_batches_refused: Counter::default(),
     })
 }
 
@@ -115,6 +117,12 @@ pub fn registry() -> Registry {
         "raft_elections",
         "Elections started by local replicas (they became candidates)",
         m.raft_elections.clone(),
+    );
+    r.register(
+        "raft_batches_refused",
+        "Raft batches dropped because they came from an incarnation of a peer other than the \
+         one on record (a host whose data dir was lost or replaced)",
+        m.raft_batches_refused.clone(),
     );
     r.register(
         "snapshots_sent",

@@ -40,14 +40,24 @@ pub struct PeerActor {
     addr: SocketAddr,
     /// Where this host's snapshot files are.
     snap_dir: PathBuf,
+    /// This host's data dir incarnation, stamped on every batch.
+    incarnation: u64,
 }
 
 impl PeerActor {
-    /// A link to host `peer` at `addr`, dialled from `endpoint`.
-    pub fn new(peer: HostId, addr: SocketAddr, endpoint: Endpoint, snap_dir: PathBuf) -> Self {
+    /// A link to host `peer` at `addr`, dialled from `endpoint`; batches carry this host's
+    /// `incarnation`.
+    pub fn new(
+        peer: HostId,
+        addr: SocketAddr,
+        endpoint: Endpoint,
+        snap_dir: PathBuf,
+        incarnation: u64,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);
         PeerActor {
             peer,
+            incarnation,
             snap_dir,
             queue: tx,
             rx: Some(rx),
@@ -63,7 +73,13 @@ impl Actor for PeerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         if let Some(rx) = self.rx.take() {
-            let link = link_loop(self.peer, self.addr, self.endpoint.clone(), rx);
+            let link = link_loop(
+                self.peer,
+                self.addr,
+                self.endpoint.clone(),
+                self.incarnation,
+                rx,
+            );
             ctx.spawn(link.into_actor(self));
         }
     }
@@ -146,6 +162,7 @@ async fn link_loop(
     peer: HostId,
     addr: SocketAddr,
     endpoint: Endpoint,
+    incarnation: u64,
     mut rx: mpsc::Receiver<RaftEnvelope>,
 ) {
     let mut backoff = BACKOFF_MIN;
@@ -189,6 +206,7 @@ async fn link_loop(
             };
             let mut bytes = first.message.len();
             let mut batch = RaftBatch {
+                incarnation,
                 messages: vec![first],
             };
             while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {

@@ -9,13 +9,16 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use shardkv_transport::slot::shard_of_key;
 use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
-use shardkv_transport::{HostId, ShardId};
-use tracing::{debug, warn};
+use shardkv_transport::{HostId, Layout, ShardId};
+use tracing::{debug, error, info, warn};
 
+use crate::incarnations::{PeerIncarnations, Verdict};
 use crate::messages::{
-    ClientRequest, GetStatus, InboundRaft, InboundSnapshot, StepRaft, StepSnapshot,
-    TransferLeadership,
+    ClientRequest, GetStatus, InboundRaft, InboundSnapshot, Persist, StepRaft, StepSnapshot,
+    TransferLeadership, WriteBatch,
 };
+use crate::metrics::metrics;
+use crate::schema::meta;
 
 /// A local replica as the router sees it.
 pub struct LocalReplica {
@@ -26,34 +29,80 @@ pub struct LocalReplica {
     pub snapshots: Recipient<StepSnapshot>,
 }
 
+/// What a router is told about its host and cluster when it starts.
+pub struct RouterSettings {
+    pub host: HostId,
+    pub cluster: String,
+    pub value_bytes_max: usize,
+    /// The layout this host was bootstrapped with (shards and their replica hosts).
+    pub layout: Layout,
+    /// This host's data dir incarnation.
+    pub incarnation: u64,
+    /// The incarnations recorded for peers, from disk.
+    pub peer_incarnations: Vec<(HostId, u64)>,
+}
+
 /// The actor; see the module docs.
 pub struct RouterActor {
-    host: HostId,
-    cluster: String,
-    shards: u32,
-    value_bytes_max: usize,
-    /// Replica hosts of every shard (for NoReplicaHere answers).
+    settings: RouterSettings,
+    /// Replica hosts of every shard, from the layout (for NoReplicaHere answers).
     placement: HashMap<ShardId, Vec<HostId>>,
     local: HashMap<ShardId, LocalReplica>,
+    peers: PeerIncarnations,
+    /// Where peer incarnations are recorded.
+    storage: Recipient<Persist>,
 }
 
 impl RouterActor {
-    /// A router for `host` of a cluster with `shards` shards placed as `placement`.
+    /// A router for `settings.host`, delivering to its `local` replicas.
     pub fn new(
-        host: HostId,
-        cluster: String,
-        shards: u32,
-        value_bytes_max: usize,
-        placement: HashMap<ShardId, Vec<HostId>>,
+        settings: RouterSettings,
         local: HashMap<ShardId, LocalReplica>,
+        storage: Recipient<Persist>,
     ) -> Self {
         RouterActor {
-            host,
-            cluster,
-            shards,
-            value_bytes_max,
-            placement,
+            placement: settings.layout.placement.iter().cloned().collect(),
+            peers: PeerIncarnations::new(settings.peer_incarnations.iter().copied()),
+            settings,
             local,
+            storage,
+        }
+    }
+
+    /// Whether a batch from `from`, stamped `incarnation`, may be delivered (see
+    /// [`crate::incarnations`]); starts recording a first incarnation.
+    fn admit(&mut self, from: HostId, incarnation: u64, ctx: &mut Context<Self>) -> bool {
+        match self.peers.judge(from, incarnation) {
+            Verdict::Accept => true,
+            Verdict::Recording => false,
+            Verdict::Refuse { known } => {
+                metrics().raft_batches_refused.inc();
+                error!(
+                    from,
+                    incarnation,
+                    known,
+                    "Raft traffic from another incarnation of this host dropped: its data dir is not \
+                     the one this cluster knew (a lost or replaced disk); it must be replaced as a \
+                     new member, never rejoin as itself"
+                );
+                false
+            }
+            Verdict::Record => {
+                info!(from, incarnation, "recording a peer's incarnation");
+                let batch = WriteBatch {
+                    ops: vec![meta::peer_incarnation_op(from, incarnation)],
+                };
+                let persist = self.storage.send(Persist(batch));
+                ctx.spawn(persist.into_actor(self).map(move |res, act, _| {
+                    let ok = matches!(res, Ok(Ok(())));
+                    if !ok {
+                        warn!(from, "could not record a peer's incarnation; will retry");
+                    }
+                    act.peers
+                        .recorded(from, if ok { Ok(incarnation) } else { Err(()) });
+                }));
+                false
+            }
         }
     }
 }
@@ -70,11 +119,11 @@ impl Handler<ClientRequest> for RouterActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) -> Self::Result {
-        if let Err(resp) = check_limits(&msg.0.op, self.value_bytes_max) {
+        if let Err(resp) = check_limits(&msg.0.op, self.settings.value_bytes_max) {
             record(kind_of(&msg.0.op), &resp, std::time::Instant::now());
             return Box::pin(async move { resp });
         }
-        let shard = shard_of_key(msg.0.op.key(), self.shards);
+        let shard = shard_of_key(msg.0.op.key(), self.settings.layout.shards);
         let Some(replica) = self.local.get(&shard) else {
             let hosts = self.placement.get(&shard).cloned().unwrap_or_default();
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
@@ -100,7 +149,10 @@ impl Handler<ClientRequest> for RouterActor {
 impl Handler<InboundRaft> for RouterActor {
     type Result = ();
 
-    fn handle(&mut self, msg: InboundRaft, _: &mut Self::Context) {
+    fn handle(&mut self, msg: InboundRaft, ctx: &mut Self::Context) {
+        if !self.admit(msg.from, msg.batch.incarnation, ctx) {
+            return;
+        }
         for env in msg.batch.messages {
             let m = match RaftMessage::parse_from_bytes(&env.message) {
                 Ok(m) => m,
@@ -127,7 +179,7 @@ impl Handler<InboundRaft> for RouterActor {
                 );
                 continue;
             }
-            if m.from != msg.from || m.to != self.host {
+            if m.from != msg.from || m.to != self.settings.host {
                 warn!(
                     from = msg.from,
                     claimed_from = m.from,
@@ -220,7 +272,7 @@ impl Handler<InboundSnapshot> for RouterActor {
         if !member || m.get_msg_type() != MessageType::MsgSnapshot {
             return drop_file("not a snapshot from a member of the shard");
         }
-        if m.from != msg.from || m.to != self.host {
+        if m.from != msg.from || m.to != self.settings.host {
             return drop_file("forged or misdirected");
         }
         match self.local.get(&msg.shard) {
@@ -243,8 +295,11 @@ impl Handler<GetHostStatus> for RouterActor {
     type Result = ResponseFuture<HostStatus>;
 
     fn handle(&mut self, _: GetHostStatus, _: &mut Self::Context) -> Self::Result {
-        let host = self.host;
-        let cluster = self.cluster.clone();
+        let host = self.settings.host;
+        let cluster = self.settings.cluster.clone();
+        let layout = self.settings.layout.clone();
+        let incarnation = self.settings.incarnation;
+        let peer_incarnations = self.peers.records();
         let futs: Vec<_> = self
             .local
             .values()
@@ -263,6 +318,9 @@ impl Handler<GetHostStatus> for RouterActor {
                 cluster,
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 replicas,
+                layout,
+                incarnation,
+                peer_incarnations,
             }
         })
     }
@@ -300,6 +358,7 @@ mod tests {
     use shardkv_transport::wire::{ReadConsistency, Request};
 
     use super::*;
+    use crate::fatal::FatalReporter;
 
     /// An actor that stops as soon as it starts: a replica that failed.
     struct Stopped;
@@ -345,16 +404,26 @@ mod tests {
             transfer: stopped.clone().recipient(),
             snapshots: stopped.recipient(),
         };
-        let placement = HashMap::from([(1, vec![1, 2, 3])]);
-        let router = RouterActor::new(
-            1,
-            "t".into(),
-            1,
-            1024,
-            placement,
-            HashMap::from([(1, local)]),
-        )
-        .start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let schema = crate::schema::Schema::open(dir.path(), 1 << 24, "t", 1).expect("schema");
+        let storage = crate::storage::StorageActor::new(schema, FatalReporter::channel().0)
+            .expect("storage")
+            .start();
+        let settings = RouterSettings {
+            host: 1,
+            cluster: "t".into(),
+            value_bytes_max: 1024,
+            layout: Layout {
+                shards: 1,
+                replicas: 3,
+                pins: Vec::new(),
+                placement: vec![(1, vec![1, 2, 3])],
+            },
+            incarnation: 1,
+            peer_incarnations: Vec::new(),
+        };
+        let router =
+            RouterActor::new(settings, HashMap::from([(1, local)]), storage.recipient()).start();
         let get = Request {
             client_id: 0,
             seq: 0,

@@ -9,11 +9,13 @@ pub mod error;
 pub mod fault;
 pub mod frame;
 pub mod identity;
+pub mod layout;
 pub mod slot;
 pub mod tls;
 pub mod wire;
 
 pub use error::TransportError;
 pub use identity::PeerIdentity;
+pub use layout::{Layout, LayoutMismatch};
 pub use tls::TlsFiles;
 pub use wire::{HostId, ShardId};

@@ -6,6 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::Layout;
+
 /// A host's id in `cluster.toml` (Raft reserves 0, so ids start at 1).
 pub type HostId = u64;
 /// A shard's id, 1-based.
@@ -102,6 +104,12 @@ pub struct HostStatus {
     pub cluster: String,
     pub version: String,
     pub replicas: Vec<ReplicaInfo>,
+    /// The layout this host's data dir was bootstrapped with (clients route by it).
+    pub layout: Layout,
+    /// This host's data dir incarnation (see `RaftBatch::incarnation`).
+    pub incarnation: u64,
+    /// The incarnation this host has recorded for each peer it has heard from.
+    pub peer_incarnations: Vec<(HostId, u64)>,
 }
 
 impl Op {
@@ -265,6 +273,10 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
 /// flush, across all shards.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct RaftBatch {
+    /// The sender's data dir incarnation: a random number drawn when its data dir was created.
+    /// A peer that has recorded another one for this host drops the batch, so a host that lost
+    /// its disk never votes or counts toward a quorum with what it forgot.
+    pub incarnation: u64,
     /// Messages in send order.
     pub messages: Vec<RaftEnvelope>,
 }

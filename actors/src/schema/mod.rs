@@ -8,10 +8,12 @@
 //! - `kv`:         (shard, user key)             -> value
 //! - `sessions`:   (shard, client id u64 BE)     -> last applied seq (u64 BE), log time of that
 //!   write in ms (u64 BE), then its reply (postcard); see [`session_record`]
-//! - `meta`:       b"cluster" / b"host"          -> which cluster and host own this directory
+//! - `meta`:       b"cluster" / b"host"          -> which cluster and host own this directory;
+//!   b"incarnation", b"layout", b"peer-incarnation" + host -> see [`meta`]
 //!
 //! The layouts of the values live beside the keys: [`raft_records`] encodes and decodes the
-//! `raft_log` and `raft_state` rows, [`session_record`] the `sessions` rows.
+//! `raft_log` and `raft_state` rows, [`session_record`] the `sessions` rows, [`meta`] the
+//! data dir's identity and what it was bootstrapped with.
 
 use std::path::Path;
 
@@ -21,6 +23,7 @@ use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
 
+pub mod meta;
 pub mod raft_records;
 pub mod session_record;
 
@@ -55,6 +58,8 @@ pub struct Schema {
     pub kv: Table,
     pub sessions: Table,
     pub meta: Table,
+    /// This data dir's incarnation (see [`meta`]).
+    pub incarnation: u64,
 }
 
 impl Schema {
@@ -108,6 +113,7 @@ impl Schema {
                 });
             }
         }
+        let incarnation = meta::ensure_incarnation(&meta, &mut wtxn)?;
         wtxn.commit()?;
         Ok(Schema {
             env,
@@ -116,6 +122,7 @@ impl Schema {
             kv,
             sessions,
             meta,
+            incarnation,
         })
     }
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use shardkv_transport::wire::{VALUE_BYTES_MAX_CEILING, VALUE_BYTES_MAX_DEFAULT};
-use shardkv_transport::{HostId, ShardId};
+use shardkv_transport::{HostId, Layout, ShardId};
 
 pub use error::{resolve, Checker, ConfigError};
 use file::{RawFile, RawHost, RawPin};
@@ -252,6 +252,20 @@ impl ClientConfig {
             self.hosts.iter().map(|h| h.id),
             &self.pins,
         )
+    }
+
+    /// The layout this file declares, with the placement computed from its host list. A
+    /// cluster keeps the placement it was bootstrapped with; see [`Layout`].
+    pub fn declared_layout(&self) -> Layout {
+        let mut pins: Vec<(ShardId, Vec<HostId>)> =
+            self.pins.iter().map(|p| (p.id, p.hosts.clone())).collect();
+        pins.sort_unstable();
+        Layout {
+            shards: self.shards,
+            replicas: self.replicas,
+            pins,
+            placement: self.placement(),
+        }
     }
 
     /// Every shard `1..=shards` with its replica hosts, in shard order.

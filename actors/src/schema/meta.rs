@@ -1,0 +1,131 @@
+//! The data dir's identity and what it was bootstrapped with, in the `meta` table.
+//!
+//! - `incarnation` (u64 BE): drawn at random when the data dir is created. Raft safety assumes
+//!   no voter forgets what it acknowledged; a host whose disk was wiped comes back with a new
+//!   incarnation, and peers that recorded the old one drop its Raft traffic, so it never votes
+//!   or counts toward a quorum.
+//! - `layout` (postcard [`Layout`]): the layout this host's replicas were bootstrapped with.
+//!   Present once the host has bootstrapped; a `cluster.toml` declaring another layout is
+//!   refused, and placement comes from here, never from a host list that has grown.
+//! - `peer-incarnation` + host id (u64 BE) -> u64 BE: the incarnation first heard from each
+//!   peer, recorded durably before any of its traffic is accepted.
+
+use heed::RwTxn;
+use shardkv_transport::{HostId, Layout};
+
+use super::{decode_u64, Schema, Table, TableId};
+use crate::error::ActorError;
+use crate::messages::WriteOp;
+
+const INCARNATION: &[u8] = b"incarnation";
+const LAYOUT: &[u8] = b"layout";
+const PEER_INCARNATION: &[u8] = b"peer-incarnation";
+
+/// The data dir's incarnation, drawn (and written in `wtxn`) if it has none yet. A data dir of
+/// an older version gets one at its first start here, before it sends any Raft traffic.
+pub(super) fn ensure_incarnation(meta: &Table, wtxn: &mut RwTxn) -> Result<u64, ActorError> {
+    if let Some(v) = meta.get(wtxn, INCARNATION)? {
+        return decode_u64("incarnation", v);
+    }
+    // Never 0, so that 0 can never match a recorded incarnation by accident.
+    let incarnation = rand::random::<u64>().max(1);
+    meta.put(wtxn, INCARNATION, &incarnation.to_be_bytes())?;
+    Ok(incarnation)
+}
+
+/// The layout this data dir was bootstrapped with; `None` before its first bootstrap.
+pub fn stored_layout(schema: &Schema) -> Result<Option<Layout>, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    match schema.meta.get(&rtxn, LAYOUT)? {
+        None => Ok(None),
+        Some(v) => postcard::from_bytes(v)
+            .map(Some)
+            .map_err(|e| ActorError::Corrupt {
+                what: "stored layout".into(),
+                detail: e.to_string(),
+            }),
+    }
+}
+
+/// Records `layout` as the one this data dir is bootstrapped with (durably, before any
+/// replica starts).
+pub fn store_layout(schema: &Schema, layout: &Layout) -> Result<(), ActorError> {
+    let bytes = postcard::to_allocvec(layout).map_err(|e| ActorError::Corrupt {
+        what: "layout".into(),
+        detail: e.to_string(),
+    })?;
+    let mut wtxn = schema.env.write_txn()?;
+    schema.meta.put(&mut wtxn, LAYOUT, &bytes)?;
+    wtxn.commit()?;
+    Ok(())
+}
+
+/// Whether some replica was bootstrapped here (a data dir of a version that did not store
+/// its layout yet).
+pub fn has_replicas(schema: &Schema) -> Result<bool, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    Ok(!schema.raft_state.is_empty(&rtxn)?)
+}
+
+/// The incarnation recorded for each peer, by host id.
+pub fn peer_incarnations(schema: &Schema) -> Result<Vec<(HostId, u64)>, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    let mut out = Vec::new();
+    for row in schema.meta.prefix_iter(&rtxn, PEER_INCARNATION)? {
+        let (k, v) = row?;
+        let host = decode_u64("peer id", &k[PEER_INCARNATION.len()..])?;
+        out.push((host, decode_u64("peer incarnation", v)?));
+    }
+    Ok(out)
+}
+
+/// The write that records `incarnation` for `host`.
+pub fn peer_incarnation_op(host: HostId, incarnation: u64) -> WriteOp {
+    let mut key = PEER_INCARNATION.to_vec();
+    key.extend_from_slice(&host.to_be_bytes());
+    WriteOp::Put(TableId::Meta, key, incarnation.to_be_bytes().to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::WriteBatch;
+    use crate::storage::commit;
+
+    fn open(dir: &std::path::Path) -> Schema {
+        Schema::open(dir, 1 << 24, "t", 1).unwrap()
+    }
+
+    #[test]
+    fn the_incarnation_is_drawn_once_per_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open(dir.path()).incarnation;
+        assert_ne!(first, 0);
+        assert_eq!(open(dir.path()).incarnation, first, "kept across restarts");
+        let wiped = tempfile::tempdir().unwrap();
+        assert_ne!(
+            open(wiped.path()).incarnation,
+            first,
+            "a new data dir, a new one"
+        );
+    }
+
+    #[test]
+    fn layout_and_peer_incarnations_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = open(dir.path());
+        assert_eq!(stored_layout(&schema).unwrap(), None);
+        assert!(!has_replicas(&schema).unwrap());
+        let layout = Layout {
+            shards: 2,
+            replicas: 1,
+            pins: vec![(2, vec![3])],
+            placement: vec![(1, vec![1]), (2, vec![3])],
+        };
+        store_layout(&schema, &layout).unwrap();
+        assert_eq!(stored_layout(&schema).unwrap(), Some(layout));
+        let ops = vec![peer_incarnation_op(3, 33), peer_incarnation_op(2, 22)];
+        commit(&schema, vec![WriteBatch { ops }]).unwrap();
+        assert_eq!(peer_incarnations(&schema).unwrap(), [(2, 22), (3, 33)]);
+    }
+}

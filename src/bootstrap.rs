@@ -1,0 +1,154 @@
+//! What this host's data dir holds of the cluster, settled before any replica starts.
+//!
+//! - A data dir that was bootstrapped keeps its layout: a `cluster.toml` that declares another
+//!   one (shards, replicas, pins) is refused with the field and both values, and placement comes
+//!   from the stored layout, so appending a `[[host]]` entry moves nothing.
+//! - A new data dir first asks its peers (with this host's certificate, briefly). If one of them
+//!   knows this host by another incarnation, this host's data was lost: it refuses to start,
+//!   because as a member it would vote with what it forgot. If a peer has a layout, that one is
+//!   adopted (a host joining late never recomputes placement from a grown host list). With no
+//!   peer reachable the cluster is new, or its peers will refuse this incarnation anyway (see
+//!   `shardkv_actors::incarnations`).
+
+use std::time::Duration;
+
+use shardkv_actors::schema::{meta, Schema};
+use shardkv_transport::endpoint::{call, client_endpoint, connect};
+use shardkv_transport::wire::{AdminRequest, HostStatus, RequestFrame, Response};
+use shardkv_transport::{HostId, Layout, LayoutMismatch, TlsFiles};
+use tracing::{info, warn};
+
+use crate::config::{ClusterConfig, HostConfig};
+use crate::daemon::DaemonError;
+
+/// How long a new data dir waits for each peer's answer.
+const PEER_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a host refuses to start with this data dir and this `cluster.toml`.
+#[derive(thiserror::Error, Debug)]
+pub enum BootstrapError {
+    /// The file declares another layout than the data dir (or the cluster) was bootstrapped with.
+    #[error("{mismatch} (data dir {dir})")]
+    Layout {
+        mismatch: LayoutMismatch,
+        dir: String,
+    },
+    /// The stored placement puts replicas on a host the file no longer lists.
+    #[error("host {missing} holds replicas of shards {shards:?} but has no [[host]] entry in {path}; put its entry back (removing a host is a membership change, not an edit)")]
+    HostMissing {
+        missing: HostId,
+        shards: Vec<u32>,
+        path: String,
+    },
+    /// This data dir is new, but the cluster knew this host with another one.
+    #[error("the data dir {dir} of host {host} is new, but host {peer} knows host {host} by another incarnation ({known:#x}, this one is {mine:#x}): this host's data was lost or replaced. It must not rejoin as itself, because it would vote with what it forgot. Restore its original data dir, or replace it as a new member with `shardkv host replace {host}` once online membership changes are available")]
+    DataLost {
+        host: HostId,
+        peer: HostId,
+        known: u64,
+        mine: u64,
+        dir: String,
+    },
+}
+
+/// The layout this host serves: stored, adopted from a peer, or (day 0) declared by the file.
+/// Stores it if the data dir had none.
+pub async fn settle_layout(
+    cfg: &ClusterConfig,
+    me: &HostConfig,
+    schema: &Schema,
+) -> Result<Layout, DaemonError> {
+    let declared = cfg.client().declared_layout();
+    let dir = me.data_dir.display().to_string();
+    let layout = match meta::stored_layout(schema)? {
+        Some(stored) => stored,
+        None if meta::has_replicas(schema)? => {
+            warn!("data dir bootstrapped by an older version: recording the declared layout");
+            declared.clone()
+        }
+        None => match probe_peers(cfg, me, schema).await? {
+            Some(adopted) => {
+                info!("adopting the layout the cluster was bootstrapped with");
+                adopted
+            }
+            None => declared.clone(),
+        },
+    };
+    layout
+        .check_declared(&declared)
+        .map_err(|mismatch| BootstrapError::Layout {
+            mismatch,
+            dir: dir.clone(),
+        })?;
+    for host in layout.replica_hosts() {
+        if cfg.host(host).is_none() {
+            let shards = layout
+                .placement
+                .iter()
+                .filter(|(_, hosts)| hosts.contains(&host))
+                .map(|(s, _)| *s)
+                .collect();
+            return Err(BootstrapError::HostMissing {
+                missing: host,
+                shards,
+                path: cfg.path.display().to_string(),
+            }
+            .into());
+        }
+    }
+    meta::store_layout(schema, &layout)?;
+    Ok(layout)
+}
+
+/// Asks every peer for its status; refuses if one knows this host by another incarnation,
+/// returns the first layout a peer was bootstrapped with.
+async fn probe_peers(
+    cfg: &ClusterConfig,
+    me: &HostConfig,
+    schema: &Schema,
+) -> Result<Option<Layout>, DaemonError> {
+    let tls = TlsFiles {
+        ca: cfg.tls.ca.clone(),
+        cert: me.cert.clone(),
+        key: me.key.clone(),
+    };
+    let endpoint = client_endpoint(&tls)?;
+    let asks = cfg.hosts.iter().filter(|h| h.id != me.id).map(|peer| {
+        let endpoint = endpoint.clone();
+        let (id, addr) = (peer.id, peer.addr);
+        async move {
+            let ask = async {
+                let conn = connect(&endpoint, addr, id).await.ok()?;
+                match call(&conn, &RequestFrame::Admin(AdminRequest::Status)).await {
+                    Ok(Response::Status(status)) => Some(status),
+                    _ => None,
+                }
+            };
+            tokio::time::timeout(PEER_PROBE_TIMEOUT, ask)
+                .await
+                .ok()
+                .flatten()
+        }
+    });
+    let answers: Vec<HostStatus> = futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    endpoint.close(0u32.into(), b"probe done");
+    for status in &answers {
+        if let Some(&(_, known)) = status.peer_incarnations.iter().find(|(h, _)| *h == me.id) {
+            if known != schema.incarnation {
+                return Err(BootstrapError::DataLost {
+                    host: me.id,
+                    peer: status.host,
+                    known,
+                    mine: schema.incarnation,
+                    dir: me.data_dir.display().to_string(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(answers.into_iter().next().map(|s| s.layout))
+}
