@@ -48,15 +48,15 @@ pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
     let me = cfg
         .host(host)
         .ok_or_else(|| ConfigError::UnknownHost {
-            path: cfg.path.clone(),
+            path: cfg.cluster.path.clone(),
             id: host,
-            known: cfg.hosts.iter().map(|h| h.id).collect(),
+            known: cfg.hosts.iter().map(|h| h.host.id).collect(),
         })?
         .clone();
     cfg.check_certs(Some(host))?;
-    let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.name, host)?;
+    let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.cluster.name, host)?;
     let system = System::new();
-    let res = system.block_on(async move { serve_host(cfg, me.id, schema).await });
+    let res = system.block_on(async move { serve_host(cfg, me.host.id, schema).await });
     System::current().stop();
     res
 }
@@ -67,11 +67,11 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         .cloned()
         .ok_or_else(|| DaemonError::Runtime("host vanished".into()))?;
     let tls = TlsFiles {
-        ca: cfg.tls.ca.clone(),
+        ca: cfg.cluster.tls.ca.clone(),
         cert: me.cert.clone(),
         key: me.key.clone(),
     };
-    let endpoint = host_endpoint(me.addr, &tls)?;
+    let endpoint = host_endpoint(me.host.addr, &tls)?;
     let snap_dir = me.data_dir.join("snap");
     std::fs::create_dir_all(&snap_dir)
         .map_err(|e| DaemonError::Runtime(format!("cannot create {}: {e}", snap_dir.display())))?;
@@ -86,10 +86,10 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
 
     // One outbound link per other host.
     let mut peers: HashMap<HostId, Addr<PeerActor>> = HashMap::new();
-    for h in cfg.hosts.iter().filter(|h| h.id != host) {
+    for h in cfg.hosts.iter().filter(|h| h.host.id != host) {
         peers.insert(
-            h.id,
-            PeerActor::new(h.id, h.addr, endpoint.clone(), snap_dir.clone()).start(),
+            h.host.id,
+            PeerActor::new(h.host.id, h.host.addr, endpoint.clone(), snap_dir.clone()).start(),
         );
     }
 
@@ -98,15 +98,15 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         tick: cfg.raft.tick,
         election_ticks,
         heartbeat_ticks,
-        request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
+        request_timeout: (cfg.cluster.election_timeout * 3).max(Duration::from_secs(3)),
         preferred_leader: None,
     };
     let logger = shardkv_actors::logger::raft_logger();
-    let placement: HashMap<_, _> = cfg.placement().into_iter().collect();
+    let placement: HashMap<_, _> = cfg.cluster.placement().into_iter().collect();
     // One host-wide bound on concurrent snapshot builds, shared by its replicas.
     let build_slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
     let mut local = HashMap::new();
-    for (shard, hosts) in cfg.placement() {
+    for (shard, hosts) in cfg.cluster.placement() {
         if !hosts.contains(&host) {
             continue;
         }
@@ -178,9 +178,9 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     let replicas = local.len();
     let router = RouterActor::new(
         host,
-        cfg.name.clone(),
-        cfg.shards,
-        cfg.value_bytes_max,
+        cfg.cluster.name.clone(),
+        cfg.cluster.shards,
+        cfg.cluster.value_bytes_max,
         placement,
         local,
     )
@@ -193,7 +193,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }
-    info!(host, addr = %me.addr, replicas, cluster = %cfg.name, "host serving");
+    info!(host, addr = %me.host.addr, replicas, cluster = %cfg.cluster.name, "host serving");
 
     // systemd (Type=notify): the host serves now. Outside systemd this is a no-op.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
