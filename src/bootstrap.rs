@@ -58,7 +58,7 @@ pub async fn settle_layout(
     me: &HostConfig,
     schema: &Schema,
 ) -> Result<Layout, DaemonError> {
-    let declared = cfg.client().declared_layout();
+    let declared = cfg.cluster.declared_layout();
     let dir = me.data_dir.display().to_string();
     let layout = match meta::stored_layout(schema)? {
         Some(stored) => stored,
@@ -91,7 +91,7 @@ pub async fn settle_layout(
             return Err(BootstrapError::HostMissing {
                 missing: host,
                 shards,
-                path: cfg.path.display().to_string(),
+                path: cfg.cluster.path.display().to_string(),
             }
             .into());
         }
@@ -108,28 +108,32 @@ async fn probe_peers(
     schema: &Schema,
 ) -> Result<Option<Layout>, DaemonError> {
     let tls = TlsFiles {
-        ca: cfg.tls.ca.clone(),
+        ca: cfg.cluster.tls.ca.clone(),
         cert: me.cert.clone(),
         key: me.key.clone(),
     };
     let endpoint = client_endpoint(&tls)?;
-    let asks = cfg.hosts.iter().filter(|h| h.id != me.id).map(|peer| {
-        let endpoint = endpoint.clone();
-        let (id, addr) = (peer.id, peer.addr);
-        async move {
-            let ask = async {
-                let conn = connect(&endpoint, addr, id).await.ok()?;
-                match call(&conn, &RequestFrame::Admin(AdminRequest::Status)).await {
-                    Ok(Response::Status(status)) => Some(status),
-                    _ => None,
-                }
-            };
-            tokio::time::timeout(PEER_PROBE_TIMEOUT, ask)
-                .await
-                .ok()
-                .flatten()
-        }
-    });
+    let asks = cfg
+        .hosts
+        .iter()
+        .filter(|h| h.host.id != me.host.id)
+        .map(|peer| {
+            let endpoint = endpoint.clone();
+            let (id, addr) = (peer.host.id, peer.host.addr);
+            async move {
+                let ask = async {
+                    let conn = connect(&endpoint, addr, id).await.ok()?;
+                    match call(&conn, &RequestFrame::Admin(AdminRequest::Status)).await {
+                        Ok(Response::Status(status)) => Some(*status),
+                        _ => None,
+                    }
+                };
+                tokio::time::timeout(PEER_PROBE_TIMEOUT, ask)
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        });
     let answers: Vec<HostStatus> = futures::future::join_all(asks)
         .await
         .into_iter()
@@ -137,10 +141,14 @@ async fn probe_peers(
         .collect();
     endpoint.close(0u32.into(), b"probe done");
     for status in &answers {
-        if let Some(&(_, known)) = status.peer_incarnations.iter().find(|(h, _)| *h == me.id) {
+        if let Some(&(_, known)) = status
+            .peer_incarnations
+            .iter()
+            .find(|(h, _)| *h == me.host.id)
+        {
             if known != schema.incarnation {
                 return Err(BootstrapError::DataLost {
-                    host: me.id,
+                    host: me.host.id,
                     peer: status.host,
                     known,
                     mine: schema.incarnation,

@@ -117,8 +117,8 @@ struct Ca {
 /// directories. With `force` every file is replaced, so certificates issued by an earlier CA
 /// stop being trusted.
 pub fn init(cfg: &ClusterConfig, force: bool) -> Result<Written, CertError> {
-    let (cli_cert, cli_key) = cfg.client_cert_paths(CLI_CLIENT);
-    let mut targets = vec![cfg.tls.ca.clone(), cfg.tls.ca_key.clone()];
+    let (cli_cert, cli_key) = cfg.cluster.tls.client_cert_paths(CLI_CLIENT);
+    let mut targets = vec![cfg.cluster.tls.ca.clone(), cfg.cluster.tls.ca_key.clone()];
     for h in &cfg.hosts {
         targets.push(h.cert.clone());
         targets.push(h.key.clone());
@@ -132,12 +132,12 @@ pub fn init(cfg: &ClusterConfig, force: bool) -> Result<Written, CertError> {
     let ca = make_ca(cfg)?;
     let mut files = vec![
         Pending {
-            path: cfg.tls.ca.clone(),
+            path: cfg.cluster.tls.ca.clone(),
             contents: ca.cert.pem(),
             private: false,
         },
         Pending {
-            path: cfg.tls.ca_key.clone(),
+            path: cfg.cluster.tls.ca_key.clone(),
             contents: ca.key.serialize_pem(),
             private: true,
         },
@@ -154,8 +154,8 @@ pub fn init(cfg: &ClusterConfig, force: bool) -> Result<Written, CertError> {
 /// already there), otherwise the missing host certificates (and the `cli` client certificate)
 /// issued from the existing CA. `Ok(None)` when nothing was missing.
 pub fn ensure(cfg: &ClusterConfig) -> Result<Option<Written>, CertError> {
-    if !cfg.tls.ca.exists() {
-        tracing::info!(ca = %cfg.tls.ca.display(), "no CA certificate; creating the cluster's TLS material");
+    if !cfg.cluster.tls.ca.exists() {
+        tracing::info!(ca = %cfg.cluster.tls.ca.display(), "no CA certificate; creating the cluster's TLS material");
         return init(cfg, false).map(Some);
     }
     let incomplete = |cert: &Path, key: &Path| !cert.exists() || !key.exists();
@@ -164,7 +164,7 @@ pub fn ensure(cfg: &ClusterConfig) -> Result<Option<Written>, CertError> {
         .iter()
         .filter(|h| incomplete(&h.cert, &h.key))
         .collect();
-    let (cli_cert, cli_key) = cfg.client_cert_paths(CLI_CLIENT);
+    let (cli_cert, cli_key) = cfg.cluster.tls.client_cert_paths(CLI_CLIENT);
     let cli_missing = incomplete(&cli_cert, &cli_key);
     if hosts.is_empty() && !cli_missing {
         return Ok(None);
@@ -174,7 +174,7 @@ pub fn ensure(cfg: &ClusterConfig) -> Result<Option<Written>, CertError> {
     let mut files = Vec::new();
     for h in hosts {
         // A certificate without its key (or the reverse) is useless: both are remade.
-        tracing::info!(host = h.id, cert = %h.cert.display(), "issuing missing host certificate");
+        tracing::info!(host = h.host.id, cert = %h.cert.display(), "issuing missing host certificate");
         files.extend(host_files(&ca, h)?);
     }
     if cli_missing {
@@ -183,11 +183,12 @@ pub fn ensure(cfg: &ClusterConfig) -> Result<Option<Written>, CertError> {
     write_all(files).map(Some)
 }
 
-/// Issues the client certificate `name` (files from [`ClusterConfig::client_cert_paths`]) from
-/// the CA on disk. Refuses to overwrite unless `force`.
+/// Issues the client certificate `name` (files from
+/// [`TlsSettings::client_cert_paths`](crate::config::TlsSettings::client_cert_paths)) from the
+/// CA on disk. Refuses to overwrite unless `force`.
 pub fn issue_client(cfg: &ClusterConfig, name: &str, force: bool) -> Result<Written, CertError> {
     check_client_name(name)?;
-    let (cert, key) = cfg.client_cert_paths(name);
+    let (cert, key) = cfg.cluster.tls.client_cert_paths(name);
     if !force {
         refuse_existing(&[cert, key])?;
     }
@@ -243,7 +244,7 @@ fn generate(subject: &str) -> impl Fn(rcgen::Error) -> CertError + '_ {
 fn make_ca(cfg: &ClusterConfig) -> Result<Ca, CertError> {
     let subject = "the CA";
     let key = KeyPair::generate().map_err(generate(subject))?;
-    let mut params = base_params(format!("shardkv {} CA", cfg.name));
+    let mut params = base_params(format!("shardkv {} CA", cfg.cluster.name));
     // Path length 0: the CA signs leaves only, never intermediate CAs.
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
@@ -262,40 +263,44 @@ fn load_ca(cfg: &ClusterConfig) -> Result<Ca, CertError> {
     let read = |path: &Path| {
         fs::read_to_string(path).map_err(|source| CertError::ReadCa {
             path: path.to_path_buf(),
-            config: cfg.path.clone(),
+            config: cfg.cluster.path.clone(),
             source,
         })
     };
     let bad = |path: &Path, reason: String| CertError::BadCa {
         path: path.to_path_buf(),
-        config: cfg.path.clone(),
+        config: cfg.cluster.path.clone(),
         reason,
     };
-    let cert_pem = read(&cfg.tls.ca)?;
-    let key_pem = read(&cfg.tls.ca_key)?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(&cfg.tls.ca_key, e.to_string()))?;
+    let cert_pem = read(&cfg.cluster.tls.ca)?;
+    let key_pem = read(&cfg.cluster.tls.ca_key)?;
+    let key =
+        KeyPair::from_pem(&key_pem).map_err(|e| bad(&cfg.cluster.tls.ca_key, e.to_string()))?;
     let params = CertificateParams::from_ca_cert_pem(&cert_pem)
-        .map_err(|e| bad(&cfg.tls.ca, e.to_string()))?;
+        .map_err(|e| bad(&cfg.cluster.tls.ca, e.to_string()))?;
     if !matches!(params.is_ca, IsCa::Ca(_)) {
-        return Err(bad(&cfg.tls.ca, "it is not a CA certificate".into()));
+        return Err(bad(
+            &cfg.cluster.tls.ca,
+            "it is not a CA certificate".into(),
+        ));
     }
     let cert = params
         .self_signed(&key)
-        .map_err(|e| bad(&cfg.tls.ca_key, e.to_string()))?;
+        .map_err(|e| bad(&cfg.cluster.tls.ca_key, e.to_string()))?;
 
     // `ca.pem` carries its subject key identifier; the CAs made here derive it with SHA-256 of
     // the public key. A mismatch means ca.key is not the key of ca.pem, and every leaf signed
     // with it would fail verification at the first handshake instead of here.
     let from_key = CertificateParams::default()
         .self_signed(&key)
-        .map_err(|e| bad(&cfg.tls.ca_key, e.to_string()))?
+        .map_err(|e| bad(&cfg.cluster.tls.ca_key, e.to_string()))?
         .key_identifier();
     if cert.key_identifier() != from_key {
         return Err(bad(
-            &cfg.tls.ca_key,
+            &cfg.cluster.tls.ca_key,
             format!(
                 "it does not match {} (or that CA was not made by shardkv)",
-                cfg.tls.ca.display()
+                cfg.cluster.tls.ca.display()
             ),
         ));
     }
@@ -307,14 +312,14 @@ fn ia5(subject: &str, text: String) -> Result<rcgen::Ia5String, CertError> {
 }
 
 fn host_files(ca: &Ca, host: &HostConfig) -> Result<[Pending; 2], CertError> {
-    let subject = format!("host {}", host.id);
+    let subject = format!("host {}", host.host.id);
     let key = KeyPair::generate().map_err(generate(&subject))?;
-    let mut params = base_params(format!("shardkv host {}", host.id));
+    let mut params = base_params(format!("shardkv host {}", host.host.id));
     params.subject_alt_names = vec![
-        SanType::IpAddress(host.addr.ip()),
-        SanType::DnsName(ia5(&subject, host_server_name(host.id))?),
+        SanType::IpAddress(host.host.addr.ip()),
+        SanType::DnsName(ia5(&subject, host_server_name(host.host.id))?),
         SanType::DnsName(ia5(&subject, "localhost".to_string())?),
-        SanType::URI(ia5(&subject, PeerIdentity::Host(host.id).uri())?),
+        SanType::URI(ia5(&subject, PeerIdentity::Host(host.host.id).uri())?),
     ];
     // Hosts serve clients and peers, and dial peers as clients.
     params.extended_key_usages = vec![
@@ -344,7 +349,7 @@ fn client_files(cfg: &ClusterConfig, ca: &Ca, name: &str) -> Result<[Pending; 2]
     let cert = params
         .signed_by(&key, &ca.cert, &ca.key)
         .map_err(generate(&subject))?;
-    let (cert_path, key_path) = cfg.client_cert_paths(name);
+    let (cert_path, key_path) = cfg.cluster.tls.client_cert_paths(name);
     Ok(leaf_files(&cert_path, &key_path, &cert, &key))
 }
 
@@ -428,12 +433,12 @@ mod tests {
     }
 
     fn all_targets(cfg: &ClusterConfig) -> Vec<PathBuf> {
-        let mut v = vec![cfg.tls.ca.clone(), cfg.tls.ca_key.clone()];
+        let mut v = vec![cfg.cluster.tls.ca.clone(), cfg.cluster.tls.ca_key.clone()];
         for h in &cfg.hosts {
             v.push(h.cert.clone());
             v.push(h.key.clone());
         }
-        let (c, k) = cfg.client_cert_paths(CLI_CLIENT);
+        let (c, k) = cfg.cluster.tls.client_cert_paths(CLI_CLIENT);
         v.push(c);
         v.push(k);
         v
@@ -498,17 +503,20 @@ mod tests {
         cfg.check_certs(None).expect("config sees every cert");
 
         for h in &cfg.hosts {
-            let sans = verify_chain(&h.cert, &cfg.tls.ca);
+            let sans = verify_chain(&h.cert, &cfg.cluster.tls.ca);
             assert!(
-                sans.contains(&format!("uri:{}", PeerIdentity::Host(h.id).uri())),
+                sans.contains(&format!("uri:{}", PeerIdentity::Host(h.host.id).uri())),
                 "{sans:?}"
             );
-            assert!(sans.contains(&format!("dns:host-{}", h.id)), "{sans:?}");
+            assert!(
+                sans.contains(&format!("dns:host-{}", h.host.id)),
+                "{sans:?}"
+            );
             assert!(sans.contains(&"dns:localhost".to_string()), "{sans:?}");
             assert!(sans.iter().any(|s| s.starts_with("ip:")), "{sans:?}");
         }
-        let (cli, _) = cfg.client_cert_paths(CLI_CLIENT);
-        let sans = verify_chain(&cli, &cfg.tls.ca);
+        let (cli, _) = cfg.cluster.tls.client_cert_paths(CLI_CLIENT);
+        let sans = verify_chain(&cli, &cfg.cluster.tls.ca);
         assert!(
             sans.contains(&"uri:shardkv://client/cli".to_string()),
             "{sans:?}"
@@ -539,14 +547,14 @@ mod tests {
         write_file(&host3_key, b"mine", 0o600).expect("write");
         let e = init(&cfg2, false).expect_err("must refuse");
         assert!(e.to_string().contains("host-3.key"), "{e}");
-        assert!(!cfg2.tls.ca.exists());
+        assert!(!cfg2.cluster.tls.ca.exists());
         assert_eq!(fs::read(&host3_key).expect("read"), b"mine");
 
         let written = init(&cfg, true).expect("forced init");
         assert_eq!(written.paths.len(), before.len());
-        let ca_after = fs::read(&cfg.tls.ca).expect("read");
+        let ca_after = fs::read(&cfg.cluster.tls.ca).expect("read");
         assert_ne!(ca_after, before[0], "a forced init makes a new CA");
-        assert_eq!(mode(&cfg.tls.ca_key), 0o600);
+        assert_eq!(mode(&cfg.cluster.tls.ca_key), 0o600);
     }
 
     #[test]
@@ -566,10 +574,10 @@ mod tests {
         let cfg = config(dir.path());
         init(&cfg, false).expect("init");
         let written = issue_client(&cfg, "bench-1", false).expect("issue");
-        let (cert, key) = cfg.client_cert_paths("bench-1");
+        let (cert, key) = cfg.cluster.tls.client_cert_paths("bench-1");
         assert_eq!(written.paths, vec![cert.clone(), key.clone()]);
         assert_eq!(mode(&key), 0o600);
-        let sans = verify_chain(&cert, &cfg.tls.ca);
+        let sans = verify_chain(&cert, &cfg.cluster.tls.ca);
         assert_eq!(
             sans,
             vec![
@@ -601,7 +609,12 @@ mod tests {
         let cfg = config(dir.path());
         init(&cfg, false).expect("init");
         let other = KeyPair::generate().expect("key");
-        write_file(&cfg.tls.ca_key, other.serialize_pem().as_bytes(), 0o600).expect("write");
+        write_file(
+            &cfg.cluster.tls.ca_key,
+            other.serialize_pem().as_bytes(),
+            0o600,
+        )
+        .expect("write");
         let e = issue_client(&cfg, "x", false).expect_err("mismatched key");
         assert!(matches!(e, CertError::BadCa { .. }), "{e}");
         assert!(e.to_string().contains("does not match"), "{e}");
@@ -615,13 +628,13 @@ mod tests {
         assert_eq!(first.paths.len(), all_targets(&cfg).len());
         assert_eq!(ensure(&cfg).expect("ensure"), None);
 
-        let ca_before = fs::read(&cfg.tls.ca).expect("read");
+        let ca_before = fs::read(&cfg.cluster.tls.ca).expect("read");
         let h2 = cfg.host(2).expect("host 2").clone();
         fs::remove_file(&h2.cert).expect("rm");
         let made = ensure(&cfg).expect("ensure").expect("made host 2");
         assert_eq!(made.paths, vec![h2.cert.clone(), h2.key.clone()]);
-        assert_eq!(fs::read(&cfg.tls.ca).expect("read"), ca_before);
-        let sans = verify_chain(&h2.cert, &cfg.tls.ca);
+        assert_eq!(fs::read(&cfg.cluster.tls.ca).expect("read"), ca_before);
+        let sans = verify_chain(&h2.cert, &cfg.cluster.tls.ca);
         assert!(sans.contains(&format!("uri:{}", PeerIdentity::Host(2).uri())));
     }
 }

@@ -53,17 +53,17 @@ pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
     let me = cfg
         .host(host)
         .ok_or_else(|| ConfigError::UnknownHost {
-            path: cfg.path.clone(),
+            path: cfg.cluster.path.clone(),
             id: host,
-            known: cfg.hosts.iter().map(|h| h.id).collect(),
+            known: cfg.hosts.iter().map(|h| h.host.id).collect(),
         })?
         .clone();
     cfg.check_certs(Some(host))?;
-    let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.name, host)?;
+    let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.cluster.name, host)?;
     let system = System::new();
     let res = system.block_on(async move {
         let layout = settle_layout(&cfg, &me, &schema).await?;
-        serve_host(cfg, me.id, schema, layout).await
+        serve_host(cfg, me.host.id, schema, layout).await
     });
     System::current().stop();
     res
@@ -80,11 +80,11 @@ async fn serve_host(
         .cloned()
         .ok_or_else(|| DaemonError::Runtime("host vanished".into()))?;
     let tls = TlsFiles {
-        ca: cfg.tls.ca.clone(),
+        ca: cfg.cluster.tls.ca.clone(),
         cert: me.cert.clone(),
         key: me.key.clone(),
     };
-    let endpoint = host_endpoint(me.addr, &tls)?;
+    let endpoint = host_endpoint(me.host.addr, &tls)?;
     let snap_dir = me.data_dir.join("snap");
     std::fs::create_dir_all(&snap_dir)
         .map_err(|e| DaemonError::Runtime(format!("cannot create {}: {e}", snap_dir.display())))?;
@@ -99,12 +99,12 @@ async fn serve_host(
 
     // One outbound link per other host.
     let mut peers: HashMap<HostId, Addr<PeerActor>> = HashMap::new();
-    for h in cfg.hosts.iter().filter(|h| h.id != host) {
+    for h in cfg.hosts.iter().filter(|h| h.host.id != host) {
         peers.insert(
-            h.id,
+            h.host.id,
             PeerActor::new(
-                h.id,
-                h.addr,
+                h.host.id,
+                h.host.addr,
                 endpoint.clone(),
                 snap_dir.clone(),
                 schema.incarnation,
@@ -118,7 +118,7 @@ async fn serve_host(
         tick: cfg.raft.tick,
         election_ticks,
         heartbeat_ticks,
-        request_timeout: (cfg.raft.election_timeout * 3).max(Duration::from_secs(3)),
+        request_timeout: (cfg.cluster.election_timeout * 3).max(Duration::from_secs(3)),
         preferred_leader: None,
     };
     let logger = shardkv_actors::logger::raft_logger();
@@ -197,8 +197,8 @@ async fn serve_host(
     let replicas = local.len();
     let settings = RouterSettings {
         host,
-        cluster: cfg.name.clone(),
-        value_bytes_max: cfg.value_bytes_max,
+        cluster: cfg.cluster.name.clone(),
+        value_bytes_max: cfg.cluster.value_bytes_max,
         layout,
         incarnation: schema.incarnation,
         peer_incarnations: meta::peer_incarnations(&schema)?,
@@ -212,7 +212,7 @@ async fn serve_host(
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }
-    info!(host, addr = %me.addr, replicas, cluster = %cfg.name, "host serving");
+    info!(host, addr = %me.host.addr, replicas, cluster = %cfg.cluster.name, "host serving");
 
     // systemd (Type=notify): the host serves now. Outside systemd this is a no-op.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -377,7 +377,7 @@ impl Handler for HostHandler {
         let fut = self.router.send(GetHostStatus);
         async move {
             match fut.await {
-                Ok(status) => Response::Status(status),
+                Ok(status) => Response::Status(Box::new(status)),
                 Err(e) => Response::Internal(format!("router unreachable: {e}")),
             }
         }

@@ -323,7 +323,7 @@ impl LocalCluster {
         let (path, config) = spec.write(dir.path())?;
         let mut hosts = HostProcesses::new(exe, &path).log_to(dir.path());
         for h in &config.hosts {
-            hosts.start(h.id)?;
+            hosts.start(h.host.id)?;
         }
         Ok(LocalCluster { dir, config, hosts })
     }

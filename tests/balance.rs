@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 async fn leaders(cluster: &common::Cluster, client: &shardkv::Client) -> BTreeMap<u32, u64> {
     let mut out = BTreeMap::new();
     for h in &cluster.cfg.hosts {
-        if let Ok(s) = client.host_status(h.id).await {
+        if let Ok(s) = client.host_status(h.host.id).await {
             for r in s.replicas.iter().filter(|r| r.is_leader) {
-                out.insert(r.shard, h.id);
+                out.insert(r.shard, h.host.id);
             }
         }
     }
@@ -48,6 +48,7 @@ async fn each_shard_is_led_by_its_preferred_host() {
     // Placement rotates the first host: shard s prefers host s.
     let want: BTreeMap<u32, u64> = cluster
         .cfg
+        .cluster
         .placement()
         .into_iter()
         .map(|(s, hosts)| (s, hosts[0]))

@@ -21,7 +21,7 @@ fn scrape_all(cluster: &common::Cluster) -> HashMap<u64, String> {
         .iter()
         .map(|h| {
             (
-                h.id,
+                h.host.id,
                 common::http_get(h.metrics.expect("metrics addr"), "/metrics"),
             )
         })

@@ -18,7 +18,7 @@ async fn client_cert_from_another_ca_is_refused() {
 
     // Another cluster's CA and its client certificate.
     let other = common::Cluster::new(1, 1, 1);
-    let (cert, key) = other.cfg.client_cert_paths("cli");
+    let (cert, key) = other.cfg.cluster.tls.client_cert_paths("cli");
     let mut settings = cluster.settings("cli");
     settings.tls.cert = cert;
     settings.tls.key = key;
@@ -60,7 +60,7 @@ async fn client_cert_cannot_send_raft_messages() {
     let mut m = raft::eraftpb::Message::default();
     m.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
     m.from = 2;
-    m.to = host.id;
+    m.to = host.host.id;
     m.term = 1_000_000;
     let bytes = protobuf::Message::write_to_bytes(&m).expect("encode");
     let mut stream = open_raft_stream(&conn).await.expect("stream opens locally");

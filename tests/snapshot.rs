@@ -16,7 +16,7 @@ async fn wait_caught_up(cluster: &common::Cluster, client: &shardkv::Client, hos
     loop {
         let mut commit = 0;
         for h in &cluster.cfg.hosts {
-            if let Ok(s) = client.host_status(h.id).await {
+            if let Ok(s) = client.host_status(h.host.id).await {
                 for r in s.replicas.iter().filter(|r| r.is_leader) {
                     commit = commit.max(r.commit);
                 }
@@ -113,11 +113,16 @@ async fn a_host_behind_the_compacted_log_catches_up_by_snapshot() {
         log3.contains("snapshot installed"),
         "host 3 caught up through a snapshot"
     );
-    let sent = cluster.cfg.hosts.iter().filter(|h| h.id != 3).any(|h| {
-        std::fs::read_to_string(cluster.log_path(h.id))
-            .unwrap_or_default()
-            .contains("snapshot sent")
-    });
+    let sent = cluster
+        .cfg
+        .hosts
+        .iter()
+        .filter(|h| h.host.id != 3)
+        .any(|h| {
+            std::fs::read_to_string(cluster.log_path(h.host.id))
+                .unwrap_or_default()
+                .contains("snapshot sent")
+        });
     assert!(sent, "a leader streamed the snapshot");
     let metrics3 = common::http_get(cluster.cfg.hosts[2].metrics.expect("metrics"), "/metrics");
     assert!(

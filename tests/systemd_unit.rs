@@ -382,12 +382,16 @@ fn example_config_keeps_data_under_the_writable_dir_and_certs_under_the_read_onl
     let writable = Path::new(u.require("Service", "ReadWritePaths"));
     let readable = Path::new(u.require("Service", "ReadOnlyPaths"));
     assert_eq!(cfg.hosts.len(), 3);
-    assert!(cfg.tls.ca.starts_with(readable), "{}", cfg.tls.ca.display());
+    assert!(
+        cfg.cluster.tls.ca.starts_with(readable),
+        "{}",
+        cfg.cluster.tls.ca.display()
+    );
     for h in &cfg.hosts {
         assert!(
             h.data_dir.starts_with(writable),
             "host {} data_dir {} is outside {}",
-            h.id,
+            h.host.id,
             h.data_dir.display(),
             writable.display()
         );
@@ -395,7 +399,7 @@ fn example_config_keeps_data_under_the_writable_dir_and_certs_under_the_read_onl
             assert!(
                 file.starts_with(readable),
                 "host {}: {}",
-                h.id,
+                h.host.id,
                 file.display()
             );
         }

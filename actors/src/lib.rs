@@ -22,6 +22,8 @@ pub mod schema;
 pub mod shard;
 pub mod snapshot;
 pub mod storage;
+#[cfg(test)]
+mod test_fixtures;
 
 pub use error::ActorError;
 

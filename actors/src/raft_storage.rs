@@ -235,26 +235,12 @@ impl raft::Storage for LmdbRaftStorage {
 mod tests {
     use super::*;
     use crate::messages::{WriteBatch, WriteOp};
-    use crate::schema::raft_records::{append_ops, bootstrap, hard_state_op};
+    use crate::schema::raft_records::{bootstrap, hard_state_op};
     use crate::schema::{state_key, TableId, TAG_TRUNCATED};
     use crate::snapshot::SNAPSHOT_BUILDS_MAX;
     use crate::storage::commit;
+    use crate::test_fixtures::{append, entry, open_schema, temp_schema};
     use raft::Storage;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: vec![index as u8; 10].into(),
-            ..Default::default()
-        }
-    }
-
-    fn setup() -> (tempfile::TempDir, Schema) {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        (dir, schema)
-    }
 
     /// Storage of `shard` that never builds a snapshot in these tests.
     fn storage(schema: Schema, shard: ShardId) -> LmdbRaftStorage {
@@ -262,15 +248,9 @@ mod tests {
         LmdbRaftStorage::new(schema, shard, PathBuf::new(), slots)
     }
 
-    fn append(schema: &Schema, shard: ShardId, entries: &[Entry]) {
-        let mut ops = Vec::new();
-        append_ops(shard, entries, &mut ops).unwrap();
-        commit(schema, vec![WriteBatch { ops }]).unwrap();
-    }
-
     #[test]
     fn empty_storage() {
-        let (_d, schema) = setup();
+        let (_d, schema) = temp_schema();
         bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
         let s = storage(schema, 1);
         assert_eq!(s.first_index().unwrap(), 1);
@@ -286,7 +266,7 @@ mod tests {
 
     #[test]
     fn append_entries_and_terms() {
-        let (_d, schema) = setup();
+        let (_d, schema) = temp_schema();
         append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
         // Another shard's log must not leak into shard 1.
         append(
@@ -316,7 +296,7 @@ mod tests {
 
     #[test]
     fn conflicting_suffix_is_replaced() {
-        let (_d, schema) = setup();
+        let (_d, schema) = temp_schema();
         append(
             &schema,
             1,
@@ -331,7 +311,7 @@ mod tests {
 
     #[test]
     fn compacted_range_is_reported() {
-        let (_d, schema) = setup();
+        let (_d, schema) = temp_schema();
         append(&schema, 1, &[entry(4, 2), entry(5, 2), entry(6, 3)]);
         let mut trunc = 3u64.to_be_bytes().to_vec();
         trunc.extend_from_slice(&2u64.to_be_bytes());
@@ -370,7 +350,7 @@ mod tests {
     fn hard_state_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+            let schema = open_schema(dir.path());
             let hs = HardState {
                 term: 7,
                 vote: 2,
@@ -380,7 +360,7 @@ mod tests {
             let op = hard_state_op(1, &hs).unwrap();
             commit(&schema, vec![WriteBatch { ops: vec![op] }]).unwrap();
         }
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let schema = open_schema(dir.path());
         let s = storage(schema, 1);
         let st = s.initial_state().unwrap();
         assert_eq!((st.hard_state.term, st.hard_state.vote), (7, 2));
@@ -388,7 +368,7 @@ mod tests {
 
     #[test]
     fn staged_entries_are_served_and_hide_a_conflicting_durable_suffix() {
-        let (_d, schema) = setup();
+        let (_d, schema) = temp_schema();
         append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 1)]);
         let mut s = storage(schema.clone(), 1);
         // Ready 1 stages 3..=5 of term 1 (replacing 3 on disk); before it is durable, Ready 2
@@ -436,7 +416,7 @@ mod tests {
 
     #[test]
     fn completions_out_of_order_leave_nothing_staged() {
-        let (_d, schema) = setup();
+        let (_d, schema) = temp_schema();
         let mut s = storage(schema.clone(), 1);
         s.stage(1, vec![entry(1, 1)]);
         s.stage(2, vec![entry(2, 1)]);

@@ -285,14 +285,12 @@ pub fn commit(schema: &Schema, batches: Vec<WriteBatch>) -> Result<(), ActorErro
 mod tests {
     use super::*;
     use crate::schema::TableId;
+    use crate::test_fixtures::{storage_actor, temp_schema};
 
     #[actix_rt::test]
     async fn batches_commit_in_order_and_are_visible() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-            .unwrap()
-            .start();
+        let (_dir, schema) = temp_schema();
+        let addr = storage_actor(&schema);
         let mut futs = Vec::new();
         for i in 0..100u32 {
             let b = WriteBatch {
@@ -316,8 +314,7 @@ mod tests {
 
     #[actix_rt::test]
     async fn delete_range_removes_a_suffix() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let (_dir, schema) = temp_schema();
         let mut ops = Vec::new();
         for i in 1..=10u64 {
             ops.push(WriteOp::Put(
@@ -349,11 +346,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_lazy_batch_alone_is_committed_after_its_delay() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-            .unwrap()
-            .start();
+        let (_dir, schema) = temp_schema();
+        let addr = storage_actor(&schema);
         addr.send(PersistLazy(put(b"k", b"lazy")))
             .await
             .unwrap()
@@ -363,11 +357,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn lazy_and_urgent_batches_keep_their_arrival_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-            .unwrap()
-            .start();
+        let (_dir, schema) = temp_schema();
+        let addr = storage_actor(&schema);
         let mut futs = Vec::new();
         for i in 0..50u32 {
             let b = put(b"k", &i.to_be_bytes());
@@ -422,11 +413,8 @@ mod tests {
 
     #[actix_rt::test]
     async fn a_failing_snapshot_load_fails_alone() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-        let addr = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-            .unwrap()
-            .start();
+        let (dir, schema) = temp_schema();
+        let addr = storage_actor(&schema);
         let before = addr.send(Persist(put(b"before", b"1")));
         let load = addr.send(Persist(WriteBatch {
             ops: vec![WriteOp::LoadSnapshot(1, dir.path().join("no-such.snap"))],

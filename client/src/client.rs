@@ -144,7 +144,7 @@ impl Client {
     /// attempt timeout): for `shardkv status` and monitoring.
     pub async fn host_status(&self, host: HostId) -> Result<HostStatus, ClientError> {
         match self.admin(host, AdminRequest::Status).await? {
-            Response::Status(s) => Ok(s),
+            Response::Status(s) => Ok(*s),
             other => Err(final_error(other)),
         }
     }

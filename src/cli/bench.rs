@@ -84,7 +84,7 @@ fn parse_shape(s: &str) -> anyhow::Result<(u32, u32)> {
 }
 
 fn clients(cfg: &ClusterConfig, n: usize, args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
-    let mut settings = ClientSettings::from_config(&cfg.client(), CLI_CLIENT);
+    let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
     settings.deadline = Duration::from_secs(20);
     if args.stale {
         settings.consistency = ReadConsistency::Stale;
@@ -113,10 +113,10 @@ fn progress(total: Option<u64>, label: &str) -> Option<ProgressBar> {
 
 async fn warm_up(c: &Client, cfg: &ClusterConfig) -> anyhow::Result<()> {
     // One write per shard: returns once every shard has a leader.
-    for shard in 1..=cfg.shards {
+    for shard in 1..=cfg.cluster.shards {
         let key = (0u64..)
             .map(|i| format!("warmup-{i}").into_bytes())
-            .find(|k| shardkv_transport::slot::shard_of_key(k, cfg.shards) == shard)
+            .find(|k| shardkv_transport::slot::shard_of_key(k, cfg.cluster.shards) == shard)
             .context("no key for a shard")?;
         c.put(&key, b"w")
             .await
@@ -135,13 +135,14 @@ async fn warm_up(c: &Client, cfg: &ClusterConfig) -> anyhow::Result<()> {
 async fn leaders_settled(c: &Client, cfg: &ClusterConfig) -> bool {
     let mut led = std::collections::HashMap::new();
     for h in &cfg.hosts {
-        if let Ok(s) = c.host_status(h.id).await {
+        if let Ok(s) = c.host_status(h.host.id).await {
             for r in s.replicas.iter().filter(|r| r.is_leader) {
-                led.insert(r.shard, h.id);
+                led.insert(r.shard, h.host.id);
             }
         }
     }
-    cfg.placement()
+    cfg.cluster
+        .placement()
         .iter()
         .all(|(shard, hosts)| hosts.first() == led.get(shard))
 }

@@ -15,7 +15,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn client(cfg: &ClusterConfig, consistency: ReadConsistency) -> anyhow::Result<Client> {
-    let mut settings = ClientSettings::from_config(&cfg.client(), CLI_CLIENT);
+    let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
     settings.consistency = consistency;
     Ok(Client::new(settings)?)
 }

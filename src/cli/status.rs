@@ -57,12 +57,12 @@ pub fn run(cfg: &ClusterConfig, json: bool) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     let statuses: Vec<(HostId, Result<HostStatus, String>)> = rt.block_on(async {
-        let mut settings = ClientSettings::from_config(&cfg.client(), CLI_CLIENT);
+        let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
         settings.attempt_timeout = Duration::from_secs(2);
         let client = Client::new(settings)?;
         let futs = cfg.hosts.iter().map(|h| {
             let c = client.clone();
-            let id = h.id;
+            let id = h.host.id;
             async move { (id, c.host_status(id).await.map_err(|e| e.to_string())) }
         });
         Ok::<_, anyhow::Error>(futures::future::join_all(futs).await)
@@ -84,7 +84,10 @@ fn build(cfg: &ClusterConfig, statuses: Vec<(HostId, Result<HostStatus, String>)
     let mut by_host: BTreeMap<HostId, BTreeMap<ShardId, ReplicaInfo>> = BTreeMap::new();
     let mut hosts = Vec::new();
     for (id, res) in statuses {
-        let addr = cfg.host(id).map(|h| h.addr.to_string()).unwrap_or_default();
+        let addr = cfg
+            .host(id)
+            .map(|h| h.host.addr.to_string())
+            .unwrap_or_default();
         match res {
             Ok(s) => {
                 hosts.push(HostRow {
@@ -106,7 +109,7 @@ fn build(cfg: &ClusterConfig, statuses: Vec<(HostId, Result<HostStatus, String>)
         }
     }
     let mut shards = Vec::new();
-    for (shard, replica_hosts) in cfg.placement() {
+    for (shard, replica_hosts) in cfg.cluster.placement() {
         let infos: Vec<(HostId, Option<&ReplicaInfo>)> = replica_hosts
             .iter()
             .map(|h| (*h, by_host.get(h).and_then(|m| m.get(&shard))))
@@ -141,7 +144,7 @@ fn build(cfg: &ClusterConfig, statuses: Vec<(HostId, Result<HostStatus, String>)
         });
     }
     Report {
-        cluster: cfg.name.clone(),
+        cluster: cfg.cluster.name.clone(),
         healthy: shards.iter().all(|s| s.quorum),
         hosts,
         shards,

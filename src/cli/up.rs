@@ -25,18 +25,18 @@ pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let mut children = HostProcesses::new(&exe, path);
     for h in &cfg.hosts {
         children
-            .start(h.id)
-            .with_context(|| format!("cannot start host {}", h.id))?;
+            .start(h.host.id)
+            .with_context(|| format!("cannot start host {}", h.host.id))?;
     }
     let hosts: Vec<String> = cfg
         .hosts
         .iter()
-        .map(|h| format!("host {} at {}", h.id, h.addr))
+        .map(|h| format!("host {} at {}", h.host.id, h.host.addr))
         .collect();
     eprintln!(
         "shardkv: {} shards x {} replicas on {}\n  try: shardkv --config {} put hello world && shardkv --config {} get hello\n  Ctrl-C stops the cluster",
-        cfg.shards,
-        cfg.replicas,
+        cfg.cluster.shards,
+        cfg.cluster.replicas,
         hosts.join(", "),
         path.display(),
         path.display()

@@ -6,8 +6,9 @@
 //! `replicas` distinct known hosts, and the Raft timing is something raft-rs accepts. Callers do
 //! not re-check any of that.
 //!
-//! The file's schema and the checks a client also needs live in `shardkv_client::config`; this
-//! module adds what only a daemon needs (`validate.rs`) and writes configs back out
+//! The file's schema and the checks a client also needs live in `shardkv_client::config`; a
+//! [`ClusterConfig`] holds that client part as it is ([`ClusterConfig::cluster`]) and adds what
+//! only a daemon needs (`validate.rs`). This module also writes configs back out
 //! ([`ClusterConfig::to_toml`]). Errors name the field (`host[1].addr`,
 //! `raft.election_timeout`), give the reason and say what to do. Certificate files are
 //! deliberately *not* checked while parsing, because `shardkv certs init` itself needs a parsed
@@ -21,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use shardkv_client::config::Checker;
+use shardkv_client::config::{read_file, Checker};
 pub use shardkv_client::config::{
     replica_hosts, ClientConfig, ConfigError, HostAddr, ShardPin, TlsSettings, SHARDS_MAX,
 };
@@ -44,36 +45,26 @@ pub const SAMPLE: &str = include_str!("../../cluster.toml");
 /// resolved against the directory of the file they came from (absolute if that was absolute).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
-    /// As [`ClientConfig::name`].
-    pub name: String,
-    /// As [`ClientConfig::shards`].
-    pub shards: u32,
-    /// As [`ClientConfig::replicas`].
-    pub replicas: u32,
-    /// As [`ClientConfig::value_bytes_max`].
-    pub value_bytes_max: usize,
-    /// Raft timing and snapshot policy.
+    /// The part a client also reads (name, shards and placement, value limit, election
+    /// timeout, TLS, host addresses, the file's path), validated once by the client crate;
+    /// hand it to [`shardkv_client::Client::from_config`].
+    pub cluster: ClientConfig,
+    /// Raft timing and snapshot policy beyond [`ClientConfig::election_timeout`].
     pub raft: RaftSettings,
-    /// As [`ClientConfig::tls`].
-    pub tls: TlsSettings,
     /// LMDB settings.
     pub storage: StorageSettings,
-    /// Hosts in file order; ids are unique and non-zero.
+    /// What each host daemon needs, in file order: `hosts[i].host == cluster.hosts[i]`.
     pub hosts: Vec<HostConfig>,
-    /// As [`ClientConfig::pins`].
-    pub pins: Vec<ShardPin>,
-    /// The file this came from; used in messages (`run ... --config <path>`).
-    pub path: PathBuf,
 }
 
-/// Raft timing. Guarantee: `tick > 0`, `heartbeat >= tick`, `election_timeout > heartbeat`,
+/// Raft timing; the base election timeout (raft-rs randomises within `[1, 2)` times it) is
+/// [`ClientConfig::election_timeout`], since clients size their timeouts from it too.
+/// Guarantee: `tick > 0`, `heartbeat >= tick`, `election_timeout > heartbeat`,
 /// `election_timeout >= 3 * tick`, and in whole ticks election > heartbeat (raft-rs requires it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftSettings {
     /// Period of the Raft logical clock.
     pub tick: Duration,
-    /// Base election timeout (raft-rs randomises within `[1, 2)` times this).
-    pub election_timeout: Duration,
     /// Leader heartbeat interval.
     pub heartbeat: Duration,
     /// Applied entries between snapshots; at least 1.
@@ -87,13 +78,12 @@ pub struct StorageSettings {
     pub map_size: u64,
 }
 
-/// One host: where it listens, where it keeps data, and which certificate proves who it is.
+/// One host: who it is and where it listens (as a client sees it), where it keeps data, and
+/// which certificate proves who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostConfig {
-    /// Host id, also its Raft peer id; never 0.
-    pub id: HostId,
-    /// QUIC listen and advertise address; a concrete IP and non-zero port, unique in the cluster.
-    pub addr: SocketAddr,
+    /// Id (also its Raft peer id) and QUIC listen and advertise address.
+    pub host: HostAddr,
     /// Directory of the host's LMDB environment.
     pub data_dir: PathBuf,
     /// Optional HTTP `/metrics` listener.
@@ -108,11 +98,7 @@ impl ClusterConfig {
     /// Reads and validates `path`. Relative paths inside are resolved against the file's
     /// directory, so a config works the same whatever the current directory is.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base_dir = path.parent().unwrap_or(Path::new(""));
+        let (text, base_dir) = read_file(path)?;
         Self::parse(&text, base_dir, path)
     }
 
@@ -120,85 +106,32 @@ impl ClusterConfig {
     /// against `base_dir`. For tests and configs built in memory.
     pub fn parse(text: &str, base_dir: &Path, origin: &Path) -> Result<Self, ConfigError> {
         let raw = ClientConfig::read(text, origin)?;
-        let client = ClientConfig::from_raw(&raw, base_dir, origin)?;
+        let cluster = ClientConfig::from_raw(&raw, base_dir, origin)?;
         let check = Checker { origin };
-        let raft = validate::raft(&check, raw.raft.as_ref(), client.election_timeout)?;
+        let raft = validate::raft(&check, raw.raft.as_ref(), cluster.election_timeout)?;
         let storage = validate::storage(&check, raw.storage.as_ref())?;
-        let hosts = validate::hosts(&check, base_dir, &client.tls, &client.hosts, &raw.host)?;
+        let hosts = validate::hosts(&check, base_dir, &cluster.tls, &cluster.hosts, &raw.host)?;
         Ok(ClusterConfig {
-            name: client.name,
-            shards: client.shards,
-            replicas: client.replicas,
-            value_bytes_max: client.value_bytes_max,
+            cluster,
             raft,
-            tls: client.tls,
             storage,
             hosts,
-            pins: client.pins,
-            path: client.path,
         })
     }
 
     /// The host with this id, if listed.
     pub fn host(&self, id: HostId) -> Option<&HostConfig> {
-        self.hosts.iter().find(|h| h.id == id)
+        self.hosts.iter().find(|h| h.host.id == id)
     }
 
-    /// Every shard `1..=shards` with its replica hosts, in shard order. Pinned shards use their
-    /// pin; the rest are round-robin over hosts sorted by id (see [`replica_hosts`]), the same
-    /// placement every client computes.
-    pub fn placement(&self) -> Vec<(ShardId, Vec<HostId>)> {
-        (1..=self.shards)
-            .map(|s| (s, self.shard_hosts(s)))
-            .collect()
-    }
-
-    /// Replica hosts of one shard (see [`ClusterConfig::placement`]); empty if `shard` is not in
-    /// `1..=shards`.
-    pub fn shard_hosts(&self, shard: ShardId) -> Vec<HostId> {
-        replica_hosts(
-            shard,
-            self.shards,
-            self.replicas,
-            self.hosts.iter().map(|h| h.id),
-            &self.pins,
-        )
-    }
-
-    /// Shards that have a replica on `host`, in shard order.
+    /// Shards that have a replica on `host`, in shard order (see [`ClientConfig::placement`]).
     pub fn shards_of_host(&self, host: HostId) -> Vec<ShardId> {
-        self.placement()
+        self.cluster
+            .placement()
             .into_iter()
             .filter(|(_, hosts)| hosts.contains(&host))
             .map(|(s, _)| s)
             .collect()
-    }
-
-    /// Certificate and key of client `name`: `(<tls.dir>/client-<name>.pem, .key)`.
-    pub fn client_cert_paths(&self, name: &str) -> (PathBuf, PathBuf) {
-        self.tls.client_cert_paths(name)
-    }
-
-    /// The part of this config a client uses, for [`shardkv_client::Client::from_config`].
-    pub fn client(&self) -> ClientConfig {
-        ClientConfig {
-            name: self.name.clone(),
-            shards: self.shards,
-            replicas: self.replicas,
-            value_bytes_max: self.value_bytes_max,
-            election_timeout: self.raft.election_timeout,
-            tls: self.tls.clone(),
-            hosts: self
-                .hosts
-                .iter()
-                .map(|h| HostAddr {
-                    id: h.id,
-                    addr: h.addr,
-                })
-                .collect(),
-            pins: self.pins.clone(),
-            path: self.path.clone(),
-        }
     }
 
     /// Raft timing in ticks, as raft-rs wants it: `(election_tick, heartbeat_tick)`. Validation
@@ -207,7 +140,7 @@ impl ClusterConfig {
         let tick = self.raft.tick.as_nanos().max(1);
         let ticks = |d: Duration| usize::try_from(d.as_nanos() / tick).unwrap_or(usize::MAX);
         (
-            ticks(self.raft.election_timeout).max(1),
+            ticks(self.cluster.election_timeout).max(1),
             ticks(self.raft.heartbeat).max(1),
         )
     }
@@ -223,27 +156,27 @@ impl ClusterConfig {
                 Err(ConfigError::MissingCert {
                     what,
                     file: file.to_path_buf(),
-                    config: self.path.clone(),
+                    config: self.cluster.path.clone(),
                 })
             }
         };
-        missing("CA certificate".into(), &self.tls.ca)?;
+        missing("CA certificate".into(), &self.cluster.tls.ca)?;
         let hosts: Vec<&HostConfig> = match host {
             None => self.hosts.iter().collect(),
             Some(id) => match self.host(id) {
                 Some(h) => vec![h],
                 None => {
                     return Err(ConfigError::UnknownHost {
-                        path: self.path.clone(),
+                        path: self.cluster.path.clone(),
                         id,
-                        known: self.hosts.iter().map(|h| h.id).collect(),
+                        known: self.hosts.iter().map(|h| h.host.id).collect(),
                     })
                 }
             },
         };
         for h in hosts {
-            missing(format!("host {} certificate", h.id), &h.cert)?;
-            missing(format!("host {} key", h.id), &h.key)?;
+            missing(format!("host {} certificate", h.host.id), &h.cert)?;
+            missing(format!("host {} key", h.host.id), &h.key)?;
         }
         Ok(())
     }

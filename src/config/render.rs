@@ -17,21 +17,23 @@ impl ClusterConfig {
         let path = |p: &Path| p.to_string_lossy().into_owned();
         let raw = RawFile {
             cluster: RawCluster {
-                name: self.name.clone(),
-                shards: i64::from(self.shards),
-                replicas: i64::from(self.replicas),
-                max_value_bytes: Some(i64::try_from(self.value_bytes_max).unwrap_or(i64::MAX)),
+                name: self.cluster.name.clone(),
+                shards: i64::from(self.cluster.shards),
+                replicas: i64::from(self.cluster.replicas),
+                max_value_bytes: Some(
+                    i64::try_from(self.cluster.value_bytes_max).unwrap_or(i64::MAX),
+                ),
             },
             raft: Some(RawRaft {
                 tick: Some(humantime::format_duration(self.raft.tick).to_string()),
                 election_timeout: Some(
-                    humantime::format_duration(self.raft.election_timeout).to_string(),
+                    humantime::format_duration(self.cluster.election_timeout).to_string(),
                 ),
                 heartbeat: Some(humantime::format_duration(self.raft.heartbeat).to_string()),
                 snapshot_after: Some(i64::try_from(self.raft.snapshot_after).unwrap_or(i64::MAX)),
             }),
             tls: Some(RawTls {
-                ca: Some(path(&self.tls.ca)),
+                ca: Some(path(&self.cluster.tls.ca)),
             }),
             storage: Some(RawStorage {
                 map_size: Some(RawSize::Bytes(
@@ -42,8 +44,8 @@ impl ClusterConfig {
                 .hosts
                 .iter()
                 .map(|h| RawHost {
-                    id: i64::try_from(h.id).unwrap_or(i64::MAX),
-                    addr: h.addr.to_string(),
+                    id: i64::try_from(h.host.id).unwrap_or(i64::MAX),
+                    addr: h.host.addr.to_string(),
                     data_dir: path(&h.data_dir),
                     metrics: h.metrics.map(|m| m.to_string()),
                     cert: Some(path(&h.cert)),
@@ -51,6 +53,7 @@ impl ClusterConfig {
                 })
                 .collect(),
             shard: self
+                .cluster
                 .pins
                 .iter()
                 .map(|p| RawPin {

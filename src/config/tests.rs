@@ -49,29 +49,32 @@ fn assert_invalid(text: &str, field: &str, reason: &str) {
 #[test]
 fn committed_sample_parses_with_defaults() {
     let cfg = parse(SAMPLE).expect("sample must parse");
-    assert_eq!(cfg.name, "local");
-    assert_eq!((cfg.shards, cfg.replicas), (3, 3));
-    assert_eq!(cfg.value_bytes_max, 1 << 20);
+    assert_eq!(cfg.cluster.name, "local");
+    assert_eq!((cfg.cluster.shards, cfg.cluster.replicas), (3, 3));
+    assert_eq!(cfg.cluster.value_bytes_max, 1 << 20);
     assert_eq!(cfg.raft.tick, Duration::from_millis(100));
-    assert_eq!(cfg.raft.election_timeout, Duration::from_secs(1));
+    assert_eq!(cfg.cluster.election_timeout, Duration::from_secs(1));
     assert_eq!(cfg.raft.heartbeat, Duration::from_millis(100));
     assert_eq!(cfg.raft.snapshot_after, 10_000);
     assert_eq!(cfg.raft_ticks(), (10, 1));
     assert_eq!(cfg.storage.map_size, 64 << 30);
     assert_eq!(cfg.hosts.len(), 3);
     let h2 = cfg.host(2).expect("host 2");
-    assert_eq!(h2.addr, "127.0.0.1:7102".parse().expect("addr"));
+    assert_eq!(h2.host.addr, "127.0.0.1:7102".parse().expect("addr"));
     assert_eq!(h2.metrics, Some("127.0.0.1:9102".parse().expect("addr")));
-    assert!(cfg.pins.is_empty());
+    assert!(cfg.cluster.pins.is_empty());
 }
 
 #[test]
 fn omitted_tables_take_defaults() {
     let cfg = parse(&minimal("")).expect("parses");
     assert_eq!(cfg.raft_ticks(), (10, 1));
-    assert_eq!(cfg.tls.ca, Path::new("/etc/shardkv/certs/ca.pem"));
-    assert_eq!(cfg.tls.ca_key, Path::new("/etc/shardkv/certs/ca.key"));
-    assert_eq!(cfg.tls.dir, Path::new("/etc/shardkv/certs"));
+    assert_eq!(cfg.cluster.tls.ca, Path::new("/etc/shardkv/certs/ca.pem"));
+    assert_eq!(
+        cfg.cluster.tls.ca_key,
+        Path::new("/etc/shardkv/certs/ca.key")
+    );
+    assert_eq!(cfg.cluster.tls.dir, Path::new("/etc/shardkv/certs"));
     assert_eq!(cfg.hosts[0].metrics, None);
     assert_eq!(cfg.storage.map_size, MAP_SIZE_DEFAULT);
 }
@@ -79,13 +82,16 @@ fn omitted_tables_take_defaults() {
 #[test]
 fn relative_paths_resolve_against_the_config_directory() {
     let cfg = parse(&minimal("[tls]\nca = \"pki/root.pem\"")).expect("parses");
-    assert_eq!(cfg.tls.ca_key, Path::new("/etc/shardkv/pki/root.key"));
+    assert_eq!(
+        cfg.cluster.tls.ca_key,
+        Path::new("/etc/shardkv/pki/root.key")
+    );
     let h1 = cfg.host(1).expect("host 1");
     assert_eq!(h1.data_dir, Path::new("/etc/shardkv/data/host-1"));
     assert_eq!(h1.cert, Path::new("/etc/shardkv/pki/host-1.pem"));
     assert_eq!(h1.key, Path::new("/etc/shardkv/pki/host-1.key"));
     assert_eq!(
-        cfg.client_cert_paths("cli"),
+        cfg.cluster.tls.client_cert_paths("cli"),
         (
             PathBuf::from("/etc/shardkv/pki/client-cli.pem"),
             PathBuf::from("/etc/shardkv/pki/client-cli.key")
@@ -108,8 +114,8 @@ fn load_resolves_against_the_file_and_names_it() {
     let file = dir.path().join("cluster.toml");
     std::fs::write(&file, SAMPLE).expect("write");
     let cfg = ClusterConfig::load(&file).expect("loads");
-    assert_eq!(cfg.path, file);
-    assert_eq!(cfg.tls.ca, dir.path().join("certs/ca.pem"));
+    assert_eq!(cfg.cluster.path, file);
+    assert_eq!(cfg.cluster.tls.ca, dir.path().join("certs/ca.pem"));
     assert_eq!(cfg.hosts[2].data_dir, dir.path().join("data/host-3"));
 
     let missing = dir.path().join("nope.toml");
@@ -145,7 +151,7 @@ fn placement_is_round_robin_over_hosts_sorted_by_id() {
     );
     let cfg = parse(&text).expect("parses");
     assert_eq!(
-        cfg.placement(),
+        cfg.cluster.placement(),
         vec![
             (1, vec![10, 20]),
             (2, vec![20, 30]),
@@ -155,8 +161,8 @@ fn placement_is_round_robin_over_hosts_sorted_by_id() {
         ]
     );
     assert_eq!(cfg.shards_of_host(30), vec![2, 3, 5]);
-    assert!(cfg.shard_hosts(0).is_empty());
-    assert!(cfg.shard_hosts(6).is_empty());
+    assert!(cfg.cluster.shard_hosts(0).is_empty());
+    assert!(cfg.cluster.shard_hosts(6).is_empty());
 }
 
 #[test]
@@ -167,9 +173,21 @@ fn pins_override_round_robin_for_their_shard_only() {
     );
     let cfg = parse(&text).expect("parses");
     assert_eq!(
-        cfg.placement(),
+        cfg.cluster.placement(),
         vec![(1, vec![1, 2]), (2, vec![4, 1]), (3, vec![3, 4])]
     );
+}
+
+#[test]
+fn the_daemon_holds_what_a_client_reads_and_each_host_its_client_view() {
+    let text = minimal("");
+    let cfg = parse(&text).expect("parses");
+    let origin = Path::new("/etc/shardkv/cluster.toml");
+    let raw = ClientConfig::read(&text, origin).expect("reads");
+    let client = ClientConfig::from_raw(&raw, base(), origin).expect("validates");
+    assert_eq!(cfg.cluster, client);
+    let daemon_view: Vec<HostAddr> = cfg.hosts.iter().map(|h| h.host).collect();
+    assert_eq!(daemon_view, cfg.cluster.hosts, "same hosts, same order");
 }
 
 #[test]
@@ -440,8 +458,8 @@ fn check_certs_names_the_missing_file_and_the_command() {
     assert!(shown.contains("ca.pem"), "{shown}");
     assert!(shown.contains("shardkv certs init --config"), "{shown}");
 
-    std::fs::create_dir_all(&cfg.tls.dir).expect("mkdir");
-    std::fs::write(&cfg.tls.ca, "x").expect("write");
+    std::fs::create_dir_all(&cfg.cluster.tls.dir).expect("mkdir");
+    std::fs::write(&cfg.cluster.tls.ca, "x").expect("write");
     std::fs::write(&cfg.host(1).expect("h1").cert, "x").expect("write");
     let e = cfg.check_certs(Some(1)).expect_err("key missing");
     assert!(e.to_string().contains("host-1.key"), "{e}");

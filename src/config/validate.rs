@@ -11,7 +11,8 @@ use shardkv_client::config::{resolve, Checker, ConfigError, HostAddr, TlsSetting
 
 use super::{HostConfig, RaftSettings, StorageSettings, MAP_SIZE_DEFAULT, MAP_SIZE_MIN};
 
-/// `[raft]`: `election_timeout` was already read by the client's part of the validation.
+/// `[raft]`: `election_timeout` was already read by the client's part of the validation and is
+/// kept there; it is passed in to be checked against the tick and heartbeat.
 pub(super) fn raft(
     check: &Checker<'_>,
     raw: Option<&RawRaft>,
@@ -82,7 +83,6 @@ pub(super) fn raft(
     };
     Ok(RaftSettings {
         tick,
-        election_timeout,
         heartbeat,
         snapshot_after,
     })
@@ -134,7 +134,8 @@ pub(super) fn hosts(
     // Value -> index of the first host that used it, to name both in the message.
     let mut metrics_addrs = BTreeMap::new();
     let mut files = BTreeMap::new();
-    for (i, (h, &HostAddr { id, addr })) in raw.iter().zip(hosts).enumerate() {
+    for (i, (h, &host)) in raw.iter().zip(hosts).enumerate() {
+        let id = host.id;
         let metrics = match h.metrics.as_deref() {
             None => None,
             Some(text) => {
@@ -186,8 +187,7 @@ pub(super) fn hosts(
             }
         }
         out.push(HostConfig {
-            id,
-            addr,
+            host,
             data_dir,
             metrics,
             cert,

@@ -113,7 +113,7 @@ impl Cluster {
     }
 
     pub fn start_all(&mut self) {
-        for id in self.cfg.hosts.iter().map(|h| h.id).collect::<Vec<_>>() {
+        for id in self.cfg.hosts.iter().map(|h| h.host.id).collect::<Vec<_>>() {
             self.start(id);
         }
     }
@@ -158,7 +158,7 @@ impl Cluster {
     }
 
     pub fn settings(&self, name: &str) -> ClientSettings {
-        let mut s = ClientSettings::from_config(&self.cfg.client(), name);
+        let mut s = ClientSettings::from_config(&self.cfg.cluster, name);
         s.deadline = Duration::from_secs(20);
         s
     }
@@ -180,24 +180,24 @@ impl Cluster {
     /// A bare QUIC connection to the `index`th host with the client certificate `name`, for
     /// tests that send hand-made requests or Raft traffic.
     pub async fn raw_connection(&self, name: &str, index: usize) -> quinn::Connection {
-        let (cert, key) = self.cfg.client_cert_paths(name);
+        let (cert, key) = self.cfg.cluster.tls.client_cert_paths(name);
         let files = shardkv_transport::TlsFiles {
-            ca: self.cfg.tls.ca.clone(),
+            ca: self.cfg.cluster.tls.ca.clone(),
             cert,
             key,
         };
         let endpoint =
             shardkv_transport::endpoint::client_endpoint(&files).expect("client endpoint");
         let host = &self.cfg.hosts[index];
-        shardkv_transport::endpoint::connect(&endpoint, host.addr, host.id)
+        shardkv_transport::endpoint::connect(&endpoint, host.host.addr, host.host.id)
             .await
             .expect("a client may connect")
     }
 
     /// Waits until every shard accepts a write and a linearizable read.
     pub async fn wait_ready(&self, client: &Client) {
-        for shard in 1..=self.cfg.shards {
-            let key = key_in_shard(shard, self.cfg.shards);
+        for shard in 1..=self.cfg.cluster.shards {
+            let key = key_in_shard(shard, self.cfg.cluster.shards);
             client
                 .put(&key, b"ready")
                 .await
@@ -212,18 +212,18 @@ impl Cluster {
 
     pub fn dump_logs(&self) {
         for h in &self.cfg.hosts {
-            if let Ok(s) = std::fs::read_to_string(self.log_path(h.id)) {
+            if let Ok(s) = std::fs::read_to_string(self.log_path(h.host.id)) {
                 let tail: Vec<&str> = s.lines().rev().take(60).collect();
                 let errors: Vec<&str> = s
                     .lines()
                     .filter(|l| l.contains("ERROR") || l.contains("panicked"))
                     .take(20)
                     .collect();
-                eprintln!("---- host {} log: errors ----", h.id);
+                eprintln!("---- host {} log: errors ----", h.host.id);
                 for l in errors {
                     eprintln!("{l}");
                 }
-                eprintln!("---- host {} log (last 60 lines) ----", h.id);
+                eprintln!("---- host {} log (last 60 lines) ----", h.host.id);
                 for l in tail.into_iter().rev() {
                     eprintln!("{l}");
                 }

@@ -162,7 +162,7 @@ pub enum Response {
     /// A CAS found another value (here: the current one) and changed nothing.
     CasFailed { current: Option<Vec<u8>> },
     /// The answer to [`AdminRequest::Status`].
-    Status(HostStatus),
+    Status(Box<HostStatus>),
     /// This host's replica of the shard is not the leader; try `leader` if known.
     NotLeader {
         shard: ShardId,

@@ -314,14 +314,7 @@ mod tests {
     use super::*;
     use crate::messages::WriteBatch;
     use crate::storage::commit;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            ..Default::default()
-        }
-    }
+    use crate::test_fixtures::{entry, temp_schema};
 
     #[test]
     fn an_append_first_drops_the_suffix_it_replaces() {
@@ -368,8 +361,7 @@ mod tests {
 
     #[test]
     fn records_written_are_read_back_per_shard() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let (_dir, schema) = temp_schema();
         assert!(bootstrap(&schema, 1, &[1, 2, 3]).unwrap());
         assert!(
             !bootstrap(&schema, 1, &[9]).unwrap(),

@@ -94,12 +94,12 @@ mod tests {
     use crate::schema::TableId;
     use crate::shard::sessions::session;
     use crate::storage::commit;
+    use crate::test_fixtures::temp_schema;
     use shardkv_transport::wire::Response;
 
     #[test]
     fn the_overlay_decides_over_lmdb_and_its_tombstones_hide_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+        let (_dir, schema) = temp_schema();
         let record = |last_ms| encode_session(1, last_ms, &Response::Ok).unwrap();
         let ops = vec![
             WriteOp::Put(TableId::Kv, kv_key(1, b"a"), b"disk".to_vec()),

@@ -252,30 +252,8 @@ impl ShardSnapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::WriteBatch;
-    use crate::schema::raft_records::{append_ops, applied_op, bootstrap};
-    use crate::storage::commit;
-    use raft::eraftpb::Entry;
-
-    fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            data: vec![index as u8; 10].into(),
-            ..Default::default()
-        }
-    }
-
-    fn append(schema: &Schema, shard: ShardId, entries: &[Entry]) {
-        let mut ops = Vec::new();
-        append_ops(shard, entries, &mut ops).unwrap();
-        commit(schema, vec![WriteBatch { ops }]).unwrap();
-    }
-
-    fn set_applied(schema: &Schema, shard: ShardId, index: u64) {
-        let ops = vec![applied_op(shard, index)];
-        commit(schema, vec![WriteBatch { ops }]).unwrap();
-    }
+    use crate::schema::raft_records::bootstrap;
+    use crate::test_fixtures::{append, entry, set_applied, temp_schema};
 
     /// Calls `snapshot` until the background build has produced a file.
     fn snapshot_when_built(s: &ShardSnapshots, request_index: u64) -> Snapshot {
@@ -293,8 +271,7 @@ mod tests {
 
     #[test]
     fn snapshots_are_built_off_thread_reused_and_retired() {
-        let d = tempfile::tempdir().unwrap();
-        let schema = Schema::open(d.path(), 1 << 26, "t", 1).unwrap();
+        let (d, schema) = temp_schema();
         let snap_dir = d.path().join("snap");
         bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
         append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
@@ -379,8 +356,7 @@ mod tests {
 
     #[test]
     fn shards_share_the_hosts_slots() {
-        let d = tempfile::tempdir().unwrap();
-        let schema = Schema::open(d.path(), 1 << 26, "t", 1).unwrap();
+        let (d, schema) = temp_schema();
         let slots = Arc::new(BuildSlots::new(1));
         let one = ShardSnapshots::new(schema.clone(), 1, d.path().into(), Arc::clone(&slots));
         let two = ShardSnapshots::new(schema, 2, d.path().into(), Arc::clone(&slots));

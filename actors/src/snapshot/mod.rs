@@ -250,11 +250,12 @@ mod tests {
     use super::*;
     use crate::messages::{WriteBatch, WriteOp};
     use crate::schema::TableId;
+    use crate::test_fixtures::open_schema;
 
     #[test]
     fn a_snapshot_holds_exactly_one_shards_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let schema = Schema::open(&dir.path().join("db"), 1 << 26, "t", 1).unwrap();
+        let schema = open_schema(&dir.path().join("db"));
         let mut ops = Vec::new();
         for shard in [1u32, 2] {
             for i in 0..10u8 {

@@ -122,15 +122,21 @@ pub fn replica_hosts(
         .collect()
 }
 
+/// The text of the config file `path` and the directory its relative paths resolve against
+/// (the file's own, so a config works the same whatever the current directory is). Every
+/// loader of `cluster.toml` reads it this way.
+pub fn read_file(path: &Path) -> Result<(String, &Path), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok((text, path.parent().unwrap_or(Path::new(""))))
+}
+
 impl ClientConfig {
-    /// Reads and validates `path`. Relative paths inside are resolved against the file's
-    /// directory, so a config works the same whatever the current directory is.
+    /// Reads and validates `path`, resolving relative paths inside as [`read_file`] says.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let base_dir = path.parent().unwrap_or(Path::new(""));
+        let (text, base_dir) = read_file(path)?;
         let raw = Self::read(&text, path)?;
         Self::from_raw(&raw, base_dir, path)
     }

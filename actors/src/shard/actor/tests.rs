@@ -6,6 +6,7 @@ use crate::shard::apply::EntryReply;
 use crate::shard::command::{Action, Command};
 use crate::shard::sessions::{SESSION_SWEEP_EVERY, SESSION_TTL_MS};
 use crate::storage::{commit, StorageActor};
+use crate::test_fixtures::{storage_actor, temp_schema};
 
 fn shard_actor(schema: &Schema, storage: &Addr<StorageActor>, applied: u64) -> ShardActor {
     let (fatal, _) = FatalReporter::channel();
@@ -41,11 +42,8 @@ fn session_exists(schema: &Schema, client: u64) -> bool {
 
 #[actix_rt::test]
 async fn idle_sessions_expire_and_live_ones_keep_deduplicating() {
-    let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-        .unwrap()
-        .start();
+    let (_dir, schema) = temp_schema();
+    let storage = storage_actor(&schema);
     let base = SESSION_SWEEP_EVERY * 2;
     let t0 = 1_700_000_000_000;
 
@@ -108,11 +106,8 @@ fn apply_in_runs(
     cuts: &[usize],
     durable: bool,
 ) -> (Vec<EntryReply>, Vec<u64>, Vec<&'static str>) {
-    let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-        .unwrap()
-        .start();
+    let (_dir, schema) = temp_schema();
+    let storage = storage_actor(&schema);
     let first = entries[0].index - 1;
     let mut shard = shard_actor(&schema, &storage, first);
     let mut replies = Vec::new();
@@ -186,8 +181,7 @@ async fn session_expiry_does_not_depend_on_what_is_on_disk_yet() {
 
 #[actix_rt::test]
 async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+    let (_dir, schema) = temp_schema();
     // A storage actor whose arbiter is gone: every batch sent to it fails.
     let arbiter = Arbiter::new();
     let writer = StorageActor::new(schema.clone(), FatalReporter::channel().0).unwrap();
@@ -218,11 +212,8 @@ async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
 
 #[actix_rt::test]
 async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
-    let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-        .unwrap()
-        .start();
+    let (_dir, schema) = temp_schema();
+    let storage = storage_actor(&schema);
     let (fatal, mut fatals) = FatalReporter::channel();
     let shard = ShardActor::new(1, schema, storage, 0, None, fatal)
         .unwrap()
