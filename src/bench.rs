@@ -115,7 +115,7 @@ pub async fn preload(clients: &[Client], keys: u64, value_bytes: usize) -> Resul
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= keys {
-                    return Ok(());
+                    return Ok::<(), ClientError>(());
                 }
                 c.put(&key(i), &value).await?;
             }

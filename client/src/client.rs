@@ -30,7 +30,8 @@ use shardkv_transport::wire::FaultSpec;
 use shardkv_transport::wire::{
     check_limits, AdminRequest, HostStatus, Op, Request, RequestFrame, Response,
 };
-use shardkv_transport::{HostId, ShardId, TransportError};
+use shardkv_transport::{HostId, Layout, ShardId, TransportError};
+use tokio::sync::OnceCell;
 use tracing::debug;
 
 use crate::config::ClientConfig;
@@ -45,6 +46,9 @@ struct Inner {
     addrs: HashMap<HostId, SocketAddr>,
     conns: Mutex<HashMap<HostId, Connection>>,
     leaders: Mutex<HashMap<ShardId, HostId>>,
+    /// The layout the cluster was bootstrapped with, loaded from a host before the first
+    /// request is routed.
+    layout: OnceCell<Layout>,
     /// Idle write sessions. A session carries one write at a time, so its sequence numbers
     /// reach the hosts in order and "seq <= last applied" safely means "already applied".
     sessions: Mutex<Vec<Session>>,
@@ -81,6 +85,7 @@ impl Client {
                 addrs,
                 conns: Mutex::new(HashMap::new()),
                 leaders: Mutex::new(HashMap::new()),
+                layout: OnceCell::new(),
                 sessions: Mutex::new(Vec::new()),
             }),
         })
@@ -181,8 +186,52 @@ impl Client {
 
     /// The host this client last saw lead the shard of `key`, if any.
     pub fn cached_leader(&self, key: &[u8]) -> Option<HostId> {
-        let shard = shard_of_key(key, self.inner.settings.shards);
+        let layout = self.inner.layout.get()?;
+        let shard = shard_of_key(key, layout.shards);
         self.lock_leaders().get(&shard).copied()
+    }
+
+    /// The layout the cluster was bootstrapped with: loaded once from the first host that
+    /// answers, and checked against the configuration's, before anything is routed.
+    async fn layout(&self, deadline: Instant) -> Result<&Layout, ClientError> {
+        self.inner
+            .layout
+            .get_or_try_init(|| self.load_layout(deadline))
+            .await
+    }
+
+    async fn load_layout(&self, deadline: Instant) -> Result<Layout, ClientError> {
+        let settings = &self.inner.settings;
+        let req = RequestFrame::Admin(AdminRequest::Status);
+        let mut last = String::from("no host asked yet");
+        let mut backoff = BACKOFF_MIN;
+        for &(host, _) in settings.hosts.iter().cycle() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout {
+                    deadline: settings.deadline,
+                    last: format!("loading the cluster's layout: {last}"),
+                });
+            }
+            let budget = (deadline - now).min(settings.attempt_timeout);
+            match tokio::time::timeout(budget, self.call_host(host, &req)).await {
+                Ok(Ok(Response::Status(status))) => {
+                    status.layout.check_declared(&settings.layout)?;
+                    return Ok(status.layout);
+                }
+                Ok(Err(TransportError::Refused { addr, reason })) => {
+                    return Err(ClientError::Refused(format!(
+                        "host at {addr} refused us: {reason}"
+                    )));
+                }
+                Ok(Ok(other)) => last = format!("host {host} answered {other:?}"),
+                Ok(Err(e)) => last = format!("host {host}: {e}"),
+                Err(_) => last = format!("host {host} did not answer within {budget:?}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        Err(ClientError::Setup("no hosts in the configuration".into()))
     }
 
     fn lock_leaders(&self) -> std::sync::MutexGuard<'_, HashMap<ShardId, HostId>> {
@@ -231,16 +280,17 @@ impl Client {
 
     async fn retry(&self, req: Request) -> Result<Response, ClientError> {
         let settings = &self.inner.settings;
-        let shard = shard_of_key(req.op.key(), settings.shards);
-        let req = RequestFrame::Data(req);
-        let replicas = settings.placement.get(&shard).cloned().unwrap_or_default();
-        if replicas.is_empty() {
-            return Err(ClientError::Setup(format!(
-                "no hosts for shard {shard} in the configuration"
-            )));
-        }
         let started = Instant::now();
         let deadline = started + settings.deadline;
+        let layout = self.layout(deadline).await?;
+        let shard = shard_of_key(req.op.key(), layout.shards);
+        let req = RequestFrame::Data(req);
+        let replicas = layout.hosts_of(shard).to_vec();
+        if replicas.is_empty() {
+            return Err(ClientError::Setup(format!(
+                "no hosts for shard {shard} in the cluster's layout"
+            )));
+        }
         let mut target = self
             .lock_leaders()
             .get(&shard)

@@ -1,6 +1,7 @@
 //! What a caller of the client library can be told went wrong.
 
 use shardkv_transport::wire::LimitKind;
+use shardkv_transport::LayoutMismatch;
 use std::time::Duration;
 
 /// Why an operation failed. Retryable conditions (elections, lost connections) are retried
@@ -27,6 +28,10 @@ pub enum ClientError {
     /// Client setup failed (TLS files, endpoint).
     #[error("client setup: {0}")]
     Setup(String),
+    /// The configuration declares another layout than the cluster was bootstrapped with; the
+    /// client refuses to route (keys would go to shards that do not hold them).
+    #[error("{0}")]
+    LayoutMismatch(#[from] LayoutMismatch),
     /// The host reported an internal fault.
     #[error("host error: {0}")]
     Internal(String),

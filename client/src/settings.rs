@@ -1,12 +1,11 @@
 //! [`ClientSettings`]: everything a [`crate::Client`] needs to know about the cluster, and the
 //! time it may spend on one operation.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use shardkv_transport::wire::ReadConsistency;
-use shardkv_transport::{HostId, ShardId, TlsFiles};
+use shardkv_transport::{HostId, Layout, TlsFiles};
 
 use crate::config::ClientConfig;
 
@@ -20,10 +19,9 @@ const ATTEMPT_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 pub struct ClientSettings {
     /// Every host and its address.
     pub hosts: Vec<(HostId, SocketAddr)>,
-    /// Number of shards.
-    pub shards: u32,
-    /// Replica hosts of each shard.
-    pub placement: HashMap<ShardId, Vec<HostId>>,
+    /// The layout the configuration declares. The client routes by the layout the cluster
+    /// was bootstrapped with, loaded from a host, and refuses to route if this one differs.
+    pub layout: Layout,
     /// CA, client certificate and key.
     pub tls: TlsFiles,
     /// Largest value the cluster accepts.
@@ -43,8 +41,7 @@ impl ClientSettings {
         let (cert, key) = cfg.tls.client_cert_paths(name);
         ClientSettings {
             hosts: cfg.hosts.iter().map(|h| (h.id, h.addr)).collect(),
-            shards: cfg.shards,
-            placement: cfg.placement().into_iter().collect(),
+            layout: cfg.declared_layout(),
             tls: TlsFiles {
                 ca: cfg.tls.ca.clone(),
                 cert,

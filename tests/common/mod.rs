@@ -112,6 +112,13 @@ impl Cluster {
         self.hosts.start(id).expect("start shardkv serve");
     }
 
+    /// Starts the hosts `ids` (when the config lists hosts that are not to run).
+    pub fn start_all_of(&mut self, ids: &[HostId]) {
+        for &id in ids {
+            self.start(id);
+        }
+    }
+
     pub fn start_all(&mut self) {
         for id in self.cfg.hosts.iter().map(|h| h.host.id).collect::<Vec<_>>() {
             self.start(id);
@@ -146,6 +153,24 @@ impl Cluster {
     pub fn kill9_all(&mut self) {
         for id in self.hosts.running() {
             self.kill9(id);
+        }
+    }
+
+    /// Waits up to `within` for host `id` to exit on its own (a refusal to start); returns
+    /// its exit status.
+    pub fn wait_exit(&mut self, id: HostId, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match self.hosts.exited() {
+                Some((exited, status)) if exited == id => return status,
+                Some((other, status)) => panic!("host {other} exited on its own ({status})"),
+                None => {}
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {id} still runs after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
