@@ -110,7 +110,10 @@ mod tests {
     fn a_record_of_another_length_is_corrupt() {
         for n in [0, 7, 9, 16, 25] {
             assert!(
-                matches!(decode_log_clock(&vec![0; n]), Err(ActorError::Corrupt { .. })),
+                matches!(
+                    decode_log_clock(&vec![0; n]),
+                    Err(ActorError::Corrupt { .. })
+                ),
                 "{n} bytes"
             );
         }

@@ -14,9 +14,9 @@ use shardkv_transport::ShardId;
 use super::view::AppliedView;
 use crate::error::ActorError;
 use crate::messages::{WriteBatch, WriteOp};
+use crate::schema::log_clock_record::log_clock_op;
 use crate::schema::session_record::encode_session;
 use crate::schema::session_record::SessionRecord;
-use crate::schema::log_clock_record::log_clock_op;
 use crate::schema::{kv_key, raft_records, session_key, TableId};
 use crate::shard::LogClock;
 

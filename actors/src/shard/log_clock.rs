@@ -110,7 +110,12 @@ mod tests {
     fn a_leader_eleven_minutes_ahead_moves_log_time_only_by_what_it_measured() {
         let t = 5 * MIN;
         // Leader of term 1 has the true time; leader of term 2 is 11 minutes ahead.
-        let clock = after(&[(1, t), (1, t + 1000), (2, t + 11 * MIN + 1200), (2, t + 11 * MIN + 1700)]);
+        let clock = after(&[
+            (1, t),
+            (1, t + 1000),
+            (2, t + 11 * MIN + 1200),
+            (2, t + 11 * MIN + 1700),
+        ]);
         assert_eq!(clock.now_ms, 1000 + 500);
     }
 
@@ -124,10 +129,16 @@ mod tests {
     #[test]
     fn a_leader_clock_stepping_back_stalls_the_clock_until_it_is_past_its_high_point() {
         let mut clock = after(&[(1, 10_000), (1, 12_000)]);
-        assert!(!clock.observe(1, 11_000), "a stamp behind the high point changes nothing");
+        assert!(
+            !clock.observe(1, 11_000),
+            "a stamp behind the high point changes nothing"
+        );
         assert_eq!(clock.now_ms, 2000);
         clock.observe(1, 12_500);
-        assert_eq!(clock.now_ms, 2500, "only the time past the high point counts");
+        assert_eq!(
+            clock.now_ms, 2500,
+            "only the time past the high point counts"
+        );
     }
 
     #[test]

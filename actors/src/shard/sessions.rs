@@ -197,7 +197,8 @@ mod tests {
         let wall = 1_700_000_000_000;
         let now = 3 * SESSION_TTL_MS;
         let mut view = MemoryView::default();
-        view.sessions.insert(1, session(4, wall, Some(Response::CasOk)));
+        view.sessions
+            .insert(1, session(4, wall, Some(Response::CasOk)));
         view.sessions.insert(2, session(2, wall, None));
         let mut effects = Effects::new(1);
         assert_eq!(expire_idle(now, &view, &mut effects).unwrap(), 0);
@@ -209,7 +210,10 @@ mod tests {
         assert_eq!(after, before);
 
         // One TTL of log time later it is idle like any other.
-        assert_eq!(expire_idle(now + SESSION_TTL_MS, &view, &mut effects).unwrap(), 0);
+        assert_eq!(
+            expire_idle(now + SESSION_TTL_MS, &view, &mut effects).unwrap(),
+            0
+        );
         assert_eq!(
             expire_idle(now + SESSION_TTL_MS + 1, &view, &mut effects).unwrap(),
             2

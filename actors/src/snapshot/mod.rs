@@ -2,10 +2,10 @@
 //! index, written from a single LMDB read transaction so it is exactly the state at that index.
 //!
 //! A file is a sequence of length-prefixed postcard records: first [`Record::Meta`] (what the
-//! snapshot is of, and the log clock at its index), then one record per row. Files are streamed to followers in chunks (see the transport's
-//! `send_snapshot`), checked record by record off the actor threads, and loaded into LMDB by
-//! the storage writer thread in one transaction ([`load`]); no step holds a whole snapshot in
-//! memory.
+//! snapshot is of, and the log clock at its index), then one record per row. Files are
+//! streamed to followers in chunks (see the transport's `send_snapshot`), checked record by
+//! record off the actor threads, and loaded into LMDB by the storage writer thread in one
+//! transaction ([`load`]); no step holds a whole snapshot in memory.
 //!
 //! Who deletes what: a leader's files (`shard-*.snap`) are removed by
 //! [`remove_unused`] once no follower is being sent them; a follower's arrivals
@@ -57,15 +57,9 @@ pub enum Record {
     /// afresh at the next sweep (see `shard::sessions`), so none is forgotten early.
     MetaWithoutClock(SnapMeta),
     /// A row of `kv` (user key, without the shard prefix).
-    Kv {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
+    Kv { key: Vec<u8>, value: Vec<u8> },
     /// A row of `sessions`: client id and its stored record.
-    Session {
-        client: u64,
-        record: Vec<u8>,
-    },
+    Session { client: u64, record: Vec<u8> },
     /// The first record of a file.
     Meta(FileMeta),
 }

@@ -219,7 +219,14 @@ fn an_empty_entry_advances_the_applied_index_without_a_reply() {
         index: 1,
         ..Default::default()
     };
-    let plan = plan(SHARD, 0, LogClock::default(), &[noop], &MemoryView::default()).unwrap();
+    let plan = plan(
+        SHARD,
+        0,
+        LogClock::default(),
+        &[noop],
+        &MemoryView::default(),
+    )
+    .unwrap();
     assert!(plan.replies.is_empty());
     assert_eq!(plan.effects.batch.ops.len(), 1, "only the applied index");
 }
@@ -227,7 +234,14 @@ fn an_empty_entry_advances_the_applied_index_without_a_reply() {
 #[test]
 fn nothing_new_writes_nothing() {
     let entries = [put_at(3, 0, 0, b"a")];
-    let plan = plan(SHARD, 3, LogClock::default(), &entries, &MemoryView::default()).unwrap();
+    let plan = plan(
+        SHARD,
+        3,
+        LogClock::default(),
+        &entries,
+        &MemoryView::default(),
+    )
+    .unwrap();
     assert!(plan.replies.is_empty() && plan.effects.batch.ops.is_empty());
 }
 
@@ -235,7 +249,13 @@ fn nothing_new_writes_nothing() {
 #[should_panic(expected = "applies out of order")]
 fn a_gap_in_the_entries_is_refused() {
     let entries = [put_at(3, 0, 0, b"a")];
-    let _ = plan(SHARD, 1, LogClock::default(), &entries, &MemoryView::default());
+    let _ = plan(
+        SHARD,
+        1,
+        LogClock::default(),
+        &entries,
+        &MemoryView::default(),
+    );
 }
 
 #[test]
@@ -327,8 +347,22 @@ fn sessions_still_expire_after_a_ttl_measured_within_a_term() {
     let entries = [
         entry_of_term(3, index - 2, 5, 1, t, put_action(b"a", b"v")),
         entry_of_term(3, index - 1, 6, 1, t + 1, put_action(b"b", b"v")),
-        entry_of_term(3, index, 6, 2, t + SESSION_TTL_MS + 1, put_action(b"b", b"w")),
-        entry_of_term(3, index + 1, 5, 1, t + SESSION_TTL_MS + 2, put_action(b"a", b"v")),
+        entry_of_term(
+            3,
+            index,
+            6,
+            2,
+            t + SESSION_TTL_MS + 1,
+            put_action(b"b", b"w"),
+        ),
+        entry_of_term(
+            3,
+            index + 1,
+            5,
+            1,
+            t + SESSION_TTL_MS + 2,
+            put_action(b"a", b"v"),
+        ),
     ];
     let plan = plan(
         SHARD,
@@ -352,7 +386,14 @@ fn the_log_clock_is_stored_with_the_applied_index_when_it_moves() {
         entry_of_term(4, 1, 0, 0, 500, put_action(b"a", b"v")),
         entry_of_term(4, 2, 0, 0, 800, put_action(b"a", b"w")),
     ];
-    let moved = plan(SHARD, 0, LogClock::default(), &entries, &MemoryView::default()).unwrap();
+    let moved = plan(
+        SHARD,
+        0,
+        LogClock::default(),
+        &entries,
+        &MemoryView::default(),
+    )
+    .unwrap();
     let expected = LogClock {
         now_ms: 300,
         anchor: Some(ClockAnchor {
