@@ -73,8 +73,11 @@ impl Client {
         Self::new(ClientSettings::from_config(cfg, name))
     }
 
-    /// A client from explicit settings. Must be called inside a Tokio runtime.
+    /// A client from explicit settings. Must be called inside a Tokio runtime. Settings that
+    /// [`ClientSettings::validate`] refuses (a deadline past
+    /// [`crate::settings::DEADLINE_MAX`]) are an error.
     pub fn new(settings: ClientSettings) -> Result<Self, ClientError> {
+        settings.validate()?;
         let endpoint =
             client_endpoint(&settings.tls).map_err(|e| ClientError::Setup(e.to_string()))?;
         let addrs = settings.hosts.iter().copied().collect();

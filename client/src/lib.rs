@@ -14,6 +14,6 @@ pub mod settings;
 pub use client::Client;
 pub use config::{ClientConfig, ConfigError};
 pub use error::ClientError;
-pub use settings::{ClientSettings, DEADLINE_DEFAULT};
+pub use settings::{ClientSettings, DEADLINE_DEFAULT, DEADLINE_MAX};
 pub use shardkv_transport::wire::ReadConsistency;
 pub use shardkv_transport::{HostId, ShardId};

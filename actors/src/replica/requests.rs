@@ -4,7 +4,7 @@
 //! its lease holds; any other linearizable read joins the next ReadIndex round. A write becomes
 //! a [`Command`] in the log and its reply waits in the ShardActor until it is applied.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use actix::prelude::*;
 use shardkv_transport::wire::{Op, ReadConsistency, Request, Response};
@@ -14,7 +14,7 @@ use super::reads::PendingRead;
 use super::ReplicaActor;
 use crate::messages::{AwaitApply, ClientRequest, ReadAt};
 use crate::metrics::{metrics, ShardLabels};
-use crate::shard::{Action, Command};
+use crate::shard::{leader_stamp_ms, Action, Command};
 
 impl Handler<ClientRequest> for ReplicaActor {
     type Result = ResponseFuture<Response>;
@@ -106,14 +106,10 @@ impl ReplicaActor {
             let _ = reply.send(self.not_leader());
             return;
         }
-        let time_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
         let cmd = Command {
             client_id,
             seq,
-            time_ms,
+            time_ms: leader_stamp_ms(),
             action,
         };
         let data = match postcard::to_allocvec(&cmd) {

@@ -4,7 +4,7 @@
 //! Tables (all keys prefixed by the shard id, u32 big-endian, so a shard's rows are contiguous):
 //! - `raft_log`:   (shard, index u64 BE)         -> raft-rs `Entry` (protobuf)
 //! - `raft_state`: (shard, tag u8)               -> hard state / conf state / applied index /
-//!   truncated (index, term)
+//!   truncated (index, term) / log clock (see [`log_clock_record`])
 //! - `kv`:         (shard, user key)             -> value
 //! - `sessions`:   (shard, client id u64 BE)     -> last applied seq (u64 BE), log time of that
 //!   write in ms (u64 BE), then its reply (postcard); see [`session_record`]
@@ -12,8 +12,9 @@
 //!   b"incarnation", b"layout", b"peer-incarnation" + host -> see [`meta`]
 //!
 //! The layouts of the values live beside the keys: [`raft_records`] encodes and decodes the
-//! `raft_log` and `raft_state` rows, [`session_record`] the `sessions` rows, [`meta`] the
-//! data dir's identity and what it was bootstrapped with.
+//! `raft_log` and `raft_state` rows, [`log_clock_record`] the shard's log clock in
+//! `raft_state`, [`session_record`] the `sessions` rows, [`meta`] the data dir's identity and
+//! what it was bootstrapped with.
 
 use std::path::Path;
 
@@ -23,6 +24,7 @@ use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
 
+pub mod log_clock_record;
 pub mod meta;
 pub mod raft_records;
 pub mod session_record;
@@ -48,6 +50,9 @@ pub const TAG_CONF_STATE: u8 = 2;
 pub const TAG_APPLIED: u8 = 3;
 /// `raft_state` tag: (index, term) of the last entry removed from the log by compaction.
 pub const TAG_TRUNCATED: u8 = 4;
+/// `raft_state` tag: the shard's log clock as of the applied index (written in the same
+/// transaction as it).
+pub const TAG_LOG_CLOCK: u8 = 5;
 
 /// The opened Env and its tables.
 #[derive(Clone)]

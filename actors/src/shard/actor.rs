@@ -9,6 +9,7 @@ use shardkv_transport::ShardId;
 use tracing::{debug, warn};
 
 use super::apply::{self, Plan};
+use super::log_clock::LogClock;
 use super::overlay::Overlay;
 use super::store_view::StoreView;
 use super::view::AppliedView;
@@ -19,6 +20,7 @@ use crate::messages::{
     ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, PersistLazy, ReadAt,
     WriteBatch, WriteOp,
 };
+use crate::schema::log_clock_record::{log_clock_op, stored_log_clock};
 use crate::schema::{log_key, raft_records, Schema, TableId};
 
 /// Apply batches that may be on their way to disk at once; past this, apply waits.
@@ -43,6 +45,8 @@ pub struct ShardActor {
     fatal: FatalReporter,
     /// Highest index applied (visible to reads through the overlay).
     applied: u64,
+    /// The log clock as of `applied`: what the next batch starts from.
+    log_clock: LogClock,
     /// Values and sessions written by batches not yet committed to LMDB.
     overlay: Overlay,
     /// Number of the last apply batch sent to storage.
@@ -62,8 +66,8 @@ pub struct ShardActor {
 }
 
 impl ShardActor {
-    /// A state machine over `schema` starting at the durable `applied` index; a batch it
-    /// cannot store is reported to `fatal`.
+    /// A state machine over `schema` starting at the durable `applied` index (and the log
+    /// clock stored with it); a batch it cannot store is reported to `fatal`.
     pub fn new(
         shard: ShardId,
         schema: Schema,
@@ -73,6 +77,7 @@ impl ShardActor {
         fatal: FatalReporter,
     ) -> Result<Self, ActorError> {
         let (compacted, _) = raft_records::truncated_state(&schema, shard)?;
+        let log_clock = stored_log_clock(&schema, shard)?;
         Ok(ShardActor {
             durable_applied: applied,
             compacted,
@@ -82,6 +87,7 @@ impl ShardActor {
             storage,
             fatal,
             applied,
+            log_clock,
             overlay: Overlay::default(),
             batch_seq: 0,
             in_flight: 0,
@@ -101,7 +107,13 @@ impl ShardActor {
 
     /// Turns committed entries into one write batch and the reply of each entry.
     pub(super) fn plan(&self, entries: &[Entry]) -> Result<Plan, ActorError> {
-        apply::plan(self.shard, self.applied, entries, &self.view())
+        apply::plan(
+            self.shard,
+            self.applied,
+            self.log_clock,
+            entries,
+            &self.view(),
+        )
     }
 
     /// Every `after` durably applied entries, drop the log up to `keep` entries before the
@@ -209,6 +221,7 @@ impl Handler<ApplyEntries> for ShardActor {
         let seq = self.batch_seq;
         let effects = plan.effects;
         self.overlay.add(seq, effects.values, effects.sessions);
+        self.log_clock = plan.log_clock;
         self.on_applied(last, plan.replies);
         self.in_flight += 1;
         let persist = self.storage.send(PersistLazy(effects.batch));
@@ -238,8 +251,8 @@ impl Handler<ApplyEntries> for ShardActor {
 impl Handler<InstallSnapshot> for ShardActor {
     type Result = ResponseActFuture<Self, Result<(), ActorError>>;
 
-    /// Replaces the shard's rows and sessions by the snapshot's, and the log by the
-    /// snapshot point, in one transaction with the replica's conf and hard state. The file is
+    /// Replaces the shard's rows, sessions and log clock by the snapshot's, and the log by
+    /// the snapshot point, in one transaction with the replica's conf and hard state. The file is
     /// checked through on a blocking thread first, then streamed into LMDB by the writer
     /// thread: neither this actor's thread nor memory carries the snapshot.
     fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {
@@ -271,26 +284,29 @@ impl Handler<InstallSnapshot> for ShardActor {
         ops.extend(raft_ops);
         let storage = self.storage.clone();
         let check = async move {
-            let meta = verified
+            let header = verified
                 .await
                 .map_err(|e| ActorError::Storage(format!("snapshot check: {e}")))??;
+            let meta = header.snapshot;
             if meta.shard != shard || meta.index != index || meta.term != term {
                 return Err(ActorError::Corrupt {
                     what: format!("snapshot {}", path.display()),
                     detail: format!("is {meta:?}, expected shard {shard} at {index}/{term}"),
                 });
             }
+            ops.push(log_clock_op(shard, &header.log_clock));
             storage
                 .send(Persist(WriteBatch { ops }))
                 .await
                 .map_err(|_| ActorError::StorageGone)??;
-            Ok(path)
+            Ok((path, header.log_clock))
         };
         Box::pin(check.into_actor(self).map(move |res, act, _| {
-            let path = res?;
+            let (path, log_clock) = res?;
             let _ = std::fs::remove_file(&path);
             act.overlay.clear();
             act.applied = index;
+            act.log_clock = log_clock;
             act.durable_applied = index;
             act.compacted = index;
             act.writes.fail_all(&Response::Unavailable(

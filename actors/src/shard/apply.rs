@@ -4,7 +4,8 @@
 //! It reads only through an [`AppliedView`] and writes only into [`Effects`], so it does the
 //! same on every replica whatever its storage has committed yet, and is tested without LMDB.
 //! One function per command ([`put`], [`delete`], [`cas`]); the session rules (dedup of a
-//! retried write, expiry of idle sessions) are in [`super::sessions`].
+//! retried write, expiry of idle sessions) are in [`super::sessions`], judged by the log
+//! clock ([`LogClock`]) that the entries themselves advance.
 
 use raft::eraftpb::Entry;
 use shardkv_transport::wire::Response;
@@ -13,6 +14,7 @@ use tracing::debug;
 
 use super::command::{Action, Command};
 use super::effects::Effects;
+use super::log_clock::LogClock;
 use super::sessions;
 use super::view::AppliedView;
 use crate::error::ActorError;
@@ -32,12 +34,15 @@ pub struct Plan {
     pub effects: Effects,
     /// One reply per entry that carried a command, in log order.
     pub replies: Vec<EntryReply>,
+    /// The log clock after the last entry.
+    pub log_clock: LogClock,
 }
 
 /// Applies `entries` (in log order) of `shard` over `view`, whose state is applied up to
-/// `applied`: entries at or below it are skipped (raft-rs may hand them again after a
-/// restart). The effects end with the new applied index, so it becomes durable in the same
-/// transaction as the writes.
+/// `applied` with the log clock at `log_clock`: entries at or below it are skipped (raft-rs
+/// may hand them again after a restart). Each command first advances the log clock, which
+/// then judges and stamps sessions. The effects end with the log clock (if it moved) and the
+/// new applied index, so both become durable in the same transaction as the writes.
 ///
 /// # Panics
 /// If the entries past `applied` do not follow on from it: applying out of order would make
@@ -45,12 +50,15 @@ pub struct Plan {
 pub fn plan(
     shard: ShardId,
     applied: u64,
+    log_clock: LogClock,
     entries: &[Entry],
     view: &impl AppliedView,
 ) -> Result<Plan, ActorError> {
     let mut effects = Effects::new(shard);
     let mut replies = Vec::with_capacity(entries.len());
     let mut last = applied;
+    let mut clock = log_clock;
+    let mut clock_moved = false;
     for e in entries {
         if e.index <= applied {
             continue;
@@ -60,13 +68,14 @@ pub fn plan(
         let Some(cmd) = Command::from_entry(shard, e)? else {
             continue;
         };
+        clock_moved |= clock.observe(e.term, cmd.time_ms);
         if sessions::sweeps_at(e.index) {
-            let expired = sessions::expire_idle(cmd.time_ms, view, &mut effects)?;
+            let expired = sessions::expire_idle(clock.now_ms, view, &mut effects)?;
             if expired > 0 {
                 debug!(shard, expired, "idle client sessions expired");
             }
         }
-        let response = apply_command(cmd, view, &mut effects)?;
+        let response = apply_command(cmd, clock.now_ms, view, &mut effects)?;
         replies.push(EntryReply {
             index: e.index,
             term: e.term,
@@ -74,16 +83,24 @@ pub fn plan(
         });
     }
     if last > applied {
+        if clock_moved {
+            effects.set_log_clock(&clock);
+        }
         effects.set_applied(last);
     }
-    Ok(Plan { effects, replies })
+    Ok(Plan {
+        effects,
+        replies,
+        log_clock: clock,
+    })
 }
 
 /// Applies one command once: a retry of a write its session already applied is answered
 /// from the session and changes nothing; otherwise the action runs and, for a write in a
-/// session, the session records it with its reply.
+/// session, the session records it with its reply at log time `now_ms`.
 fn apply_command(
     cmd: Command,
+    now_ms: u64,
     view: &impl AppliedView,
     effects: &mut Effects,
 ) -> Result<Response, ActorError> {
@@ -105,7 +122,7 @@ fn apply_command(
         Action::Cas { key, expected, new } => cas(key, expected, new, view, effects)?,
     };
     if cmd.seq != 0 {
-        effects.record_session(cmd.client_id, cmd.seq, cmd.time_ms, response.clone())?;
+        effects.record_session(cmd.client_id, cmd.seq, now_ms, response.clone())?;
     }
     Ok(response)
 }

@@ -1,8 +1,9 @@
 //! The state-machine command: the record a leader proposes and every replica applies.
 //!
 //! It lives next to the apply core because its fields are exactly what applying needs: the
-//! session (`client_id`, `seq`) that makes a retry apply once, and the log's own clock
-//! (`time_ms`) that expires idle sessions the same way on every replica.
+//! session (`client_id`, `seq`) that makes a retry apply once, and the leader's stamp
+//! (`time_ms`) that the log clock ([`super::LogClock`]) measures elapsed time by, so idle
+//! sessions expire the same way on every replica.
 
 use raft::eraftpb::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
@@ -17,8 +18,10 @@ pub struct Command {
     pub client_id: u64,
     /// The client's number for this write within its session; 0: no session (no dedup).
     pub seq: u64,
-    /// The proposing leader's wall clock (ms since the Unix epoch): the log's notion of time,
-    /// the same on every replica, used to expire idle client sessions deterministically.
+    /// The proposing leader's clock in ms ([`super::leader_stamp_ms`]). Only its advance
+    /// between commands of one term carries meaning: the log clock adds that up and ignores
+    /// the value itself, so no leader's clock offset can expire sessions. (Entries of earlier
+    /// versions carry the wall clock here; the same rule applies to them.)
     pub time_ms: u64,
     pub action: Action,
 }

@@ -14,9 +14,11 @@ use shardkv_transport::ShardId;
 use super::view::AppliedView;
 use crate::error::ActorError;
 use crate::messages::{WriteBatch, WriteOp};
+use crate::schema::log_clock_record::log_clock_op;
 use crate::schema::session_record::encode_session;
 use crate::schema::session_record::SessionRecord;
 use crate::schema::{kv_key, raft_records, session_key, TableId};
+use crate::shard::LogClock;
 
 /// What one batch of committed entries does; see the module docs.
 #[derive(Debug)]
@@ -129,6 +131,11 @@ impl Effects {
             session_key(self.shard, client).to_vec(),
         ));
         self.sessions.insert(client, None);
+    }
+
+    /// Records `clock` as the shard's log clock, in the same transaction as the applied index.
+    pub fn set_log_clock(&mut self, clock: &LogClock) {
+        self.batch.ops.push(log_clock_op(self.shard, clock));
     }
 
     /// Records `index` as the shard's applied index, in the same transaction as the rest.

@@ -15,7 +15,8 @@
 //! The parts, each in its own file:
 //! - `command`: the [`Command`] record in the Raft log.
 //! - `apply`: the pure core, one function per command, over a read view (`view`), writing
-//!   into the batch's effects (`effects`); `sessions`: the session rules (dedup, expiry).
+//!   into the batch's effects (`effects`); `sessions`: the session rules (dedup, expiry);
+//!   `log_clock`: the log time sessions expire by, which no leader's clock offset can move.
 //! - `overlay` and `store_view`: the batches in flight over LMDB, the view the core reads.
 //! - `waiters`: the writes and reads waiting on the applied index.
 //! - `actor`: the [`ShardActor`] that ties them to storage and the replica.
@@ -24,6 +25,7 @@ mod actor;
 mod apply;
 mod command;
 mod effects;
+mod log_clock;
 mod overlay;
 mod sessions;
 mod store_view;
@@ -33,4 +35,5 @@ mod waiters;
 pub(crate) use actor::APPLY_BATCHES_IN_FLIGHT_MAX;
 pub use actor::{Compaction, ShardActor};
 pub use command::{Action, Command};
+pub use log_clock::{leader_stamp_ms, ClockAnchor, LogClock};
 pub use sessions::SESSION_TTL_MS;

@@ -5,7 +5,9 @@
 //! last applied seq, the log time of that write and the reply it got, written in the same
 //! transaction as the write itself, so a retry that reaches a new leader (or a host after a
 //! crash) is answered with the first reply instead of being applied twice. Both rules run
-//! inside the apply step over log data only, so every replica keeps the same sessions.
+//! inside the apply step over log data only, so every replica keeps the same sessions; time
+//! is the shard's log clock ([`super::LogClock`]), which no leader's clock offset can move
+//! forward, so a live session is never forgotten early.
 
 use shardkv_transport::wire::Response;
 
@@ -15,8 +17,9 @@ use crate::error::ActorError;
 use crate::schema::session_record::SessionRecord;
 
 /// How long a client session may stay idle (in log time) before it is forgotten. A client
-/// retries a write only within its deadline (seconds), so a session this old can have no
-/// retry in flight; forgetting it keeps the table bounded by the clients active recently.
+/// retries a write only within its deadline (at most `shardkv_client::DEADLINE_MAX`, a
+/// minute), so a session this old can have no retry in flight; forgetting it keeps the table
+/// bounded by the clients active recently.
 pub const SESSION_TTL_MS: u64 = 10 * 60 * 1000;
 /// Sessions are swept at every log index divisible by this.
 pub const SESSION_SWEEP_EVERY: u64 = 4096;
@@ -39,8 +42,13 @@ pub fn retried_reply(session: Option<&SessionRecord>, seq: u64) -> Option<Respon
     }
     Some(match &session.reply {
         Some(reply) if seq == session.seq => reply.clone(),
-        _ => Response::Unavailable("superseded by a later write of this session".into()),
+        _ => superseded(),
     })
+}
+
+/// The answer to a retry the session cannot answer truthfully any more.
+fn superseded() -> Response {
+    Response::Unavailable("superseded by a later write of this session".into())
 }
 
 /// Whether the apply step sweeps idle sessions before the entry at `index`.
@@ -54,10 +62,14 @@ pub fn is_idle(last_ms: u64, now_ms: u64) -> bool {
 }
 
 /// Expiry of idle sessions: forgets (in `effects`) every session idle past
-/// [`SESSION_TTL_MS`] as of `now_ms`, and returns how many. It judges the logical session
-/// table (this batch's effects over `view`), never what happens to be on disk yet, so every
-/// replica forgets the same sessions however far its storage lags; later entries of the
+/// [`SESSION_TTL_MS`] as of log time `now_ms`, and returns how many. It judges the logical
+/// session table (this batch's effects over `view`), never what happens to be on disk yet, so
+/// every replica forgets the same sessions however far its storage lags; later entries of the
 /// batch see the forgotten sessions gone.
+///
+/// A session stamped ahead of the log clock was stamped with a leader's wall clock by an
+/// earlier version; its age cannot be told, so it is stamped `now_ms` (keeping its seq and
+/// reply) and forgotten one TTL later, never early.
 pub fn expire_idle(
     now_ms: u64,
     view: &impl AppliedView,
@@ -68,15 +80,27 @@ pub fn expire_idle(
     let planned = effects
         .sessions()
         .filter_map(|(client, s)| s.map(|s| (client, s.last_ms)));
-    let idle: Vec<u64> = stored
+    let mut idle = Vec::new();
+    let mut ahead = Vec::new();
+    for (client, last_ms) in stored
         .into_iter()
         .map(|a| (a.client, a.last_ms))
         .chain(planned)
-        .filter(|(_, last_ms)| is_idle(*last_ms, now_ms))
-        .map(|(client, _)| client)
-        .collect();
+    {
+        if last_ms > now_ms {
+            ahead.push(client);
+        } else if is_idle(last_ms, now_ms) {
+            idle.push(client);
+        }
+    }
     for client in &idle {
         effects.forget_session(*client);
+    }
+    for client in ahead {
+        if let Some(s) = effects.session(view, client)? {
+            let reply = s.reply.unwrap_or_else(superseded);
+            effects.record_session(client, s.seq, now_ms, reply)?;
+        }
     }
     Ok(idle.len())
 }
@@ -165,5 +189,43 @@ mod tests {
         assert_eq!(forgotten, vec![1, 4]);
         // A second sweep finds nothing more: forgotten sessions are gone for the batch too.
         assert_eq!(expire_idle(now, &view, &mut effects).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_session_stamped_ahead_of_the_log_clock_is_restamped_not_forgotten() {
+        // Written by a version that stamped sessions with a leader's wall clock.
+        let wall = 1_700_000_000_000;
+        let now = 3 * SESSION_TTL_MS;
+        let mut view = MemoryView::default();
+        view.sessions
+            .insert(1, session(4, wall, Some(Response::CasOk)));
+        view.sessions.insert(2, session(2, wall, None));
+        let mut effects = Effects::new(1);
+        assert_eq!(expire_idle(now, &view, &mut effects).unwrap(), 0);
+        let kept = effects.session(&view, 1).unwrap();
+        assert_eq!(kept, Some(session(4, now, Some(Response::CasOk))));
+        // A retry of its last write is answered as it was before the restamp.
+        let before = retried_reply(view.sessions.get(&2), 2);
+        let after = retried_reply(effects.session(&view, 2).unwrap().as_ref(), 2);
+        assert_eq!(after, before);
+
+        // One TTL of log time later it is idle like any other.
+        assert_eq!(
+            expire_idle(now + SESSION_TTL_MS, &view, &mut effects).unwrap(),
+            0
+        );
+        assert_eq!(
+            expire_idle(now + SESSION_TTL_MS + 1, &view, &mut effects).unwrap(),
+            2
+        );
+    }
+
+    #[test]
+    fn sessions_outlive_every_retry_a_client_may_send() {
+        let deadline_max_ms = u64::try_from(shardkv_client::DEADLINE_MAX.as_millis()).unwrap();
+        assert!(
+            deadline_max_ms * 5 <= SESSION_TTL_MS,
+            "a write retried at the end of the longest deadline must find its session"
+        );
     }
 }

@@ -16,9 +16,10 @@ use raft::StorageError;
 use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
+use crate::schema::log_clock_record::read_log_clock;
 use crate::schema::raft_records::Durable;
 use crate::schema::Schema;
-use crate::snapshot::{file_name, remove_unused, write, SnapMeta};
+use crate::snapshot::{file_name, remove_unused, write, FileMeta, SnapMeta};
 
 /// Snapshot builds that may run at once on one host. Each reads a whole shard and holds an
 /// LMDB reader slot for as long (LMDB has a fixed number of them); when all are busy raft-rs
@@ -112,7 +113,8 @@ impl BuiltSnapshot {
     }
 }
 
-/// Writes a snapshot of `shard` at its durable applied index, all read in one transaction.
+/// Writes a snapshot of `shard` at its durable applied index (with the log clock stored
+/// with it), all read in one transaction.
 fn build_snapshot(
     schema: &Schema,
     shard: ShardId,
@@ -128,13 +130,20 @@ fn build_snapshot(
         .term_of(&rtxn, applied)?
         .ok_or_else(|| ActorError::Storage(format!("applied entry {applied} is not in the log")))?;
     let conf = durable.conf_state(&rtxn)?;
-    let meta = SnapMeta {
-        shard,
-        index: applied,
-        term,
+    let file_meta = FileMeta {
+        snapshot: SnapMeta {
+            shard,
+            index: applied,
+            term,
+        },
+        log_clock: read_log_clock(schema, &rtxn, shard)?,
     };
-    let path = write(schema, &rtxn, dir, &meta)?;
-    Ok(BuiltSnapshot { meta, conf, path })
+    let path = write(schema, &rtxn, dir, &file_meta)?;
+    Ok(BuiltSnapshot {
+        meta: file_meta.snapshot,
+        conf,
+        path,
+    })
 }
 
 /// One shard's snapshot files: the newest one built, the builds of newer ones, and the

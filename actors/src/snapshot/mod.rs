@@ -1,11 +1,11 @@
-//! Snapshot files: one shard's state (its rows and client sessions) at one applied index,
-//! written from a single LMDB read transaction so it is exactly the state at that index.
+//! Snapshot files: one shard's state (its rows, client sessions and log clock) at one applied
+//! index, written from a single LMDB read transaction so it is exactly the state at that index.
 //!
-//! A file is a sequence of length-prefixed postcard records: first [`Record::Meta`], then one
-//! record per row. Files are streamed to followers in chunks (see the transport's
-//! `send_snapshot`), checked record by record off the actor threads, and loaded into LMDB by
-//! the storage writer thread in one transaction ([`load`]); no step holds a whole snapshot in
-//! memory.
+//! A file is a sequence of length-prefixed postcard records: first [`Record::Meta`] (what the
+//! snapshot is of, and the log clock at its index), then one record per row. Files are
+//! streamed to followers in chunks (see the transport's `send_snapshot`), checked record by
+//! record off the actor threads, and loaded into LMDB by the storage writer thread in one
+//! transaction ([`load`]); no step holds a whole snapshot in memory.
 //!
 //! Who deletes what: a leader's files (`shard-*.snap`) are removed by
 //! [`remove_unused`] once no follower is being sent them; a follower's arrivals
@@ -24,6 +24,7 @@ use shardkv_transport::ShardId;
 use crate::error::ActorError;
 use crate::schema::session_record::SESSION_RECORD_BYTES_MIN;
 use crate::schema::{kv_key, session_key, Schema};
+use crate::shard::LogClock;
 
 mod build;
 
@@ -37,20 +38,30 @@ pub struct SnapMeta {
     pub term: u64,
 }
 
-/// One record of a snapshot file.
+/// The first record of a snapshot file: what it is of, and the shard's state that is no row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    pub snapshot: SnapMeta,
+    /// The shard's log clock at the snapshot's index: sessions in the file are stamped by it,
+    /// so a replica that installs the file must go on from it.
+    pub log_clock: LogClock,
+}
+
+/// One record of a snapshot file. Postcard encodes a variant by its position: new variants
+/// go at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
-    Meta(SnapMeta),
+    /// The first record of a file written before files carried the log clock (only an older
+    /// version's leader sends one): read with the log clock at zero, never written. Its
+    /// sessions, stamped by a wall clock, are then ahead of the log clock and get stamped
+    /// afresh at the next sweep (see `shard::sessions`), so none is forgotten early.
+    MetaWithoutClock(SnapMeta),
     /// A row of `kv` (user key, without the shard prefix).
-    Kv {
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
+    Kv { key: Vec<u8>, value: Vec<u8> },
     /// A row of `sessions`: client id and its stored record.
-    Session {
-        client: u64,
-        record: Vec<u8>,
-    },
+    Session { client: u64, record: Vec<u8> },
+    /// The first record of a file.
+    Meta(FileMeta),
 }
 
 /// Largest record accepted when reading a file (a maximal value plus envelope).
@@ -73,14 +84,16 @@ pub fn shard_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Writes the snapshot of `meta.shard` as seen by `rtxn` into `dir` (atomically: a temp file
-/// renamed into place) and returns its path. An existing file for the same point is reused.
+/// Writes the snapshot of `meta.snapshot.shard` as seen by `rtxn` into `dir` (atomically: a
+/// temp file renamed into place) and returns its path. An existing file for the same point
+/// is reused. `file_meta.log_clock` must be the clock `rtxn` sees.
 pub fn write(
     schema: &Schema,
     rtxn: &RoTxn,
     dir: &Path,
-    meta: &SnapMeta,
+    file_meta: &FileMeta,
 ) -> Result<PathBuf, ActorError> {
+    let meta = &file_meta.snapshot;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let path = dir.join(file_name(meta.shard, meta.index, meta.term));
     if path.exists() {
@@ -96,7 +109,7 @@ pub fn write(
         let frame = shardkv_transport::frame::encode(r).map_err(|e| io(&tmp, e))?;
         out.write_all(&frame).map_err(|e| io(&tmp, e))
     };
-    put(&Record::Meta(meta.clone()))?;
+    put(&Record::Meta(file_meta.clone()))?;
     let prefix = meta.shard.to_be_bytes();
     for item in schema.kv.prefix_iter(rtxn, &prefix)? {
         let (k, v) = item?;
@@ -126,12 +139,12 @@ pub fn write(
     Ok(path)
 }
 
-/// Reads the records of a snapshot file one at a time, handing each to `each`; returns the
-/// meta record, which must come first. Memory use is one record.
+/// Reads the records of a snapshot file one at a time, handing each row to `each`; returns
+/// the meta record, which must come first. Memory use is one record.
 pub fn for_each(
     path: &Path,
     mut each: impl FnMut(Record) -> Result<(), ActorError>,
-) -> Result<SnapMeta, ActorError> {
+) -> Result<FileMeta, ActorError> {
     let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let mut input = BufReader::new(file);
     let mut meta = None;
@@ -152,7 +165,15 @@ pub fn for_each(
         let r: Record = shardkv_transport::frame::decode(&buf).map_err(|e| io(path, e))?;
         match (r, &meta) {
             (Record::Meta(m), None) => meta = Some(m),
-            (Record::Meta(_), Some(_)) => return Err(io(path, "a second meta record")),
+            (Record::MetaWithoutClock(snapshot), None) => {
+                meta = Some(FileMeta {
+                    snapshot,
+                    log_clock: LogClock::default(),
+                })
+            }
+            (Record::Meta(_) | Record::MetaWithoutClock(_), Some(_)) => {
+                return Err(io(path, "a second meta record"))
+            }
             (_, None) => return Err(io(path, "does not start with its meta record")),
             (r, Some(_)) => each(r)?,
         }
@@ -162,7 +183,7 @@ pub fn for_each(
 
 /// Reads a whole file through, checking every record (so that loading it cannot fail on
 /// its content); returns its meta.
-pub fn verify(path: &Path) -> Result<SnapMeta, ActorError> {
+pub fn verify(path: &Path) -> Result<FileMeta, ActorError> {
     let max = shardkv_transport::wire::KEY_BYTES_MAX;
     for_each(path, |r| match r {
         Record::Kv { key, .. } if key.is_empty() || key.len() > max => {
@@ -191,12 +212,15 @@ pub fn load(
                     .sessions
                     .put(wtxn, &session_key(shard, client), &record)?
             }
-            Record::Meta(_) => {}
+            Record::Meta(_) | Record::MetaWithoutClock(_) => {}
         }
         Ok(())
     })?;
-    if meta.shard != shard {
-        return Err(io(path, format!("is of shard {}, not {shard}", meta.shard)));
+    if meta.snapshot.shard != shard {
+        return Err(io(
+            path,
+            format!("is of shard {}, not {shard}", meta.snapshot.shard),
+        ));
     }
     Ok(())
 }
@@ -273,10 +297,16 @@ mod tests {
         }
         crate::storage::commit(&schema, vec![WriteBatch { ops }]).unwrap();
         let rtxn = schema.env.read_txn().unwrap();
-        let meta = SnapMeta {
-            shard: 2,
-            index: 42,
-            term: 3,
+        let meta = FileMeta {
+            snapshot: SnapMeta {
+                shard: 2,
+                index: 42,
+                term: 3,
+            },
+            log_clock: LogClock {
+                now_ms: 77,
+                anchor: None,
+            },
         };
         let path = write(&schema, &rtxn, &dir.path().join("snap"), &meta).unwrap();
         let mut records = Vec::new();
@@ -290,9 +320,69 @@ mod tests {
         assert!(records.iter().all(|r| match r {
             Record::Kv { key, value } => key[0] == b'k' && value[0] == 2,
             Record::Session { client, .. } => *client == 7,
-            Record::Meta(_) => false,
+            Record::Meta(_) | Record::MetaWithoutClock(_) => false,
         }));
         let (lo, hi) = shard_range(2);
         assert!(kv_key(2, b"zzz") >= lo && kv_key(2, b"zzz") < hi && kv_key(3, b"") >= hi);
+    }
+
+    /// A file as an earlier version wrote it: `records`, framed.
+    fn old_file(dir: &Path, records: &[Record]) -> PathBuf {
+        let path = dir.join("recv-old.snap");
+        let mut bytes = Vec::new();
+        for r in records {
+            bytes.extend(shardkv_transport::frame::encode(r).unwrap());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_file_without_a_log_clock_is_read_with_the_clock_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = SnapMeta {
+            shard: 1,
+            index: 9,
+            term: 2,
+        };
+        let kv = Record::Kv {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+        };
+        let path = old_file(
+            dir.path(),
+            &[Record::MetaWithoutClock(snapshot.clone()), kv.clone()],
+        );
+        let mut rows = Vec::new();
+        let meta = for_each(&path, |r| {
+            rows.push(r);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            meta,
+            FileMeta {
+                snapshot,
+                log_clock: LogClock::default()
+            }
+        );
+        assert_eq!(rows, vec![kv]);
+    }
+
+    #[test]
+    fn a_file_with_two_meta_records_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = SnapMeta {
+            shard: 1,
+            index: 9,
+            term: 2,
+        };
+        let meta = Record::Meta(FileMeta {
+            snapshot: snapshot.clone(),
+            log_clock: LogClock::default(),
+        });
+        let path = old_file(dir.path(), &[Record::MetaWithoutClock(snapshot), meta]);
+        let err = verify(&path).unwrap_err();
+        assert!(err.to_string().contains("second meta"), "{err}");
     }
 }

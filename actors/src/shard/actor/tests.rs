@@ -118,6 +118,7 @@ fn apply_in_runs(
         from = to;
         replies.extend(plan.replies.iter().cloned());
         shard.applied = entries[to - 1].index;
+        shard.log_clock = plan.log_clock;
         if durable {
             commit(&schema, vec![plan.effects.batch]).unwrap();
         } else {
@@ -231,4 +232,35 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
         .expect("the reporter is alive");
     assert_eq!(reported.shard, Some(1));
     assert!(reported.reason.contains("cannot apply"), "{reported:?}");
+}
+
+#[actix_rt::test]
+async fn the_log_clock_resumes_after_a_restart_from_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
+    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
+        .unwrap()
+        .start();
+    let base = SESSION_SWEEP_EVERY * 2;
+    let t0 = 1_700_000_000_000;
+    // Client 9 writes; five minutes pass under the same leader (term 1).
+    let shard = shard_actor(&schema, &storage, base - 3);
+    let plan = shard
+        .plan(&[
+            put_entry(base - 2, 9, 1, t0, b"a"),
+            put_entry(base - 1, 8, 1, t0 + SESSION_TTL_MS / 2, b"b"),
+        ])
+        .unwrap();
+    commit(&schema, vec![plan.effects.batch]).unwrap();
+
+    // After a restart, another five minutes and a bit under that leader: the clock went on
+    // from the stored five minutes, so 9 is idle past its TTL at the sweep.
+    let restarted = shard_actor(&schema, &storage, base - 1);
+    assert_eq!(restarted.log_clock, plan.log_clock);
+    let plan = restarted
+        .plan(&[put_entry(base, 7, 1, t0 + SESSION_TTL_MS + 1, b"c")])
+        .unwrap();
+    commit(&schema, vec![plan.effects.batch]).unwrap();
+    assert_eq!(plan.log_clock.now_ms, SESSION_TTL_MS + 1);
+    assert!(!session_exists(&schema, 9) && session_exists(&schema, 8));
 }
