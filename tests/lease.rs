@@ -1,5 +1,7 @@
 //! Lease reads: served by the leader without a quorum round while its lease holds, and never
 //! stale when that leader has been cut off and replaced.
+// Fault hooks exist only in builds with debug assertions (see transport/src/fault.rs).
+#![cfg(debug_assertions)]
 
 mod common;
 

@@ -6,6 +6,8 @@
 //!
 //! CI runs a short budget; `cargo test --test nemesis -- --ignored` runs a long soak
 //! (SHARDKV_NEMESIS_SECS overrides either).
+// Fault hooks exist only in builds with debug assertions (see transport/src/fault.rs).
+#![cfg(debug_assertions)]
 
 mod common;
 

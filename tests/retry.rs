@@ -1,4 +1,6 @@
 //! A write whose acknowledgement is lost is retried by the client and applied exactly once.
+// Fault hooks exist only in builds with debug assertions (see transport/src/fault.rs).
+#![cfg(debug_assertions)]
 
 mod common;
 

@@ -91,6 +91,8 @@ async fn client_cert_cannot_send_raft_messages() {
         .expect("cluster still serves");
 }
 
+// Fault hooks exist only in builds with debug assertions (see transport/src/fault.rs).
+#[cfg(debug_assertions)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_cert_cannot_switch_on_fault_hooks() {
     let mut cluster = common::Cluster::new(1, 1, 1);

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use quinn::{Connection, Endpoint};
 use shardkv_transport::endpoint::{call, client_endpoint, connect};
 use shardkv_transport::slot::shard_of_key;
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "fault-injection", debug_assertions))]
 use shardkv_transport::wire::FaultSpec;
 use shardkv_transport::wire::{
     check_limits, AdminRequest, HostStatus, Op, Request, RequestFrame, Response,
@@ -160,7 +160,7 @@ impl Client {
     /// Test hook: switches on faults in host `host`. Only hosts built with the
     /// `fault-injection` feature understand it, and they accept it only from a client that
     /// holds a host certificate (the test harness); a client certificate is answered `Invalid`.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
     pub async fn inject_fault(&self, host: HostId, spec: FaultSpec) -> Result<(), ClientError> {
         match self.admin(host, AdminRequest::Fault(spec)).await? {
             Response::Ok => Ok(()),

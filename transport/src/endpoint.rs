@@ -347,11 +347,11 @@ async fn serve_request<H: Handler>(
 /// Answers a request addressed to this host. Fault hooks change how the host treats its
 /// peers, so only another host's certificate (the test harness holds one) may use them.
 async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler: &H) -> Response {
-    #[cfg(not(feature = "fault-injection"))]
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     let _ = peer;
     match req {
         AdminRequest::Status => handler.status().await,
-        #[cfg(feature = "fault-injection")]
+        #[cfg(all(feature = "fault-injection", debug_assertions))]
         AdminRequest::Fault(spec) => match peer {
             PeerIdentity::Host(_) => {
                 crate::fault::apply(&spec);

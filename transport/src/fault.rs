@@ -1,14 +1,16 @@
 //! Fault injection for tests: partitions between hosts and lost acknowledgements.
 //!
-//! The hooks are compiled in only with the `fault-injection` feature, which the workspace
-//! enables for its own tests (as a dev-dependency feature) and never for `cargo build
-//! --release`. Without it `apply` does not exist and every query here answers "no fault".
+//! The hooks are compiled in only with the `fault-injection` feature and only in builds with
+//! debug assertions. The workspace enables the feature for its own tests (as a dev-dependency
+//! feature), and Cargo then builds the `shardkv` binary with it, in `cargo test --release` too;
+//! the `debug_assertions` condition keeps every optimised binary, the ones users deploy, free
+//! of the hooks. Without them `apply` does not exist and every query here answers "no fault".
 //! Faults are switched on by `AdminRequest::Fault` (see [`crate::wire`]), which the endpoint
 //! accepts from host certificates only.
 
 use crate::wire::HostId;
 
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "fault-injection", debug_assertions))]
 mod state {
     use std::collections::HashSet;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,7 +34,7 @@ mod state {
 }
 
 /// Switches on the faults in `spec` (replacing earlier ones).
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "fault-injection", debug_assertions))]
 pub fn apply(spec: &crate::wire::FaultSpec) {
     let mut g = state::PARTITIONED.lock().unwrap_or_else(|p| p.into_inner());
     *g = Some(spec.partition_from.iter().copied().collect());
@@ -42,11 +44,11 @@ pub fn apply(spec: &crate::wire::FaultSpec) {
 
 /// Whether Raft traffic to/from `peer` is being dropped.
 pub fn partitioned(peer: HostId) -> bool {
-    #[cfg(feature = "fault-injection")]
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
     {
         state::partitioned(peer)
     }
-    #[cfg(not(feature = "fault-injection"))]
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     {
         let _ = peer;
         false
@@ -55,11 +57,11 @@ pub fn partitioned(peer: HostId) -> bool {
 
 /// Whether to swallow the reply to this write (consumes one from the budget).
 pub fn take_reply_drop() -> bool {
-    #[cfg(feature = "fault-injection")]
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
     {
         state::take_reply_drop()
     }
-    #[cfg(not(feature = "fault-injection"))]
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     {
         false
     }

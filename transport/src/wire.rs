@@ -71,12 +71,12 @@ pub enum AdminRequest {
     /// Tests only: inject faults into this host's transport. Accepted only from a host
     /// certificate; compiled in only with the `fault-injection` feature, so a release host
     /// cannot even decode it.
-    #[cfg(feature = "fault-injection")]
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
     Fault(FaultSpec),
 }
 
 /// Faults a test can switch on in one host (see [`AdminRequest::Fault`]).
-#[cfg(feature = "fault-injection")]
+#[cfg(all(feature = "fault-injection", debug_assertions))]
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 pub struct FaultSpec {
     /// Drop all Raft traffic to and from these hosts (a partition), replacing earlier ones.
