@@ -17,7 +17,7 @@ use shardkv_actors::router::{
     GetHostStatus, LocalReplica, RouterActor, RouterSettings, TransferAll,
 };
 use shardkv_actors::schema::{meta, raft_records, Schema};
-use shardkv_actors::shard::{Compaction, ShardActor};
+use shardkv_actors::shard::{AppliedIndex, Compaction, ShardActor};
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
@@ -131,6 +131,7 @@ async fn serve_host(
         }
         raft_records::bootstrap(&schema, shard, &hosts)?;
         let applied = raft_records::applied_index(&schema, shard)?;
+        let published = AppliedIndex::new(applied);
         let compaction = Compaction {
             after: cfg.raft.snapshot_after,
             // Keep a tail of the log so a follower a little behind catches up by entries.
@@ -143,6 +144,7 @@ async fn serve_host(
             applied,
             Some(compaction),
             fatal.clone(),
+            published.clone(),
         )?
         .start();
         let links = ReplicaLinks {
@@ -161,6 +163,7 @@ async fn serve_host(
                 })
                 .collect(),
             fatal: fatal.clone(),
+            applied: published,
         };
         let replica = ReplicaActor::new(
             shard,

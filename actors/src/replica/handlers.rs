@@ -82,7 +82,8 @@ impl Handler<GetStatus> for ReplicaActor {
             leader: (raft.leader_id != 0).then_some(raft.leader_id),
             is_leader: raft.state == StateRole::Leader,
             commit: raft.raft_log.committed,
-            applied: raft.raft_log.applied,
+            // What reads are served from, not what raft-rs has handed over.
+            applied: self.links.applied.get(),
             last_index: raft.raft_log.last_index(),
         })
     }

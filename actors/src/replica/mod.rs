@@ -2,7 +2,7 @@
 //!
 //! It ticks on a timer, steps inbound messages, turns client writes into proposals and
 //! linearizable reads into ReadIndex rounds, and handles `Ready` in the order the protocol's
-//! safety rules demand ([`ready`]). The state machine lives in the shard's ShardActor:
+//! safety rules demand (`ready.rs`). The state machine lives in the shard's ShardActor:
 //! committed entries go there, so consensus and apply overlap.
 //!
 //! The actor is a struct of typed parts, each a plain type with its own tests:
@@ -10,8 +10,8 @@
 //! [`persist::PersistPipeline`] (Ready batches on their way to disk),
 //! [`placement::LeaderPlacement`] (hand-back and shutdown hand-off),
 //! [`snapshots::SnapshotFiles`] (snapshot files in and out) and
-//! [`votes::StartupVoteRefusal`]. Message handlers are in [`handlers`], client requests in
-//! [`requests`].
+//! [`votes::StartupVoteRefusal`]. Message handlers are in `handlers.rs`, client requests in
+//! `requests.rs`.
 
 mod handlers;
 pub mod lease;
@@ -38,6 +38,7 @@ use crate::messages::{
     SnapshotReport,
 };
 use crate::raft_storage::LmdbRaftStorage;
+use crate::shard::AppliedIndex;
 use lease::{lease_for, Lease};
 use persist::PersistPipeline;
 pub(crate) use persist::PERSISTS_IN_FLIGHT_MAX;
@@ -77,6 +78,8 @@ pub struct ReplicaLinks {
     pub peers: HashMap<HostId, Recipient<SendRaft>>,
     /// Where a fatal error goes: the host stops rather than run without this replica.
     pub fatal: FatalReporter,
+    /// The index the shard's state machine has applied (for status).
+    pub applied: AppliedIndex,
 }
 
 /// The actor; see the module docs.

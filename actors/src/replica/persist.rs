@@ -2,7 +2,7 @@
 //! holds.
 //!
 //! A Ready's entries go to storage while raft-rs moves on; what depends on them being durable
-//! waits for the fsync (see the Ready loop in [`super::ready`]). The hard state is written only
+//! waits for the fsync (see the Ready loop in `ready.rs`). The hard state is written only
 //! when it must be: a new term or vote before anything that depends on it leaves, a commit
 //! index only along with entries (it is re-learned from the leader after a restart, and the
 //! applied index is clamped to the stored commit at start).

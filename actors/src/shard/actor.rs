@@ -8,6 +8,7 @@ use shardkv_transport::wire::Response;
 use shardkv_transport::ShardId;
 use tracing::{debug, warn};
 
+use super::applied_index::AppliedIndex;
 use super::apply::{self, Plan};
 use super::log_clock::LogClock;
 use super::overlay::Overlay;
@@ -45,6 +46,8 @@ pub struct ShardActor {
     fatal: FatalReporter,
     /// Highest index applied (visible to reads through the overlay).
     applied: u64,
+    /// Where `applied` is published for the replica's status.
+    published: AppliedIndex,
     /// The log clock as of `applied`: what the next batch starts from.
     log_clock: LogClock,
     /// Values and sessions written by batches not yet committed to LMDB.
@@ -75,6 +78,7 @@ impl ShardActor {
         applied: u64,
         compaction: Option<Compaction>,
         fatal: FatalReporter,
+        published: AppliedIndex,
     ) -> Result<Self, ActorError> {
         let (compacted, _) = raft_records::truncated_state(&schema, shard)?;
         let log_clock = stored_log_clock(&schema, shard)?;
@@ -87,6 +91,7 @@ impl ShardActor {
             storage,
             fatal,
             applied,
+            published,
             log_clock,
             overlay: Overlay::default(),
             batch_seq: 0,
@@ -171,6 +176,7 @@ impl ShardActor {
             .get_or_create(&crate::metrics::ShardLabels { shard: self.shard })
             .inc_by(last.saturating_sub(self.applied));
         self.applied = last;
+        self.published.publish(last);
         self.writes.complete(replies, last);
         for read in self.reads.take_ready(last) {
             let _ = read.reply.send(self.read(&read.key));

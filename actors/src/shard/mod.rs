@@ -22,6 +22,7 @@
 //! - `actor`: the [`ShardActor`] that ties them to storage and the replica.
 
 mod actor;
+mod applied_index;
 mod apply;
 mod command;
 mod effects;
@@ -34,6 +35,7 @@ mod waiters;
 
 pub(crate) use actor::APPLY_BATCHES_IN_FLIGHT_MAX;
 pub use actor::{Compaction, ShardActor};
+pub use applied_index::AppliedIndex;
 pub use command::{Action, Command};
 pub use log_clock::{leader_stamp_ms, ClockAnchor, LogClock};
 pub use sessions::SESSION_TTL_MS;

@@ -10,7 +10,16 @@ use crate::test_fixtures::{storage_actor, temp_schema};
 
 fn shard_actor(schema: &Schema, storage: &Addr<StorageActor>, applied: u64) -> ShardActor {
     let (fatal, _) = FatalReporter::channel();
-    ShardActor::new(1, schema.clone(), storage.clone(), applied, None, fatal).unwrap()
+    ShardActor::new(
+        1,
+        schema.clone(),
+        storage.clone(),
+        applied,
+        None,
+        fatal,
+        AppliedIndex::new(applied),
+    )
+    .unwrap()
 }
 
 fn put_entry(index: u64, client: u64, seq: u64, time_ms: u64, key: &[u8]) -> Entry {
@@ -190,7 +199,7 @@ async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
     arbiter.stop();
     arbiter.join().unwrap();
     let (fatal, mut fatals) = FatalReporter::channel();
-    let shard = ShardActor::new(1, schema, storage, 0, None, fatal)
+    let shard = ShardActor::new(1, schema, storage, 0, None, fatal, AppliedIndex::default())
         .unwrap()
         .start();
 
@@ -216,11 +225,13 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
     let (_dir, schema) = temp_schema();
     let storage = storage_actor(&schema);
     let (fatal, mut fatals) = FatalReporter::channel();
-    let shard = ShardActor::new(1, schema, storage, 0, None, fatal)
+    let published = AppliedIndex::default();
+    let shard = ShardActor::new(1, schema, storage, 0, None, fatal, published.clone())
         .unwrap()
         .start();
+    shard.do_send(ApplyEntries(vec![put_entry(1, 0, 0, 0, b"a")]));
     let garbage = Entry {
-        index: 1,
+        index: 2,
         term: 1,
         data: vec![0xff; 9].into(),
         ..Default::default()
@@ -232,6 +243,8 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
         .expect("the reporter is alive");
     assert_eq!(reported.shard, Some(1));
     assert!(reported.reason.contains("cannot apply"), "{reported:?}");
+    // Status reports what the state machine applied (1), not what raft-rs handed it (2).
+    assert_eq!(published.get(), 1);
 }
 
 #[actix_rt::test]
