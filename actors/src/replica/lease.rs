@@ -59,7 +59,11 @@ impl Lease {
     }
 
     /// Leadership is being handed away: no lease reads, and no renewal, until the next role
-    /// change.
+    /// change, even if raft-rs aborts the transfer. The transferee may still campaign on a
+    /// `MsgTimeoutNow` it received (or receives late, after a partition heals), and such a
+    /// campaign overrides the followers' vote refusal, so a lease granted after the abort
+    /// could overlap a new leader. Reads meanwhile go through ReadIndex: a round slower, never
+    /// unavailable.
     pub fn suspend(&mut self) {
         self.until = None;
         self.suspended = true;
