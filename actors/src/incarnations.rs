@@ -53,10 +53,10 @@ impl PeerIncarnations {
         }
     }
 
-    /// The record for `host` is durable (`Ok`), or failed and may be tried again (`Err`).
-    pub fn recorded(&mut self, host: HostId, incarnation: Result<u64, ()>) {
+    /// The record for `host` is durable (`Some`), or failed and may be tried again (`None`).
+    pub fn recorded(&mut self, host: HostId, incarnation: Option<u64>) {
         self.recording.remove(&host);
-        if let Ok(incarnation) = incarnation {
+        if let Some(incarnation) = incarnation {
             self.known.insert(host, incarnation);
         }
     }
@@ -78,7 +78,7 @@ mod tests {
         let mut peers = PeerIncarnations::default();
         assert_eq!(peers.judge(2, 7), Verdict::Record);
         assert_eq!(peers.judge(2, 7), Verdict::Recording);
-        peers.recorded(2, Ok(7));
+        peers.recorded(2, Some(7));
         assert_eq!(peers.judge(2, 7), Verdict::Accept);
         assert_eq!(peers.records(), [(2, 7)]);
     }
@@ -94,7 +94,7 @@ mod tests {
     fn a_failed_record_is_tried_again() {
         let mut peers = PeerIncarnations::default();
         assert_eq!(peers.judge(2, 7), Verdict::Record);
-        peers.recorded(2, Err(()));
+        peers.recorded(2, None);
         assert_eq!(peers.judge(2, 7), Verdict::Record);
     }
 }

@@ -3,6 +3,7 @@
 //! inbound Raft messages to the right replica after checking who sent them.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use protobuf::Message as _;
@@ -51,7 +52,12 @@ pub struct RouterActor {
     peers: PeerIncarnations,
     /// Where peer incarnations are recorded.
     storage: Recipient<Persist>,
+    /// When a refused peer was last logged (see [`REFUSAL_LOG_EVERY`]).
+    refusals_logged: HashMap<HostId, Instant>,
 }
+
+/// How often a peer whose incarnation is refused is logged (the metric counts every batch).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl RouterActor {
     /// A router for `settings.host`, delivering to its `local` replicas.
@@ -66,6 +72,7 @@ impl RouterActor {
             settings,
             local,
             storage,
+            refusals_logged: HashMap::new(),
         }
     }
 
@@ -77,6 +84,13 @@ impl RouterActor {
             Verdict::Recording => false,
             Verdict::Refuse { known } => {
                 metrics().raft_batches_refused.inc();
+                // A refused host keeps sending many batches a second: say it once a minute.
+                let now = Instant::now();
+                let said = self.refusals_logged.get(&from);
+                if said.is_some_and(|at| now.duration_since(*at) < REFUSAL_LOG_EVERY) {
+                    return false;
+                }
+                self.refusals_logged.insert(from, now);
                 error!(
                     from,
                     incarnation,
@@ -98,8 +112,7 @@ impl RouterActor {
                     if !ok {
                         warn!(from, "could not record a peer's incarnation; will retry");
                     }
-                    act.peers
-                        .recorded(from, if ok { Ok(incarnation) } else { Err(()) });
+                    act.peers.recorded(from, ok.then_some(incarnation));
                 }));
                 false
             }
@@ -150,9 +163,7 @@ impl Handler<InboundRaft> for RouterActor {
     type Result = ();
 
     fn handle(&mut self, msg: InboundRaft, ctx: &mut Self::Context) {
-        if !self.admit(msg.from, msg.batch.incarnation, ctx) {
-            return;
-        }
+        let mut valid = Vec::with_capacity(msg.batch.messages.len());
         for env in msg.batch.messages {
             let m = match RaftMessage::parse_from_bytes(&env.message) {
                 Ok(m) => m,
@@ -188,10 +199,18 @@ impl Handler<InboundRaft> for RouterActor {
                 );
                 continue;
             }
-            match self.local.get(&env.shard) {
+            valid.push((env.shard, m));
+        }
+        // Only a batch that carried a well-formed message of a member may make its incarnation
+        // the one on record: garbage (or a peer speaking another protocol) must not.
+        if valid.is_empty() || !self.admit(msg.from, msg.batch.incarnation, ctx) {
+            return;
+        }
+        for (shard, m) in valid {
+            match self.local.get(&shard) {
                 Some(r) => r.raft.do_send(StepRaft(m)),
                 None => debug!(
-                    shard = env.shard,
+                    shard,
                     from = msg.from,
                     "Raft message for a shard not hosted here"
                 ),

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use quinn::{Connection, Endpoint};
 use shardkv_transport::endpoint::{call, client_endpoint, connect};
 use shardkv_transport::slot::shard_of_key;
@@ -203,12 +204,15 @@ impl Client {
             .await
     }
 
+    /// Asks every host at once and takes the layout a majority of its replica hosts report:
+    /// one host alone (say, one that started on a new data dir while its peers were down)
+    /// cannot make the client route by a layout the cluster does not hold.
     async fn load_layout(&self, deadline: Instant) -> Result<Layout, ClientError> {
         let settings = &self.inner.settings;
         let req = RequestFrame::Admin(AdminRequest::Status);
         let mut last = String::from("no host asked yet");
         let mut backoff = BACKOFF_MIN;
-        for &(host, _) in settings.hosts.iter().cycle() {
+        loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(ClientError::Timeout {
@@ -217,24 +221,63 @@ impl Client {
                 });
             }
             let budget = (deadline - now).min(settings.attempt_timeout);
-            match tokio::time::timeout(budget, self.call_host(host, &req)).await {
-                Ok(Ok(Response::Status(status))) => {
-                    status.layout.check_declared(&settings.layout)?;
-                    return Ok(status.layout);
+            let mut asks: FuturesUnordered<_> = settings
+                .hosts
+                .iter()
+                .map(|&(host, _)| {
+                    let req = &req;
+                    async move {
+                        (
+                            host,
+                            tokio::time::timeout(budget, self.call_host(host, req)).await,
+                        )
+                    }
+                })
+                .collect();
+            let mut reported: Vec<(Layout, Vec<HostId>)> = Vec::new();
+            while let Some((host, answer)) = asks.next().await {
+                let layout = match answer {
+                    Ok(Ok(Response::Status(status))) => status.layout,
+                    Ok(Err(TransportError::Refused { addr, reason })) => {
+                        return Err(ClientError::Refused(format!(
+                            "host at {addr} refused us: {reason}"
+                        )));
+                    }
+                    Ok(Ok(other)) => {
+                        last = format!("host {host} answered {other:?}");
+                        continue;
+                    }
+                    Ok(Err(e)) => {
+                        last = format!("host {host}: {e}");
+                        continue;
+                    }
+                    Err(_) => {
+                        last = format!("host {host} did not answer within {budget:?}");
+                        continue;
+                    }
+                };
+                match reported.iter_mut().find(|(l, _)| *l == layout) {
+                    Some((_, hosts)) => hosts.push(host),
+                    None => reported.push((layout, vec![host])),
                 }
-                Ok(Err(TransportError::Refused { addr, reason })) => {
-                    return Err(ClientError::Refused(format!(
-                        "host at {addr} refused us: {reason}"
-                    )));
+                for (layout, hosts) in &reported {
+                    let members = layout.replica_hosts();
+                    let agreeing = hosts.iter().filter(|h| members.contains(h)).count();
+                    if agreeing * 2 > members.len() {
+                        layout.check_declared(&settings.layout)?;
+                        return Ok(layout.clone());
+                    }
                 }
-                Ok(Ok(other)) => last = format!("host {host} answered {other:?}"),
-                Ok(Err(e)) => last = format!("host {host}: {e}"),
-                Err(_) => last = format!("host {host} did not answer within {budget:?}"),
+            }
+            if !reported.is_empty() {
+                last = format!(
+                    "no majority of the cluster's hosts agrees on its layout yet ({} answered)",
+                    reported.iter().map(|(_, h)| h.len()).sum::<usize>()
+                );
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
-        Err(ClientError::Setup("no hosts in the configuration".into()))
     }
 
     fn lock_leaders(&self) -> std::sync::MutexGuard<'_, HashMap<ShardId, HostId>> {

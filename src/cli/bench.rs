@@ -134,15 +134,18 @@ async fn warm_up(c: &Client, cfg: &ClusterConfig) -> anyhow::Result<()> {
 /// Whether every shard is led by the first host of its placement.
 async fn leaders_settled(c: &Client, cfg: &ClusterConfig) -> bool {
     let mut led = std::collections::HashMap::new();
+    let mut placement = None;
     for h in &cfg.hosts {
         if let Ok(s) = c.host_status(h.host.id).await {
             for r in s.replicas.iter().filter(|r| r.is_leader) {
                 led.insert(r.shard, h.host.id);
             }
+            placement.get_or_insert(s.layout.placement);
         }
     }
-    cfg.cluster
-        .placement()
+    // The placement the cluster was bootstrapped with, as the hosts report it.
+    placement
+        .unwrap_or_else(|| cfg.cluster.placement())
         .iter()
         .all(|(shard, hosts)| hosts.first() == led.get(shard))
 }

@@ -83,6 +83,12 @@ pub fn run(cfg: &ClusterConfig, json: bool) -> anyhow::Result<ExitCode> {
 fn build(cfg: &ClusterConfig, statuses: Vec<(HostId, Result<HostStatus, String>)>) -> Report {
     let mut by_host: BTreeMap<HostId, BTreeMap<ShardId, ReplicaInfo>> = BTreeMap::new();
     let mut hosts = Vec::new();
+    // Shards and their replicas as the cluster was bootstrapped (any host that answers says),
+    // not as this file's host list would place them.
+    let placement = statuses
+        .iter()
+        .find_map(|(_, res)| res.as_ref().ok().map(|s| s.layout.placement.clone()))
+        .unwrap_or_else(|| cfg.cluster.placement());
     for (id, res) in statuses {
         let addr = cfg
             .host(id)
@@ -109,7 +115,7 @@ fn build(cfg: &ClusterConfig, statuses: Vec<(HostId, Result<HostStatus, String>)
         }
     }
     let mut shards = Vec::new();
-    for (shard, replica_hosts) in cfg.cluster.placement() {
+    for (shard, replica_hosts) in placement {
         let infos: Vec<(HostId, Option<&ReplicaInfo>)> = replica_hosts
             .iter()
             .map(|h| (*h, by_host.get(h).and_then(|m| m.get(&shard))))

@@ -1,5 +1,5 @@
 //! TLS for every shardkv connection: TLS 1.3 only, ring provider, mutual authentication
-//! against the cluster CA, ALPN `shardkv/1`, and the peer's role read from its certificate
+//! against the cluster CA, ALPN `shardkv/2`, and the peer's role read from its certificate
 //! (see [`crate::identity`]).
 //!
 //! Hosts present host certificates both when they accept and when they dial another host.
@@ -17,7 +17,10 @@ use crate::error::TransportError;
 use crate::identity::PeerIdentity;
 
 /// The ALPN protocol id; a peer speaking anything else is refused during the handshake.
-pub const ALPN: &[u8] = b"shardkv/1";
+/// Bumped whenever a frame's encoding changes (version 2: data and admin requests in
+/// separate frames, Raft batches carrying the sender's incarnation), so an old peer is refused
+/// at the handshake instead of having its frames misread.
+pub const ALPN: &[u8] = b"shardkv/2";
 
 /// Paths of the PEM files one endpoint needs.
 #[derive(Debug, Clone)]

@@ -29,7 +29,8 @@ impl PersistPipeline {
     }
 
     /// The hard state as last handed to storage.
-    pub fn stored(&self) -> &HardState {
+    #[cfg(test)]
+    fn stored(&self) -> &HardState {
         &self.stored
     }
 

@@ -11,7 +11,11 @@
 //! Log time runs no faster than the leaders' clocks and may run slower (time between the
 //! last command of a term and the first of the next is not counted): sessions then live
 //! longer, never shorter. Being a function of the committed entries only, and stored with
-//! the applied index (and in snapshots), it is the same on every replica at the same index.
+//! the applied index (and in snapshots), it is the same on every replica at the same index,
+//! for replicas that ran this version from the same point. Across the upgrade that introduced
+//! it, each replica starts its clock at zero where it was upgraded, so until the sessions of
+//! that time have expired replicas may judge them at different ages (sessions ahead of the
+//! clock are re-stamped to "now": they live longer, never shorter).
 
 use std::sync::OnceLock;
 use std::time::Instant;
