@@ -156,6 +156,47 @@ impl Cluster {
         }
     }
 
+    /// Host `id`'s exit status if it has exited on its own (then it is reaped); panics if
+    /// another host did.
+    pub fn try_exit(&mut self, id: HostId) -> Option<std::process::ExitStatus> {
+        match self.hosts.exited() {
+            Some((exited, status)) if exited == id => Some(status),
+            Some((other, status)) => panic!("host {other} exited on its own ({status})"),
+            None => None,
+        }
+    }
+
+    /// Waits until every local replica of host `id` has applied what its shard's leader had
+    /// committed.
+    pub async fn wait_caught_up(&self, client: &Client, id: HostId) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut commit = std::collections::HashMap::new();
+            for h in self.cfg.hosts.iter().map(|h| h.host.id) {
+                if let Ok(s) = client.host_status(h).await {
+                    for r in s.replicas.iter().filter(|r| r.is_leader) {
+                        commit.insert(r.shard, r.commit);
+                    }
+                }
+            }
+            if let Ok(s) = client.host_status(id).await {
+                let caught_up = s.replicas.iter().all(|r| {
+                    commit
+                        .get(&r.shard)
+                        .is_some_and(|&leader_commit| r.applied >= leader_commit)
+                });
+                if caught_up && !s.replicas.is_empty() {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "host {id} did not catch up"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits up to `within` for host `id` to exit on its own (a refusal to start); returns
     /// its exit status.
     pub fn wait_exit(&mut self, id: HostId, within: Duration) -> std::process::ExitStatus {
