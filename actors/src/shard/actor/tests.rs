@@ -249,11 +249,8 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
 
 #[actix_rt::test]
 async fn the_log_clock_resumes_after_a_restart_from_what_was_stored() {
-    let dir = tempfile::tempdir().unwrap();
-    let schema = Schema::open(dir.path(), 1 << 26, "t", 1).unwrap();
-    let storage = StorageActor::new(schema.clone(), FatalReporter::channel().0)
-        .unwrap()
-        .start();
+    let (_dir, schema) = temp_schema();
+    let storage = storage_actor(&schema);
     let base = SESSION_SWEEP_EVERY * 2;
     let t0 = 1_700_000_000_000;
     // Client 9 writes; five minutes pass under the same leader (term 1).
