@@ -21,8 +21,9 @@ use crate::frame::{read_frame, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
-    AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response, ShardId, SnapshotFrame,
-    StreamHeader, CLIENT_FRAME_BYTES_MAX, RAFT_FRAME_BYTES_MAX, SNAPSHOT_CHUNK_BYTES,
+    request_frame_bytes_max, AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response,
+    ShardId, SnapshotFrame, StreamHeader, RAFT_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
+    SNAPSHOT_CHUNK_BYTES, VALUE_BYTES_MAX_CEILING,
 };
 
 /// QUIC application close code: the peer's role may not do what it tried.
@@ -169,7 +170,7 @@ pub async fn call(conn: &Connection, req: &RequestFrame) -> Result<Response, Tra
         .await
         .map_err(|e| explain(conn, e))?;
     send.finish().map_err(|e| explain(conn, e))?;
-    match read_frame::<_, Response>(&mut recv, CLIENT_FRAME_BYTES_MAX).await {
+    match read_frame::<_, Response>(&mut recv, RESPONSE_FRAME_BYTES_MAX).await {
         Ok(Some(resp)) => Ok(resp),
         Ok(None) => Err(explain(conn, "stream closed before a reply")),
         Err(TransportError::Io(e)) => Err(explain(conn, e)),
@@ -322,8 +323,8 @@ async fn serve_request<H: Handler>(
     peer: PeerIdentity,
     handler: Arc<H>,
 ) {
-    let (resp, write) = match read_frame::<_, RequestFrame>(&mut recv, CLIENT_FRAME_BYTES_MAX).await
-    {
+    let limit = request_frame_bytes_max(VALUE_BYTES_MAX_CEILING);
+    let (resp, write) = match read_frame::<_, RequestFrame>(&mut recv, limit).await {
         Ok(Some(RequestFrame::Data(req))) => {
             let write = req.op.is_write();
             (handler.request(peer, req).await, write)

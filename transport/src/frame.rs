@@ -8,8 +8,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::TransportError;
 
-/// Upper bound on any frame: a maximal value (64 MiB config ceiling) plus envelope.
-pub const FRAME_BYTES_MAX: usize = 65 * 1024 * 1024;
+/// Upper bound on any frame anyone builds: a Raft batch holding one maximal message, the
+/// largest frame of all (see [`crate::wire`] for how each kind of frame is sized). Every
+/// reader passes the tighter limit of the frame it expects.
+pub const FRAME_BYTES_MAX: usize = crate::wire::RAFT_FRAME_BYTES_MAX;
 
 /// Serializes `msg` into a frame (length prefix included).
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, TransportError> {

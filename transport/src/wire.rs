@@ -20,11 +20,59 @@ pub const VALUE_BYTES_MAX_DEFAULT: usize = 1 << 20;
 /// Highest `cluster.max_value_bytes` accepted (64 MiB): a value rides whole in one Raft entry
 /// and one frame.
 pub const VALUE_BYTES_MAX_CEILING: usize = 64 << 20;
-const _: () = assert!(VALUE_BYTES_MAX_CEILING + KEY_BYTES_MAX < crate::frame::FRAME_BYTES_MAX);
-/// Frame limit for client requests and replies on hosts (values are capped further by config).
-pub const CLIENT_FRAME_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX;
-/// Frame limit for a batch of Raft messages.
-pub const RAFT_FRAME_BYTES_MAX: usize = crate::frame::FRAME_BYTES_MAX;
+/// Bytes any framing may add around the key and values of one request, one Raft entry or one
+/// Raft message: postcard and protobuf tags and varints, ids, terms, indexes. The real figure
+/// is tens of bytes; a generous bound costs nothing, one too small would refuse a legal request.
+pub const ENVELOPE_BYTES_MAX: usize = 4096;
+
+/// Largest request frame a host reads when values are capped at `value_bytes_max`: a CAS
+/// carries two values (expected and new) and a key. Anything longer cannot be a legal request,
+/// so it is refused from its length prefix, before a byte of it is buffered.
+pub const fn request_frame_bytes_max(value_bytes_max: usize) -> usize {
+    2 * value_bytes_max + KEY_BYTES_MAX + ENVELOPE_BYTES_MAX
+}
+
+/// Largest reply frame: one value (a read, or the current value of a failed CAS) at the
+/// ceiling. A host's status (about 60 bytes per replica, at most `SHARDS_PER_HOST_MAX`
+/// replicas) is far smaller.
+pub const RESPONSE_FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX_CEILING + ENVELOPE_BYTES_MAX;
+
+/// Entry bytes in one Raft append message (raft-rs' `max_size_per_msg`). Small, so batches of
+/// ordinary entries stay far below the frame limit and a follower catching up receives its
+/// backlog in many small steps. raft-rs always sends at least one entry, so an entry larger
+/// than this travels alone; [`RAFT_MESSAGE_BYTES_MAX`] is sized for that.
+pub const RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX: usize = 1 << 20;
+
+/// Largest Raft message (protobuf): an append of entries up to
+/// [`RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX`], or of one entry holding the largest command (a
+/// maximal request plus the command's and the entry's fields), plus the message's own fields.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = {
+    let one_entry = request_frame_bytes_max(VALUE_BYTES_MAX_CEILING) + ENVELOPE_BYTES_MAX;
+    let entries = if one_entry > RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX {
+        one_entry
+    } else {
+        RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX
+    };
+    entries + ENVELOPE_BYTES_MAX
+};
+
+/// Bytes a [`RaftEnvelope`] adds to a batch frame around its message at most: the shard id and
+/// the message length as postcard varints (5 and 10 bytes at most).
+pub const RAFT_ENVELOPE_PREFIX_BYTES_MAX: usize = 16;
+/// Bytes a [`RaftBatch`] frame adds around its envelopes at most: the sender's incarnation
+/// and the message count as postcard varints (10 bytes each at most).
+pub const RAFT_BATCH_PREFIX_BYTES_MAX: usize = 24;
+
+/// Frame limit for a batch of Raft messages: a batch holding one maximal message must fit, as
+/// a sender cannot split a message. Senders cut batches so that every frame fits (see
+/// [`RaftEnvelope::framed_bytes_max`]).
+pub const RAFT_FRAME_BYTES_MAX: usize =
+    RAFT_MESSAGE_BYTES_MAX + RAFT_ENVELOPE_PREFIX_BYTES_MAX + RAFT_BATCH_PREFIX_BYTES_MAX;
+
+const _: () =
+    assert!(request_frame_bytes_max(VALUE_BYTES_MAX_CEILING) <= crate::frame::FRAME_BYTES_MAX);
+const _: () = assert!(RESPONSE_FRAME_BYTES_MAX <= crate::frame::FRAME_BYTES_MAX);
+const _: () = assert!(RAFT_FRAME_BYTES_MAX <= crate::frame::FRAME_BYTES_MAX);
 
 /// How a read is served.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,18 +93,30 @@ pub enum ReadConsistency {
 pub enum Op {
     /// Read the value of `key`.
     Get {
+        #[serde(with = "crate::bytes::vec")]
         key: Vec<u8>,
         consistency: ReadConsistency,
     },
     /// Set `key` to `value`.
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        #[serde(with = "crate::bytes::vec")]
+        key: Vec<u8>,
+        #[serde(with = "crate::bytes::vec")]
+        value: Vec<u8>,
+    },
     /// Remove `key` (succeeds whether or not it existed).
-    Delete { key: Vec<u8> },
+    Delete {
+        #[serde(with = "crate::bytes::vec")]
+        key: Vec<u8>,
+    },
     /// Compare-and-swap: if the current value equals `expected` (`None`: the key is absent),
     /// set it to `new` (`None`: delete it). Covers create-if-absent and delete-if-equal.
     Cas {
+        #[serde(with = "crate::bytes::vec")]
         key: Vec<u8>,
+        #[serde(with = "crate::bytes::option")]
         expected: Option<Vec<u8>>,
+        #[serde(with = "crate::bytes::option")]
         new: Option<Vec<u8>>,
     },
 }
@@ -154,13 +214,16 @@ pub enum RequestFrame {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// Result of a `Get`: the value, or `None` if the key is absent.
-    Value(Option<Vec<u8>>),
+    Value(#[serde(with = "crate::bytes::option")] Option<Vec<u8>>),
     /// A write was committed by a majority and applied.
     Ok,
     /// A CAS found the expected value and swapped it.
     CasOk,
     /// A CAS found another value (here: the current one) and changed nothing.
-    CasFailed { current: Option<Vec<u8>> },
+    CasFailed {
+        #[serde(with = "crate::bytes::option")]
+        current: Option<Vec<u8>>,
+    },
     /// The answer to [`AdminRequest::Status`].
     Status(Box<HostStatus>),
     /// This host's replica of the shard is not the leader; try `leader` if known.
@@ -239,6 +302,7 @@ pub struct RaftEnvelope {
     /// Which Raft group.
     pub shard: ShardId,
     /// `raft::eraftpb::Message` in protobuf encoding.
+    #[serde(with = "crate::bytes::vec")]
     pub message: Vec<u8>,
 }
 
@@ -251,6 +315,7 @@ pub enum StreamHeader {
     Snapshot {
         shard: ShardId,
         /// The `MsgSnapshot` (protobuf) it belongs to; delivered once the data has arrived.
+        #[serde(with = "crate::bytes::vec")]
         message: Vec<u8>,
         /// Size of the data that follows, checked on arrival.
         bytes: u64,
@@ -261,13 +326,21 @@ pub enum StreamHeader {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum SnapshotFrame {
     /// The next bytes of the snapshot file.
-    Chunk(Vec<u8>),
+    Chunk(#[serde(with = "crate::bytes::vec")] Vec<u8>),
     /// Everything was sent.
     End,
 }
 
 /// Snapshot bytes per frame.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1024 * 1024;
+
+impl RaftEnvelope {
+    /// Bytes this envelope takes in a [`RaftBatch`] frame at most; a batch frame's payload is
+    /// at most [`RAFT_BATCH_PREFIX_BYTES_MAX`] plus this for each of its envelopes.
+    pub fn framed_bytes_max(&self) -> usize {
+        self.message.len() + RAFT_ENVELOPE_PREFIX_BYTES_MAX
+    }
+}
 
 /// The frame on a host-to-host Raft stream: every message bound for one host since the last
 /// flush, across all shards.
@@ -284,6 +357,52 @@ pub struct RaftBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_frame_is_no_larger_than_its_envelopes_framed_bytes_max() {
+        let batch = RaftBatch {
+            // The largest varint an incarnation can take.
+            incarnation: u64::MAX,
+            messages: vec![
+                RaftEnvelope {
+                    shard: u32::MAX,
+                    message: vec![1; 300],
+                },
+                RaftEnvelope {
+                    shard: 1,
+                    message: vec![],
+                },
+                RaftEnvelope {
+                    shard: 70_000,
+                    message: vec![2; 1 << 20],
+                },
+            ],
+        };
+        let payload = crate::frame::encode(&batch).unwrap().len() - 4;
+        let bound = RAFT_BATCH_PREFIX_BYTES_MAX
+            + batch
+                .messages
+                .iter()
+                .map(RaftEnvelope::framed_bytes_max)
+                .sum::<usize>();
+        assert!(payload <= bound, "{payload} > {bound}");
+    }
+
+    #[test]
+    fn a_cas_of_two_values_at_the_ceiling_fits_its_request_frame() {
+        let value = vec![7u8; VALUE_BYTES_MAX_CEILING];
+        let req = RequestFrame::Data(Request {
+            client_id: u64::MAX,
+            seq: u64::MAX,
+            op: Op::Cas {
+                key: vec![b'k'; KEY_BYTES_MAX],
+                expected: Some(value.clone()),
+                new: Some(value),
+            },
+        });
+        let frame = crate::frame::encode(&req).expect("the largest request encodes");
+        assert!(frame.len() - 4 <= request_frame_bytes_max(VALUE_BYTES_MAX_CEILING));
+    }
 
     #[test]
     fn limits() {

@@ -126,7 +126,8 @@ impl ReplicaActor {
             election_tick: settings.election_ticks,
             heartbeat_tick: settings.heartbeat_ticks,
             applied,
-            max_size_per_msg: 1024 * 1024,
+            // The Raft frame limit is sized from this (see shardkv_transport::wire).
+            max_size_per_msg: shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX as u64,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,

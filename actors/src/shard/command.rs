@@ -35,15 +35,21 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     Put {
+        #[serde(with = "shardkv_transport::bytes::vec")]
         key: Vec<u8>,
+        #[serde(with = "shardkv_transport::bytes::vec")]
         value: Vec<u8>,
     },
     Delete {
+        #[serde(with = "shardkv_transport::bytes::vec")]
         key: Vec<u8>,
     },
     Cas {
+        #[serde(with = "shardkv_transport::bytes::vec")]
         key: Vec<u8>,
+        #[serde(with = "shardkv_transport::bytes::option")]
         expected: Option<Vec<u8>>,
+        #[serde(with = "shardkv_transport::bytes::option")]
         new: Option<Vec<u8>>,
     },
 }

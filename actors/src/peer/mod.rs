@@ -3,8 +3,11 @@
 //! It keeps one QUIC connection and one unidirectional stream open to the peer, reconnecting
 //! with exponential backoff, and sends every Raft message of every shard bound for that host in
 //! batches: whatever accumulated while the previous batch was being written goes in the next
-//! frame. The queue is bounded; when it is full, or the peer is down, messages are dropped —
-//! Raft retransmits, and a stale backlog would only delay recovery.
+//! frames, cut by [`batch::BatchBuilder`] so that every frame fits the wire limit. The queue is
+//! bounded; when it is full, or the peer is down, messages are dropped — Raft retransmits, and
+//! a stale backlog would only delay recovery.
+
+mod batch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,16 +21,13 @@ use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch, se
 use shardkv_transport::wire::{RaftBatch, RaftEnvelope};
 use shardkv_transport::HostId;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::messages::{SendRaft, SnapshotReport};
+use batch::BatchBuilder;
 
 /// Messages queued for one peer at most.
 const QUEUE_MESSAGES_MAX: usize = 65_536;
-/// Messages in one frame at most.
-const BATCH_MESSAGES_MAX: usize = 4096;
-/// Bytes in one frame at most (a frame may exceed it by one message).
-const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -104,6 +104,15 @@ impl Handler<SendRaft> for PeerActor {
             shard: msg.shard,
             message: bytes,
         };
+        if !BatchBuilder::fits_alone(&env) {
+            error!(
+                peer = self.peer,
+                shard = msg.shard,
+                bytes = env.message.len(),
+                "Raft message larger than any frame; dropped"
+            );
+            return;
+        }
         if self.queue.try_send(env).is_err() {
             debug!(peer = self.peer, "peer queue full; Raft message dropped");
         }
@@ -200,24 +209,41 @@ async fn link_loop(
         gauge.set(1);
         was_up = true;
         backoff = BACKOFF_MIN;
+        // A message that did not fit the previous batch; it starts the next one.
+        let mut held: Option<RaftEnvelope> = None;
         loop {
-            let Some(first) = rx.recv().await else {
-                return; // The actor stopped.
+            let first = match held.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => m,
+                    None => return, // The actor stopped.
+                },
             };
-            let mut bytes = first.message.len();
-            let mut batch = RaftBatch {
-                incarnation,
-                messages: vec![first],
-            };
-            while batch.messages.len() < BATCH_MESSAGES_MAX && bytes < BATCH_BYTES_MAX {
+            let mut builder = BatchBuilder::default();
+            if let Err(m) = builder.push(first) {
+                // Checked when it was queued; cannot happen.
+                error!(
+                    peer,
+                    bytes = m.message.len(),
+                    "Raft message larger than any frame"
+                );
+                continue;
+            }
+            while !builder.is_full() {
                 match rx.try_recv() {
                     Ok(m) => {
-                        bytes += m.message.len();
-                        batch.messages.push(m);
+                        if let Err(m) = builder.push(m) {
+                            held = Some(m);
+                            break;
+                        }
                     }
                     Err(_) => break,
                 }
             }
+            let batch = RaftBatch {
+                incarnation,
+                ..builder.take()
+            };
             if shardkv_transport::fault::partitioned(peer) {
                 continue; // Test fault: this link is cut.
             }
