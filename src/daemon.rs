@@ -189,7 +189,7 @@ async fn serve_host(cfg: ClusterConfig, host: HostId, schema: Schema) -> Result<
         router: router.clone(),
         snap_dir: snap_dir.clone(),
     });
-    let accept = tokio::spawn(serve(endpoint.clone(), handler));
+    let accept = tokio::spawn(serve(endpoint.clone(), handler, cfg.value_bytes_max));
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }
