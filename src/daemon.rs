@@ -211,7 +211,11 @@ async fn serve_host(
         router: router.clone(),
         snap_dir: snap_dir.clone(),
     });
-    let accept = tokio::spawn(serve(endpoint.clone(), handler));
+    let accept = tokio::spawn(serve(
+        endpoint.clone(),
+        handler,
+        cfg.cluster.value_bytes_max,
+    ));
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }

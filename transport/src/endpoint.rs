@@ -5,6 +5,12 @@
 //! - Host -> host: one long-lived unidirectional stream per direction carrying [`RaftBatch`]
 //!   frames. It is accepted only from a host certificate, and every message in it must come from
 //!   the host id that certificate names (checked by the [`Handler`]).
+//!
+//! What a peer can make a host buffer is bounded: QUIC flow control per stream and per
+//! connection ([`STREAM_RECEIVE_WINDOW_BYTES`], [`CONNECTION_RECEIVE_WINDOW_BYTES`]), open
+//! requests per connection ([`STREAMS_PER_CONNECTION_MAX`]), a request frame no longer than a
+//! request can be under the host's value limit, and per client identity the limits of
+//! [`crate::admission`].
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -16,22 +22,34 @@ use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use tracing::{debug, info, warn};
 
+use crate::admission::{Admission, RequestSlot};
 use crate::error::TransportError;
-use crate::frame::{read_frame, write_frame};
+use crate::frame::{read_frame, read_frame_len, read_payload, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
     request_frame_bytes_max, AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response,
     ShardId, SnapshotFrame, StreamHeader, RAFT_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
-    SNAPSHOT_CHUNK_BYTES, VALUE_BYTES_MAX_CEILING,
+    SNAPSHOT_CHUNK_BYTES,
 };
 
 /// QUIC application close code: the peer's role may not do what it tried.
 pub const CLOSE_FORBIDDEN: u32 = 1;
 /// QUIC application close code: the peer sent something malformed.
 pub const CLOSE_PROTOCOL: u32 = 2;
-/// Concurrent requests one client connection may have in flight.
-pub const STREAMS_PER_CONNECTION_MAX: u32 = 4096;
+/// QUIC application close code: the peer's certificate holds too many connections already.
+pub const CLOSE_BUSY: u32 = 3;
+/// Concurrent requests (bidirectional streams) one connection may have open. A client that
+/// wants more waits for a stream to close, not for an error; a client needs far fewer than
+/// this to keep a host busy, and each open stream costs the host a task and a receive window.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// Bytes a peer may send on one stream ahead of what the host has read (QUIC flow control).
+/// At 4 MiB a single stream still fills a 1 Gbit/s link at 30 ms round trip.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 4 << 20;
+/// Bytes a peer may send on one connection, over all its streams, ahead of what the host has
+/// read: what one connection can make the host buffer, whatever its number of streams
+/// (quinn's default is unbounded).
+pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 16 << 20;
 
 /// What a host does with what arrives on its endpoint. The transport knows nothing of actors;
 /// the daemon implements this over its router.
@@ -55,6 +73,8 @@ fn transport_config() -> Arc<TransportConfig> {
     t.keep_alive_interval(Some(Duration::from_secs(1)));
     t.max_idle_timeout(Some(VarInt::from_u32(5_000).into()));
     t.max_concurrent_bidi_streams(VarInt::from_u32(STREAMS_PER_CONNECTION_MAX));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW_BYTES));
     t.max_concurrent_uni_streams(VarInt::from_u32(16));
     Arc::new(t)
 }
@@ -265,26 +285,53 @@ pub async fn send_raft_batch(
     write_frame(stream, batch).await
 }
 
-/// Accepts connections until the endpoint closes, serving each with `handler`.
-pub async fn serve<H: Handler>(endpoint: Endpoint, handler: Arc<H>) {
+/// Accepts connections until the endpoint closes, serving each with `handler`. Request frames
+/// longer than a request can be with values of at most `value_bytes_max` are refused from
+/// their length alone, and each client identity is held to the [`crate::admission`] limits.
+pub async fn serve<H: Handler>(endpoint: Endpoint, handler: Arc<H>, value_bytes_max: usize) {
+    let limits = Arc::new(RequestLimits {
+        frame_bytes_max: request_frame_bytes_max(value_bytes_max),
+        admission: Arc::new(Admission::new(value_bytes_max)),
+    });
     while let Some(incoming) = endpoint.accept().await {
         let handler = handler.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => serve_connection(conn, handler).await,
+                Ok(conn) => serve_connection(conn, handler, limits).await,
                 Err(e) => debug!(%remote, error = %e, "handshake failed"),
             }
         });
     }
 }
 
-async fn serve_connection<H: Handler>(conn: Connection, handler: Arc<H>) {
+/// What a host enforces on every request it reads.
+struct RequestLimits {
+    /// Longest request frame read.
+    frame_bytes_max: usize,
+    /// Per-identity bounds shared by all connections.
+    admission: Arc<Admission>,
+}
+
+async fn serve_connection<H: Handler>(
+    conn: Connection,
+    handler: Arc<H>,
+    limits: Arc<RequestLimits>,
+) {
     let peer = match tls::peer_identity(&conn) {
         Ok(p) => p,
         Err(e) => {
             warn!(remote = %conn.remote_address(), error = %e, "refusing connection");
             conn.close(VarInt::from_u32(CLOSE_FORBIDDEN), e.to_string().as_bytes());
+            return;
+        }
+    };
+    let _slot = match limits.admission.connection(&peer) {
+        Ok(slot) => slot,
+        Err(e) => {
+            debug!(%peer, error = %e, "refusing connection");
+            conn.close(VarInt::from_u32(CLOSE_BUSY), e.to_string().as_bytes());
             return;
         }
     };
@@ -295,7 +342,7 @@ async fn serve_connection<H: Handler>(conn: Connection, handler: Arc<H>) {
                 Ok((send, recv)) => {
                     let handler = handler.clone();
                     let peer = peer.clone();
-                    tokio::spawn(serve_request(send, recv, peer, handler));
+                    tokio::spawn(serve_request(send, recv, peer, handler, limits.clone()));
                 }
                 Err(e) => { debug!(%peer, error = %e, "connection ended"); return; }
             },
@@ -317,21 +364,60 @@ async fn serve_connection<H: Handler>(conn: Connection, handler: Arc<H>) {
     }
 }
 
+/// Reads one request within `limits`: its identity's request slot first, then its length,
+/// then (once its bytes are reserved) its payload. What cannot be admitted is answered at once
+/// and the rest of the stream is refused, so it is never buffered.
+async fn read_request(
+    recv: &mut quinn::RecvStream,
+    peer: &PeerIdentity,
+    limits: &RequestLimits,
+) -> Result<Option<(RequestFrame, RequestSlot)>, Response> {
+    let mut slot = limits
+        .admission
+        .request(peer)
+        .map_err(|e| Response::Unavailable(e.to_string()))?;
+    let len = match read_frame_len(recv).await {
+        Ok(Some(len)) => len,
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(Response::Invalid(format!("bad request frame: {e}"))),
+    };
+    let limit = limits.frame_bytes_max;
+    if len > limit {
+        return Err(Response::Invalid(format!(
+            "bad request frame: {}",
+            TransportError::FrameTooLarge { len, limit }
+        )));
+    }
+    slot.reserve(len)
+        .map_err(|e| Response::Unavailable(e.to_string()))?;
+    match read_payload(recv, len).await {
+        Ok(frame) => Ok(Some((frame, slot))),
+        Err(e) => Err(Response::Invalid(format!("bad request frame: {e}"))),
+    }
+}
+
 async fn serve_request<H: Handler>(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     peer: PeerIdentity,
     handler: Arc<H>,
+    limits: Arc<RequestLimits>,
 ) {
-    let limit = request_frame_bytes_max(VALUE_BYTES_MAX_CEILING);
-    let (resp, write) = match read_frame::<_, RequestFrame>(&mut recv, limit).await {
-        Ok(Some(RequestFrame::Data(req))) => {
+    // The slot is held until the reply is written: the request's bytes live until then.
+    let (resp, write, _slot) = match read_request(&mut recv, &peer, &limits).await {
+        Ok(Some((RequestFrame::Data(req), slot))) => {
             let write = req.op.is_write();
-            (handler.request(peer, req).await, write)
+            (handler.request(peer, req).await, write, Some(slot))
         }
-        Ok(Some(RequestFrame::Admin(req))) => (serve_admin(req, &peer, &*handler).await, false),
+        Ok(Some((RequestFrame::Admin(req), slot))) => {
+            (serve_admin(req, &peer, &*handler).await, false, Some(slot))
+        }
         Ok(None) => return,
-        Err(e) => (Response::Invalid(format!("bad request frame: {e}")), false),
+        Err(refusal) => {
+            // Whatever else the client sends on this stream is discarded, not buffered.
+            let _ = recv.stop(VarInt::from_u32(0));
+            (refusal, false, None)
+        }
     };
     if write && crate::fault::take_reply_drop() {
         // Test fault: the write was applied, its acknowledgement is lost.

@@ -46,6 +46,20 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let Some(len) = read_frame_len(r).await? else {
+        return Ok(None);
+    };
+    if len > limit {
+        return Err(TransportError::FrameTooLarge { len, limit });
+    }
+    read_payload(r, len).await.map(Some)
+}
+
+/// Reads a frame's length prefix only, so a caller can decide whether to take `len` bytes
+/// (and account for them) before any is buffered. `Ok(None)` on a clean end of stream.
+pub async fn read_frame_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<usize>, TransportError> {
     let mut len_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -61,10 +75,16 @@ where
         }
         got += n;
     }
-    let len = u32::from_be_bytes(len_buf) as usize;
-    if len > limit {
-        return Err(TransportError::FrameTooLarge { len, limit });
-    }
+    Ok(Some(u32::from_be_bytes(len_buf) as usize))
+}
+
+/// Reads and decodes the `len`-byte payload that follows a length prefix. The caller has
+/// checked `len` against its limit.
+pub async fn read_payload<R, T>(r: &mut R, len: usize) -> Result<T, TransportError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
@@ -73,7 +93,7 @@ where
             TransportError::io(e)
         }
     })?;
-    decode(&payload).map(Some)
+    decode(&payload)
 }
 
 /// Decodes a frame payload (without its length prefix).

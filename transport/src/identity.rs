@@ -13,7 +13,7 @@ use crate::wire::HostId;
 const URI_PREFIX: &str = "shardkv://";
 
 /// Who is on the other end of a connection, as proven by its certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PeerIdentity {
     /// A shardkv host: may send Raft traffic for this id only, and admin fault hooks.
     Host(HostId),

@@ -4,6 +4,7 @@
 //! This crate knows nothing of actors or configuration files; it is shared by the host daemon
 //! and the client library so both sides speak exactly the same protocol.
 
+pub mod admission;
 pub mod bytes;
 pub mod endpoint;
 pub mod error;

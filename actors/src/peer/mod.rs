@@ -7,7 +7,8 @@
 //! bounded; when it is full, or the peer is down, messages are dropped — Raft retransmits, and
 //! a stale backlog would only delay recovery.
 
-mod batch;
+pub mod batch;
+pub mod queue;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,8 +26,9 @@ use tracing::{debug, error, info, warn};
 
 use crate::messages::{SendRaft, SnapshotReport};
 use batch::BatchBuilder;
+use queue::QueuedBytes;
 
-/// Messages queued for one peer at most.
+/// Messages queued for one peer at most (bytes are bounded by [`queue::QUEUE_BYTES_MAX`]).
 const QUEUE_MESSAGES_MAX: usize = 65_536;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -35,6 +37,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct PeerActor {
     peer: HostId,
     queue: mpsc::Sender<RaftEnvelope>,
+    queued: QueuedBytes,
     rx: Option<mpsc::Receiver<RaftEnvelope>>,
     endpoint: Endpoint,
     addr: SocketAddr,
@@ -60,6 +63,7 @@ impl PeerActor {
             incarnation,
             snap_dir,
             queue: tx,
+            queued: QueuedBytes::default(),
             rx: Some(rx),
             endpoint,
             addr,
@@ -79,6 +83,7 @@ impl Actor for PeerActor {
                 self.endpoint.clone(),
                 self.incarnation,
                 rx,
+                self.queued.clone(),
             );
             ctx.spawn(link.into_actor(self));
         }
@@ -113,7 +118,16 @@ impl Handler<SendRaft> for PeerActor {
             );
             return;
         }
+        let len = env.message.len();
+        if !self.queued.admit(len) {
+            debug!(
+                peer = self.peer,
+                "peer queue full (bytes); Raft message dropped"
+            );
+            return;
+        }
         if self.queue.try_send(env).is_err() {
+            self.queued.release(len);
             debug!(peer = self.peer, "peer queue full; Raft message dropped");
         }
     }
@@ -173,6 +187,7 @@ async fn link_loop(
     endpoint: Endpoint,
     incarnation: u64,
     mut rx: mpsc::Receiver<RaftEnvelope>,
+    queued: QueuedBytes,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut was_up = false;
@@ -196,7 +211,9 @@ async fn link_loop(
                 was_up = false;
             }
             // Drop what queued up while the peer was unreachable: Raft resends what matters.
-            while rx.try_recv().is_ok() {}
+            while let Ok(m) = rx.try_recv() {
+                queued.release(m.message.len());
+            }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
@@ -215,7 +232,10 @@ async fn link_loop(
             let first = match held.take() {
                 Some(m) => m,
                 None => match rx.recv().await {
-                    Some(m) => m,
+                    Some(m) => {
+                        queued.release(m.message.len());
+                        m
+                    }
                     None => return, // The actor stopped.
                 },
             };
@@ -232,6 +252,7 @@ async fn link_loop(
             while !builder.is_full() {
                 match rx.try_recv() {
                     Ok(m) => {
+                        queued.release(m.message.len());
                         if let Err(m) = builder.push(m) {
                             held = Some(m);
                             break;

@@ -47,6 +47,13 @@ use reads::ReadQueue;
 use snapshots::SnapshotFiles;
 use votes::StartupVoteRefusal;
 
+/// Entry bytes a shard's leader holds proposed but not yet committed (raft-rs'
+/// `max_uncommitted_size`): further proposals are refused (the client retries) until commits
+/// catch up, so clients writing faster than a quorum persists cannot grow the leader's log in
+/// memory without bound. Hundreds of ordinary writes fit; raft-rs always admits a proposal
+/// when nothing is uncommitted, so one at the value ceiling still gets through.
+pub const UNCOMMITTED_BYTES_PER_SHARD_MAX: u64 = 64 << 20;
+
 /// Timing and limits of one replica.
 #[derive(Debug, Clone)]
 pub struct ReplicaSettings {
@@ -129,6 +136,7 @@ impl ReplicaActor {
             // The Raft frame limit is sized from this (see shardkv_transport::wire).
             max_size_per_msg: shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX as u64,
             max_inflight_msgs: 256,
+            max_uncommitted_size: UNCOMMITTED_BYTES_PER_SHARD_MAX,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()

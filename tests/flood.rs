@@ -1,0 +1,159 @@
+//! A client certificate cannot exhaust a host: a client that floods it with streams and
+//! oversized frames gets errors, another client keeps being served, and the host's memory
+//! stays within a bound set by the transport's per-identity limits.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use shardkv_transport::frame::read_frame;
+use shardkv_transport::wire::{Response, VALUE_BYTES_MAX_DEFAULT};
+
+const MIB: usize = 1 << 20;
+/// Streams the flooder opens, each announcing a legal 1 MiB request and sending all of it
+/// but its last byte, so a host that admits it must hold the buffer.
+const HELD_STREAMS: usize = 400;
+/// Streams announcing a frame far over the request limit.
+const OVERSIZED_STREAMS: usize = 50;
+/// Growth of the host's resident memory the flood may cause: the per-identity byte budget
+/// plus connection windows and allocator slack, well below what the flood sends.
+const RSS_GROWTH_BYTES_MAX: u64 = 256 << 20;
+
+/// The PID of the `shardkv serve` process started for the config at `cfg`.
+fn host_pid(cfg: &Path) -> u32 {
+    let cfg = cfg.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").expect("/proc is readable") {
+        let Ok(entry) = entry else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "serve") && args.contains(&cfg) {
+            return pid;
+        }
+    }
+    panic!("no shardkv serve process for {cfg}");
+}
+
+/// Resident memory of process `pid` in bytes (VmRSS).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status");
+    kib * 1024
+}
+
+/// What became of one flooding stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// The host answered with an error (and stopped reading).
+    Refused,
+    /// No answer within the wait: the host is holding the request.
+    Held,
+    /// Something else (a bug in the host, or a reply to a request that was never complete).
+    Other(String),
+}
+
+/// Opens a stream, announces `announced` bytes, sends `sent` of them, and waits for a reply.
+async fn flood_stream(conn: quinn::Connection, announced: usize, sent: usize) -> Outcome {
+    let (mut send, mut recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => return Outcome::Other(format!("open: {e}")),
+    };
+    let mut frame = u32::try_from(announced)
+        .expect("announced fits u32")
+        .to_be_bytes()
+        .to_vec();
+    frame.resize(4 + sent, 0x55);
+    // A stopped stream makes the write fail: the host refused it, the reply tells why.
+    let _ = send.write_all(&frame).await;
+    match tokio::time::timeout(
+        Duration::from_secs(10),
+        read_frame::<_, Response>(&mut recv, MIB),
+    )
+    .await
+    {
+        Err(_) => Outcome::Held,
+        Ok(Ok(Some(Response::Unavailable(_) | Response::Invalid(_)))) => Outcome::Refused,
+        Ok(other) => Outcome::Other(format!("{other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_gets_errors_while_another_is_served_and_memory_stays_bounded() {
+    let mut cluster = common::Cluster::new(1, 1, 1);
+    shardkv::certs::issue_client(&cluster.cfg, "flood", false).expect("flooder's certificate");
+    cluster.start_all();
+    let client = cluster.client();
+    cluster.wait_ready(&client).await;
+    let pid = host_pid(&cluster.cfg_path);
+    let rss_before = rss_bytes(pid);
+
+    let conn = cluster.raw_connection("flood", 0).await;
+    let legal = VALUE_BYTES_MAX_DEFAULT;
+    let mut streams = Vec::new();
+    for _ in 0..HELD_STREAMS {
+        streams.push(tokio::spawn(flood_stream(conn.clone(), legal, legal - 1)));
+    }
+    for _ in 0..OVERSIZED_STREAMS {
+        streams.push(tokio::spawn(flood_stream(conn.clone(), 60 * MIB, 64 << 10)));
+    }
+
+    // While the flood is on, the other client is served.
+    for i in 0..20u32 {
+        let key = format!("during-flood-{i}").into_bytes();
+        client
+            .put(&key, &i.to_be_bytes())
+            .await
+            .expect("put during the flood");
+        assert_eq!(
+            client.get(&key).await.expect("get during the flood"),
+            Some(i.to_be_bytes().to_vec())
+        );
+    }
+
+    let mut outcomes = Vec::new();
+    for s in streams {
+        outcomes.push(s.await.expect("flood task"));
+    }
+    let rss_peak = rss_bytes(pid);
+    let refused = outcomes.iter().filter(|o| **o == Outcome::Refused).count();
+    let held = outcomes.iter().filter(|o| **o == Outcome::Held).count();
+    let other: Vec<_> = outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Other(_)))
+        .collect();
+    assert!(other.is_empty(), "unexpected outcomes: {other:?}");
+    assert!(
+        outcomes[HELD_STREAMS..]
+            .iter()
+            .all(|o| *o == Outcome::Refused),
+        "every oversized frame is refused from its length"
+    );
+    assert!(
+        refused >= HELD_STREAMS / 2,
+        "most of the flood is refused ({refused} refused, {held} held)"
+    );
+    let growth = rss_peak.saturating_sub(rss_before);
+    assert!(
+        growth < RSS_GROWTH_BYTES_MAX,
+        "host memory grew by {} MiB during the flood",
+        growth >> 20
+    );
+    client
+        .put(b"after-flood", b"ok")
+        .await
+        .expect("served after the flood");
+    drop(conn);
+    cluster.check_alive();
+}
