@@ -354,9 +354,17 @@ impl Handler for HostHandler {
             .join(format!("recv-{from}-{shard}-{nanos}.snap"))
     }
 
-    fn snapshot(&self, from: HostId, shard: ShardId, message: Vec<u8>, path: std::path::PathBuf) {
+    fn snapshot(
+        &self,
+        from: HostId,
+        incarnation: u64,
+        shard: ShardId,
+        message: Vec<u8>,
+        path: std::path::PathBuf,
+    ) {
         self.router.do_send(InboundSnapshot {
             from,
+            incarnation,
             shard,
             message,
             path,

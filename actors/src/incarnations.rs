@@ -53,6 +53,17 @@ impl PeerIncarnations {
         }
     }
 
+    /// Judges traffic that may only come from the incarnation on record and never records one
+    /// (snapshots): `Accept` for that incarnation, `Refuse` for any other, `Recording` while
+    /// no record is durable yet.
+    pub fn judge_known(&self, host: HostId, incarnation: u64) -> Verdict {
+        match self.known.get(&host) {
+            Some(&known) if known == incarnation => Verdict::Accept,
+            Some(&known) => Verdict::Refuse { known },
+            None => Verdict::Recording,
+        }
+    }
+
     /// The record for `host` is durable (`Some`), or failed and may be tried again (`None`).
     pub fn recorded(&mut self, host: HostId, incarnation: Option<u64>) {
         self.recording.remove(&host);
@@ -88,6 +99,19 @@ mod tests {
         let mut peers = PeerIncarnations::new([(3, 30)]);
         assert_eq!(peers.judge(3, 31), Verdict::Refuse { known: 30 });
         assert_eq!(peers.judge(3, 30), Verdict::Accept);
+    }
+
+    #[test]
+    fn snapshots_pass_only_from_the_incarnation_on_record() {
+        let mut peers = PeerIncarnations::new([(3, 30)]);
+        assert_eq!(peers.judge_known(3, 30), Verdict::Accept);
+        assert_eq!(peers.judge_known(3, 31), Verdict::Refuse { known: 30 });
+        assert_eq!(peers.judge_known(2, 20), Verdict::Recording);
+        assert_eq!(
+            peers.judge(2, 20),
+            Verdict::Record,
+            "judge_known recorded nothing"
+        );
     }
 
     #[test]

@@ -93,6 +93,8 @@ pub struct SnapshotReport {
 #[rtype(result = "()")]
 pub struct InboundSnapshot {
     pub from: HostId,
+    /// The sender's data dir incarnation (see [`crate::incarnations`]).
+    pub incarnation: u64,
     pub shard: shardkv_transport::ShardId,
     pub message: Vec<u8>,
     pub path: std::path::PathBuf,

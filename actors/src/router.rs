@@ -294,6 +294,11 @@ impl Handler<InboundSnapshot> for RouterActor {
         if m.from != msg.from || m.to != self.settings.host {
             return drop_file("forged or misdirected");
         }
+        // Only from the incarnation on record; a snapshot never records one (Raft traffic
+        // does, first).
+        if self.peers.judge_known(msg.from, msg.incarnation) != Verdict::Accept {
+            return drop_file("from an incarnation of the host other than the one on record");
+        }
         match self.local.get(&msg.shard) {
             Some(r) => r.snapshots.do_send(StepSnapshot {
                 message: m,

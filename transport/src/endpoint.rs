@@ -64,7 +64,14 @@ pub trait Handler: Send + Sync + 'static {
     fn snapshot_path(&self, from: HostId, shard: ShardId) -> PathBuf;
     /// A whole snapshot from host `from` has arrived in `path`, for the `MsgSnapshot` in
     /// `message`.
-    fn snapshot(&self, from: HostId, shard: ShardId, message: Vec<u8>, path: PathBuf);
+    fn snapshot(
+        &self,
+        from: HostId,
+        incarnation: u64,
+        shard: ShardId,
+        message: Vec<u8>,
+        path: PathBuf,
+    );
 }
 
 fn transport_config() -> Arc<TransportConfig> {
@@ -210,6 +217,7 @@ pub async fn open_raft_stream(conn: &Connection) -> Result<quinn::SendStream, Tr
 pub async fn send_snapshot(
     conn: &Connection,
     shard: ShardId,
+    incarnation: u64,
     message: Vec<u8>,
     path: &Path,
 ) -> Result<u64, TransportError> {
@@ -223,6 +231,7 @@ pub async fn send_snapshot(
         &mut stream,
         &StreamHeader::Snapshot {
             shard,
+            incarnation,
             message,
             bytes,
         },
@@ -462,6 +471,7 @@ async fn serve_raft_stream<H: Handler>(
         Ok(Some(StreamHeader::Raft)) => {}
         Ok(Some(StreamHeader::Snapshot {
             shard,
+            incarnation,
             message,
             bytes,
         })) => {
@@ -472,7 +482,7 @@ async fn serve_raft_stream<H: Handler>(
                 }
                 Ok(()) => {
                     info!(peer = from, shard, bytes, "snapshot received");
-                    handler.snapshot(from, shard, message, path);
+                    handler.snapshot(from, incarnation, shard, message, path);
                 }
                 Err(e) => {
                     warn!(peer = from, shard, error = %e, "snapshot transfer failed");

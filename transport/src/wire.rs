@@ -314,6 +314,8 @@ pub enum StreamHeader {
     /// One snapshot of one shard follows as [`SnapshotFrame`]s.
     Snapshot {
         shard: ShardId,
+        /// The sender's data dir incarnation, checked like a [`RaftBatch`]'s.
+        incarnation: u64,
         /// The `MsgSnapshot` (protobuf) it belongs to; delivered once the data has arrived.
         #[serde(with = "crate::bytes::vec")]
         message: Vec<u8>,

@@ -143,6 +143,7 @@ impl PeerActor {
             .snap_dir
             .join(crate::snapshot::file_name(msg.shard, meta.index, meta.term));
         let (endpoint, addr, shard) = (self.endpoint.clone(), self.addr, msg.shard);
+        let incarnation = self.incarnation;
         let report = msg.report;
         let message = msg.message.write_to_bytes();
         ctx.spawn(
@@ -151,7 +152,7 @@ impl PeerActor {
                 let conn = connect(&endpoint, addr, peer)
                     .await
                     .map_err(|e| e.to_string())?;
-                let bytes = send_snapshot(&conn, shard, message, &path)
+                let bytes = send_snapshot(&conn, shard, incarnation, message, &path)
                     .await
                     .map_err(|e| e.to_string())?;
                 conn.close(0u32.into(), b"snapshot sent");
