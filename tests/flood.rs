@@ -42,14 +42,15 @@ fn host_pid(cfg: &Path) -> u32 {
     panic!("no shardkv serve process for {cfg}");
 }
 
-/// Resident memory of process `pid` in bytes (VmRSS).
-fn rss_bytes(pid: u32) -> u64 {
+/// The most resident memory process `pid` has used so far, in bytes (VmHWM): the flood's
+/// peak, whenever it came.
+fn peak_rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
     let kib: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status");
+        .expect("VmHWM in /proc/<pid>/status");
     kib * 1024
 }
 
@@ -97,7 +98,7 @@ async fn a_flooding_client_gets_errors_while_another_is_served_and_memory_stays_
     let client = cluster.client();
     cluster.wait_ready(&client).await;
     let pid = host_pid(&cluster.cfg_path);
-    let rss_before = rss_bytes(pid);
+    let rss_before = peak_rss_bytes(pid);
 
     let conn = cluster.raw_connection("flood", 0).await;
     let legal = VALUE_BYTES_MAX_DEFAULT;
@@ -109,7 +110,15 @@ async fn a_flooding_client_gets_errors_while_another_is_served_and_memory_stays_
         streams.push(tokio::spawn(flood_stream(conn.clone(), 60 * MIB, 64 << 10)));
     }
 
-    // While the flood is on, the other client is served.
+    // While the flood is on (the host has started refusing it), the other client is served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !streams.iter().any(|s| s.is_finished()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host answered no flooding stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for i in 0..20u32 {
         let key = format!("during-flood-{i}").into_bytes();
         client
@@ -126,7 +135,7 @@ async fn a_flooding_client_gets_errors_while_another_is_served_and_memory_stays_
     for s in streams {
         outcomes.push(s.await.expect("flood task"));
     }
-    let rss_peak = rss_bytes(pid);
+    let rss_peak = peak_rss_bytes(pid);
     let refused = outcomes.iter().filter(|o| **o == Outcome::Refused).count();
     let held = outcomes.iter().filter(|o| **o == Outcome::Held).count();
     let other: Vec<_> = outcomes

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use shardkv::client::Client;
 use shardkv::config::ClusterConfig;
-use shardkv_transport::wire::{
-    Op, ReadConsistency, Request, RequestFrame, Response, VALUE_BYTES_MAX_CEILING,
-};
+use shardkv_transport::wire::VALUE_BYTES_MAX_CEILING;
 
 const MIB: usize = 1 << 20;
 
@@ -41,29 +39,6 @@ fn patient_client(cluster: &common::Cluster) -> Client {
     settings.deadline = Duration::from_secs(60);
     settings.attempt_timeout = Duration::from_secs(30);
     Client::new(settings).expect("client")
-}
-
-/// `key` as host `host` alone has applied it (a stale read sent to that host only).
-async fn stale_read_on(cluster: &common::Cluster, host: u64, key: &[u8]) -> Option<Vec<u8>> {
-    let index = cluster
-        .cfg
-        .hosts
-        .iter()
-        .position(|h| h.host.id == host)
-        .expect("host in config");
-    let conn = cluster.raw_connection("cli", index).await;
-    let req = RequestFrame::Data(Request {
-        client_id: 0,
-        seq: 0,
-        op: Op::Get {
-            key: key.to_vec(),
-            consistency: ReadConsistency::Stale,
-        },
-    });
-    match shardkv_transport::endpoint::call(&conn, &req).await {
-        Ok(Response::Value(v)) => v,
-        other => panic!("stale read on host {host}: {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,8 +77,8 @@ async fn a_follower_catches_up_over_large_values_and_a_cas_of_two() {
     // The follower applies in log order: once it has the put, it has applied the CAS.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = stale_read_on(&cluster, follower, b"after").await;
-        if got.as_deref() == Some(&b"x"[..]) {
+        let got = cluster.stale_read_on(follower, b"after").await;
+        if matches!(&got, Ok(Some(v)) if v == b"x") {
             break;
         }
         assert!(
@@ -112,7 +87,10 @@ async fn a_follower_catches_up_over_large_values_and_a_cas_of_two() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let got = stale_read_on(&cluster, follower, b"large").await;
+    let got = cluster
+        .stale_read_on(follower, b"large")
+        .await
+        .expect("the follower answers a stale read");
     assert!(
         got.as_deref() == Some(large.as_slice()),
         "the follower holds the large value (got {:?} bytes)",

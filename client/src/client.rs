@@ -204,11 +204,17 @@ impl Client {
             .await
     }
 
-    /// Asks every host at once and takes the layout a majority of its replica hosts report:
-    /// one host alone (say, one that started on a new data dir while its peers were down)
-    /// cannot make the client route by a layout the cluster does not hold.
+    /// Asks every host at once and takes the layout that a majority of the configured hosts
+    /// report: one host alone (say, one that started on a new data dir while its peers were
+    /// down) cannot make the client route by a layout the cluster does not hold, whatever
+    /// that layout says its members are.
     async fn load_layout(&self, deadline: Instant) -> Result<Layout, ClientError> {
         let settings = &self.inner.settings;
+        if settings.hosts.is_empty() {
+            return Err(ClientError::Setup("no hosts in the configuration".into()));
+        }
+        let majority = settings.hosts.len() / 2 + 1;
+        let mut refused = None;
         let req = RequestFrame::Admin(AdminRequest::Status);
         let mut last = String::from("no host asked yet");
         let mut backoff = BACKOFF_MIN;
@@ -239,9 +245,10 @@ impl Client {
                 let layout = match answer {
                     Ok(Ok(Response::Status(status))) => status.layout,
                     Ok(Err(TransportError::Refused { addr, reason })) => {
-                        return Err(ClientError::Refused(format!(
-                            "host at {addr} refused us: {reason}"
-                        )));
+                        // Final only if no host answers with a layout (see below).
+                        last = format!("host at {addr} refused us: {reason}");
+                        refused = Some(last.clone());
+                        continue;
                     }
                     Ok(Ok(other)) => {
                         last = format!("host {host} answered {other:?}");
@@ -260,13 +267,14 @@ impl Client {
                     Some((_, hosts)) => hosts.push(host),
                     None => reported.push((layout, vec![host])),
                 }
-                for (layout, hosts) in &reported {
-                    let members = layout.replica_hosts();
-                    let agreeing = hosts.iter().filter(|h| members.contains(h)).count();
-                    if agreeing * 2 > members.len() {
-                        layout.check_declared(&settings.layout)?;
-                        return Ok(layout.clone());
-                    }
+                if let Some((layout, _)) = reported.iter().find(|(_, h)| h.len() >= majority) {
+                    layout.check_declared(&settings.layout)?;
+                    return Ok(layout.clone());
+                }
+            }
+            if reported.is_empty() {
+                if let Some(why) = refused.take() {
+                    return Err(ClientError::Refused(why));
                 }
             }
             if !reported.is_empty() {

@@ -243,21 +243,57 @@ impl Cluster {
         Client::new(settings).expect("admin client")
     }
 
-    /// A bare QUIC connection to the `index`th host with the client certificate `name`, for
-    /// tests that send hand-made requests or Raft traffic.
-    pub async fn raw_connection(&self, name: &str, index: usize) -> quinn::Connection {
+    /// Like [`Cluster::raw_connection`], for a host that may not be up yet.
+    pub async fn try_raw_connection(
+        &self,
+        name: &str,
+        index: usize,
+    ) -> Result<quinn::Connection, shardkv_transport::TransportError> {
         let (cert, key) = self.cfg.cluster.tls.client_cert_paths(name);
         let files = shardkv_transport::TlsFiles {
             ca: self.cfg.cluster.tls.ca.clone(),
             cert,
             key,
         };
-        let endpoint =
-            shardkv_transport::endpoint::client_endpoint(&files).expect("client endpoint");
+        let endpoint = shardkv_transport::endpoint::client_endpoint(&files)?;
         let host = &self.cfg.hosts[index];
-        shardkv_transport::endpoint::connect(&endpoint, host.host.addr, host.host.id)
+        shardkv_transport::endpoint::connect(&endpoint, host.host.addr, host.host.id).await
+    }
+
+    /// A bare QUIC connection to the `index`th host with the client certificate `name`, for
+    /// tests that send hand-made requests or Raft traffic.
+    pub async fn raw_connection(&self, name: &str, index: usize) -> quinn::Connection {
+        self.try_raw_connection(name, index)
             .await
             .expect("a client may connect")
+    }
+
+    /// `key` as host `host` alone has applied it (a stale read sent to that host only); `Err`
+    /// while the host cannot answer (it is starting, or down).
+    pub async fn stale_read_on(&self, host: HostId, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        use shardkv_transport::wire::{Op, ReadConsistency, Request, RequestFrame, Response};
+        let index = self
+            .cfg
+            .hosts
+            .iter()
+            .position(|h| h.host.id == host)
+            .expect("host in config");
+        let conn = self
+            .try_raw_connection("cli", index)
+            .await
+            .map_err(|e| e.to_string())?;
+        let req = RequestFrame::Data(Request {
+            client_id: 0,
+            seq: 0,
+            op: Op::Get {
+                key: key.to_vec(),
+                consistency: ReadConsistency::Stale,
+            },
+        });
+        match shardkv_transport::endpoint::call(&conn, &req).await {
+            Ok(Response::Value(v)) => Ok(v),
+            other => Err(format!("stale read on host {host}: {other:?}")),
+        }
     }
 
     /// Waits until every shard accepts a write and a linearizable read.

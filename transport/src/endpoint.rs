@@ -50,6 +50,19 @@ pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 4 << 20;
 /// read: what one connection can make the host buffer, whatever its number of streams
 /// (quinn's default is unbounded).
 pub const CONNECTION_RECEIVE_WINDOW_BYTES: u32 = 16 << 20;
+/// How long a request stream may take to deliver its frame, or a reply to be taken by the
+/// client, before the stream is dropped: a client that stalls mid-request (or stops reading
+/// its replies) must not hold its request slot, and the bytes behind it, forever. Grows with
+/// the frame at [`TRANSFER_BYTES_PER_SEC_MIN`].
+pub const STREAM_TIMEOUT_MIN: Duration = Duration::from_secs(10);
+/// The slowest transfer rate a client is given time for.
+pub const TRANSFER_BYTES_PER_SEC_MIN: u64 = 1 << 20;
+
+/// The time a transfer of `bytes` is given (see [`STREAM_TIMEOUT_MIN`]).
+fn transfer_timeout(bytes: usize) -> Duration {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    STREAM_TIMEOUT_MIN + Duration::from_secs(bytes / TRANSFER_BYTES_PER_SEC_MIN)
+}
 
 /// What a host does with what arrives on its endpoint. The transport knows nothing of actors;
 /// the daemon implements this over its router.
@@ -385,10 +398,11 @@ async fn read_request(
         .admission
         .request(peer)
         .map_err(|e| Response::Unavailable(e.to_string()))?;
-    let len = match read_frame_len(recv).await {
-        Ok(Some(len)) => len,
-        Ok(None) => return Ok(None),
-        Err(e) => return Err(Response::Invalid(format!("bad request frame: {e}"))),
+    let len = match tokio::time::timeout(STREAM_TIMEOUT_MIN, read_frame_len(recv)).await {
+        Ok(Ok(Some(len))) => len,
+        Ok(Ok(None)) => return Ok(None),
+        Ok(Err(e)) => return Err(Response::Invalid(format!("bad request frame: {e}"))),
+        Err(_) => return Err(Response::Invalid("request frame not sent in time".into())),
     };
     let limit = limits.frame_bytes_max;
     if len > limit {
@@ -399,10 +413,14 @@ async fn read_request(
     }
     slot.reserve(len)
         .map_err(|e| Response::Unavailable(e.to_string()))?;
-    match read_payload(recv, len).await {
-        Ok(frame) => Ok(Some((frame, slot))),
-        Err(e) => Err(Response::Invalid(format!("bad request frame: {e}"))),
-    }
+    let frame = match tokio::time::timeout(transfer_timeout(len), read_payload(recv, len)).await {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(e)) => return Err(Response::Invalid(format!("bad request frame: {e}"))),
+        Err(_) => return Err(Response::Invalid("request frame not sent in time".into())),
+    };
+    // One frame per stream: anything sent after it would sit in quinn's buffers, uncounted.
+    let _ = recv.stop(VarInt::from_u32(0));
+    Ok(Some((frame, slot)))
 }
 
 async fn serve_request<H: Handler>(
@@ -433,11 +451,17 @@ async fn serve_request<H: Handler>(
         let _ = send.reset(VarInt::from_u32(0));
         return;
     }
-    if let Err(e) = write_frame(&mut send, &resp).await {
-        debug!(error = %e, "could not send reply");
-        return;
+    let reply_bytes = postcard::experimental::serialized_size(&resp).unwrap_or(0);
+    match tokio::time::timeout(transfer_timeout(reply_bytes), write_frame(&mut send, &resp)).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+        }
+        Ok(Err(e)) => debug!(error = %e, "could not send reply"),
+        Err(_) => {
+            debug!("client did not take its reply in time; stream dropped");
+            let _ = send.reset(VarInt::from_u32(0));
+        }
     }
-    let _ = send.finish();
 }
 
 /// Answers a request addressed to this host. Fault hooks change how the host treats its

@@ -49,22 +49,36 @@ fn session_exists(schema: &Schema, client: u64) -> bool {
         .is_some()
 }
 
+/// The sweep index both session tests end on, and the log time their writes start at.
+const SWEEP_AT: u64 = SESSION_SWEEP_EVERY * 2;
+const T0: u64 = 1_700_000_000_000;
+
+/// Client 9 writes at `T0`, client 8 `gap_ms` later, just before the sweep at [`SWEEP_AT`];
+/// both durably. Returns the log clock after them.
+fn two_writes_before_the_sweep(
+    schema: &Schema,
+    storage: &Addr<StorageActor>,
+    gap_ms: u64,
+) -> LogClock {
+    let shard = shard_actor(schema, storage, SWEEP_AT - 3);
+    let plan = shard
+        .plan(&[
+            put_entry(SWEEP_AT - 2, 9, 1, T0, b"a"),
+            put_entry(SWEEP_AT - 1, 8, 1, T0 + gap_ms, b"b"),
+        ])
+        .unwrap();
+    commit(schema, vec![plan.effects.batch]).unwrap();
+    plan.log_clock
+}
+
 #[actix_rt::test]
 async fn idle_sessions_expire_and_live_ones_keep_deduplicating() {
     let (_dir, schema) = temp_schema();
     let storage = storage_actor(&schema);
-    let base = SESSION_SWEEP_EVERY * 2;
-    let t0 = 1_700_000_000_000;
+    let (base, t0) = (SWEEP_AT, T0);
 
     // Client 9 writes once and goes quiet; client 8 writes a full TTL later.
-    let shard = shard_actor(&schema, &storage, base - 3);
-    let plan = shard
-        .plan(&[
-            put_entry(base - 2, 9, 1, t0, b"a"),
-            put_entry(base - 1, 8, 1, t0 + SESSION_TTL_MS, b"b"),
-        ])
-        .unwrap();
-    commit(&schema, vec![plan.effects.batch]).unwrap();
+    two_writes_before_the_sweep(&schema, &storage, SESSION_TTL_MS);
     assert!(session_exists(&schema, 9) && session_exists(&schema, 8));
 
     // The sweep at `base`, 1 ms past client 9's TTL: 9 goes, 8 (idle 1 ms) stays.
@@ -251,24 +265,15 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
 async fn the_log_clock_resumes_after_a_restart_from_what_was_stored() {
     let (_dir, schema) = temp_schema();
     let storage = storage_actor(&schema);
-    let base = SESSION_SWEEP_EVERY * 2;
-    let t0 = 1_700_000_000_000;
     // Client 9 writes; five minutes pass under the same leader (term 1).
-    let shard = shard_actor(&schema, &storage, base - 3);
-    let plan = shard
-        .plan(&[
-            put_entry(base - 2, 9, 1, t0, b"a"),
-            put_entry(base - 1, 8, 1, t0 + SESSION_TTL_MS / 2, b"b"),
-        ])
-        .unwrap();
-    commit(&schema, vec![plan.effects.batch]).unwrap();
+    let clock = two_writes_before_the_sweep(&schema, &storage, SESSION_TTL_MS / 2);
 
     // After a restart, another five minutes and a bit under that leader: the clock went on
     // from the stored five minutes, so 9 is idle past its TTL at the sweep.
-    let restarted = shard_actor(&schema, &storage, base - 1);
-    assert_eq!(restarted.log_clock, plan.log_clock);
+    let restarted = shard_actor(&schema, &storage, SWEEP_AT - 1);
+    assert_eq!(restarted.log_clock, clock);
     let plan = restarted
-        .plan(&[put_entry(base, 7, 1, t0 + SESSION_TTL_MS + 1, b"c")])
+        .plan(&[put_entry(SWEEP_AT, 7, 1, T0 + SESSION_TTL_MS + 1, b"c")])
         .unwrap();
     commit(&schema, vec![plan.effects.batch]).unwrap();
     assert_eq!(plan.log_clock.now_ms, SESSION_TTL_MS + 1);
