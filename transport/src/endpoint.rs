@@ -28,8 +28,8 @@ use crate::frame::{read_frame, read_frame_len, read_payload, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
-    request_frame_bytes_max, AdminRequest, HostId, RaftBatch, Request, RequestFrame, Response,
-    ShardId, SnapshotFrame, StreamHeader, RAFT_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
+    request_frame_bytes_max, AdminRequest, HostId, LimitKind, RaftBatch, Request, RequestFrame,
+    Response, ShardId, SnapshotFrame, StreamHeader, RAFT_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
     SNAPSHOT_CHUNK_BYTES,
 };
 
@@ -406,10 +406,13 @@ async fn read_request(
     };
     let limit = limits.frame_bytes_max;
     if len > limit {
-        return Err(Response::Invalid(format!(
-            "bad request frame: {}",
-            TransportError::FrameTooLarge { len, limit }
-        )));
+        // Final and said as such: a client whose value limit is ahead of this host's (during
+        // a rollout of a new `max_value_bytes`) learns the host's limit instead of retrying.
+        return Err(Response::TooLarge {
+            what: LimitKind::Request,
+            len,
+            limit,
+        });
     }
     slot.reserve(len)
         .map_err(|e| Response::Unavailable(e.to_string()))?;

@@ -252,6 +252,8 @@ pub enum Response {
 pub enum LimitKind {
     Key,
     Value,
+    /// A whole request frame (a value at the host's limit plus what surrounds it).
+    Request,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -259,6 +261,7 @@ impl std::fmt::Display for LimitKind {
         match self {
             LimitKind::Key => f.write_str("key"),
             LimitKind::Value => f.write_str("value"),
+            LimitKind::Request => f.write_str("request"),
         }
     }
 }
