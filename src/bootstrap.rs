@@ -60,7 +60,9 @@ pub async fn settle_layout(
 ) -> Result<Layout, DaemonError> {
     let declared = cfg.cluster.declared_layout();
     let dir = me.data_dir.display().to_string();
-    let layout = match meta::stored_layout(schema)? {
+    let stored = meta::stored_layout(schema)?;
+    let recorded = stored.is_some();
+    let layout = match stored {
         Some(stored) => stored,
         None if meta::has_replicas(schema)? => {
             warn!("data dir bootstrapped by an older version: recording the declared layout");
@@ -96,7 +98,9 @@ pub async fn settle_layout(
             .into());
         }
     }
-    meta::store_layout(schema, &layout)?;
+    if !recorded {
+        meta::store_layout(schema, &layout)?;
+    }
     Ok(layout)
 }
 

@@ -42,14 +42,10 @@ impl PeerIncarnations {
 
     /// Judges a batch from `host` carrying `incarnation`.
     pub fn judge(&mut self, host: HostId, incarnation: u64) -> Verdict {
-        match self.known.get(&host) {
-            Some(&known) if known == incarnation => Verdict::Accept,
-            Some(&known) => Verdict::Refuse { known },
-            None if self.recording.contains(&host) => Verdict::Recording,
-            None => {
-                self.recording.insert(host);
-                Verdict::Record
-            }
+        match self.judge_known(host, incarnation) {
+            // No record yet: the first to ask starts recording.
+            Verdict::Recording if self.recording.insert(host) => Verdict::Record,
+            verdict => verdict,
         }
     }
 

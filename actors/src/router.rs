@@ -46,8 +46,6 @@ pub struct RouterSettings {
 /// The actor; see the module docs.
 pub struct RouterActor {
     settings: RouterSettings,
-    /// Replica hosts of every shard, from the layout (for NoReplicaHere answers).
-    placement: HashMap<ShardId, Vec<HostId>>,
     local: HashMap<ShardId, LocalReplica>,
     peers: PeerIncarnations,
     /// Where peer incarnations are recorded.
@@ -67,7 +65,6 @@ impl RouterActor {
         storage: Recipient<Persist>,
     ) -> Self {
         RouterActor {
-            placement: settings.layout.placement.iter().cloned().collect(),
             peers: PeerIncarnations::new(settings.peer_incarnations.iter().copied()),
             settings,
             local,
@@ -138,7 +135,7 @@ impl Handler<ClientRequest> for RouterActor {
         }
         let shard = shard_of_key(msg.0.op.key(), self.settings.layout.shards);
         let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.placement.get(&shard).cloned().unwrap_or_default();
+            let hosts = self.settings.layout.hosts_of(shard).to_vec();
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
         };
         let kind = kind_of(&msg.0.op);
@@ -177,10 +174,7 @@ impl Handler<InboundRaft> for RouterActor {
             // proposals or reads (they answer NotLeader), and snapshots arrive on a stream of
             // their own (`InboundSnapshot`), so anything else would be a host trying to inject
             // data or crash raft-rs.
-            let member = self
-                .placement
-                .get(&env.shard)
-                .is_some_and(|h| h.contains(&msg.from));
+            let member = self.settings.layout.hosts_of(env.shard).contains(&msg.from);
             if !member || !peer_message_allowed(m.get_msg_type()) {
                 warn!(
                     from = msg.from,
@@ -284,10 +278,7 @@ impl Handler<InboundSnapshot> for RouterActor {
             Ok(m) => m,
             Err(_) => return drop_file("undecodable message"),
         };
-        let member = self
-            .placement
-            .get(&msg.shard)
-            .is_some_and(|h| h.contains(&msg.from));
+        let member = self.settings.layout.hosts_of(msg.shard).contains(&msg.from);
         if !member || m.get_msg_type() != MessageType::MsgSnapshot {
             return drop_file("not a snapshot from a member of the shard");
         }

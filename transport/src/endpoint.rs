@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::admission::{Admission, RequestSlot};
 use crate::error::TransportError;
-use crate::frame::{read_frame, read_frame_len, read_payload, write_frame};
+use crate::frame::{encode, read_frame, read_frame_len, read_payload, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
@@ -454,8 +454,11 @@ async fn serve_request<H: Handler>(
         let _ = send.reset(VarInt::from_u32(0));
         return;
     }
-    let reply_bytes = postcard::experimental::serialized_size(&resp).unwrap_or(0);
-    match tokio::time::timeout(transfer_timeout(reply_bytes), write_frame(&mut send, &resp)).await {
+    let frame = match encode(&resp) {
+        Ok(frame) => frame,
+        Err(e) => return debug!(error = %e, "could not encode reply"),
+    };
+    match tokio::time::timeout(transfer_timeout(frame.len()), send.write_all(&frame)).await {
         Ok(Ok(())) => {
             let _ = send.finish();
         }

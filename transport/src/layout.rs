@@ -72,13 +72,14 @@ impl Layout {
         Ok(())
     }
 
-    /// The replica hosts of `shard` (empty for a shard outside `1..=shards`).
+    /// The replica hosts of `shard` (empty for a shard outside `1..=shards`). On every
+    /// request's path: the placement is in shard order, so shard `s` is at `s - 1`.
     pub fn hosts_of(&self, shard: ShardId) -> &[HostId] {
-        self.placement
-            .iter()
-            .find(|(s, _)| *s == shard)
-            .map(|(_, hosts)| hosts.as_slice())
-            .unwrap_or(&[])
+        let at = usize::try_from(shard).ok().and_then(|s| s.checked_sub(1));
+        match at.and_then(|i| self.placement.get(i)) {
+            Some((s, hosts)) if *s == shard => hosts,
+            _ => &[],
+        }
     }
 
     /// Every host that holds a replica of some shard, sorted.
@@ -151,8 +152,10 @@ mod tests {
     #[test]
     fn placement_lookups() {
         let l = layout(2, 3, vec![]);
+        assert_eq!(l.hosts_of(1), [1, 2, 3]);
         assert_eq!(l.hosts_of(2), [2, 3, 1]);
         assert!(l.hosts_of(9).is_empty());
+        assert!(l.hosts_of(0).is_empty());
         assert_eq!(l.replica_hosts(), [1, 2, 3]);
     }
 }
