@@ -14,7 +14,7 @@ use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::{
-    GetHostStatus, LocalReplica, RouterActor, RouterSettings, TransferAll,
+    ChangeShardReplicas, GetHostStatus, LocalReplica, RouterActor, RouterSettings, TransferAll,
 };
 use shardkv_actors::schema::{meta, raft_records, Schema};
 use shardkv_actors::shard::{AppliedIndex, Compaction, ShardActor};
@@ -22,7 +22,7 @@ use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
-use shardkv_transport::wire::{RaftBatch, Request, Response};
+use shardkv_transport::wire::{RaftBatch, ReplicaChange, Request, Response};
 use shardkv_transport::{HostId, Layout, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
 
@@ -154,13 +154,10 @@ async fn serve_host(
             read_at: shard_actor.clone().recipient(),
             fail_waiters: shard_actor.clone().recipient(),
             install: shard_actor.clone().recipient(),
-            peers: hosts
+            // Every other host, not only this shard's: a replica change may add any of them.
+            peers: peers
                 .iter()
-                .filter_map(|h| {
-                    peers
-                        .get(h)
-                        .map(|p| (*h, p.clone().recipient::<SendRaft>()))
-                })
+                .map(|(h, p)| (*h, p.clone().recipient::<SendRaft>()))
                 .collect(),
             fatal: fatal.clone(),
             applied: published,
@@ -193,7 +190,8 @@ async fn serve_host(
                 raft: replica.clone().recipient(),
                 status: replica.clone().recipient(),
                 transfer: replica.clone().recipient(),
-                snapshots: replica.recipient(),
+                snapshots: replica.clone().recipient(),
+                changes: replica.recipient(),
             },
         );
     }
@@ -393,6 +391,20 @@ impl Handler for HostHandler {
         async move {
             match fut.await {
                 Ok(status) => Response::Status(Box::new(status)),
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+
+    fn change_replicas(
+        &self,
+        shard: ShardId,
+        changes: Vec<ReplicaChange>,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(ChangeShardReplicas { shard, changes });
+        async move {
+            match fut.await {
+                Ok(resp) => resp,
                 Err(e) => Response::Internal(format!("router unreachable: {e}")),
             }
         }

@@ -9,7 +9,7 @@
 //! `oneshot` sender inside the message.
 
 use actix::prelude::*;
-use raft::eraftpb::{Entry, Message as RaftMessage};
+use raft::eraftpb::{ConfState, Entry, Message as RaftMessage};
 use shardkv_transport::wire::{RaftBatch, Request, Response};
 use shardkv_transport::{HostId, ShardId};
 use tokio::sync::oneshot;
@@ -120,10 +120,16 @@ pub struct InstallSnapshot {
     pub raft_ops: Vec<WriteOp>,
 }
 
-/// To a ShardActor: entries committed by Raft, in log order, to apply.
+/// To a ShardActor: entries committed by Raft, in log order, to apply. `conf_state`: the
+/// shard's Raft configuration after the last of them, when one of them changed it; it is
+/// stored in the same transaction as the applied index, so a restart or a snapshot starts
+/// from the configuration as of the index it starts from.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ApplyEntries(pub Vec<Entry>);
+pub struct ApplyEntries {
+    pub entries: Vec<Entry>,
+    pub conf_state: Option<ConfState>,
+}
 
 /// To a ShardActor: answer `reply` when the entry at (`index`, `term`) is applied; if another
 /// term's entry lands at that index, the proposal was lost and the waiter is told so.
@@ -154,6 +160,15 @@ pub struct FailWaiters(pub Response);
 #[derive(Message)]
 #[rtype(result = "shardkv_transport::wire::ReplicaInfo")]
 pub struct GetStatus;
+
+/// To a ReplicaActor: change the shard's replicas (see
+/// [`shardkv_transport::wire::AdminRequest::ChangeReplicas`]); resolves once committed and in
+/// effect here.
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct ChangeReplicas {
+    pub changes: Vec<shardkv_transport::wire::ReplicaChange>,
+}
 
 /// To a ReplicaActor: if leader, hand leadership to another voter (before a graceful stop).
 /// Answers whether it was the leader when asked.

@@ -15,8 +15,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::incarnations::{PeerIncarnations, Verdict};
 use crate::messages::{
-    ClientRequest, GetStatus, InboundRaft, InboundSnapshot, Persist, StepRaft, StepSnapshot,
-    TransferLeadership, WriteBatch,
+    ChangeReplicas, ClientRequest, GetStatus, InboundRaft, InboundSnapshot, Persist, StepRaft,
+    StepSnapshot, TransferLeadership, WriteBatch,
 };
 use crate::metrics::metrics;
 use crate::schema::meta;
@@ -28,6 +28,7 @@ pub struct LocalReplica {
     pub status: Recipient<GetStatus>,
     pub transfer: Recipient<TransferLeadership>,
     pub snapshots: Recipient<StepSnapshot>,
+    pub changes: Recipient<ChangeReplicas>,
 }
 
 /// What a router is told about its host and cluster when it starts.
@@ -341,6 +342,37 @@ impl Handler<GetHostStatus> for RouterActor {
     }
 }
 
+/// To the RouterActor: change the replicas of `shard` through its replica here (see
+/// [`shardkv_transport::wire::AdminRequest::ChangeReplicas`]).
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct ChangeShardReplicas {
+    pub shard: ShardId,
+    pub changes: Vec<shardkv_transport::wire::ReplicaChange>,
+}
+
+impl Handler<ChangeShardReplicas> for RouterActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: ChangeShardReplicas, _: &mut Self::Context) -> Self::Result {
+        let shard = msg.shard;
+        let Some(replica) = self.local.get(&shard) else {
+            let hosts = self.settings.layout.hosts_of(shard).to_vec();
+            return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
+        };
+        let fut = replica.changes.send(ChangeReplicas {
+            changes: msg.changes,
+        });
+        Box::pin(async move {
+            fut.await.unwrap_or_else(|e| {
+                Response::Unavailable(format!(
+                    "replica of shard {shard} on this host is stopped ({e}); retry on another"
+                ))
+            })
+        })
+    }
+}
+
 /// To the RouterActor: ask every local leader to hand leadership away (graceful stop).
 /// Answers how many local replicas were still leading.
 #[derive(Message)]
@@ -397,7 +429,8 @@ mod tests {
         )*};
     }
     refuse!(ClientRequest => MessageResult<ClientRequest>, StepRaft => (),
-        TransferLeadership => bool, StepSnapshot => ());
+        TransferLeadership => bool, StepSnapshot => (),
+        ChangeReplicas => MessageResult<ChangeReplicas>);
 
     impl Handler<GetStatus> for Stopped {
         type Result = MessageResult<GetStatus>;
@@ -417,7 +450,8 @@ mod tests {
             raft: stopped.clone().recipient(),
             status: stopped.clone().recipient(),
             transfer: stopped.clone().recipient(),
-            snapshots: stopped.recipient(),
+            snapshots: stopped.clone().recipient(),
+            changes: stopped.recipient(),
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let schema = crate::schema::Schema::open(dir.path(), 1 << 24, "t", 1).expect("schema");

@@ -29,7 +29,7 @@ use shardkv_transport::slot::shard_of_key;
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 use shardkv_transport::wire::FaultSpec;
 use shardkv_transport::wire::{
-    check_limits, AdminRequest, HostStatus, Op, Request, RequestFrame, Response,
+    check_limits, AdminRequest, HostStatus, Op, ReplicaChange, Request, RequestFrame, Response,
 };
 use shardkv_transport::{HostId, Layout, ShardId, TransportError};
 use tokio::sync::OnceCell;
@@ -156,6 +156,19 @@ impl Client {
             Response::Status(s) => Ok(*s),
             other => Err(final_error(other)),
         }
+    }
+
+    /// Asks host `host`, which must lead `shard`, to change the shard's replicas by one Raft
+    /// configuration change (see [`AdminRequest::ChangeReplicas`]); one attempt. Hosts accept
+    /// it only from a client holding a host certificate.
+    pub async fn change_replicas(
+        &self,
+        host: HostId,
+        shard: ShardId,
+        changes: Vec<ReplicaChange>,
+    ) -> Result<Response, ClientError> {
+        self.admin(host, AdminRequest::ChangeReplicas { shard, changes })
+            .await
     }
 
     /// Test hook: switches on faults in host `host`. Only hosts built with the

@@ -31,6 +31,9 @@ struct ReplicaRow {
     applied: Option<u64>,
     /// How far this replica's applied index trails the leader's commit.
     lag: Option<u64>,
+    /// `voter`, `learner`, or `leaving` (a voter of the outgoing configuration only, while
+    /// a replica change is joint), as the leader (else the replica itself) reports it.
+    role: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -129,9 +132,22 @@ fn build(cfg: &ClusterConfig, statuses: Vec<(HostId, Result<HostStatus, String>)
         let commit = leader_info.map(|i| i.commit);
         let answering = infos.iter().filter(|(_, i)| i.is_some()).count();
         let quorum = leader.is_some() && answering * 2 > replica_hosts.len();
+        let role_of = |h: HostId, i: Option<&ReplicaInfo>| {
+            let conf = leader_info.or(i)?;
+            Some(if conf.voters.contains(&h) {
+                "voter"
+            } else if conf.learners.contains(&h) {
+                "learner"
+            } else if conf.voters_outgoing.contains(&h) {
+                "leaving"
+            } else {
+                "removed"
+            })
+        };
         let replicas = infos
             .iter()
             .map(|(h, i)| ReplicaRow {
+                role: role_of(*h, *i),
                 host: *h,
                 reachable: i.is_some(),
                 term: i.map(|i| i.term),
@@ -185,10 +201,16 @@ fn print(r: &Report) {
         let reps: Vec<String> = s
             .replicas
             .iter()
-            .map(|x| match (x.applied, x.lag) {
-                (Some(a), Some(l)) => format!("{}: {a}, {l}", x.host),
-                (Some(a), None) => format!("{}: {a}", x.host),
-                _ => format!("{}: down", x.host),
+            .map(|x| {
+                let who = match x.role {
+                    Some("voter") | None => x.host.to_string(),
+                    Some(role) => format!("{} ({role})", x.host),
+                };
+                match (x.applied, x.lag) {
+                    (Some(a), Some(l)) => format!("{who}: {a}, {l}"),
+                    (Some(a), None) => format!("{who}: {a}"),
+                    _ => format!("{who}: down"),
+                }
             })
             .collect();
         println!(

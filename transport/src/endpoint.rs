@@ -73,6 +73,12 @@ pub trait Handler: Send + Sync + 'static {
     fn request(&self, peer: PeerIdentity, req: Request) -> impl Future<Output = Response> + Send;
     /// The reply to [`AdminRequest::Status`]: [`Response::Status`], or why there is none.
     fn status(&self) -> impl Future<Output = Response> + Send;
+    /// The reply to [`AdminRequest::ChangeReplicas`].
+    fn change_replicas(
+        &self,
+        shard: ShardId,
+        changes: Vec<crate::wire::ReplicaChange>,
+    ) -> impl Future<Output = Response> + Send;
     /// Where an arriving snapshot may be written (a fresh path in the host's data dir).
     fn snapshot_path(&self, from: HostId, shard: ShardId) -> PathBuf;
     /// A whole snapshot from host `from` has arrived in `path`, for the `MsgSnapshot` in
@@ -470,13 +476,19 @@ async fn serve_request<H: Handler>(
     }
 }
 
-/// Answers a request addressed to this host. Fault hooks change how the host treats its
-/// peers, so only another host's certificate (the test harness holds one) may use them.
+/// Answers a request addressed to this host. Replica changes and fault hooks change the
+/// cluster itself, so only a host's certificate may ask for them (the operator's tools and
+/// the test harness use one).
 async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler: &H) -> Response {
-    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
-    let _ = peer;
     match req {
         AdminRequest::Status => handler.status().await,
+        AdminRequest::ChangeReplicas { shard, changes } => match peer {
+            PeerIdentity::Host(_) => handler.change_replicas(shard, changes).await,
+            PeerIdentity::Client(_) => {
+                warn!(%peer, shard, "refused a replica change from a client certificate");
+                Response::Invalid("replica changes require a host certificate".into())
+            }
+        },
         #[cfg(all(feature = "fault-injection", debug_assertions))]
         AdminRequest::Fault(spec) => match peer {
             PeerIdentity::Host(_) => {

@@ -128,11 +128,38 @@ pub enum AdminRequest {
     /// Report this host's replicas (answered with [`Response::Status`]); any certificate of
     /// the cluster may ask.
     Status,
+    /// Change the replicas of `shard` by one Raft configuration change, proposed by the
+    /// shard's leader on this host (others answer `NotLeader`). Answered `Ok` once the change
+    /// is committed and in effect there. Several changes at once enter a joint configuration,
+    /// which stays until a request with no changes leaves it: membership moves go learner
+    /// first, then one joint change, then the explicit leave.
+    ChangeReplicas {
+        shard: ShardId,
+        changes: Vec<ReplicaChange>,
+    },
     /// Tests only: inject faults into this host's transport. Accepted only from a host
     /// certificate; compiled in only with the `fault-injection` feature, so a release host
     /// cannot even decode it.
     #[cfg(all(feature = "fault-injection", debug_assertions))]
     Fault(FaultSpec),
+}
+
+/// One replica's part in [`AdminRequest::ChangeReplicas`].
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaChange {
+    pub host: HostId,
+    pub to: ReplicaRole,
+}
+
+/// What a replica becomes in a configuration change.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaRole {
+    /// Votes and counts toward quorums (a learner is promoted by this).
+    Voter,
+    /// Receives the log but never votes (a voter is demoted by this).
+    Learner,
+    /// Leaves the group.
+    Removed,
 }
 
 /// Faults a test can switch on in one host (see [`AdminRequest::Fault`]).
@@ -155,6 +182,14 @@ pub struct ReplicaInfo {
     pub commit: u64,
     pub applied: u64,
     pub last_index: u64,
+    /// The configuration in effect here: voters (of the incoming configuration while joint).
+    pub voters: Vec<HostId>,
+    /// Voters of the outgoing configuration while joint; empty otherwise.
+    pub voters_outgoing: Vec<HostId>,
+    pub learners: Vec<HostId>,
+    /// On the leader: how far each other replica's log is known to match (to tell when a
+    /// learner has caught up); empty elsewhere.
+    pub matched: Vec<(HostId, u64)>,
 }
 
 /// A host's answer to [`AdminRequest::Status`].

@@ -76,6 +76,19 @@ impl Handler<GetStatus> for ReplicaActor {
 
     fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
         let raft = &self.node.raft;
+        let conf = self.conf_state();
+        let matched = if raft.state == StateRole::Leader {
+            let mut m: Vec<(HostId, u64)> = raft
+                .prs()
+                .iter()
+                .filter(|(id, _)| **id != self.host)
+                .map(|(id, pr)| (*id, pr.matched))
+                .collect();
+            m.sort_unstable();
+            m
+        } else {
+            Vec::new()
+        };
         MessageResult(ReplicaInfo {
             shard: self.shard,
             term: raft.term,
@@ -85,8 +98,23 @@ impl Handler<GetStatus> for ReplicaActor {
             // What reads are served from, not what raft-rs has handed over.
             applied: self.links.applied.get(),
             last_index: raft.raft_log.last_index(),
+            voters: sorted(conf.voters),
+            voters_outgoing: sorted(conf.voters_outgoing),
+            learners: sorted(
+                conf.learners
+                    .into_iter()
+                    .chain(conf.learners_next)
+                    .collect(),
+            ),
+            matched,
         })
     }
+}
+
+fn sorted(mut ids: Vec<HostId>) -> Vec<HostId> {
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 impl Handler<TransferLeadership> for ReplicaActor {
@@ -150,8 +178,12 @@ impl ReplicaActor {
         self.node.transfer_leader(to);
     }
 
-    /// `host`'s replication progress as this leader tracks it.
+    /// `host`'s replication progress as this leader tracks it, if it is a voter (only a
+    /// voter can take leadership; raft-rs ignores a transfer to a learner).
     fn follower_progress(&self, host: HostId) -> Option<FollowerProgress> {
+        if !self.node.raft.prs().conf().voters().contains(host) {
+            return None;
+        }
         self.node.raft.prs().get(host).map(|pr| FollowerProgress {
             host,
             recent_active: pr.recent_active,

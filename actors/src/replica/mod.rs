@@ -15,6 +15,7 @@
 
 mod handlers;
 pub mod lease;
+pub mod membership;
 pub mod persist;
 pub mod placement;
 pub mod reads;
@@ -81,7 +82,7 @@ pub struct ReplicaLinks {
     pub read_at: Recipient<ReadAt>,
     pub fail_waiters: Recipient<FailWaiters>,
     pub install: Recipient<InstallSnapshot>,
-    /// One per other host that holds a replica of this shard.
+    /// One per other host of the cluster (a replica change may add any of them).
     pub peers: HashMap<HostId, Recipient<SendRaft>>,
     /// Where a fatal error goes: the host stops rather than run without this replica.
     pub fatal: FatalReporter,
@@ -110,6 +111,12 @@ pub struct ReplicaActor {
     drive_scheduled: bool,
     /// This actor, for snapshot reports from the PeerActors.
     me: Option<Recipient<SnapshotReport>>,
+    /// The stored configuration holds every change up to here (the durable applied index at
+    /// start, then each change applied): raft-rs re-delivers entries after a restart, and a
+    /// change must not be applied twice.
+    conf_applied_through: u64,
+    /// The replica change proposed here and not yet committed (one at a time).
+    change_waiter: Option<membership::ChangeWaiter>,
 }
 
 impl ReplicaActor {
@@ -127,6 +134,7 @@ impl ReplicaActor {
         // Applied never exceeds the stored commit (raft-rs refuses to start otherwise); if a
         // crash left it so, re-deliver from the commit: the ShardActor skips what it applied.
         let stored_hs = storage.hard_state()?;
+        let conf_applied_through = applied;
         let applied = applied.min(stored_hs.commit);
         let cfg = raft::Config {
             id: host,
@@ -164,6 +172,8 @@ impl ReplicaActor {
             role: StateRole::Follower,
             drive_scheduled: false,
             me: None,
+            conf_applied_through,
+            change_waiter: None,
         })
     }
 

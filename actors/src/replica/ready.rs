@@ -109,6 +109,8 @@ impl ReplicaActor {
                         );
                         act.node.mut_store().clear_staged();
                         act.snapshots.installed(ready.number(), meta.index);
+                        // The snapshot's configuration is in effect (raft-rs applied it).
+                        act.conf_applied_through = meta.index;
                         metrics()
                             .snapshots_installed
                             .get_or_create(&ShardLabels { shard })
@@ -129,10 +131,15 @@ impl ReplicaActor {
 
         // 5. Committed entries (raft-rs hands over only entries already persisted here) go
         //    to the state machine, in order; it applies asynchronously and durably.
+        //    Configuration changes among them take effect now (see `membership.rs`).
         let committed = ready.take_committed_entries();
         let handed = committed.last().map(|e| e.index);
         if !committed.is_empty() {
-            self.links.apply.do_send(ApplyEntries(committed));
+            let conf_state = self.apply_conf_changes(&committed);
+            self.links.apply.do_send(ApplyEntries {
+                entries: committed,
+                conf_state,
+            });
         }
 
         // 6. New entries and hard state go to storage. The hard state must be durable before
@@ -284,6 +291,7 @@ impl ReplicaActor {
         if self.role == StateRole::Leader && role != StateRole::Leader {
             let resp = self.not_leader();
             self.reads.fail_all(&resp);
+            self.fail_change_waiter(&resp);
             self.links.fail_waiters.do_send(FailWaiters(resp));
         }
         if role != self.role {

@@ -209,18 +209,24 @@ impl Handler<ApplyEntries> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, msg: ApplyEntries, ctx: &mut Self::Context) {
-        let Some(last) = msg.0.last().map(|e| e.index) else {
+        let Some(last) = msg.entries.last().map(|e| e.index) else {
             return;
         };
         if last <= self.applied {
             return;
         }
-        let plan = match self.plan(&msg.0) {
+        let mut plan = match self.plan(&msg.entries) {
             Ok(p) => p,
             Err(e) => {
                 return self.fail_fatally(format!("cannot apply committed entries: {e}"), ctx);
             }
         };
+        if let Some(conf) = &msg.conf_state {
+            match raft_records::conf_state_op(self.shard, conf) {
+                Ok(op) => plan.effects.batch.ops.push(op),
+                Err(e) => return self.fail_fatally(format!("cannot encode conf state: {e}"), ctx),
+            }
+        }
         // Make the batch visible through the overlay, answer its writers and the reads it
         // unblocks, then let storage commit it in the background (in order, with others).
         self.batch_seq += 1;

@@ -217,7 +217,10 @@ async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
         .unwrap()
         .start();
 
-    shard.do_send(ApplyEntries(vec![put_entry(1, 0, 0, 0, b"a")]));
+    shard.do_send(ApplyEntries {
+        entries: vec![put_entry(1, 0, 0, 0, b"a")],
+        conf_state: None,
+    });
     let reported = tokio::time::timeout(std::time::Duration::from_secs(10), fatals.recv())
         .await
         .expect("a fatal error is reported")
@@ -243,14 +246,20 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
     let shard = ShardActor::new(1, schema, storage, 0, None, fatal, published.clone())
         .unwrap()
         .start();
-    shard.do_send(ApplyEntries(vec![put_entry(1, 0, 0, 0, b"a")]));
+    shard.do_send(ApplyEntries {
+        entries: vec![put_entry(1, 0, 0, 0, b"a")],
+        conf_state: None,
+    });
     let garbage = Entry {
         index: 2,
         term: 1,
         data: vec![0xff; 9].into(),
         ..Default::default()
     };
-    shard.do_send(ApplyEntries(vec![garbage]));
+    shard.do_send(ApplyEntries {
+        entries: vec![garbage],
+        conf_state: None,
+    });
     let reported = tokio::time::timeout(std::time::Duration::from_secs(10), fatals.recv())
         .await
         .expect("a fatal error is reported, not just a stopped shard")
