@@ -1,5 +1,5 @@
-//! `shardkv certs init` / `shardkv certs client NAME`: the cluster's private CA and the
-//! certificates it issues.
+//! `shardkv certs init` / `shardkv certs client NAME` / `shardkv certs host ID`: the cluster's
+//! private CA and the certificates it issues.
 //!
 //! Every QUIC connection is mutually authenticated against one cluster CA, and a certificate's
 //! role travels in a URI SAN: `shardkv://host/<id>` or `shardkv://client/<name>`. This module is
@@ -22,8 +22,11 @@ use rcgen::{
 };
 
 use shardkv_transport::identity::{host_server_name, PeerIdentity};
+use shardkv_transport::HostId;
 
 use crate::config::{ClusterConfig, HostConfig};
+
+mod host_check;
 
 /// Name of the client certificate `certs init` makes for the CLI.
 pub const CLI_CLIENT: &str = "cli";
@@ -81,6 +84,27 @@ pub enum CertError {
         /// The rejected name.
         name: String,
     },
+    /// `certs host ID` for an id with no `[[host]]` entry in the config.
+    #[error("host {id} is not in {}: the hosts there are {}; add its [[host]] entry first", config.display(), list_ids(known))]
+    UnknownHost {
+        /// The requested id.
+        id: HostId,
+        /// The config that was read.
+        config: PathBuf,
+        /// The ids the config has, in file order.
+        known: Vec<HostId>,
+    },
+    /// `certs host ID` found a host's certificate or key that is not a valid pair for that host
+    /// from the CA on disk, and `force` was not given. Nothing was written.
+    #[error("{} is not a valid certificate and key for host {id}: {reason}; pass --force to replace them", path.display())]
+    HostFilesInvalid {
+        /// The host.
+        id: HostId,
+        /// The host's certificate file.
+        path: PathBuf,
+        /// What is wrong (another CA, another host, a missing or foreign key, ...).
+        reason: String,
+    },
     /// rcgen refused to build a certificate (e.g. a SAN it cannot encode).
     #[error("cannot create the certificate for {subject}: {source}")]
     Generate {
@@ -96,6 +120,20 @@ pub enum CertError {
 pub struct Written {
     /// Paths written (certificates and keys).
     pub paths: Vec<PathBuf>,
+}
+
+/// What `certs host ID` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCertificate {
+    /// New certificate and key were written.
+    Issued(Written),
+    /// The files on disk were already a valid pair for the host from this CA; nothing written.
+    AlreadyValid {
+        /// The host's certificate file.
+        cert: PathBuf,
+        /// Its key file.
+        key: PathBuf,
+    },
 }
 
 /// One file to write: contents and whether it is a private key.
@@ -194,6 +232,52 @@ pub fn issue_client(cfg: &ClusterConfig, name: &str, force: bool) -> Result<Writ
     }
     let ca = load_ca(cfg)?;
     write_all(client_files(cfg, &ca, name)?)
+}
+
+/// Issues the certificate and key of host `id`, which must have a `[[host]]` entry in `cfg`,
+/// from the CA on disk, exactly as [`init`] makes them for every host.
+///
+/// Safe to re-run: when both files exist and are a valid pair for the host from this CA, they
+/// are left alone ([`HostCertificate::AlreadyValid`]); when either exists but is not, nothing is
+/// written unless `force`. With `force` both are always replaced.
+pub fn issue_host(
+    cfg: &ClusterConfig,
+    id: HostId,
+    force: bool,
+) -> Result<HostCertificate, CertError> {
+    let host = cfg.host(id).ok_or_else(|| CertError::UnknownHost {
+        id,
+        config: cfg.cluster.path.clone(),
+        known: cfg.hosts.iter().map(|h| h.host.id).collect(),
+    })?;
+    let ca = load_ca(cfg)?;
+    if !force && (host.cert.exists() || host.key.exists()) {
+        let missing = [&host.cert, &host.key].into_iter().find(|p| !p.exists());
+        let verdict = match missing {
+            Some(path) => Err(format!("{} is missing", path.display())),
+            None => host_check::check_host_files(&cfg.cluster.tls.ca, host),
+        };
+        return match verdict {
+            Ok(()) => Ok(HostCertificate::AlreadyValid {
+                cert: host.cert.clone(),
+                key: host.key.clone(),
+            }),
+            Err(reason) => Err(CertError::HostFilesInvalid {
+                id,
+                path: host.cert.clone(),
+                reason,
+            }),
+        };
+    }
+    write_all(host_files(&ca, host)?).map(HostCertificate::Issued)
+}
+
+fn list_ids(ids: &[HostId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    let ids: Vec<String> = ids.iter().map(HostId::to_string).collect();
+    ids.join(", ")
 }
 
 fn check_client_name(name: &str) -> Result<(), CertError> {

@@ -215,3 +215,105 @@ fn ensure_fills_in_only_what_is_missing() {
     let sans = verify_chain(&h2.cert, &cfg.cluster.tls.ca);
     assert!(sans.contains(&format!("uri:{}", PeerIdentity::Host(2).uri())));
 }
+
+#[test]
+fn issue_host_makes_what_init_makes_for_that_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    init(&cfg, false).expect("init");
+    let h3 = cfg.host(3).expect("host 3").clone();
+    fs::remove_file(&h3.cert).expect("rm cert");
+    fs::remove_file(&h3.key).expect("rm key");
+    let done = issue_host(&cfg, 3, false).expect("issue");
+    assert_eq!(
+        done,
+        HostCertificate::Issued(Written {
+            paths: vec![h3.cert.clone(), h3.key.clone()]
+        })
+    );
+    assert_eq!(mode(&h3.key), 0o600);
+    let sans = verify_chain(&h3.cert, &cfg.cluster.tls.ca);
+    assert!(sans.contains(&format!("uri:{}", PeerIdentity::Host(3).uri())));
+    assert!(sans.contains(&"dns:host-3".to_string()), "{sans:?}");
+    host_check::check_host_files(&cfg.cluster.tls.ca, &h3).expect("valid pair");
+
+    // A host whose address moved needs a new certificate: its IP is in the SAN.
+    let mut moved = h3.clone();
+    moved.host.addr = "127.0.0.99:7103".parse().expect("addr");
+    let e = host_check::check_host_files(&cfg.cluster.tls.ca, &moved).expect_err("old IP");
+    assert!(e.contains("127.0.0.99"), "{e}");
+}
+
+#[test]
+fn issue_host_leaves_valid_files_alone_and_force_replaces_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    init(&cfg, false).expect("init");
+    let h1 = cfg.host(1).expect("host 1").clone();
+    let before = fs::read(&h1.cert).expect("read");
+    let done = issue_host(&cfg, 1, false).expect("re-run");
+    assert!(
+        matches!(done, HostCertificate::AlreadyValid { .. }),
+        "{done:?}"
+    );
+    assert_eq!(fs::read(&h1.cert).expect("read"), before);
+
+    let done = issue_host(&cfg, 1, true).expect("forced");
+    assert!(matches!(done, HostCertificate::Issued(_)), "{done:?}");
+    assert_ne!(fs::read(&h1.cert).expect("read"), before);
+    host_check::check_host_files(&cfg.cluster.tls.ca, &h1).expect("valid pair");
+}
+
+#[test]
+fn issue_host_refuses_files_that_are_not_a_valid_pair_for_the_host() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    init(&cfg, false).expect("init");
+    let (h1, h2) = (
+        cfg.host(1).expect("host 1").clone(),
+        cfg.host(2).expect("host 2").clone(),
+    );
+    let refused = |expect: &str| {
+        let e = issue_host(&cfg, 1, false).expect_err("must refuse");
+        assert!(
+            matches!(e, CertError::HostFilesInvalid { id: 1, .. }),
+            "{e}"
+        );
+        let text = e.to_string();
+        assert!(text.contains(expect) && text.contains("--force"), "{text}");
+    };
+
+    // Another host's pair.
+    fs::copy(&h2.cert, &h1.cert).expect("copy");
+    fs::copy(&h2.key, &h1.key).expect("copy");
+    refused("host-1");
+    // Host 1's certificate with another key.
+    issue_host(&cfg, 1, true).expect("forced");
+    fs::copy(&h2.key, &h1.key).expect("copy");
+    refused("is not the key of");
+    // Only half a pair.
+    fs::remove_file(&h1.key).expect("rm");
+    refused("is missing");
+    // A pair from an earlier CA.
+    issue_host(&cfg, 1, true).expect("forced");
+    let old = (
+        fs::read(&h1.cert).expect("read"),
+        fs::read(&h1.key).expect("read"),
+    );
+    init(&cfg, true).expect("new CA");
+    fs::write(&h1.cert, &old.0).expect("write");
+    fs::write(&h1.key, &old.1).expect("write");
+    refused("is not valid from");
+}
+
+#[test]
+fn issue_host_names_the_hosts_that_exist_and_needs_the_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let e = issue_host(&cfg, 1, false).expect_err("no CA");
+    assert!(matches!(e, CertError::ReadCa { .. }), "{e}");
+    init(&cfg, false).expect("init");
+    let e = issue_host(&cfg, 9, false).expect_err("unknown");
+    assert!(matches!(e, CertError::UnknownHost { id: 9, .. }), "{e}");
+    assert!(e.to_string().contains("the hosts there are 1, 2, 3"), "{e}");
+}
