@@ -37,7 +37,7 @@ pub use rebalance::Move;
 
 /// Where a host is in its membership life. Ids move forward only: joining -> active ->
 /// draining -> removed (draining may also start from joining), and a removed id never returns.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum HostState {
     /// Added to the map, may receive learners, not yet a target for rebalancing.
