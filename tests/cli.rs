@@ -1,5 +1,5 @@
-//! The `shardkv` binary as a user runs it: `up`, `put`/`get`/`del`, `certs init`, and clear
-//! errors for bad input.
+//! The `shardkv` binary as a user runs it: `up`, `put`/`get`/`del`, `certs init` and
+//! `certs host`, and clear errors for bad input.
 
 mod common;
 
@@ -175,4 +175,58 @@ fn unknown_host_is_a_clear_error() {
         err.contains('9') && err.contains('1'),
         "names the host and the known ones: {err}"
     );
+}
+
+#[test]
+fn certs_host_issues_a_new_hosts_certificate_once_and_is_safe_to_rerun() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = dir.path().join("cluster.toml");
+    let mut text = String::from("[cluster]\nname = \"grow\"\nshards = 1\nreplicas = 3\n");
+    let host = |id: u8| {
+        format!(
+            "[[host]]\nid = {id}\naddr = \"127.0.0.{id}:7000\"\ndata_dir = \"data/host-{id}\"\n"
+        )
+    };
+    for id in 1..=3 {
+        text.push_str(&host(id));
+    }
+    std::fs::write(&cfg, &text).expect("write config");
+
+    let out = shardkv(&cfg, &["certs", "host", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("certs init"), "{}", stderr(&out));
+    let out = shardkv(&cfg, &["certs", "init"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The fourth machine: its [[host]] entry is appended, then its certificate issued.
+    text.push_str(&host(4));
+    std::fs::write(&cfg, &text).expect("append host 4");
+    let out = shardkv(&cfg, &["certs", "host", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("1, 2, 3, 4"), "{}", stderr(&out));
+    let out = shardkv(&cfg, &["certs", "host", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("host-4.pem") && stdout.contains("host-4.key"),
+        "{stdout}"
+    );
+    let cert = dir.path().join("certs/host-4.pem");
+    let issued = std::fs::read(&cert).expect("host 4 cert");
+
+    // Re-running leaves the valid files alone; --force replaces them.
+    let out = shardkv(&cfg, &["certs", "host", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(stdout.contains("already valid for host 4"), "{stdout}");
+    assert_eq!(std::fs::read(&cert).expect("read"), issued);
+    let out = shardkv(&cfg, &["certs", "host", "4", "--force"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_ne!(std::fs::read(&cert).expect("read"), issued);
+
+    // Files that do not belong to the host are refused without --force.
+    std::fs::copy(dir.path().join("certs/host-3.pem"), &cert).expect("copy");
+    let out = shardkv(&cfg, &["certs", "host", "4"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand, ValueEnum};
+use shardkv::certs::HostCertificate;
 use shardkv::config::ClusterConfig;
 use shardkv_transport::wire::ReadConsistency;
 
@@ -103,6 +104,14 @@ enum CertsCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Issue the certificate of host ID (a `[[host]]` entry of the config) from the existing
+    /// CA; leaves valid files alone.
+    Host {
+        id: u64,
+        /// Replace the host's files even if they exist.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -156,6 +165,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 CertsCommand::Init { force } => shardkv::certs::init(&cfg, force)?,
                 CertsCommand::Client { name, force } => {
                     shardkv::certs::issue_client(&cfg, &name, force)?
+                }
+                CertsCommand::Host { id, force } => {
+                    match shardkv::certs::issue_host(&cfg, id, force)? {
+                        HostCertificate::Issued(written) => written,
+                        HostCertificate::AlreadyValid { cert, key } => {
+                            println!(
+                                "{} and {} are already valid for host {id}; nothing written \
+                                 (--force replaces them)",
+                                cert.display(),
+                                key.display()
+                            );
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    }
                 }
             };
             for p in written.paths {

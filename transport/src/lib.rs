@@ -6,6 +6,7 @@
 
 pub mod admission;
 pub mod bytes;
+pub mod cluster_map;
 pub mod endpoint;
 pub mod error;
 pub mod fault;
@@ -16,6 +17,7 @@ pub mod slot;
 pub mod tls;
 pub mod wire;
 
+pub use cluster_map::{ClusterMap, HostEntry, HostState, MapError, Move, ReplicaRole, ShardEntry};
 pub use error::TransportError;
 pub use identity::PeerIdentity;
 pub use layout::{Layout, LayoutMismatch};

@@ -1,5 +1,5 @@
-//! `shardkv certs init` / `shardkv certs client NAME`: the cluster's private CA and the
-//! certificates it issues.
+//! `shardkv certs init` / `shardkv certs client NAME` / `shardkv certs host ID`: the cluster's
+//! private CA and the certificates it issues.
 //!
 //! Every QUIC connection is mutually authenticated against one cluster CA, and a certificate's
 //! role travels in a URI SAN: `shardkv://host/<id>` or `shardkv://client/<name>`. This module is
@@ -22,8 +22,11 @@ use rcgen::{
 };
 
 use shardkv_transport::identity::{host_server_name, PeerIdentity};
+use shardkv_transport::HostId;
 
 use crate::config::{ClusterConfig, HostConfig};
+
+mod host_check;
 
 /// Name of the client certificate `certs init` makes for the CLI.
 pub const CLI_CLIENT: &str = "cli";
@@ -81,6 +84,27 @@ pub enum CertError {
         /// The rejected name.
         name: String,
     },
+    /// `certs host ID` for an id with no `[[host]]` entry in the config.
+    #[error("host {id} is not in {}: the hosts there are {}; add its [[host]] entry first", config.display(), list_ids(known))]
+    UnknownHost {
+        /// The requested id.
+        id: HostId,
+        /// The config that was read.
+        config: PathBuf,
+        /// The ids the config has, in file order.
+        known: Vec<HostId>,
+    },
+    /// `certs host ID` found a host's certificate or key that is not a valid pair for that host
+    /// from the CA on disk, and `force` was not given. Nothing was written.
+    #[error("{} is not a valid certificate and key for host {id}: {reason}; pass --force to replace them", path.display())]
+    HostFilesInvalid {
+        /// The host.
+        id: HostId,
+        /// The host's certificate file.
+        path: PathBuf,
+        /// What is wrong (another CA, another host, a missing or foreign key, ...).
+        reason: String,
+    },
     /// rcgen refused to build a certificate (e.g. a SAN it cannot encode).
     #[error("cannot create the certificate for {subject}: {source}")]
     Generate {
@@ -96,6 +120,20 @@ pub enum CertError {
 pub struct Written {
     /// Paths written (certificates and keys).
     pub paths: Vec<PathBuf>,
+}
+
+/// What `certs host ID` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostCertificate {
+    /// New certificate and key were written.
+    Issued(Written),
+    /// The files on disk were already a valid pair for the host from this CA; nothing written.
+    AlreadyValid {
+        /// The host's certificate file.
+        cert: PathBuf,
+        /// Its key file.
+        key: PathBuf,
+    },
 }
 
 /// One file to write: contents and whether it is a private key.
@@ -194,6 +232,52 @@ pub fn issue_client(cfg: &ClusterConfig, name: &str, force: bool) -> Result<Writ
     }
     let ca = load_ca(cfg)?;
     write_all(client_files(cfg, &ca, name)?)
+}
+
+/// Issues the certificate and key of host `id`, which must have a `[[host]]` entry in `cfg`,
+/// from the CA on disk, exactly as [`init`] makes them for every host.
+///
+/// Safe to re-run: when both files exist and are a valid pair for the host from this CA, they
+/// are left alone ([`HostCertificate::AlreadyValid`]); when either exists but is not, nothing is
+/// written unless `force`. With `force` both are always replaced.
+pub fn issue_host(
+    cfg: &ClusterConfig,
+    id: HostId,
+    force: bool,
+) -> Result<HostCertificate, CertError> {
+    let host = cfg.host(id).ok_or_else(|| CertError::UnknownHost {
+        id,
+        config: cfg.cluster.path.clone(),
+        known: cfg.hosts.iter().map(|h| h.host.id).collect(),
+    })?;
+    let ca = load_ca(cfg)?;
+    if !force && (host.cert.exists() || host.key.exists()) {
+        let missing = [&host.cert, &host.key].into_iter().find(|p| !p.exists());
+        let verdict = match missing {
+            Some(path) => Err(format!("{} is missing", path.display())),
+            None => host_check::check_host_files(&cfg.cluster.tls.ca, host),
+        };
+        return match verdict {
+            Ok(()) => Ok(HostCertificate::AlreadyValid {
+                cert: host.cert.clone(),
+                key: host.key.clone(),
+            }),
+            Err(reason) => Err(CertError::HostFilesInvalid {
+                id,
+                path: host.cert.clone(),
+                reason,
+            }),
+        };
+    }
+    write_all(host_files(&ca, host)?).map(HostCertificate::Issued)
+}
+
+fn list_ids(ids: &[HostId]) -> String {
+    if ids.is_empty() {
+        return "none".into();
+    }
+    let ids: Vec<String> = ids.iter().map(HostId::to_string).collect();
+    ids.join(", ")
 }
 
 fn check_client_name(name: &str) -> Result<(), CertError> {
@@ -421,220 +505,4 @@ fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CertError> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::PermissionsExt;
-    use x509_parser::extensions::GeneralName;
-    use x509_parser::pem::parse_x509_pem;
-
-    fn config(dir: &Path) -> ClusterConfig {
-        ClusterConfig::parse(crate::config::SAMPLE, dir, &dir.join("cluster.toml"))
-            .expect("sample parses")
-    }
-
-    fn all_targets(cfg: &ClusterConfig) -> Vec<PathBuf> {
-        let mut v = vec![cfg.cluster.tls.ca.clone(), cfg.cluster.tls.ca_key.clone()];
-        for h in &cfg.hosts {
-            v.push(h.cert.clone());
-            v.push(h.key.clone());
-        }
-        let (c, k) = cfg.cluster.tls.client_cert_paths(CLI_CLIENT);
-        v.push(c);
-        v.push(k);
-        v
-    }
-
-    fn mode(path: &Path) -> u32 {
-        fs::metadata(path).expect("stat").permissions().mode() & 0o777
-    }
-
-    /// Parses a PEM certificate file into DER (x509-parser borrows from it).
-    fn der(path: &Path) -> Vec<u8> {
-        let pem = fs::read(path).expect("read pem");
-        let (_, pem) = parse_x509_pem(&pem).expect("pem");
-        pem.contents
-    }
-
-    /// Asserts that the certificate at `leaf` was issued and signed by the CA at `ca`, and
-    /// returns its SANs rendered as strings.
-    fn verify_chain(leaf: &Path, ca: &Path) -> Vec<String> {
-        let (leaf_der, ca_der) = (der(leaf), der(ca));
-        let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).expect("leaf");
-        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("ca");
-        assert_eq!(
-            leaf.issuer().as_raw(),
-            ca.subject().as_raw(),
-            "issuer bytes must equal the CA subject bytes"
-        );
-        leaf.verify_signature(Some(ca.public_key()))
-            .expect("leaf signature verifies with the on-disk CA key");
-        ca.verify_signature(None).expect("CA is self-signed");
-        let now = x509_parser::time::ASN1Time::now();
-        assert!(leaf.validity().is_valid_at(now));
-        let san = leaf
-            .subject_alternative_name()
-            .expect("well-formed")
-            .expect("has SANs");
-        san.value
-            .general_names
-            .iter()
-            .map(|n| match n {
-                GeneralName::DNSName(d) => format!("dns:{d}"),
-                GeneralName::URI(u) => format!("uri:{u}"),
-                GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
-                other => format!("{other:?}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn init_writes_every_file_with_private_keys_0600() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        let written = init(&cfg, false).expect("init");
-        let targets = all_targets(&cfg);
-        assert_eq!(written.paths.len(), targets.len());
-        for p in &targets {
-            assert!(written.paths.contains(p), "{} not reported", p.display());
-            if p.extension().is_some_and(|e| e == "key") {
-                assert_eq!(mode(p), 0o600, "{}", p.display());
-            }
-        }
-        cfg.check_certs(None).expect("config sees every cert");
-
-        for h in &cfg.hosts {
-            let sans = verify_chain(&h.cert, &cfg.cluster.tls.ca);
-            assert!(
-                sans.contains(&format!("uri:{}", PeerIdentity::Host(h.host.id).uri())),
-                "{sans:?}"
-            );
-            assert!(
-                sans.contains(&format!("dns:host-{}", h.host.id)),
-                "{sans:?}"
-            );
-            assert!(sans.contains(&"dns:localhost".to_string()), "{sans:?}");
-            assert!(sans.iter().any(|s| s.starts_with("ip:")), "{sans:?}");
-        }
-        let (cli, _) = cfg.cluster.tls.client_cert_paths(CLI_CLIENT);
-        let sans = verify_chain(&cli, &cfg.cluster.tls.ca);
-        assert!(
-            sans.contains(&"uri:shardkv://client/cli".to_string()),
-            "{sans:?}"
-        );
-    }
-
-    #[test]
-    fn second_init_without_force_fails_and_writes_nothing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        init(&cfg, false).expect("first init");
-        let before: Vec<Vec<u8>> = all_targets(&cfg)
-            .iter()
-            .map(|p| fs::read(p).expect("read"))
-            .collect();
-        let e = init(&cfg, false).expect_err("must refuse");
-        assert!(e.to_string().contains("--force"), "{e}");
-        let after: Vec<Vec<u8>> = all_targets(&cfg)
-            .iter()
-            .map(|p| fs::read(p).expect("read"))
-            .collect();
-        assert_eq!(before, after);
-
-        // Even a single existing target stops everything before any write.
-        let dir2 = tempfile::tempdir().expect("tempdir");
-        let cfg2 = config(dir2.path());
-        let host3_key = cfg2.host(3).expect("host 3").key.clone();
-        write_file(&host3_key, b"mine", 0o600).expect("write");
-        let e = init(&cfg2, false).expect_err("must refuse");
-        assert!(e.to_string().contains("host-3.key"), "{e}");
-        assert!(!cfg2.cluster.tls.ca.exists());
-        assert_eq!(fs::read(&host3_key).expect("read"), b"mine");
-
-        let written = init(&cfg, true).expect("forced init");
-        assert_eq!(written.paths.len(), before.len());
-        let ca_after = fs::read(&cfg.cluster.tls.ca).expect("read");
-        assert_ne!(ca_after, before[0], "a forced init makes a new CA");
-        assert_eq!(mode(&cfg.cluster.tls.ca_key), 0o600);
-    }
-
-    #[test]
-    fn forced_overwrite_tightens_a_loose_key_file() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        init(&cfg, false).expect("init");
-        let key = cfg.host(1).expect("host 1").key.clone();
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).expect("chmod");
-        init(&cfg, true).expect("forced init");
-        assert_eq!(mode(&key), 0o600);
-    }
-
-    #[test]
-    fn issue_client_chains_to_the_ca_on_disk() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        init(&cfg, false).expect("init");
-        let written = issue_client(&cfg, "bench-1", false).expect("issue");
-        let (cert, key) = cfg.cluster.tls.client_cert_paths("bench-1");
-        assert_eq!(written.paths, vec![cert.clone(), key.clone()]);
-        assert_eq!(mode(&key), 0o600);
-        let sans = verify_chain(&cert, &cfg.cluster.tls.ca);
-        assert_eq!(
-            sans,
-            vec![
-                "uri:shardkv://client/bench-1".to_string(),
-                "dns:client-bench-1".to_string()
-            ]
-        );
-
-        let e = issue_client(&cfg, "bench-1", false).expect_err("exists");
-        assert!(matches!(e, CertError::Exists { .. }), "{e}");
-        issue_client(&cfg, "bench-1", true).expect("forced");
-        for bad in ["", "a b", "x/y", &"n".repeat(65), "é"] {
-            let e = issue_client(&cfg, bad, false).expect_err("bad name");
-            assert!(matches!(e, CertError::BadClientName { .. }), "{bad:?}: {e}");
-        }
-    }
-
-    #[test]
-    fn issue_client_without_a_ca_says_to_run_init() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        let e = issue_client(&cfg, "x", false).expect_err("no CA");
-        assert!(e.to_string().contains("shardkv certs init --config"), "{e}");
-    }
-
-    #[test]
-    fn a_ca_key_that_does_not_match_is_refused() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        init(&cfg, false).expect("init");
-        let other = KeyPair::generate().expect("key");
-        write_file(
-            &cfg.cluster.tls.ca_key,
-            other.serialize_pem().as_bytes(),
-            0o600,
-        )
-        .expect("write");
-        let e = issue_client(&cfg, "x", false).expect_err("mismatched key");
-        assert!(matches!(e, CertError::BadCa { .. }), "{e}");
-        assert!(e.to_string().contains("does not match"), "{e}");
-    }
-
-    #[test]
-    fn ensure_fills_in_only_what_is_missing() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let cfg = config(dir.path());
-        let first = ensure(&cfg).expect("ensure").expect("made everything");
-        assert_eq!(first.paths.len(), all_targets(&cfg).len());
-        assert_eq!(ensure(&cfg).expect("ensure"), None);
-
-        let ca_before = fs::read(&cfg.cluster.tls.ca).expect("read");
-        let h2 = cfg.host(2).expect("host 2").clone();
-        fs::remove_file(&h2.cert).expect("rm");
-        let made = ensure(&cfg).expect("ensure").expect("made host 2");
-        assert_eq!(made.paths, vec![h2.cert.clone(), h2.key.clone()]);
-        assert_eq!(fs::read(&cfg.cluster.tls.ca).expect("read"), ca_before);
-        let sans = verify_chain(&h2.cert, &cfg.cluster.tls.ca);
-        assert!(sans.contains(&format!("uri:{}", PeerIdentity::Host(2).uri())));
-    }
-}
+mod tests;
