@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use shardkv::client::Client;
-use shardkv_transport::wire::{ReplicaChange, ReplicaRole, Response};
+use shardkv_transport::wire::{ReplicaChange, ReplicaTarget, Response};
 use shardkv_transport::HostId;
 
 const SHARD: u32 = 1;
@@ -72,7 +72,7 @@ async fn wait_conf(admin: &Client, cluster: &common::Cluster, hosts: &[HostId], 
     }
 }
 
-fn to(host: HostId, role: ReplicaRole) -> ReplicaChange {
+fn to(host: HostId, role: ReplicaTarget) -> ReplicaChange {
     ReplicaChange { host, to: role }
 }
 
@@ -112,15 +112,15 @@ async fn replica_changes_take_effect_and_survive_kill9_at_every_step() {
     // Refused: from a client certificate, demoting the leader, an unknown host.
     change(&admin, &cluster, leader, &[]).await; // answers only once `leader` leads
     let from_client = client
-        .change_replicas(leader, SHARD, vec![to(a, ReplicaRole::Learner)])
+        .change_replicas(leader, SHARD, vec![to(a, ReplicaTarget::Learner)])
         .await;
     assert!(
         matches!(from_client, Ok(Response::Invalid(_))),
         "{from_client:?}"
     );
     for bad in [
-        to(leader, ReplicaRole::Learner),
-        to(9, ReplicaRole::Learner),
+        to(leader, ReplicaTarget::Learner),
+        to(9, ReplicaTarget::Learner),
     ] {
         let resp = admin.change_replicas(leader, SHARD, vec![bad]).await;
         assert!(
@@ -130,7 +130,7 @@ async fn replica_changes_take_effect_and_survive_kill9_at_every_step() {
     }
 
     // 1. Demote `a` to a learner; the two voters left keep serving, across kill -9.
-    change(&admin, &cluster, leader, &[to(a, ReplicaRole::Learner)]).await;
+    change(&admin, &cluster, leader, &[to(a, ReplicaTarget::Learner)]).await;
     let voters = sorted(vec![leader, b]);
     let demoted = (voters.clone(), vec![], vec![a]);
     wait_conf(&admin, &cluster, &all, &demoted).await;
@@ -140,7 +140,7 @@ async fn replica_changes_take_effect_and_survive_kill9_at_every_step() {
 
     // 2. One joint change: promote `a`, demote `b`. It stays joint until asked to leave,
     //    across kill -9.
-    let joint_change = [to(a, ReplicaRole::Voter), to(b, ReplicaRole::Learner)];
+    let joint_change = [to(a, ReplicaTarget::Voter), to(b, ReplicaTarget::Learner)];
     change(&admin, &cluster, leader, &joint_change).await;
     let incoming = sorted(vec![leader, a]);
     let joint = (incoming.clone(), voters.clone(), vec![b]);
@@ -165,7 +165,7 @@ async fn replica_changes_take_effect_and_survive_kill9_at_every_step() {
     //    kill -9.
     cluster.kill9(b);
     write_keys(&client, 30, (SNAPSHOT_AFTER * 3) as usize, &mut written).await;
-    change(&admin, &cluster, leader, &[to(b, ReplicaRole::Voter)]).await;
+    change(&admin, &cluster, leader, &[to(b, ReplicaTarget::Voter)]).await;
     write_keys(&client, 500, 5, &mut written).await;
     cluster.start(b);
     let full = (all.to_vec(), vec![], vec![]);

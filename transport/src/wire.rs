@@ -148,12 +148,12 @@ pub enum AdminRequest {
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplicaChange {
     pub host: HostId,
-    pub to: ReplicaRole,
+    pub to: ReplicaTarget,
 }
 
 /// What a replica becomes in a configuration change.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaRole {
+pub enum ReplicaTarget {
     /// Votes and counts toward quorums (a learner is promoted by this).
     Voter,
     /// Receives the log but never votes (a voter is demoted by this).

@@ -19,7 +19,7 @@ use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
     Entry, EntryType,
 };
-use shardkv_transport::wire::{ReplicaChange, ReplicaRole, Response};
+use shardkv_transport::wire::{ReplicaChange, ReplicaTarget, Response};
 use shardkv_transport::HostId;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -38,9 +38,9 @@ pub fn conf_change_for(changes: &[ReplicaChange]) -> ConfChangeV2 {
     for c in changes {
         let mut single = ConfChangeSingle::default();
         single.set_change_type(match c.to {
-            ReplicaRole::Voter => ConfChangeType::AddNode,
-            ReplicaRole::Learner => ConfChangeType::AddLearnerNode,
-            ReplicaRole::Removed => ConfChangeType::RemoveNode,
+            ReplicaTarget::Voter => ConfChangeType::AddNode,
+            ReplicaTarget::Learner => ConfChangeType::AddLearnerNode,
+            ReplicaTarget::Removed => ConfChangeType::RemoveNode,
         });
         single.node_id = c.host;
         cc.mut_changes().push(single);
@@ -49,13 +49,13 @@ pub fn conf_change_for(changes: &[ReplicaChange]) -> ConfChangeV2 {
 }
 
 /// The role `host` has in `conf`.
-pub fn role_in(conf: &ConfState, host: HostId) -> ReplicaRole {
+pub fn role_in(conf: &ConfState, host: HostId) -> ReplicaTarget {
     if conf.voters.contains(&host) {
-        ReplicaRole::Voter
+        ReplicaTarget::Voter
     } else if conf.learners.contains(&host) || conf.learners_next.contains(&host) {
-        ReplicaRole::Learner
+        ReplicaTarget::Learner
     } else {
-        ReplicaRole::Removed
+        ReplicaTarget::Removed
     }
 }
 
@@ -158,7 +158,7 @@ impl ReplicaActor {
             return;
         }
         for c in changes {
-            if c.host == self.host && c.to != ReplicaRole::Voter {
+            if c.host == self.host && c.to != ReplicaTarget::Voter {
                 let _ = reply.send(refuse(format!(
                     "host {} leads shard {}: move its leadership away before demoting or removing it",
                     self.host, self.shard
@@ -254,7 +254,7 @@ impl ReplicaActor {
 mod tests {
     use super::*;
 
-    fn change(host: HostId, to: ReplicaRole) -> ReplicaChange {
+    fn change(host: HostId, to: ReplicaTarget) -> ReplicaChange {
         ReplicaChange { host, to }
     }
 
@@ -269,12 +269,12 @@ mod tests {
 
     #[test]
     fn one_change_is_simple_and_several_enter_a_joint_config_left_only_explicitly() {
-        let simple = conf_change_for(&[change(4, ReplicaRole::Learner)]);
+        let simple = conf_change_for(&[change(4, ReplicaTarget::Learner)]);
         assert_eq!(simple.enter_joint(), None);
         assert!(!simple.leave_joint());
         let joint = conf_change_for(&[
-            change(4, ReplicaRole::Voter),
-            change(1, ReplicaRole::Removed),
+            change(4, ReplicaTarget::Voter),
+            change(1, ReplicaTarget::Removed),
         ]);
         assert_eq!(joint.enter_joint(), Some(false), "never auto-leave");
         assert_eq!(joint.changes[0].get_change_type(), ConfChangeType::AddNode);
@@ -288,13 +288,13 @@ mod tests {
     #[test]
     fn a_change_already_in_effect_is_done_and_a_joint_config_is_never_done() {
         let c = conf(&[1, 2, 3], &[], &[4]);
-        assert!(already_done(&c, &[change(4, ReplicaRole::Learner)]));
-        assert!(already_done(&c, &[change(5, ReplicaRole::Removed)]));
-        assert!(!already_done(&c, &[change(4, ReplicaRole::Voter)]));
+        assert!(already_done(&c, &[change(4, ReplicaTarget::Learner)]));
+        assert!(already_done(&c, &[change(5, ReplicaTarget::Removed)]));
+        assert!(!already_done(&c, &[change(4, ReplicaTarget::Voter)]));
         assert!(already_done(&c, &[]), "nothing to leave");
         let joint = conf(&[1, 2, 4], &[1, 2, 3], &[]);
         assert!(!already_done(&joint, &[]));
-        assert!(!already_done(&joint, &[change(4, ReplicaRole::Voter)]));
+        assert!(!already_done(&joint, &[change(4, ReplicaTarget::Voter)]));
     }
 
     #[test]
@@ -305,14 +305,14 @@ mod tests {
             learners_next: vec![3],
             ..Default::default()
         };
-        assert_eq!(role_in(&joint, 4), ReplicaRole::Voter);
-        assert_eq!(role_in(&joint, 3), ReplicaRole::Learner);
-        assert_eq!(role_in(&joint, 9), ReplicaRole::Removed);
+        assert_eq!(role_in(&joint, 4), ReplicaTarget::Voter);
+        assert_eq!(role_in(&joint, 3), ReplicaTarget::Learner);
+        assert_eq!(role_in(&joint, 9), ReplicaTarget::Removed);
     }
 
     #[test]
     fn entries_decode_to_their_change_and_normal_entries_to_none() {
-        let cc = conf_change_for(&[change(2, ReplicaRole::Learner)]);
+        let cc = conf_change_for(&[change(2, ReplicaTarget::Learner)]);
         let mut e = Entry::default();
         e.set_entry_type(EntryType::EntryConfChangeV2);
         e.data = cc.write_to_bytes().expect("encodes").into();
