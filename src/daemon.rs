@@ -14,15 +14,17 @@ use shardkv_actors::peer::PeerActor;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::{
-    ChangeShardReplicas, GetHostStatus, LocalReplica, RouterActor, RouterSettings, TransferAll,
+    ChangeShardReplicas, GetHostStatus, LocalReplica, MapOp, RouterActor, RouterSettings,
+    TransferAll,
 };
 use shardkv_actors::schema::{meta, raft_records, Schema};
 use shardkv_actors::shard::{AppliedIndex, Compaction, ShardActor};
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
+use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
-use shardkv_transport::wire::{RaftBatch, ReplicaChange, Request, Response};
+use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response};
 use shardkv_transport::{HostId, Layout, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
 
@@ -125,7 +127,13 @@ async fn serve_host(
     // One host-wide bound on concurrent snapshot builds, shared by its replicas.
     let build_slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
     let mut local = HashMap::new();
-    for (shard, hosts) in layout.placement.clone() {
+    // The data shards, and the meta group holding the live cluster map.
+    let groups = layout
+        .placement
+        .iter()
+        .cloned()
+        .chain([(META_SHARD, layout.meta_hosts())]);
+    for (shard, hosts) in groups {
         if !hosts.contains(&host) {
             continue;
         }
@@ -391,6 +399,16 @@ impl Handler for HostHandler {
         async move {
             match fut.await {
                 Ok(status) => Response::Status(Box::new(status)),
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+
+    fn map(&self, req: MapRequest) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(MapOp(req));
+        async move {
+            match fut.await {
+                Ok(resp) => resp,
                 Err(e) => Response::Internal(format!("router unreachable: {e}")),
             }
         }

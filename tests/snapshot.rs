@@ -14,16 +14,21 @@ const SNAPSHOT_AFTER: u64 = 100;
 async fn wait_caught_up(cluster: &common::Cluster, client: &shardkv::Client, host: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let mut commit = 0;
+        // shard -> its leader's commit index
+        let mut commit = HashMap::new();
         for h in &cluster.cfg.hosts {
             if let Ok(s) = client.host_status(h.host.id).await {
                 for r in s.replicas.iter().filter(|r| r.is_leader) {
-                    commit = commit.max(r.commit);
+                    commit.insert(r.shard, r.commit);
                 }
             }
         }
         if let Ok(s) = client.host_status(host).await {
-            if commit > 0 && s.replicas.iter().all(|r| r.applied >= commit) {
+            let caught_up = s
+                .replicas
+                .iter()
+                .all(|r| commit.get(&r.shard).is_some_and(|c| r.applied >= *c));
+            if caught_up {
                 return;
             }
         }

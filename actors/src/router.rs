@@ -8,9 +8,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
+use shardkv_transport::cluster_map::{MAP_KEY, META_SHARD};
 use shardkv_transport::slot::shard_of_key;
-use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
-use shardkv_transport::{HostId, Layout, ShardId};
+use shardkv_transport::wire::{
+    check_limits, HostStatus, MapRequest, Op, ReadConsistency, Request, Response,
+};
+use shardkv_transport::{ClusterMap, HostId, Layout, MapError, ShardId};
 use tracing::{debug, error, info, warn};
 
 use crate::incarnations::{PeerIncarnations, Verdict};
@@ -53,6 +56,8 @@ pub struct RouterActor {
     storage: Recipient<Persist>,
     /// When a refused peer was last logged (see [`REFUSAL_LOG_EVERY`]).
     refusals_logged: HashMap<HostId, Instant>,
+    /// The meta group's hosts (derived from the layout).
+    meta_hosts: Vec<HostId>,
 }
 
 /// How often a peer whose incarnation is refused is logged (the metric counts every batch).
@@ -67,10 +72,20 @@ impl RouterActor {
     ) -> Self {
         RouterActor {
             peers: PeerIncarnations::new(settings.peer_incarnations.iter().copied()),
+            meta_hosts: settings.layout.meta_hosts(),
             settings,
             local,
             storage,
             refusals_logged: HashMap::new(),
+        }
+    }
+
+    /// The hosts holding replicas of `shard` (the meta group's included).
+    fn hosts_of(&self, shard: ShardId) -> &[HostId] {
+        if shard == META_SHARD {
+            &self.meta_hosts
+        } else {
+            self.settings.layout.hosts_of(shard)
         }
     }
 
@@ -175,7 +190,7 @@ impl Handler<InboundRaft> for RouterActor {
             // proposals or reads (they answer NotLeader), and snapshots arrive on a stream of
             // their own (`InboundSnapshot`), so anything else would be a host trying to inject
             // data or crash raft-rs.
-            let member = self.settings.layout.hosts_of(env.shard).contains(&msg.from);
+            let member = self.hosts_of(env.shard).contains(&msg.from);
             if !member || !peer_message_allowed(m.get_msg_type()) {
                 warn!(
                     from = msg.from,
@@ -279,7 +294,7 @@ impl Handler<InboundSnapshot> for RouterActor {
             Ok(m) => m,
             Err(_) => return drop_file("undecodable message"),
         };
-        let member = self.settings.layout.hosts_of(msg.shard).contains(&msg.from);
+        let member = self.hosts_of(msg.shard).contains(&msg.from);
         if !member || m.get_msg_type() != MessageType::MsgSnapshot {
             return drop_file("not a snapshot from a member of the shard");
         }
@@ -357,7 +372,7 @@ impl Handler<ChangeShardReplicas> for RouterActor {
     fn handle(&mut self, msg: ChangeShardReplicas, _: &mut Self::Context) -> Self::Result {
         let shard = msg.shard;
         let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.settings.layout.hosts_of(shard).to_vec();
+            let hosts = self.hosts_of(shard).to_vec();
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
         };
         let fut = replica.changes.send(ChangeReplicas {
@@ -371,6 +386,75 @@ impl Handler<ChangeShardReplicas> for RouterActor {
             })
         })
     }
+}
+
+/// To the RouterActor: read or change the live cluster map through the local replica of the
+/// meta group (see [`shardkv_transport::wire::AdminRequest::Map`]).
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct MapOp(pub MapRequest);
+
+impl Handler<MapOp> for RouterActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: MapOp, _: &mut Self::Context) -> Self::Result {
+        let Some(meta) = self.local.get(&META_SHARD) else {
+            let hosts = self.meta_hosts.clone();
+            return Box::pin(async move {
+                Response::NoReplicaHere {
+                    shard: META_SHARD,
+                    hosts,
+                }
+            });
+        };
+        let op = match map_op(msg.0) {
+            Ok(op) => op,
+            Err(resp) => return Box::pin(async move { resp }),
+        };
+        let fut = meta.requests.send(ClientRequest(Request {
+            client_id: 0,
+            seq: 0,
+            op,
+        }));
+        Box::pin(async move {
+            fut.await.unwrap_or_else(|e| {
+                Response::Unavailable(format!("the meta replica here is stopped ({e}); retry"))
+            })
+        })
+    }
+}
+
+/// The meta group operation for a map request. A change must carry a valid map whose epoch
+/// is past the one it replaces: the map's epoch never goes back, so a client or host that
+/// caches maps by epoch never takes an old one for new.
+fn map_op(req: MapRequest) -> Result<Op, Response> {
+    let key = MAP_KEY.to_vec();
+    let (expected, new) = match req {
+        MapRequest::Read => {
+            return Ok(Op::Get {
+                key,
+                consistency: ReadConsistency::Linearizable,
+            })
+        }
+        MapRequest::Cas { expected, new } => (expected, new),
+    };
+    let invalid = |e: MapError| Response::Invalid(format!("cluster map change refused: {e}"));
+    let next = ClusterMap::decode(&new).map_err(invalid)?;
+    let previous = match &expected {
+        Some(bytes) => ClusterMap::decode(bytes).map_err(invalid)?.epoch(),
+        None => 1,
+    };
+    if next.epoch() <= previous {
+        return Err(Response::Invalid(format!(
+            "cluster map change refused: epoch {} does not follow {previous}",
+            next.epoch()
+        )));
+    }
+    Ok(Op::Cas {
+        key,
+        expected,
+        new: Some(new),
+    })
 }
 
 /// To the RouterActor: ask every local leader to hand leadership away (graceful stop).
@@ -486,5 +570,43 @@ mod tests {
             .await
             .expect("router answers");
         assert!(matches!(resp, Response::Unavailable(_)), "{resp:?}");
+    }
+
+    fn map_at(epoch: u64) -> Vec<u8> {
+        let layout = Layout {
+            shards: 1,
+            replicas: 1,
+            pins: Vec::new(),
+            placement: vec![(1, vec![1])],
+        };
+        let mut map = ClusterMap::day0(&layout, &[(1, "127.0.0.1:1".into())]).expect("day-0 map");
+        for h in 2..=epoch {
+            map.add_host(h, &format!("127.0.0.1:{h}")).expect("add");
+        }
+        assert_eq!(map.epoch(), epoch);
+        map.encode()
+    }
+
+    #[test]
+    fn a_map_change_must_be_a_valid_map_with_a_later_epoch() {
+        let ok = map_op(MapRequest::Cas {
+            expected: Some(map_at(2)),
+            new: map_at(3),
+        });
+        assert!(matches!(ok, Ok(Op::Cas { .. })), "{ok:?}");
+        assert!(map_op(MapRequest::Cas {
+            expected: None,
+            new: map_at(2)
+        })
+        .is_ok());
+        for (expected, new) in [
+            (Some(map_at(3)), map_at(3)),
+            (Some(map_at(3)), map_at(2)),
+            (None, map_at(1)),
+            (None, b"not a map".to_vec()),
+        ] {
+            let refused = map_op(MapRequest::Cas { expected, new });
+            assert!(matches!(refused, Err(Response::Invalid(_))), "{refused:?}");
+        }
     }
 }

@@ -182,7 +182,11 @@ impl Client {
         }
     }
 
-    async fn admin(&self, host: HostId, req: AdminRequest) -> Result<Response, ClientError> {
+    pub(crate) async fn admin(
+        &self,
+        host: HostId,
+        req: AdminRequest,
+    ) -> Result<Response, ClientError> {
         let req = RequestFrame::Admin(req);
         let budget = self.inner.settings.attempt_timeout;
         match tokio::time::timeout(budget, self.call_host(host, &req)).await {
@@ -201,6 +205,11 @@ impl Client {
         }
     }
 
+    /// The settings the client was made with.
+    pub(crate) fn settings(&self) -> &ClientSettings {
+        &self.inner.settings
+    }
+
     /// The host this client last saw lead the shard of `key`, if any.
     pub fn cached_leader(&self, key: &[u8]) -> Option<HostId> {
         let layout = self.inner.layout.get()?;
@@ -210,7 +219,7 @@ impl Client {
 
     /// The layout the cluster was bootstrapped with: loaded once from the first host that
     /// answers, and checked against the configuration's, before anything is routed.
-    async fn layout(&self, deadline: Instant) -> Result<&Layout, ClientError> {
+    pub(crate) async fn layout(&self, deadline: Instant) -> Result<&Layout, ClientError> {
         self.inner
             .layout
             .get_or_try_init(|| self.load_layout(deadline))

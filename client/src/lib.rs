@@ -9,11 +9,13 @@
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod map;
 pub mod settings;
 
 pub use client::Client;
 pub use config::{ClientConfig, ConfigError};
 pub use error::ClientError;
+pub use map::MapVersion;
 pub use settings::{ClientSettings, DEADLINE_DEFAULT, DEADLINE_MAX};
 pub use shardkv_transport::wire::ReadConsistency;
 pub use shardkv_transport::{HostId, ShardId};

@@ -33,6 +33,14 @@ use crate::slot::{slot_range, Slot, SLOT_COUNT};
 use crate::wire::{HostId, ShardId};
 
 pub use error::MapError;
+
+/// The meta group's shard id: a Raft group like any shard, owning no slots, whose state
+/// machine holds this map (under [`MAP_KEY`]).
+pub const META_SHARD: ShardId = 0;
+
+/// The meta group's key holding the encoded map; absent until the first change, when the
+/// map is [`ClusterMap::day0`].
+pub const MAP_KEY: &[u8] = b"cluster-map";
 pub use rebalance::Move;
 
 /// Where a host is in its membership life. Ids move forward only: joining -> active ->
@@ -164,7 +172,8 @@ impl TryFrom<MapRecord> for ClusterMap {
 impl ClusterMap {
     /// The map at bootstrap, from the layout every host stored: shard `s` of `layout.shards`
     /// owns [`slot_range`]`(s, shards)`, its placed hosts are its voters, every placed host is
-    /// active with its incarnation not yet known, and everything is at epoch 1.
+    /// active with its incarnation not yet known, the meta group ([`META_SHARD`], no slots)
+    /// is on [`Layout::meta_hosts`], and everything is at epoch 1.
     ///
     /// Membership comes from the placement only, never from `hosts`, which is an address book
     /// (cluster.toml's `[[host]]` entries): every host derives the same day-0 map however many
@@ -215,6 +224,16 @@ impl ClusterMap {
                 return Err(MapError::DuplicateShard { shard: *shard });
             }
         }
+        let meta = ShardEntry {
+            slots: Vec::new(),
+            replicas: layout
+                .meta_hosts()
+                .into_iter()
+                .map(|h| (h, ReplicaRole::Voter))
+                .collect(),
+            epoch: DAY0,
+        };
+        shards.insert(META_SHARD, meta);
         ClusterMap::checked(DAY0, members, shards)
     }
 
@@ -293,6 +312,19 @@ impl ClusterMap {
             }
         }
         Ok(())
+    }
+
+    /// The map as the meta group stores it.
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self)
+            .expect("a map always encodes: plain data, no maps with non-string keys")
+    }
+
+    /// A map the meta group stored; checked like every deserialized map.
+    pub fn decode(bytes: &[u8]) -> Result<Self, MapError> {
+        postcard::from_bytes(bytes).map_err(|e| MapError::Undecodable {
+            detail: e.to_string(),
+        })
     }
 
     /// The map's epoch: how many changes it has seen since day 0, plus one.

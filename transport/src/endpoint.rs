@@ -73,6 +73,8 @@ pub trait Handler: Send + Sync + 'static {
     fn request(&self, peer: PeerIdentity, req: Request) -> impl Future<Output = Response> + Send;
     /// The reply to [`AdminRequest::Status`]: [`Response::Status`], or why there is none.
     fn status(&self) -> impl Future<Output = Response> + Send;
+    /// The reply to [`AdminRequest::Map`].
+    fn map(&self, req: crate::wire::MapRequest) -> impl Future<Output = Response> + Send;
     /// The reply to [`AdminRequest::ChangeReplicas`].
     fn change_replicas(
         &self,
@@ -476,8 +478,8 @@ async fn serve_request<H: Handler>(
     }
 }
 
-/// Answers a request addressed to this host. Replica changes and fault hooks change the
-/// cluster itself, so only a host's certificate may ask for them (the operator's tools and
+/// Answers a request addressed to this host. Replica changes, map changes and fault hooks
+/// change the cluster itself, so only a host's certificate may ask for them (the operator's tools and
 /// the test harness use one).
 async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler: &H) -> Response {
     match req {
@@ -487,6 +489,14 @@ async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler
             PeerIdentity::Client(_) => {
                 warn!(%peer, shard, "refused a replica change from a client certificate");
                 Response::Invalid("replica changes require a host certificate".into())
+            }
+        },
+        AdminRequest::Map(req @ crate::wire::MapRequest::Read) => handler.map(req).await,
+        AdminRequest::Map(req) => match peer {
+            PeerIdentity::Host(_) => handler.map(req).await,
+            PeerIdentity::Client(_) => {
+                warn!(%peer, "refused a cluster map change from a client certificate");
+                Response::Invalid("cluster map changes require a host certificate".into())
             }
         },
         #[cfg(all(feature = "fault-injection", debug_assertions))]

@@ -39,7 +39,25 @@ pub struct LayoutMismatch {
     pub bootstrapped: String,
 }
 
+/// Replicas of the meta group (shard [`crate::cluster_map::META_SHARD`]) at bootstrap.
+pub const META_REPLICAS: usize = 3;
+
 impl Layout {
+    /// The hosts of the meta group at bootstrap: the lowest-numbered placed hosts, up to
+    /// [`META_REPLICAS`]. Derived from the stored layout, so every host agrees on them
+    /// whatever `cluster.toml` appended since.
+    pub fn meta_hosts(&self) -> Vec<HostId> {
+        let mut hosts: Vec<HostId> = self
+            .placement
+            .iter()
+            .flat_map(|(_, h)| h.iter().copied())
+            .collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts.truncate(META_REPLICAS);
+        hosts
+    }
+
     /// Checks that `configured` (from cluster.toml) declares this layout: same shard and
     /// replica counts, same pins. The placement is not compared: the stored one rules.
     pub fn check_declared(&self, configured: &Layout) -> Result<(), LayoutMismatch> {

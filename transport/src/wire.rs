@@ -137,11 +137,30 @@ pub enum AdminRequest {
         shard: ShardId,
         changes: Vec<ReplicaChange>,
     },
+    /// Read or change the live cluster map, held by the meta group's leader.
+    Map(MapRequest),
     /// Tests only: inject faults into this host's transport. Accepted only from a host
     /// certificate; compiled in only with the `fault-injection` feature, so a release host
     /// cannot even decode it.
     #[cfg(all(feature = "fault-injection", debug_assertions))]
     Fault(FaultSpec),
+}
+
+/// What [`AdminRequest::Map`] asks of the meta group.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum MapRequest {
+    /// The encoded map (a linearizable read): `Response::Value(Some(bytes))`, or
+    /// `Value(None)` while the map is still the day-0 one, never written.
+    Read,
+    /// Replace the encoded map `expected` (`None`: never written) by `new`, if it still is
+    /// the stored one: `CasOk`, or `CasFailed` with the current one. `new` must be a valid
+    /// map with a higher epoch. Host certificates only.
+    Cas {
+        #[serde(with = "crate::bytes::option")]
+        expected: Option<Vec<u8>>,
+        #[serde(with = "crate::bytes::vec")]
+        new: Vec<u8>,
+    },
 }
 
 /// One replica's part in [`AdminRequest::ChangeReplicas`].

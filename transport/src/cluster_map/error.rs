@@ -9,6 +9,12 @@ use super::HostState;
 /// See the module docs. A refused change leaves the map exactly as it was.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum MapError {
+    /// Stored or sent bytes are not a map (or a map that breaks an invariant).
+    #[error("not a valid cluster map: {detail}")]
+    Undecodable {
+        /// The decoder's reason.
+        detail: String,
+    },
     /// No host with this id was ever added.
     #[error("host {host} is not in the cluster map; add it with `shardkv host add {host}`")]
     UnknownHost {

@@ -167,7 +167,10 @@ fn validate_names_each_broken_invariant() {
     );
     assert_eq!(
         broken(&|m| m.hosts.get_mut(&3).expect("3").state = HostState::Removed),
-        MapError::ReplicaOnRemovedHost { shard: 1, host: 3 }
+        MapError::ReplicaOnRemovedHost {
+            shard: META_SHARD,
+            host: 3
+        }
     );
     assert_eq!(
         broken(&|m| m.shards.get_mut(&2).expect("2").epoch = 5),
@@ -287,10 +290,10 @@ fn a_host_is_drained_then_removed_only_once_empty() {
         e,
         MapError::HoldsReplicas {
             host: 1,
-            shards: vec![1, 2, 3]
+            shards: vec![META_SHARD, 1, 2, 3]
         }
     );
-    for shard in 1..=3 {
+    for shard in [META_SHARD, 1, 2, 3] {
         map.add_learner(shard, 4).expect("learner");
         map.promote(shard, 4).expect("promote");
         map.remove_replica(shard, 1, REPLICAS).expect("leave");
@@ -333,7 +336,10 @@ fn a_replica_moves_learner_first_and_each_step_stamps_the_shard_epoch() {
     twice(&mut map, |m| m.remove_replica(2, 1, REPLICAS));
     assert_eq!(map.voters_of(2).collect::<Vec<_>>(), [2, 3, 4]);
     assert_eq!(map.shard(2).map(|s| s.epoch), Some(map.epoch()));
-    assert_eq!(map.shards_of_host(1).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(
+        map.shards_of_host(1).collect::<Vec<_>>(),
+        [META_SHARD, 1, 3]
+    );
 }
 
 #[test]
@@ -412,6 +418,13 @@ fn replacing_the_only_voter_of_a_shard_is_refused() {
     let mut map = ClusterMap::day0(&single, &addrs(1..=1)).expect("map");
     let before = map.clone();
     let e = map.replace_host(1, 5).expect_err("only voter");
-    assert_eq!(e, MapError::LastVoter { shard: 1, host: 1 });
+    // The meta group, on the one host too, is found first.
+    assert_eq!(
+        e,
+        MapError::LastVoter {
+            shard: META_SHARD,
+            host: 1
+        }
+    );
     assert_eq!(map, before, "a refused change changes nothing");
 }
