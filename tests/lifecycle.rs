@@ -39,6 +39,17 @@ async fn status_reports_health_and_sigterm_hands_leadership_away() {
     for s in shards {
         assert_eq!(s["quorum"], true, "{s}");
         assert!(s["leader"].is_u64(), "every shard has a leader: {s}");
+        assert_eq!(s["epoch"], 1, "{s}");
+        assert!(!s["slots"].as_array().expect("slots").is_empty(), "{s}");
+        for r in s["replicas"].as_array().expect("replicas") {
+            assert_eq!(r["role"], "voter", "{s}");
+        }
+    }
+    // The live map: day 0, every host a member, the meta group with a quorum.
+    assert_eq!(json["map_epoch"], 1, "{json}");
+    assert_eq!(json["meta"]["quorum"], true, "{json}");
+    for h in json["hosts"].as_array().expect("hosts") {
+        assert_eq!(h["state"], "active", "{h}");
     }
 
     // Stop a host that leads at least one shard, gracefully.
