@@ -11,14 +11,13 @@ use actix::prelude::*;
 use shardkv_actors::fatal::{Fatal, FatalReporter};
 use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, SendRaft};
 use shardkv_actors::peer::PeerActor;
-use shardkv_actors::raft_storage::LmdbRaftStorage;
-use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
+use shardkv_actors::replica::ReplicaSettings;
 use shardkv_actors::router::{
-    ChangeShardReplicas, GetHostStatus, LocalReplica, MapOp, RouterActor, RouterSettings,
-    TransferAll,
+    ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, TransferAll,
+    TransferShardLeader,
 };
-use shardkv_actors::schema::{meta, raft_records, Schema};
-use shardkv_actors::shard::{AppliedIndex, Compaction, ShardActor};
+use shardkv_actors::schema::{meta, Schema};
+use shardkv_actors::shard::Compaction;
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
@@ -30,6 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::bootstrap::{settle_layout, BootstrapError};
 use crate::config::{ClusterConfig, ConfigError};
+use crate::replicas::{ReplicaError, ReplicaFactory};
 
 /// Why a host could not start or stopped abnormally.
 #[derive(thiserror::Error, Debug)]
@@ -42,6 +42,8 @@ pub enum DaemonError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Replica(#[from] ReplicaError),
     #[error("runtime: {0}")]
     Runtime(String),
 }
@@ -116,16 +118,32 @@ async fn serve_host(
     }
 
     let (election_ticks, heartbeat_ticks) = cfg.raft_ticks();
-    let settings = ReplicaSettings {
-        tick: cfg.raft.tick,
-        election_ticks,
-        heartbeat_ticks,
-        request_timeout: (cfg.cluster.election_timeout * 3).max(Duration::from_secs(3)),
-        preferred_leader: None,
+    let factory = ReplicaFactory {
+        host,
+        schema: schema.clone(),
+        storage: storage.clone(),
+        // Every other host, not only this shard's: a replica change may add any of them.
+        peers: peers
+            .iter()
+            .map(|(h, p)| (*h, p.clone().recipient::<SendRaft>()))
+            .collect(),
+        snap_dir: snap_dir.clone(),
+        // One host-wide bound on concurrent snapshot builds, shared by its replicas.
+        build_slots: Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX)),
+        settings: ReplicaSettings {
+            tick: cfg.raft.tick,
+            election_ticks,
+            heartbeat_ticks,
+            request_timeout: (cfg.cluster.election_timeout * 3).max(Duration::from_secs(3)),
+            preferred_leader: None,
+        },
+        compaction: Some(Compaction {
+            after: cfg.raft.snapshot_after,
+            // Keep a tail of the log so a follower a little behind catches up by entries.
+            keep: (cfg.raft.snapshot_after / 4).max(1),
+        }),
+        fatal: fatal.clone(),
     };
-    let logger = shardkv_actors::logger::raft_logger();
-    // One host-wide bound on concurrent snapshot builds, shared by its replicas.
-    let build_slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
     let mut local = HashMap::new();
     // The data shards, and the meta group holding the live cluster map.
     let groups = layout
@@ -137,71 +155,10 @@ async fn serve_host(
         if !hosts.contains(&host) {
             continue;
         }
-        raft_records::bootstrap(&schema, shard, &hosts)?;
-        let applied = raft_records::applied_index(&schema, shard)?;
-        let published = AppliedIndex::new(applied);
-        let compaction = Compaction {
-            after: cfg.raft.snapshot_after,
-            // Keep a tail of the log so a follower a little behind catches up by entries.
-            keep: (cfg.raft.snapshot_after / 4).max(1),
-        };
-        let shard_actor = ShardActor::new(
-            shard,
-            schema.clone(),
-            storage.clone(),
-            applied,
-            Some(compaction),
-            fatal.clone(),
-            published.clone(),
-        )?
-        .start();
-        let links = ReplicaLinks {
-            storage: storage.clone().recipient(),
-            apply: shard_actor.clone().recipient(),
-            await_apply: shard_actor.clone().recipient(),
-            read_at: shard_actor.clone().recipient(),
-            fail_waiters: shard_actor.clone().recipient(),
-            install: shard_actor.clone().recipient(),
-            // Every other host, not only this shard's: a replica change may add any of them.
-            peers: peers
-                .iter()
-                .map(|(h, p)| (*h, p.clone().recipient::<SendRaft>()))
-                .collect(),
-            fatal: fatal.clone(),
-            applied: published,
-        };
-        let replica = ReplicaActor::new(
-            shard,
-            host,
-            LmdbRaftStorage::new(
-                schema.clone(),
-                shard,
-                snap_dir.clone(),
-                Arc::clone(&build_slots),
-            ),
-            applied,
-            ReplicaSettings {
-                // The first host of the placement leads when healthy: placement rotates
-                // the first host over the shards (or an operator pins it), so leaders
-                // spread over the hosts.
-                preferred_leader: hosts.first().copied(),
-                ..settings.clone()
-            },
-            links,
-            &logger,
-        )?
-        .start();
-        local.insert(
-            shard,
-            LocalReplica {
-                requests: replica.clone().recipient(),
-                raft: replica.clone().recipient(),
-                status: replica.clone().recipient(),
-                transfer: replica.clone().recipient(),
-                snapshots: replica.clone().recipient(),
-                changes: replica.recipient(),
-            },
-        );
+        // The first host of the placement leads when healthy: placement rotates the first
+        // host over the shards (or an operator pins it), so leaders spread over the hosts.
+        let replica = factory.start_bootstrapped(shard, &hosts, hosts.first().copied())?;
+        local.insert(shard, replica);
     }
     let replicas = local.len();
     let settings = RouterSettings {
@@ -357,7 +314,9 @@ impl Handler for HostHandler {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         self.snap_dir
-            .join(format!("recv-{from}-{shard}-{nanos}.snap"))
+            .join(shardkv_actors::snapshot::received_file_name(
+                from, shard, nanos,
+            ))
     }
 
     fn snapshot(
@@ -420,6 +379,20 @@ impl Handler for HostHandler {
         changes: Vec<ReplicaChange>,
     ) -> impl std::future::Future<Output = Response> + Send {
         let fut = self.router.send(ChangeShardReplicas { shard, changes });
+        async move {
+            match fut.await {
+                Ok(resp) => resp,
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+
+    fn transfer_leader(
+        &self,
+        shard: ShardId,
+        to: HostId,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(TransferShardLeader { shard, to });
         async move {
             match fut.await {
                 Ok(resp) => resp,

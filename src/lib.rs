@@ -3,7 +3,7 @@
 //! talk QUIC with mutual TLS.
 //!
 //! This crate holds the daemon's view of `cluster.toml` ([`config`]), certificate tooling
-//! ([`certs`]), the daemon wiring ([`daemon`]), local clusters ([`local`]) and the benchmark
+//! ([`certs`]), the daemon wiring ([`daemon`]), the replicas a host starts and destroys ([`replicas`]), local clusters ([`local`]) and the benchmark
 //! ([`mod@bench`], [`chart`]). The client library is the `shardkv-client` crate, re-exported here
 //! as [`client`] for applications that already depend on this one; the actors live in
 //! `shardkv-actors`, the wire in `shardkv-transport`.
@@ -15,6 +15,7 @@ pub mod chart;
 pub mod config;
 pub mod daemon;
 pub mod local;
+pub mod replicas;
 
 pub use config::ClusterConfig;
 pub use shardkv_client as client;

@@ -22,16 +22,24 @@ use crate::messages::{
     StepSnapshot, TransferLeadership, WriteBatch,
 };
 use crate::metrics::metrics;
+use crate::replica::stop::StopReplica;
+use crate::replica::transfer::TransferLeaderTo;
 use crate::schema::meta;
 
-/// A local replica as the router sees it.
+/// A local replica as the router sees it: the mailboxes of its ReplicaActor, and how to stop
+/// it and its ShardActor when the host stops hosting the shard.
 pub struct LocalReplica {
     pub requests: Recipient<ClientRequest>,
     pub raft: Recipient<StepRaft>,
     pub status: Recipient<GetStatus>,
     pub transfer: Recipient<TransferLeadership>,
+    pub transfer_to: Recipient<TransferLeaderTo>,
     pub snapshots: Recipient<StepSnapshot>,
     pub changes: Recipient<ChangeReplicas>,
+    /// Stops the ReplicaActor.
+    pub stop: Recipient<StopReplica>,
+    /// Stops the shard's ShardActor (its state machine).
+    pub stop_shard: Recipient<StopReplica>,
 }
 
 /// What a router is told about its host and cluster when it starts.
@@ -424,6 +432,35 @@ impl Handler<MapOp> for RouterActor {
     }
 }
 
+/// To the RouterActor: hand the leadership of `shard` to voter `to`, through its replica here
+/// (see [`shardkv_transport::wire::AdminRequest::TransferLeader`]).
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct TransferShardLeader {
+    pub shard: ShardId,
+    pub to: HostId,
+}
+
+impl Handler<TransferShardLeader> for RouterActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: TransferShardLeader, _: &mut Self::Context) -> Self::Result {
+        let shard = msg.shard;
+        let Some(replica) = self.local.get(&shard) else {
+            let hosts = self.hosts_of(shard).to_vec();
+            return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
+        };
+        let fut = replica.transfer_to.send(TransferLeaderTo { to: msg.to });
+        Box::pin(async move {
+            fut.await.unwrap_or_else(|e| {
+                Response::Unavailable(format!(
+                    "replica of shard {shard} on this host is stopped ({e}); retry on another"
+                ))
+            })
+        })
+    }
+}
+
 /// The meta group operation for a map request. A change must carry a valid map whose epoch
 /// is past the one it replaces: the map's epoch never goes back, so a client or host that
 /// caches maps by epoch never takes an old one for new.
@@ -457,6 +494,58 @@ fn map_op(req: MapRequest) -> Result<Op, Response> {
     })
 }
 
+/// To the RouterActor: from now on deliver `shard`'s requests and Raft traffic to `replica`
+/// (a replica started while the host runs, for a shard it is being added to). Refused, and
+/// `replica` handed back so the caller can stop it, if the host already has one: two replicas
+/// of one shard on one host would share its rows.
+#[derive(Message)]
+#[rtype(result = "Result<(), LocalReplica>")]
+pub struct AddLocalReplica {
+    pub shard: ShardId,
+    pub replica: LocalReplica,
+}
+
+impl Handler<AddLocalReplica> for RouterActor {
+    type Result = MessageResult<AddLocalReplica>;
+
+    fn handle(&mut self, msg: AddLocalReplica, _: &mut Self::Context) -> Self::Result {
+        if self.local.contains_key(&msg.shard) {
+            warn!(
+                shard = msg.shard,
+                "a second replica of a shard hosted here refused"
+            );
+            return MessageResult(Err(msg.replica));
+        }
+        info!(shard = msg.shard, "now hosting a replica of the shard");
+        self.local.insert(msg.shard, msg.replica);
+        MessageResult(Ok(()))
+    }
+}
+
+/// To the RouterActor: stop delivering to `shard`'s replica here; its requests are answered
+/// `NoReplicaHere` from now on and its Raft traffic dropped. Answers the replica (None if the
+/// host had none), still running: the caller stops it and deletes its data.
+#[derive(Message)]
+#[rtype(result = "Option<LocalReplica>")]
+pub struct RemoveLocalReplica {
+    pub shard: ShardId,
+}
+
+impl Handler<RemoveLocalReplica> for RouterActor {
+    type Result = MessageResult<RemoveLocalReplica>;
+
+    fn handle(&mut self, msg: RemoveLocalReplica, _: &mut Self::Context) -> Self::Result {
+        let removed = self.local.remove(&msg.shard);
+        if removed.is_some() {
+            info!(
+                shard = msg.shard,
+                "no longer hosting a replica of the shard"
+            );
+        }
+        MessageResult(removed)
+    }
+}
+
 /// To the RouterActor: ask every local leader to hand leadership away (graceful stop).
 /// Answers how many local replicas were still leading.
 #[derive(Message)]
@@ -485,128 +574,4 @@ impl Handler<TransferAll> for RouterActor {
 }
 
 #[cfg(test)]
-mod tests {
-    use shardkv_transport::wire::{ReadConsistency, Request};
-
-    use super::*;
-    use crate::fatal::FatalReporter;
-
-    /// An actor that stops as soon as it starts: a replica that failed.
-    struct Stopped;
-
-    impl Actor for Stopped {
-        type Context = Context<Self>;
-
-        fn started(&mut self, ctx: &mut Self::Context) {
-            ctx.stop();
-        }
-    }
-
-    macro_rules! refuse {
-        ($($msg:ty => $result:ty),*) => {$(
-            impl Handler<$msg> for Stopped {
-                type Result = $result;
-                fn handle(&mut self, _: $msg, _: &mut Self::Context) -> Self::Result {
-                    unreachable!("a stopped actor handles nothing")
-                }
-            }
-        )*};
-    }
-    refuse!(ClientRequest => MessageResult<ClientRequest>, StepRaft => (),
-        TransferLeadership => bool, StepSnapshot => (),
-        ChangeReplicas => MessageResult<ChangeReplicas>);
-
-    impl Handler<GetStatus> for Stopped {
-        type Result = MessageResult<GetStatus>;
-        fn handle(&mut self, _: GetStatus, _: &mut Self::Context) -> Self::Result {
-            unreachable!("a stopped actor handles nothing")
-        }
-    }
-
-    #[actix_rt::test]
-    async fn a_stopped_replica_is_answered_retryable_so_the_client_tries_another() {
-        let stopped = Stopped.start();
-        while stopped.connected() {
-            tokio::task::yield_now().await;
-        }
-        let local = LocalReplica {
-            requests: stopped.clone().recipient(),
-            raft: stopped.clone().recipient(),
-            status: stopped.clone().recipient(),
-            transfer: stopped.clone().recipient(),
-            snapshots: stopped.clone().recipient(),
-            changes: stopped.recipient(),
-        };
-        let dir = tempfile::tempdir().expect("temp dir");
-        let schema = crate::schema::Schema::open(dir.path(), 1 << 24, "t", 1).expect("schema");
-        let storage = crate::storage::StorageActor::new(schema, FatalReporter::channel().0)
-            .expect("storage")
-            .start();
-        let settings = RouterSettings {
-            host: 1,
-            cluster: "t".into(),
-            value_bytes_max: 1024,
-            layout: Layout {
-                shards: 1,
-                replicas: 3,
-                pins: Vec::new(),
-                placement: vec![(1, vec![1, 2, 3])],
-            },
-            incarnation: 1,
-            peer_incarnations: Vec::new(),
-        };
-        let router =
-            RouterActor::new(settings, HashMap::from([(1, local)]), storage.recipient()).start();
-        let get = Request {
-            client_id: 0,
-            seq: 0,
-            op: Op::Get {
-                key: b"k".to_vec(),
-                consistency: ReadConsistency::Linearizable,
-            },
-        };
-        let resp = router
-            .send(ClientRequest(get))
-            .await
-            .expect("router answers");
-        assert!(matches!(resp, Response::Unavailable(_)), "{resp:?}");
-    }
-
-    fn map_at(epoch: u64) -> Vec<u8> {
-        let layout = Layout {
-            shards: 1,
-            replicas: 1,
-            pins: Vec::new(),
-            placement: vec![(1, vec![1])],
-        };
-        let mut map = ClusterMap::day0(&layout, &[(1, "127.0.0.1:1".into())]).expect("day-0 map");
-        for h in 2..=epoch {
-            map.add_host(h, &format!("127.0.0.1:{h}")).expect("add");
-        }
-        assert_eq!(map.epoch(), epoch);
-        map.encode()
-    }
-
-    #[test]
-    fn a_map_change_must_be_a_valid_map_with_a_later_epoch() {
-        let ok = map_op(MapRequest::Cas {
-            expected: Some(map_at(2)),
-            new: map_at(3),
-        });
-        assert!(matches!(ok, Ok(Op::Cas { .. })), "{ok:?}");
-        assert!(map_op(MapRequest::Cas {
-            expected: None,
-            new: map_at(2)
-        })
-        .is_ok());
-        for (expected, new) in [
-            (Some(map_at(3)), map_at(3)),
-            (Some(map_at(3)), map_at(2)),
-            (None, map_at(1)),
-            (None, b"not a map".to_vec()),
-        ] {
-            let refused = map_op(MapRequest::Cas { expected, new });
-            assert!(matches!(refused, Err(Response::Invalid(_))), "{refused:?}");
-        }
-    }
-}
+mod tests;

@@ -171,6 +171,20 @@ impl Client {
             .await
     }
 
+    /// Asks host `host`, which must lead `shard`, to hand the shard's leadership to voter `to`
+    /// (see [`AdminRequest::TransferLeader`]); one attempt. `Ok` means started (or already
+    /// done): poll [`Client::host_status`] to see it complete. Hosts accept it only from a
+    /// client holding a host certificate.
+    pub async fn transfer_leader(
+        &self,
+        host: HostId,
+        shard: ShardId,
+        to: HostId,
+    ) -> Result<Response, ClientError> {
+        self.admin(host, AdminRequest::TransferLeader { shard, to })
+            .await
+    }
+
     /// Test hook: switches on faults in host `host`. Only hosts built with the
     /// `fault-injection` feature understand it, and they accept it only from a client that
     /// holds a host certificate (the test harness); a client certificate is answered `Invalid`.

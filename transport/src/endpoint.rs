@@ -81,6 +81,8 @@ pub trait Handler: Send + Sync + 'static {
         shard: ShardId,
         changes: Vec<crate::wire::ReplicaChange>,
     ) -> impl Future<Output = Response> + Send;
+    /// The reply to [`AdminRequest::TransferLeader`].
+    fn transfer_leader(&self, shard: ShardId, to: HostId) -> impl Future<Output = Response> + Send;
     /// Where an arriving snapshot may be written (a fresh path in the host's data dir).
     fn snapshot_path(&self, from: HostId, shard: ShardId) -> PathBuf;
     /// A whole snapshot from host `from` has arrived in `path`, for the `MsgSnapshot` in
@@ -478,8 +480,9 @@ async fn serve_request<H: Handler>(
     }
 }
 
-/// Answers a request addressed to this host. Replica changes, map changes and fault hooks
-/// change the cluster itself, so only a host's certificate may ask for them (the operator's tools and
+/// Answers a request addressed to this host. Replica changes, map changes, leadership
+/// transfers and fault hooks change the cluster itself, so only a host's certificate may ask
+/// for them (the operator's tools and
 /// the test harness use one).
 async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler: &H) -> Response {
     match req {
@@ -497,6 +500,13 @@ async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler
             PeerIdentity::Client(_) => {
                 warn!(%peer, "refused a cluster map change from a client certificate");
                 Response::Invalid("cluster map changes require a host certificate".into())
+            }
+        },
+        AdminRequest::TransferLeader { shard, to } => match peer {
+            PeerIdentity::Host(_) => handler.transfer_leader(shard, to).await,
+            PeerIdentity::Client(_) => {
+                warn!(%peer, shard, "refused a leadership transfer from a client certificate");
+                Response::Invalid("leadership transfers require a host certificate".into())
             }
         },
         #[cfg(all(feature = "fault-injection", debug_assertions))]

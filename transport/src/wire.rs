@@ -139,6 +139,11 @@ pub enum AdminRequest {
     },
     /// Read or change the live cluster map, held by the meta group's leader.
     Map(MapRequest),
+    /// Hand the leadership of `shard` to voter `to`, from the shard's leader on this host
+    /// (others answer `NotLeader`; `to` already leading is `Ok`; a `to` that is not a voter
+    /// is `Invalid`). Answered `Ok` once the transfer is started: it completes within an
+    /// election timeout or not at all, so the caller polls the shard's status to see it.
+    TransferLeader { shard: ShardId, to: HostId },
     /// Tests only: inject faults into this host's transport. Accepted only from a host
     /// certificate; compiled in only with the `fault-injection` feature, so a release host
     /// cannot even decode it.

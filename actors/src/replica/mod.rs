@@ -11,7 +11,8 @@
 //! [`placement::LeaderPlacement`] (hand-back and shutdown hand-off),
 //! [`snapshots::SnapshotFiles`] (snapshot files in and out) and
 //! [`votes::StartupVoteRefusal`]. Message handlers are in `handlers.rs`, client requests in
-//! `requests.rs`.
+//! `requests.rs`, leadership moved on request in `transfer.rs`, stopping a replica while the
+//! host runs on in `stop.rs`.
 
 mod handlers;
 pub mod lease;
@@ -22,6 +23,8 @@ pub mod reads;
 mod ready;
 mod requests;
 pub mod snapshots;
+pub mod stop;
+pub mod transfer;
 pub mod votes;
 
 use std::collections::HashMap;

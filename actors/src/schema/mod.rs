@@ -23,6 +23,7 @@ use heed::{Database, Env, EnvOpenOptions};
 use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
+use crate::messages::WriteOp;
 
 pub mod log_clock_record;
 pub mod meta;
@@ -181,6 +182,47 @@ pub fn session_key(shard: ShardId, client_id: u64) -> [u8; 12] {
     k
 }
 
+/// The first key of `shard` in a shard-prefixed table, and the first key after it: every row
+/// of the shard in any table lies in between.
+pub fn shard_key_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
+    (
+        shard.to_be_bytes().to_vec(),
+        (u64::from(shard) + 1).to_be_bytes()[4..].to_vec(),
+    )
+}
+
+/// A key range `[from, to)` of one table.
+pub type TableRange = (TableId, Vec<u8>, Vec<u8>);
+
+/// Where `shard`'s data lies: its `kv` rows, its sessions and its Raft log. A snapshot
+/// install replaces exactly these (it overwrites the `raft_state` rows it carries); destroying
+/// a replica deletes these and its `raft_state` rows too ([`shard_all_ranges`]).
+pub fn shard_data_ranges(shard: ShardId) -> [TableRange; 3] {
+    let (lo, hi) = shard_key_range(shard);
+    [
+        (TableId::Kv, lo.clone(), hi.clone()),
+        (TableId::Sessions, lo.clone(), hi.clone()),
+        (TableId::RaftLog, lo, hi),
+    ]
+}
+
+/// Every row `shard` has in this Env: its data ([`shard_data_ranges`]) and its Raft state
+/// (hard state, conf state, applied index, truncation point, log clock). Once these are
+/// deleted the host holds nothing of the shard, so a restart cannot bring the replica back.
+pub fn shard_all_ranges(shard: ShardId) -> [TableRange; 4] {
+    let [kv, sessions, log] = shard_data_ranges(shard);
+    let (lo, hi) = shard_key_range(shard);
+    [kv, sessions, log, (TableId::RaftState, lo, hi)]
+}
+
+/// The writes that delete every key in `ranges`.
+pub fn delete_ranges(ranges: impl IntoIterator<Item = TableRange>) -> Vec<WriteOp> {
+    ranges
+        .into_iter()
+        .map(|(table, from, to)| WriteOp::DeleteRange(table, from, to))
+        .collect()
+}
+
 /// Decodes a big-endian u64 stored value.
 pub fn decode_u64(what: &str, v: &[u8]) -> Result<u64, ActorError> {
     let b: [u8; 8] = v.try_into().map_err(|_| ActorError::Corrupt {
@@ -210,6 +252,37 @@ mod tests {
         assert!(matches!(err, ActorError::ForeignData { .. }), "{err}");
         let err = Schema::open(dir.path(), 1 << 26, "a", 2).err().unwrap();
         assert!(err.to_string().contains("host"), "{err}");
+    }
+
+    #[test]
+    fn a_shards_key_range_holds_all_its_keys_and_no_other_shards() {
+        let (lo, hi) = shard_key_range(7);
+        for key in [
+            log_key(7, 0).to_vec(),
+            log_key(7, u64::MAX).to_vec(),
+            state_key(7, u8::MAX).to_vec(),
+            kv_key(7, &[0xff; 40]),
+            session_key(7, 1).to_vec(),
+        ] {
+            assert!(lo <= key && key < hi, "{key:?}");
+        }
+        for key in [log_key(6, u64::MAX).to_vec(), kv_key(8, b"")] {
+            assert!(key < lo || key >= hi, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn all_ranges_of_a_shard_cover_every_table_but_meta() {
+        let tables: Vec<TableId> = shard_all_ranges(3).iter().map(|r| r.0).collect();
+        assert_eq!(
+            tables,
+            [
+                TableId::Kv,
+                TableId::Sessions,
+                TableId::RaftLog,
+                TableId::RaftState
+            ]
+        );
     }
 
     #[test]

@@ -14,8 +14,8 @@ use shardkv_transport::ShardId;
 use crate::error::ActorError;
 use crate::messages::WriteOp;
 use crate::schema::{
-    decode_u64, log_key, log_key_index, state_key, Schema, TableId, TAG_APPLIED, TAG_CONF_STATE,
-    TAG_HARD_STATE, TAG_TRUNCATED,
+    decode_u64, log_key, log_key_index, shard_key_range, state_key, Schema, TableId, TAG_APPLIED,
+    TAG_CONF_STATE, TAG_HARD_STATE, TAG_TRUNCATED,
 };
 
 /// Bytes of a stored truncation point: index then term.
@@ -130,6 +130,20 @@ pub fn bootstrap(schema: &Schema, shard: ShardId, voters: &[u64]) -> Result<bool
         .put(&mut wtxn, &key, &encode_proto(&cs)?)?;
     wtxn.commit()?;
     Ok(true)
+}
+
+/// Whether this host holds Raft state of `shard`: a replica bootstrapped here, or one that
+/// joined and heard from its leader. A destroyed replica has none (its rows are deleted in one
+/// transaction), so a host starting up tells the shards it hosts from those it does not.
+pub fn has_state(schema: &Schema, shard: ShardId) -> Result<bool, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    let (lo, hi) = shard_key_range(shard);
+    let range = (
+        std::ops::Bound::Included(lo.as_slice()),
+        std::ops::Bound::Excluded(hi.as_slice()),
+    );
+    let found = schema.raft_state.range(&rtxn, &range)?.next().is_some();
+    Ok(found)
 }
 
 /// The index applied to `kv` (durably, in the apply transaction); 0 if none.
@@ -400,6 +414,8 @@ mod tests {
         drop(rtxn);
 
         // Another shard sees none of it.
+        assert!(has_state(&schema, 1).unwrap());
+        assert!(!has_state(&schema, 2).unwrap());
         assert_eq!(applied_index(&schema, 2).unwrap(), 0);
         assert_eq!(hard_state(&schema, 2).unwrap(), HardState::default());
         let other = Durable::new(&schema, 2);

@@ -280,19 +280,12 @@ impl Handler<InstallSnapshot> for ShardActor {
             path,
             raft_ops,
         } = msg;
-        let (lo, hi) = crate::snapshot::shard_range(shard);
-        let mut ops = vec![
-            WriteOp::DeleteRange(TableId::Kv, lo.clone(), hi.clone()),
-            WriteOp::DeleteRange(TableId::Sessions, lo, hi),
-            WriteOp::DeleteRange(
-                TableId::RaftLog,
-                log_key(shard, 0).to_vec(),
-                log_key(shard, u64::MAX).to_vec(),
-            ),
+        let mut ops = crate::schema::delete_ranges(crate::schema::shard_data_ranges(shard));
+        ops.extend([
             WriteOp::LoadSnapshot(shard, path.clone()),
             raft_records::applied_op(shard, index),
             raft_records::truncated_op(shard, index, term),
-        ];
+        ]);
         ops.extend(raft_ops);
         let storage = self.storage.clone();
         let check = async move {

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use heed::RoTxn;
 use serde::{Deserialize, Serialize};
-use shardkv_transport::ShardId;
+use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
 use crate::schema::session_record::SESSION_RECORD_BYTES_MIN;
@@ -76,12 +76,47 @@ pub fn file_name(shard: ShardId, index: u64, term: u64) -> String {
     format!("shard-{shard}-{index}-{term}.snap")
 }
 
-/// The first key of `shard` in a shard-prefixed table, and the first key after it.
-pub fn shard_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
-    (
-        shard.to_be_bytes().to_vec(),
-        (u64::from(shard) + 1).to_be_bytes()[4..].to_vec(),
-    )
+/// The file name of a snapshot of `shard` arriving from host `from`; `nanos` (the time it
+/// started to arrive) keeps two arrivals apart.
+pub fn received_file_name(from: HostId, shard: ShardId, nanos: u128) -> String {
+    format!("recv-{from}-{shard}-{nanos}.snap")
+}
+
+/// The shard a snapshot file name of this module is of (None: not one of ours).
+fn shard_of_file_name(name: &str) -> Option<ShardId> {
+    let base = name
+        .strip_suffix(".snap")
+        .or_else(|| name.strip_suffix(".snap.tmp"))?;
+    let shard = if let Some(rest) = base.strip_prefix("shard-") {
+        rest.split('-').next()?
+    } else {
+        base.strip_prefix("recv-")?.split('-').nth(1)?
+    };
+    shard.parse().ok()
+}
+
+/// Removes every snapshot file of `shard` in `dir` (built here or received), for a replica
+/// destroyed while the host runs; answers how many it removed. A build still running on a
+/// blocking thread may write one more, which [`clean_at_start`] removes at the next start.
+pub fn remove_shard_files(dir: &Path, shard: ShardId) -> Result<usize, ActorError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(dir, e)),
+    };
+    let mut removed = 0;
+    for e in entries {
+        let e = e.map_err(|e| io(dir, e))?;
+        if shard_of_file_name(&e.file_name().to_string_lossy()) == Some(shard) {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => removed += 1,
+                // Retired or installed meanwhile by whoever else owned it.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(io(&e.path(), err)),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Writes the snapshot of `meta.snapshot.shard` as seen by `rtxn` into `dir` (atomically: a
@@ -272,6 +307,35 @@ pub fn clean_at_start(dir: &Path) -> Result<usize, ActorError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_files_of_one_shard_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            file_name(3, 10, 2),
+            format!("{}.tmp", file_name(3, 11, 2)),
+            received_file_name(2, 3, 77),
+            file_name(31, 10, 2),
+            received_file_name(3, 4, 77),
+            "notes.txt".to_string(),
+        ];
+        for n in &names {
+            std::fs::write(dir.path().join(n), b"x").unwrap();
+        }
+        assert_eq!(remove_shard_files(dir.path(), 3).unwrap(), 3);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = names[3..].to_vec();
+        want.sort();
+        assert_eq!(left, want);
+        assert_eq!(
+            remove_shard_files(&dir.path().join("absent"), 3).unwrap(),
+            0
+        );
+    }
     use crate::messages::{WriteBatch, WriteOp};
     use crate::schema::TableId;
     use crate::test_fixtures::open_schema;
@@ -322,7 +386,7 @@ mod tests {
             Record::Session { client, .. } => *client == 7,
             Record::Meta(_) | Record::MetaWithoutClock(_) => false,
         }));
-        let (lo, hi) = shard_range(2);
+        let (lo, hi) = crate::schema::shard_key_range(2);
         assert!(kv_key(2, b"zzz") >= lo && kv_key(2, b"zzz") < hi && kv_key(3, b"") >= hi);
     }
 

@@ -1,0 +1,231 @@
+//! RouterActor tests: stopped replicas, and replicas added and removed while it runs.
+
+use shardkv_transport::wire::{ReadConsistency, Request};
+
+use super::*;
+use crate::fatal::FatalReporter;
+
+/// An actor that stops as soon as it starts: a replica that failed.
+struct Stopped;
+
+impl Actor for Stopped {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+macro_rules! refuse {
+    ($($msg:ty => $result:ty),*) => {$(
+        impl Handler<$msg> for Stopped {
+            type Result = $result;
+            fn handle(&mut self, _: $msg, _: &mut Self::Context) -> Self::Result {
+                unreachable!("a stopped actor handles nothing")
+            }
+        }
+    )*};
+}
+refuse!(ClientRequest => MessageResult<ClientRequest>, StepRaft => (),
+    TransferLeadership => bool, StepSnapshot => (),
+    ChangeReplicas => MessageResult<ChangeReplicas>,
+    TransferLeaderTo => MessageResult<TransferLeaderTo>, StopReplica => (),
+    GetStatus => MessageResult<GetStatus>);
+
+/// A replica that answers every client request `Ok` (and nothing else is sent to it here).
+struct Answering;
+
+impl Actor for Answering {
+    type Context = Context<Self>;
+}
+
+impl Handler<ClientRequest> for Answering {
+    type Result = MessageResult<ClientRequest>;
+    fn handle(&mut self, _: ClientRequest, _: &mut Self::Context) -> Self::Result {
+        MessageResult(Response::Ok)
+    }
+}
+
+macro_rules! ignore {
+    ($($msg:ty => $result:ty),*) => {$(
+        impl Handler<$msg> for Answering {
+            type Result = $result;
+            fn handle(&mut self, _: $msg, _: &mut Self::Context) -> Self::Result {
+                unreachable!("the test sends only client requests")
+            }
+        }
+    )*};
+}
+ignore!(StepRaft => (), TransferLeadership => bool, StepSnapshot => (),
+    ChangeReplicas => MessageResult<ChangeReplicas>,
+    TransferLeaderTo => MessageResult<TransferLeaderTo>, StopReplica => (),
+    GetStatus => MessageResult<GetStatus>);
+
+/// The router's view of a replica played by `actor`.
+fn local_replica<A>(actor: Addr<A>) -> LocalReplica
+where
+    A: Actor<Context = Context<A>>
+        + Handler<ClientRequest>
+        + Handler<StepRaft>
+        + Handler<GetStatus>
+        + Handler<TransferLeadership>
+        + Handler<TransferLeaderTo>
+        + Handler<StepSnapshot>
+        + Handler<ChangeReplicas>
+        + Handler<StopReplica>,
+{
+    LocalReplica {
+        requests: actor.clone().recipient(),
+        raft: actor.clone().recipient(),
+        status: actor.clone().recipient(),
+        transfer: actor.clone().recipient(),
+        transfer_to: actor.clone().recipient(),
+        snapshots: actor.clone().recipient(),
+        changes: actor.clone().recipient(),
+        stop: actor.clone().recipient(),
+        stop_shard: actor.recipient(),
+    }
+}
+
+/// A router of host 1 of a one-shard cluster delivering to `local`, with its storage in `dir`.
+fn router(dir: &std::path::Path, local: HashMap<ShardId, LocalReplica>) -> Addr<RouterActor> {
+    let schema = crate::schema::Schema::open(dir, 1 << 24, "t", 1).expect("schema");
+    let storage = crate::storage::StorageActor::new(schema, FatalReporter::channel().0)
+        .expect("storage")
+        .start();
+    let settings = RouterSettings {
+        host: 1,
+        cluster: "t".into(),
+        value_bytes_max: 1024,
+        layout: Layout {
+            shards: 1,
+            replicas: 3,
+            pins: Vec::new(),
+            placement: vec![(1, vec![1, 2, 3])],
+        },
+        incarnation: 1,
+        peer_incarnations: Vec::new(),
+    };
+    RouterActor::new(settings, local, storage.recipient()).start()
+}
+
+fn get() -> ClientRequest {
+    ClientRequest(Request {
+        client_id: 0,
+        seq: 0,
+        op: Op::Get {
+            key: b"k".to_vec(),
+            consistency: ReadConsistency::Linearizable,
+        },
+    })
+}
+
+#[actix_rt::test]
+async fn a_stopped_replica_is_answered_retryable_so_the_client_tries_another() {
+    let stopped = Stopped.start();
+    while stopped.connected() {
+        tokio::task::yield_now().await;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let router = router(dir.path(), HashMap::from([(1, local_replica(stopped))]));
+    let resp = router.send(get()).await.expect("router answers");
+    assert!(matches!(resp, Response::Unavailable(_)), "{resp:?}");
+}
+
+#[actix_rt::test]
+async fn a_replica_added_at_runtime_serves_and_once_removed_the_shard_is_not_hosted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let router = router(dir.path(), HashMap::new());
+    let resp = router.send(get()).await.expect("router answers");
+    assert!(
+        matches!(resp, Response::NoReplicaHere { shard: 1, .. }),
+        "{resp:?}"
+    );
+
+    let added = router
+        .send(AddLocalReplica {
+            shard: 1,
+            replica: local_replica(Answering.start()),
+        })
+        .await
+        .expect("router answers");
+    assert!(added.is_ok());
+    assert_eq!(
+        router.send(get()).await.expect("router answers"),
+        Response::Ok
+    );
+
+    let second = router
+        .send(AddLocalReplica {
+            shard: 1,
+            replica: local_replica(Answering.start()),
+        })
+        .await
+        .expect("router answers");
+    assert!(
+        second.is_err(),
+        "a second replica of a hosted shard is refused"
+    );
+
+    let removed = router
+        .send(RemoveLocalReplica { shard: 1 })
+        .await
+        .expect("router answers");
+    assert!(removed.is_some());
+    let resp = router.send(get()).await.expect("router answers");
+    assert!(
+        matches!(resp, Response::NoReplicaHere { shard: 1, .. }),
+        "{resp:?}"
+    );
+    let transfer = router
+        .send(TransferShardLeader { shard: 1, to: 2 })
+        .await
+        .expect("router answers");
+    assert!(
+        matches!(transfer, Response::NoReplicaHere { shard: 1, .. }),
+        "{transfer:?}"
+    );
+    let again = router
+        .send(RemoveLocalReplica { shard: 1 })
+        .await
+        .expect("router answers");
+    assert!(again.is_none());
+}
+
+fn map_at(epoch: u64) -> Vec<u8> {
+    let layout = Layout {
+        shards: 1,
+        replicas: 1,
+        pins: Vec::new(),
+        placement: vec![(1, vec![1])],
+    };
+    let mut map = ClusterMap::day0(&layout, &[(1, "127.0.0.1:1".into())]).expect("day-0 map");
+    for h in 2..=epoch {
+        map.add_host(h, &format!("127.0.0.1:{h}")).expect("add");
+    }
+    assert_eq!(map.epoch(), epoch);
+    map.encode()
+}
+
+#[test]
+fn a_map_change_must_be_a_valid_map_with_a_later_epoch() {
+    let ok = map_op(MapRequest::Cas {
+        expected: Some(map_at(2)),
+        new: map_at(3),
+    });
+    assert!(matches!(ok, Ok(Op::Cas { .. })), "{ok:?}");
+    assert!(map_op(MapRequest::Cas {
+        expected: None,
+        new: map_at(2)
+    })
+    .is_ok());
+    for (expected, new) in [
+        (Some(map_at(3)), map_at(3)),
+        (Some(map_at(3)), map_at(2)),
+        (None, map_at(1)),
+        (None, b"not a map".to_vec()),
+    ] {
+        let refused = map_op(MapRequest::Cas { expected, new });
+        assert!(matches!(refused, Err(Response::Invalid(_))), "{refused:?}");
+    }
+}
