@@ -8,7 +8,8 @@
 //! The actor is a struct of typed parts, each a plain type with its own tests:
 //! [`reads::ReadQueue`] (ReadIndex rounds), [`lease::Lease`] (lease reads),
 //! [`persist::PersistPipeline`] (Ready batches on their way to disk),
-//! [`placement::LeaderPlacement`] (hand-back and shutdown hand-off),
+//! [`placement::LeaderPlacement`] (hand-back, shutdown and slow-disk hand-off),
+//! [`placement::SlowDisk`] (whether this host's disk keeps up),
 //! [`snapshots::SnapshotFiles`] (snapshot files in and out) and
 //! [`votes::StartupVoteRefusal`]. Message handlers are in `handlers.rs`, client requests in
 //! `requests.rs`.
@@ -42,7 +43,7 @@ use crate::shard::AppliedIndex;
 use lease::{lease_for, Lease};
 use persist::PersistPipeline;
 pub(crate) use persist::PERSISTS_IN_FLIGHT_MAX;
-use placement::LeaderPlacement;
+use placement::{LeaderPlacement, SlowDisk};
 use reads::ReadQueue;
 use snapshots::SnapshotFiles;
 use votes::StartupVoteRefusal;
@@ -100,6 +101,7 @@ pub struct ReplicaActor {
     lease: Lease,
     persist: PersistPipeline,
     placement: LeaderPlacement,
+    disk: SlowDisk,
     snapshots: SnapshotFiles,
     votes: StartupVoteRefusal,
     /// The leader and role as of the last Ready (to log changes and fail what only a leader
@@ -157,6 +159,7 @@ impl ReplicaActor {
             lease: Lease::new(lease_for(settings.tick, settings.election_ticks)),
             persist: PersistPipeline::new(stored_hs),
             placement: LeaderPlacement::new(host, settings.preferred_leader, election_timeout, now),
+            disk: SlowDisk::new(election_timeout),
             snapshots: SnapshotFiles::default(),
             votes: StartupVoteRefusal::until(now + election_timeout),
             settings,
@@ -230,6 +233,7 @@ impl StreamHandler<Tick> for ReplicaActor {
     fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
         self.node.tick();
         self.reads.expire(Instant::now());
+        self.hand_away_from_slow_disk();
         self.balance_leadership();
         self.schedule_drive(ctx);
     }
