@@ -55,6 +55,19 @@ use votes::StartupVoteRefusal;
 /// when nothing is uncommitted, so one at the value ceiling still gets through.
 pub const UNCOMMITTED_BYTES_PER_SHARD_MAX: u64 = 64 << 20;
 
+/// Appends a leader sends a follower without hearing back (raft-rs' `max_inflight_msgs`).
+/// Together they hold at most half of what the queue to a peer admits, so a follower catching
+/// up (after a stall, a restart) gets every append the leader sends it, with room left for a
+/// second shard's and for heartbeats. At 256 a stalled host resumed 256 MiB behind was sent
+/// 256 MiB at once: the queue dropped most of it, the follower saw gaps, the leader probed
+/// back and built it all again, heartbeats waited behind that work, and elections followed
+/// every few seconds without the follower ever catching up (tests/stalled_peer.rs).
+pub const INFLIGHT_APPENDS_PER_FOLLOWER_MAX: usize = 32;
+const _: () = assert!(
+    INFLIGHT_APPENDS_PER_FOLLOWER_MAX * shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX
+        <= crate::peer::queue::QUEUE_BYTES_MAX / 2
+);
+
 /// Timing and limits of one replica.
 #[derive(Debug, Clone)]
 pub struct ReplicaSettings {
@@ -137,7 +150,7 @@ impl ReplicaActor {
             applied,
             // The Raft frame limit is sized from this (see shardkv_transport::wire).
             max_size_per_msg: shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX as u64,
-            max_inflight_msgs: 256,
+            max_inflight_msgs: INFLIGHT_APPENDS_PER_FOLLOWER_MAX,
             max_uncommitted_size: UNCOMMITTED_BYTES_PER_SHARD_MAX,
             check_quorum: true,
             pre_vote: true,
