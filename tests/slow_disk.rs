@@ -5,10 +5,11 @@
 //! The slow disk is the `commit_delay_ms` fault hook: host 3's storage writer sleeps before
 //! each group commit. raft-rs hands committed entries to a leader's state machine only once
 //! they are persisted on the leader itself, so a shard led by host 3 answers a write only
-//! after host 3's fsync, longer than a client's attempt timeout: without slow-disk leader
-//! eviction every such write needs a retry, some past the default deadline. With it host 3
-//! hands leadership to a follower an election timeout into its slow fsync, and refuses to
-//! take it back while its disk stays slow, so each write is acknowledged within one attempt.
+//! after host 3's fsync, longer than a client's attempt timeout. Without slow-disk leader
+//! eviction host 3 keeps leading until its persist pipeline fills and its heartbeats stop,
+//! and writes caught there wait out two attempts. With it host 3 hands leadership to a
+//! follower an election timeout into its slow fsync and refuses to take it back while its
+//! disk stays slow, so a write waits out one attempt at most.
 #![cfg(debug_assertions)]
 
 mod common;
@@ -140,11 +141,13 @@ async fn a_host_with_a_slow_disk_leaves_every_shard_writable_and_loses_nothing()
             keys.len()
         );
         assert!(!keys.is_empty(), "shard {shard} acknowledged writes");
-        // A bound from the client's own settings, four times what eviction takes here (an
-        // election timeout and an election): no write waited out an attempt for the slow disk.
+        // A bound from the client's own settings: a write caught on the slow leader at the
+        // hand-over may wait out one attempt there (its state machine waits for the disk),
+        // then is answered by the new leader; none waits out two. Without the hand-over a
+        // leader stays until its stalled pipeline stops its heartbeats: writes took 4 s.
         assert!(
-            slowest < attempt_timeout,
-            "a write to shard {shard} took {slowest:?}, past the attempt timeout \
+            slowest < 2 * attempt_timeout,
+            "a write to shard {shard} took {slowest:?}, more than two attempts of \
              {attempt_timeout:?}: it waited for the slow disk"
         );
         acked.extend(keys);

@@ -130,8 +130,11 @@ impl LeaderPlacement {
 impl LeaderPlacement {
     /// Whether a leader whose disk is behind (`disk_behind`: see [`SlowDisk::is_behind`])
     /// should hand its leadership away now, and to whom: the most up-to-date active follower.
-    /// At most one attempt per election timeout (raft-rs gives a transfer that long), none
-    /// while a transfer is pending or a stop is handing over.
+    /// None while a transfer is pending or a stop is handing over, and after an attempt none
+    /// for as long as a slow disk is remembered ([`SLOW_DISK_MEMORY_ELECTION_TIMEOUTS`]):
+    /// raft-rs refuses proposals while a transfer is pending (up to an election timeout),
+    /// and when every host's disk is slow each transfer is refused, so retrying sooner would
+    /// refuse writes for a large share of the time.
     pub fn slow_disk_handoff(
         &mut self,
         now: Instant,
@@ -139,9 +142,9 @@ impl LeaderPlacement {
         transfer_pending: bool,
         followers: impl IntoIterator<Item = FollowerProgress>,
     ) -> Option<HostId> {
-        let tried_lately = self
-            .slow_disk_handoff_at
-            .is_some_and(|at| now.saturating_duration_since(at) < self.patience);
+        let tried_lately = self.slow_disk_handoff_at.is_some_and(|at| {
+            now.saturating_duration_since(at) < self.patience * SLOW_DISK_MEMORY_ELECTION_TIMEOUTS
+        });
         if !disk_behind || transfer_pending || tried_lately || self.handoff_at.is_some() {
             return None;
         }
@@ -306,18 +309,19 @@ mod tests {
             "transfer pending"
         );
         assert_eq!(p.slow_disk_handoff(t0, true, false, followers), Some(2));
+        let gap = TIMEOUT * SLOW_DISK_MEMORY_ELECTION_TIMEOUTS;
         assert_eq!(
-            p.slow_disk_handoff(t0 + TIMEOUT / 2, true, false, followers),
+            p.slow_disk_handoff(t0 + gap - TIMEOUT, true, false, followers),
             None,
-            "one attempt per election timeout"
+            "no retry while a slow disk is remembered"
         );
         assert_eq!(
-            p.slow_disk_handoff(t0 + TIMEOUT, true, false, followers),
+            p.slow_disk_handoff(t0 + gap, true, false, followers),
             Some(2)
         );
         let inactive = [progress(1, false, 40)];
         assert_eq!(
-            p.slow_disk_handoff(t0 + 3 * TIMEOUT, true, false, inactive),
+            p.slow_disk_handoff(t0 + 3 * gap, true, false, inactive),
             None,
             "nobody to hand over to"
         );
