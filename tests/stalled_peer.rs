@@ -20,12 +20,12 @@ use shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX;
 
 const MIB: u64 = 1 << 20;
 const VALUE_BYTES: usize = 64 << 10;
-/// Values written while host 3 is stalled: 256 MiB, twice what a healthy host may hold for it
-/// (see [`GROWTH_BYTES_MAX`]), so a queue without a bound would show in its memory.
-const STALLED_WRITES: usize = 4096;
+/// Values written while host 3 is stalled: 192 MiB, half again what a healthy host may hold
+/// for it (see [`GROWTH_BYTES_MAX`]), so a queue without a bound would show in its memory.
+const STALLED_WRITES: usize = 3072;
 /// Values written with every host up before the stall, so the baseline memory already holds
 /// what a steady stream of such writes needs.
-const WARM_UP_WRITES: usize = 512;
+const WARM_UP_WRITES: usize = 256;
 const WRITERS: usize = 4;
 /// What a healthy host may hold because one peer stopped reading, above its memory with that
 /// peer reading:
@@ -38,7 +38,7 @@ const WRITERS: usize = 4;
 /// - allocator slack (freed buffers the allocator keeps): 32 MiB, a margin.
 ///
 /// That is about 129 MiB; the cluster has one shard, so its one leader replicates all of the
-/// [`STALLED_WRITES`] (256 MiB) to the stalled host: a queue without a bound would hold it.
+/// [`STALLED_WRITES`] (192 MiB) to the stalled host: a queue without a bound would hold it.
 const GROWTH_BYTES_MAX: u64 = (QUEUE_BYTES_MAX + SMALL_HEADROOM_BYTES) as u64
     + RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX as u64
     + CONNECTION_RECEIVE_WINDOW_BYTES as u64
@@ -203,7 +203,9 @@ async fn a_stalled_peer_leaves_the_cluster_serving_with_bounded_memory_and_nothi
 
     // Host 3 resumes, catches up, and holds every acknowledged write itself.
     cluster.resume(3);
+    let resumed = Instant::now();
     cluster.wait_caught_up(&admin, 3).await;
+    eprintln!("host 3 caught up in {:?}", resumed.elapsed());
     let conn = cluster.raw_connection("cli", 2).await;
     for i in 0..WARM_UP_WRITES + STALLED_WRITES {
         assert_eq!(

@@ -119,14 +119,7 @@ impl Handler<TransferLeadership> for ReplicaActor {
             ShutdownHandoff::Begin => {}
         }
         self.lease.suspend();
-        let followers: Vec<FollowerProgress> = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .map(|(id, _)| *id)
-            .filter_map(|id| self.follower_progress(id))
-            .collect();
+        let followers = self.replicas_progress();
         let Some(to) = best_transferee(self.host, followers) else {
             return false;
         };
@@ -174,14 +167,7 @@ impl ReplicaActor {
         }
         let now = Instant::now();
         let behind = self.disk.is_behind(now, self.persist.outstanding_since());
-        let followers: Vec<FollowerProgress> = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .map(|(id, _)| *id)
-            .filter_map(|id| self.follower_progress(id))
-            .collect();
+        let followers = self.replicas_progress();
         let Some(to) = self.placement.slow_disk_handoff(
             now,
             behind,
@@ -200,6 +186,18 @@ impl ReplicaActor {
             .get_or_create(&crate::metrics::ShardLabels { shard: self.shard })
             .inc();
         self.node.transfer_leader(to);
+    }
+
+    /// The replication progress of every replica of the shard as this leader tracks it (its
+    /// own included).
+    fn replicas_progress(&self) -> Vec<FollowerProgress> {
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter_map(|id| self.follower_progress(id))
+            .collect()
     }
 
     /// `host`'s replication progress as this leader tracks it.

@@ -58,10 +58,10 @@ pub const UNCOMMITTED_BYTES_PER_SHARD_MAX: u64 = 64 << 20;
 /// Appends a leader sends a follower without hearing back (raft-rs' `max_inflight_msgs`).
 /// Together they hold at most half of what the queue to a peer admits, so a follower catching
 /// up (after a stall, a restart) gets every append the leader sends it, with room left for a
-/// second shard's and for heartbeats. At 256 a stalled host resumed 256 MiB behind was sent
-/// 256 MiB at once: the queue dropped most of it, the follower saw gaps, the leader probed
-/// back and built it all again, heartbeats waited behind that work, and elections followed
-/// every few seconds without the follower ever catching up (tests/stalled_peer.rs).
+/// second shard's and for heartbeats. At 256 (up to 256 MiB in flight, four times what the
+/// queue admits, so most of it was dropped and sent again) a host resumed 256 MiB behind
+/// did not catch up within 30 s and the healthy hosts held elections every few seconds;
+/// at 32 it catches up and nobody holds an election (tests/stalled_peer.rs).
 pub const INFLIGHT_APPENDS_PER_FOLLOWER_MAX: usize = 32;
 const _: () = assert!(
     INFLIGHT_APPENDS_PER_FOLLOWER_MAX * shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX
