@@ -36,7 +36,7 @@ async fn a_cut_off_leader_does_not_serve_stale_lease_reads() {
     // Cut the leader's Raft links (clients still reach it) and wait for another leader.
     let cut = |from: Vec<u64>| FaultSpec {
         partition_from: from,
-        drop_replies: 0,
+        ..Default::default()
     };
     let others: Vec<u64> = (1..=3).filter(|h| *h != old).collect();
     let admin = cluster.admin();

@@ -135,7 +135,7 @@ async fn run(duration: Duration) {
                 let admin = cluster.admin();
                 let cut = |from: Vec<u64>| shardkv_transport::wire::FaultSpec {
                     partition_from: from,
-                    drop_replies: 0,
+                    ..Default::default()
                 };
                 admin
                     .inject_fault(host, cut(others.clone()))

@@ -46,6 +46,7 @@ pub struct Metrics {
     pub raft_applied_entries: Family<ShardLabels, Counter>,
     pub raft_leader_changes: Family<ShardLabels, Counter>,
     pub raft_elections: Family<ShardLabels, Counter>,
+    pub raft_slow_disk_handoffs: Family<ShardLabels, Counter>,
     pub snapshots_sent: Family<ShardLabels, Counter>,
     pub snapshots_installed: Family<ShardLabels, Counter>,
     pub raft_is_leader: Family<ShardLabels, Gauge>,
@@ -72,6 +73,7 @@ pub fn metrics() -> &'static Metrics {
         raft_applied_entries: Family::default(),
         raft_leader_changes: Family::default(),
         raft_elections: Family::default(),
+        raft_slow_disk_handoffs: Family::default(),
         snapshots_sent: Family::default(),
         snapshots_installed: Family::default(),
         raft_is_leader: Family::default(),
@@ -117,6 +119,12 @@ pub fn registry() -> Registry {
         "raft_elections",
         "Elections started by local replicas (they became candidates)",
         m.raft_elections.clone(),
+    );
+    r.register(
+        "raft_slow_disk_handoffs",
+        "Leaderships a local replica handed away because its own persist had been waiting \
+         on this host's disk for longer than an election timeout",
+        m.raft_slow_disk_handoffs.clone(),
     );
     r.register(
         "raft_batches_refused",

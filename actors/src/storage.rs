@@ -239,6 +239,9 @@ fn writer_loop(schema: Schema, rx: std_mpsc::Receiver<Job>) {
         let ops: usize = batches.iter().map(|b| b.ops.len()).sum();
         let started = std::time::Instant::now();
         let count = batches.len();
+        if let Some(delay) = shardkv_transport::fault::commit_delay() {
+            thread::sleep(delay);
+        }
         let res = commit(&schema, batches);
         let m = crate::metrics::metrics();
         m.storage_commits.inc();

@@ -1,4 +1,4 @@
-//! Fault injection for tests: partitions between hosts and lost acknowledgements.
+//! Fault injection for tests: partitions between hosts, lost acknowledgements and a slow disk.
 //!
 //! The hooks are compiled in only with the `fault-injection` feature and only in builds with
 //! debug assertions. The workspace enables the feature for its own tests (as a dev-dependency
@@ -13,13 +13,14 @@ use crate::wire::HostId;
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 mod state {
     use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
     use std::sync::Mutex;
 
     use crate::wire::HostId;
 
     pub static PARTITIONED: Mutex<Option<HashSet<HostId>>> = Mutex::new(None);
     pub static DROP_REPLIES: AtomicU32 = AtomicU32::new(0);
+    pub static COMMIT_DELAY_MS: AtomicU64 = AtomicU64::new(0);
 
     pub fn partitioned(peer: HostId) -> bool {
         let g = PARTITIONED.lock().unwrap_or_else(|p| p.into_inner());
@@ -39,6 +40,7 @@ pub fn apply(spec: &crate::wire::FaultSpec) {
     let mut g = state::PARTITIONED.lock().unwrap_or_else(|p| p.into_inner());
     *g = Some(spec.partition_from.iter().copied().collect());
     state::DROP_REPLIES.store(spec.drop_replies, std::sync::atomic::Ordering::SeqCst);
+    state::COMMIT_DELAY_MS.store(spec.commit_delay_ms, std::sync::atomic::Ordering::SeqCst);
     tracing::warn!(?spec, "fault injection active");
 }
 
@@ -64,5 +66,20 @@ pub fn take_reply_drop() -> bool {
     #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     {
         false
+    }
+}
+
+/// How much longer every LMDB group commit must take (a slow disk), if at all. The storage
+/// writer sleeps this long before committing, on its own thread, so the host sees exactly
+/// what an fsync of that length would do to it.
+pub fn commit_delay() -> Option<std::time::Duration> {
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    {
+        let ms = state::COMMIT_DELAY_MS.load(std::sync::atomic::Ordering::SeqCst);
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
+    {
+        None
     }
 }

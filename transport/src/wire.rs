@@ -194,6 +194,9 @@ pub struct FaultSpec {
     pub partition_from: Vec<HostId>,
     /// Apply the next this-many client writes but drop their replies (lost acknowledgements).
     pub drop_replies: u32,
+    /// Make every LMDB group commit of this host take this many milliseconds longer (a slow
+    /// disk: an fsync of seconds); 0 for none.
+    pub commit_delay_ms: u64,
 }
 
 /// One replica as its host reports it.

@@ -4,10 +4,11 @@
 use std::time::Instant;
 
 use actix::prelude::*;
+use raft::eraftpb::MessageType;
 use raft::StateRole;
 use shardkv_transport::wire::ReplicaInfo;
 use shardkv_transport::HostId;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::placement::{best_transferee, FollowerProgress, ShutdownHandoff};
 use super::ReplicaActor;
@@ -22,6 +23,20 @@ impl Handler<StepRaft> for ReplicaActor {
                 shard = self.shard,
                 from = msg.0.from,
                 "vote request dropped: this replica started less than an election timeout ago"
+            );
+            return;
+        }
+        if msg.0.get_msg_type() == MessageType::MsgTimeoutNow
+            && self
+                .disk
+                .is_slow(Instant::now(), self.persist.outstanding_since())
+        {
+            // Leading from a slow disk would make every write to the shard wait for it; the
+            // leader's transfer runs out and it keeps leading.
+            info!(
+                shard = self.shard,
+                from = msg.0.from,
+                "refusing leadership: this host's disk is slow"
             );
             return;
         }
@@ -132,14 +147,7 @@ impl Handler<TransferLeadership> for ReplicaActor {
             ShutdownHandoff::Begin => {}
         }
         self.lease.suspend();
-        let followers: Vec<FollowerProgress> = self
-            .node
-            .raft
-            .prs()
-            .iter()
-            .map(|(id, _)| *id)
-            .filter_map(|id| self.follower_progress(id))
-            .collect();
+        let followers = self.replicas_progress();
         let Some(to) = best_transferee(self.host, followers) else {
             return false;
         };
@@ -176,6 +184,48 @@ impl ReplicaActor {
             to, "handing leadership to the shard's preferred host"
         );
         self.node.transfer_leader(to);
+    }
+
+    /// Hands leadership to the most up-to-date follower while this host's own persist has
+    /// been outstanding longer than an election timeout: the shard's writes wait for the
+    /// leader's disk, not for its followers'.
+    pub(super) fn hand_away_from_slow_disk(&mut self) {
+        if !self.is_leader() {
+            return;
+        }
+        let now = Instant::now();
+        let behind = self.disk.is_behind(now, self.persist.outstanding_since());
+        let followers = self.replicas_progress();
+        let Some(to) = self.placement.slow_disk_handoff(
+            now,
+            behind,
+            self.node.raft.lead_transferee.is_some(),
+            followers,
+        ) else {
+            return;
+        };
+        self.lease.suspend();
+        warn!(
+            shard = self.shard,
+            to, "this host's disk is slow: handing leadership to an up-to-date follower"
+        );
+        crate::metrics::metrics()
+            .raft_slow_disk_handoffs
+            .get_or_create(&crate::metrics::ShardLabels { shard: self.shard })
+            .inc();
+        self.node.transfer_leader(to);
+    }
+
+    /// The replication progress of every voter of the shard as this leader tracks it (its
+    /// own included).
+    fn replicas_progress(&self) -> Vec<FollowerProgress> {
+        self.node
+            .raft
+            .prs()
+            .iter()
+            .map(|(id, _)| *id)
+            .filter_map(|id| self.follower_progress(id))
+            .collect()
     }
 
     /// `host`'s replication progress as this leader tracks it, if it is a voter (only a

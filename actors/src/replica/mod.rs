@@ -8,7 +8,8 @@
 //! The actor is a struct of typed parts, each a plain type with its own tests:
 //! [`reads::ReadQueue`] (ReadIndex rounds), [`lease::Lease`] (lease reads),
 //! [`persist::PersistPipeline`] (Ready batches on their way to disk),
-//! [`placement::LeaderPlacement`] (hand-back and shutdown hand-off),
+//! [`placement::LeaderPlacement`] (hand-back, shutdown and slow-disk hand-off),
+//! [`placement::SlowDisk`] (whether this host's disk keeps up),
 //! [`snapshots::SnapshotFiles`] (snapshot files in and out) and
 //! [`votes::StartupVoteRefusal`]. Message handlers are in `handlers.rs`, client requests in
 //! `requests.rs`, leadership moved on request in `transfer.rs`, stopping a replica while the
@@ -46,7 +47,7 @@ use crate::shard::AppliedIndex;
 use lease::{lease_for, Lease};
 use persist::PersistPipeline;
 pub(crate) use persist::PERSISTS_IN_FLIGHT_MAX;
-use placement::LeaderPlacement;
+use placement::{LeaderPlacement, SlowDisk};
 use reads::ReadQueue;
 use snapshots::SnapshotFiles;
 use votes::StartupVoteRefusal;
@@ -57,6 +58,19 @@ use votes::StartupVoteRefusal;
 /// memory without bound. Hundreds of ordinary writes fit; raft-rs always admits a proposal
 /// when nothing is uncommitted, so one at the value ceiling still gets through.
 pub const UNCOMMITTED_BYTES_PER_SHARD_MAX: u64 = 64 << 20;
+
+/// Appends a leader sends a follower without hearing back (raft-rs' `max_inflight_msgs`).
+/// Together they hold at most half of what the queue to a peer admits, so a follower catching
+/// up (after a stall, a restart) gets every append the leader sends it, with room left for a
+/// second shard's and for heartbeats. At 256 (up to 256 MiB in flight, four times what the
+/// queue admits, so most of it was dropped and sent again) a host resumed 256 MiB behind
+/// did not catch up within 30 s and the healthy hosts held elections every few seconds;
+/// at 32 it catches up and nobody holds an election (tests/stalled_peer.rs).
+pub const INFLIGHT_APPENDS_PER_FOLLOWER_MAX: usize = 32;
+const _: () = assert!(
+    INFLIGHT_APPENDS_PER_FOLLOWER_MAX * shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX
+        <= crate::peer::queue::QUEUE_BYTES_MAX / 2
+);
 
 /// Timing and limits of one replica.
 #[derive(Debug, Clone)]
@@ -104,6 +118,7 @@ pub struct ReplicaActor {
     lease: Lease,
     persist: PersistPipeline,
     placement: LeaderPlacement,
+    disk: SlowDisk,
     snapshots: SnapshotFiles,
     votes: StartupVoteRefusal,
     /// The leader and role as of the last Ready (to log changes and fail what only a leader
@@ -146,7 +161,7 @@ impl ReplicaActor {
             applied,
             // The Raft frame limit is sized from this (see shardkv_transport::wire).
             max_size_per_msg: shardkv_transport::wire::RAFT_ENTRIES_BYTES_PER_MESSAGE_MAX as u64,
-            max_inflight_msgs: 256,
+            max_inflight_msgs: INFLIGHT_APPENDS_PER_FOLLOWER_MAX,
             max_uncommitted_size: UNCOMMITTED_BYTES_PER_SHARD_MAX,
             check_quorum: true,
             pre_vote: true,
@@ -168,6 +183,7 @@ impl ReplicaActor {
             lease: Lease::new(lease_for(settings.tick, settings.election_ticks)),
             persist: PersistPipeline::new(stored_hs),
             placement: LeaderPlacement::new(host, settings.preferred_leader, election_timeout, now),
+            disk: SlowDisk::new(election_timeout),
             snapshots: SnapshotFiles::default(),
             votes: StartupVoteRefusal::until(now + election_timeout),
             settings,
@@ -243,6 +259,7 @@ impl StreamHandler<Tick> for ReplicaActor {
     fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
         self.node.tick();
         self.reads.expire(Instant::now());
+        self.hand_away_from_slow_disk();
         self.balance_leadership();
         self.schedule_drive(ctx);
     }

@@ -6,6 +6,13 @@
 //! when it must be: a new term or vote before anything that depends on it leaves, a commit
 //! index only along with entries (it is re-learned from the leader after a restart, and the
 //! applied index is clamped to the stored commit at start).
+//!
+//! It also says how long the disk is taking: storage commits batches in the order they were
+//! sent, so the oldest batch on its way is the one the disk is working on, and the time since
+//! it was sent is how far behind the disk is (see `placement::SlowDisk`).
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use raft::eraftpb::HardState;
 
@@ -15,7 +22,9 @@ pub(crate) const PERSISTS_IN_FLIGHT_MAX: usize = 32;
 /// See the module docs.
 #[derive(Debug)]
 pub struct PersistPipeline {
-    in_flight: usize,
+    /// When each batch on its way to disk was sent, oldest first (its length is the number
+    /// in flight).
+    sent_at: VecDeque<Instant>,
     stored: HardState,
 }
 
@@ -23,7 +32,7 @@ impl PersistPipeline {
     /// A pipeline over a disk that holds `stored`.
     pub fn new(stored: HardState) -> Self {
         PersistPipeline {
-            in_flight: 0,
+            sent_at: VecDeque::with_capacity(PERSISTS_IN_FLIGHT_MAX + 1),
             stored,
         }
     }
@@ -54,19 +63,27 @@ impl PersistPipeline {
     /// Whether nothing is on its way to disk (an empty batch may then count as persisted at
     /// once: storage commits in order, so nothing earlier is pending).
     pub fn is_idle(&self) -> bool {
-        self.in_flight == 0
+        self.sent_at.is_empty()
     }
 
-    /// A batch was handed to storage; answers whether the disk is so far behind that the
-    /// replica must wait for this batch before taking more work (bounds memory).
-    pub fn sent(&mut self) -> bool {
-        self.in_flight += 1;
-        self.in_flight > PERSISTS_IN_FLIGHT_MAX
+    /// A batch was handed to storage at `now`; answers whether the disk is so far behind
+    /// that the replica must wait for this batch before taking more work (bounds memory).
+    pub fn sent(&mut self, now: Instant) -> bool {
+        self.sent_at.push_back(now);
+        self.sent_at.len() > PERSISTS_IN_FLIGHT_MAX
     }
 
-    /// A batch handed to storage finished (durable or failed).
-    pub fn finished(&mut self) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+    /// The oldest batch handed to storage finished (durable or failed) at `now`; answers how
+    /// long it took.
+    pub fn finished(&mut self, now: Instant) -> Duration {
+        self.sent_at
+            .pop_front()
+            .map_or(Duration::ZERO, |at| now.saturating_duration_since(at))
+    }
+
+    /// When the oldest batch still on its way to disk was sent (None: nothing is).
+    pub fn outstanding_since(&self) -> Option<Instant> {
+        self.sent_at.front().copied()
     }
 }
 
@@ -102,17 +119,33 @@ mod tests {
 
     #[test]
     fn the_pipeline_asks_to_wait_past_its_bound() {
+        let now = Instant::now();
         let mut p = PersistPipeline::new(HardState::default());
         assert!(p.is_idle());
         for _ in 0..PERSISTS_IN_FLIGHT_MAX {
-            assert!(!p.sent());
+            assert!(!p.sent(now));
         }
-        assert!(p.sent(), "one more than the bound must wait");
-        p.finished();
+        assert!(p.sent(now), "one more than the bound must wait");
+        p.finished(now);
         assert!(!p.is_idle());
         for _ in 0..PERSISTS_IN_FLIGHT_MAX {
-            p.finished();
+            p.finished(now);
         }
         assert!(p.is_idle());
+    }
+
+    #[test]
+    fn the_oldest_batch_on_its_way_says_how_far_behind_the_disk_is() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut p = PersistPipeline::new(HardState::default());
+        assert_eq!(p.outstanding_since(), None);
+        p.sent(t0);
+        p.sent(t0 + ms(10));
+        assert_eq!(p.outstanding_since(), Some(t0));
+        assert_eq!(p.finished(t0 + ms(300)), ms(300), "batches finish in order");
+        assert_eq!(p.outstanding_since(), Some(t0 + ms(10)));
+        assert_eq!(p.finished(t0 + ms(310)), ms(300));
+        assert_eq!(p.outstanding_since(), None);
     }
 }

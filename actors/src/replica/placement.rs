@@ -1,10 +1,15 @@
-//! Where leadership should be: handing it back to the shard's preferred host, and handing it
-//! away before a graceful stop.
+//! Where leadership should be: handing it back to the shard's preferred host, handing it
+//! away before a graceful stop, and handing it away from a host whose disk is slow.
 //!
 //! Leaders spread over the hosts only if each shard's leadership returns to its preferred
-//! host (the first of its placement) once that host is back and caught up. Both decisions
-//! are taken here from plain facts the replica reads off raft-rs, so they can be tested
-//! without a Raft group.
+//! host (the first of its placement) once that host is back and caught up. A leader hands
+//! committed entries to its state machine only once they are on its own disk (raft-rs'
+//! rule), so a leader whose fsync takes seconds makes every write to its shard take seconds
+//! although its followers commit at once: such a leader hands over to an up-to-date
+//! follower ([`LeaderPlacement::slow_disk_handoff`]), and a host whose disk is or was lately
+//! slow does not take leadership ([`SlowDisk::is_slow`]), so a hand-back does not return it
+//! there. Every decision is taken here from plain facts the replica reads off raft-rs and
+//! its persist pipeline, so they can be tested without a Raft group.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +50,8 @@ pub struct LeaderPlacement {
     settled_at: Instant,
     /// When this replica tried to hand its leadership away for a stop.
     handoff_at: Option<Instant>,
+    /// When this replica last handed its leadership away because its disk was slow.
+    slow_disk_handoff_at: Option<Instant>,
 }
 
 impl LeaderPlacement {
@@ -64,6 +71,7 @@ impl LeaderPlacement {
             patience: election_timeout,
             settled_at: now,
             handoff_at: None,
+            slow_disk_handoff_at: None,
         }
     }
 
@@ -116,6 +124,82 @@ impl LeaderPlacement {
             }
             Some(_) => ShutdownHandoff::GaveUp,
         }
+    }
+}
+
+impl LeaderPlacement {
+    /// Whether a leader whose disk is behind (`disk_behind`: see [`SlowDisk::is_behind`])
+    /// should hand its leadership away now, and to whom: the most up-to-date active follower.
+    /// None while a transfer is pending or a stop is handing over, and after an attempt none
+    /// for as long as a slow disk is remembered ([`SLOW_DISK_MEMORY_ELECTION_TIMEOUTS`]):
+    /// raft-rs refuses proposals while a transfer is pending (up to an election timeout),
+    /// and when every host's disk is slow each transfer is refused, so retrying sooner would
+    /// refuse writes for a large share of the time.
+    pub fn slow_disk_handoff(
+        &mut self,
+        now: Instant,
+        disk_behind: bool,
+        transfer_pending: bool,
+        followers: impl IntoIterator<Item = FollowerProgress>,
+    ) -> Option<HostId> {
+        let tried_lately = self.slow_disk_handoff_at.is_some_and(|at| {
+            now.saturating_duration_since(at) < self.patience * SLOW_DISK_MEMORY_ELECTION_TIMEOUTS
+        });
+        if !disk_behind || transfer_pending || tried_lately || self.handoff_at.is_some() {
+            return None;
+        }
+        let to = best_transferee(self.me, followers)?;
+        self.slow_disk_handoff_at = Some(now);
+        self.settled_at = now;
+        Some(to)
+    }
+}
+
+/// How long a slow persist keeps this host's disk counted as slow after it finished, in
+/// election timeouts: long enough that a disk slow on every fsync, with idle spells between
+/// them, does not get leadership back between two slow fsyncs.
+pub const SLOW_DISK_MEMORY_ELECTION_TIMEOUTS: u32 = 10;
+
+/// What this replica's own persists say about the host's disk. A persist slower than an
+/// election timeout delays writes to a shard this host leads by more than a leader change
+/// costs, so past that the disk counts as slow.
+#[derive(Debug)]
+pub struct SlowDisk {
+    threshold: Duration,
+    memory: Duration,
+    /// When a persist last finished slower than the threshold.
+    slow_at: Option<Instant>,
+}
+
+impl SlowDisk {
+    /// A disk watch with the threshold at one `election_timeout`.
+    pub fn new(election_timeout: Duration) -> Self {
+        SlowDisk {
+            threshold: election_timeout,
+            memory: election_timeout * SLOW_DISK_MEMORY_ELECTION_TIMEOUTS,
+            slow_at: None,
+        }
+    }
+
+    /// A persist finished at `now` after `took`.
+    pub fn persisted(&mut self, now: Instant, took: Duration) {
+        if took > self.threshold {
+            self.slow_at = Some(now);
+        }
+    }
+
+    /// Whether the disk is behind now: the oldest persist on its way (sent at
+    /// `outstanding_since`) has been waiting longer than the threshold.
+    pub fn is_behind(&self, now: Instant, outstanding_since: Option<Instant>) -> bool {
+        outstanding_since.is_some_and(|at| now.saturating_duration_since(at) > self.threshold)
+    }
+
+    /// Whether the disk is behind now or was lately: such a host should not take leadership.
+    pub fn is_slow(&self, now: Instant, outstanding_since: Option<Instant>) -> bool {
+        self.is_behind(now, outstanding_since)
+            || self
+                .slow_at
+                .is_some_and(|at| now.saturating_duration_since(at) < self.memory)
     }
 }
 
@@ -207,6 +291,81 @@ mod tests {
         assert_eq!(p.shutdown_handoff(t0 + TIMEOUT), ShutdownHandoff::GaveUp);
         let pref = Some(progress(2, true, 10));
         assert_eq!(p.hand_back(t0 + 10 * TIMEOUT, false, pref, 10), None);
+    }
+
+    #[test]
+    fn a_leader_whose_disk_is_behind_hands_over_to_the_most_caught_up_follower() {
+        let t0 = Instant::now();
+        let mut p = LeaderPlacement::new(3, Some(3), TIMEOUT, t0);
+        let followers = [progress(1, true, 40), progress(2, true, 42)];
+        assert_eq!(
+            p.slow_disk_handoff(t0, false, false, followers),
+            None,
+            "disk keeps up"
+        );
+        assert_eq!(
+            p.slow_disk_handoff(t0, true, true, followers),
+            None,
+            "transfer pending"
+        );
+        assert_eq!(p.slow_disk_handoff(t0, true, false, followers), Some(2));
+        let gap = TIMEOUT * SLOW_DISK_MEMORY_ELECTION_TIMEOUTS;
+        assert_eq!(
+            p.slow_disk_handoff(t0 + gap - TIMEOUT, true, false, followers),
+            None,
+            "no retry while a slow disk is remembered"
+        );
+        assert_eq!(
+            p.slow_disk_handoff(t0 + gap, true, false, followers),
+            Some(2)
+        );
+        let inactive = [progress(1, false, 40)];
+        assert_eq!(
+            p.slow_disk_handoff(t0 + 3 * gap, true, false, inactive),
+            None,
+            "nobody to hand over to"
+        );
+    }
+
+    #[test]
+    fn no_slow_disk_hand_off_while_a_stop_hands_over() {
+        let t0 = Instant::now();
+        let mut p = LeaderPlacement::new(3, None, TIMEOUT, t0);
+        assert_eq!(p.shutdown_handoff(t0), ShutdownHandoff::Begin);
+        assert_eq!(
+            p.slow_disk_handoff(t0, true, false, [progress(1, true, 5)]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_persist_outstanding_past_an_election_timeout_makes_the_disk_behind() {
+        let t0 = Instant::now();
+        let disk = SlowDisk::new(TIMEOUT);
+        assert!(
+            !disk.is_behind(t0 + 10 * TIMEOUT, None),
+            "nothing outstanding"
+        );
+        assert!(!disk.is_behind(t0 + TIMEOUT, Some(t0)));
+        assert!(disk.is_behind(t0 + TIMEOUT * 2, Some(t0)));
+        assert!(disk.is_slow(t0 + TIMEOUT * 2, Some(t0)));
+    }
+
+    #[test]
+    fn a_slow_persist_keeps_the_disk_slow_for_a_while_after_it_finished() {
+        let t0 = Instant::now();
+        let mut disk = SlowDisk::new(TIMEOUT);
+        disk.persisted(t0, TIMEOUT / 2);
+        assert!(!disk.is_slow(t0, None), "a fast persist");
+        disk.persisted(t0, TIMEOUT * 4);
+        assert!(disk.is_slow(t0 + TIMEOUT, None));
+        assert!(!disk.is_behind(t0 + TIMEOUT, None), "but not behind now");
+        let memory = TIMEOUT * SLOW_DISK_MEMORY_ELECTION_TIMEOUTS;
+        assert!(disk.is_slow(t0 + memory - TIMEOUT, None));
+        assert!(
+            !disk.is_slow(t0 + memory, None),
+            "forgotten once fast again"
+        );
     }
 
     #[test]

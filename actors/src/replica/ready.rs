@@ -177,10 +177,12 @@ impl ReplicaActor {
         if batch.ops.is_empty() && self.persist.is_idle() {
             self.on_persisted(number, promises, ctx);
         } else {
-            let must_wait = self.persist.sent();
+            let must_wait = self.persist.sent(std::time::Instant::now());
             let persist = self.links.storage.send(Persist(batch));
             let done = persist.into_actor(self).map(move |res, act, ctx| {
-                act.persist.finished();
+                let now = std::time::Instant::now();
+                let took = act.persist.finished(now);
+                act.disk.persisted(now, took);
                 match res {
                     Ok(Ok(())) => act.on_persisted(number, promises, ctx),
                     Ok(Err(e)) => act.stop_fatally(ctx, "persist failed", &e),
