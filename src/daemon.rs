@@ -3,7 +3,8 @@
 //! or SIGINT, or until an actor reports a fatal error (then it exits at once with
 //! `EXIT_FATAL`). It is the only place that ends the process.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use shardkv_actors::router::{
     ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, TransferAll,
     TransferShardLeader,
 };
-use shardkv_actors::schema::{meta, Schema};
+use shardkv_actors::schema::{meta, raft_records, Schema};
 use shardkv_actors::shard::Compaction;
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
@@ -24,11 +25,14 @@ use shardkv_actors::ActorError;
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
 use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response};
-use shardkv_transport::{HostId, Layout, PeerIdentity, ShardId, TlsFiles, TransportError};
+use shardkv_transport::{
+    ClusterMap, HostId, Layout, PeerIdentity, ShardId, TlsFiles, TransportError,
+};
 use tracing::{error, info, warn};
 
 use crate::bootstrap::{settle_layout, BootstrapError};
 use crate::config::{ClusterConfig, ConfigError};
+use crate::map_watch::MapWatcher;
 use crate::replicas::{ReplicaError, ReplicaFactory};
 
 /// Why a host could not start or stopped abnormally.
@@ -65,9 +69,13 @@ pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
     cfg.check_certs(Some(host))?;
     let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.cluster.name, host)?;
     let system = System::new();
+    // A data dir that never served: its replicas are bootstrapped from the layout. Later
+    // starts go on only with the replicas the data dir holds (a replica destroyed after it
+    // moved away must not come back as a day-0 voter).
+    let fresh = meta::stored_layout(&schema)?.is_none() && !meta::has_replicas(&schema)?;
     let res = system.block_on(async move {
         let layout = settle_layout(&cfg, &me, &schema).await?;
-        serve_host(cfg, me.host.id, schema, layout).await
+        serve_host(cfg, me.host.id, schema, layout, fresh).await
     });
     System::current().stop();
     res
@@ -78,6 +86,7 @@ async fn serve_host(
     host: HostId,
     schema: Schema,
     layout: Layout,
+    fresh: bool,
 ) -> Result<(), DaemonError> {
     let me = cfg
         .host(host)
@@ -155,12 +164,24 @@ async fn serve_host(
         if !hosts.contains(&host) {
             continue;
         }
+        if !fresh && !raft_records::has_state(&schema, shard)? {
+            info!(shard, "not restarting a replica this host no longer holds");
+            continue;
+        }
         // The first host of the placement leads when healthy: placement rotates the first
         // host over the shards (or an operator pins it), so leaders spread over the hosts.
         let replica = factory.start_bootstrapped(shard, &hosts, hosts.first().copied())?;
         local.insert(shard, replica);
     }
     let replicas = local.len();
+    let hosted: BTreeSet<ShardId> = local.keys().copied().collect();
+    let addrs: Vec<(HostId, String)> = cfg
+        .hosts
+        .iter()
+        .map(|h| (h.host.id, h.host.addr.to_string()))
+        .collect();
+    let day0 = ClusterMap::day0(&layout, &addrs)
+        .map_err(|e| DaemonError::Runtime(format!("the day-0 cluster map: {e}")))?;
     let settings = RouterSettings {
         host,
         cluster: cfg.cluster.name.clone(),
@@ -168,6 +189,7 @@ async fn serve_host(
         layout,
         incarnation: schema.incarnation,
         peer_incarnations: meta::peer_incarnations(&schema)?,
+        map: day0,
     };
     let router = RouterActor::new(settings, local, storage.clone().recipient()).start();
     let handler = Arc::new(HostHandler {
@@ -179,6 +201,9 @@ async fn serve_host(
         handler,
         cfg.cluster.value_bytes_max,
     ));
+    MapWatcher::new(&cfg, &me, router.clone(), Rc::new(factory), hosted)
+        .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
+        .spawn();
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }

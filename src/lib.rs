@@ -15,6 +15,8 @@ pub mod chart;
 pub mod config;
 pub mod daemon;
 pub mod local;
+pub mod map_watch;
+pub mod moves;
 pub mod replicas;
 
 pub use config::ClusterConfig;

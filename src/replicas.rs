@@ -87,6 +87,16 @@ impl ReplicaFactory {
         self.start(shard, None)
     }
 
+    /// Stops `replica` of `shard`, which never went into service, keeping the shard's data.
+    pub async fn stop_unused(
+        &self,
+        shard: ShardId,
+        replica: LocalReplica,
+    ) -> Result<(), ReplicaError> {
+        stop_and_wait(shard, &replica.stop).await?;
+        stop_and_wait(shard, &replica.stop_shard).await
+    }
+
     /// Stops `replica` of `shard` (taken out of the router first, so nothing new reaches it)
     /// and then deletes the shard's data on this host in one transaction: its rows, sessions,
     /// Raft log and Raft state, then its snapshot files. Either every row goes or none does,

@@ -19,6 +19,26 @@ async fn hosts_with_meta_replica(cluster: &common::Cluster) -> Vec<HostId> {
     with
 }
 
+/// Waits until every host reports routing by the map of `epoch` (each reads it by itself).
+async fn wait_every_host_on(cluster: &common::Cluster, epoch: u64) {
+    let admin = cluster.admin();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let mut epochs = Vec::new();
+        for h in &cluster.cfg.hosts {
+            epochs.push(admin.host_status(h.host.id).await.map(|s| s.map_epoch).ok());
+        }
+        if epochs.iter().all(|e| *e == Some(epoch)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hosts route by epochs {epochs:?}, not {epoch}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_map_lives_in_the_meta_group_and_changes_only_by_host_certificates() {
     let mut cluster = common::Cluster::new(4, 3, 3);
@@ -59,6 +79,7 @@ async fn the_map_lives_in_the_meta_group_and_changes_only_by_host_certificates()
     );
     let read = client.read_map().await.expect("read");
     assert_eq!(read.map, changed);
+    wait_every_host_on(&cluster, 2).await;
     assert_eq!(read.map.host(9).map(|h| h.state), Some(HostState::Joining));
 
     // A meta host lost: the other two still read and change it.
@@ -76,6 +97,7 @@ async fn the_map_lives_in_the_meta_group_and_changes_only_by_host_certificates()
     cluster.wait_ready(&client).await;
     let after = client.read_map().await.expect("read after restart");
     assert_eq!(after.map, drained);
+    wait_every_host_on(&cluster, 3).await;
     assert_eq!(
         after.map.host(9).map(|h| h.state),
         Some(HostState::Draining)

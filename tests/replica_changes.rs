@@ -20,21 +20,31 @@ const SNAPSHOT_AFTER: u64 = 40;
 /// The configuration a host reports for the shard: (voters, outgoing voters, learners).
 type Conf = (Vec<HostId>, Vec<HostId>, Vec<HostId>);
 
-/// Asks `leader` (the shard's preferred host, which leads it whenever it is a caught-up
-/// voter) for `changes` until it answers `Ok`; a retry after a lost answer must be harmless,
-/// since a change already in effect is answered `Ok` without a second one.
+/// Asks the shard's leader for `changes` until it answers `Ok`; a retry after a lost answer
+/// must be harmless, since a change already in effect is answered `Ok` without a second one.
+/// `keeper` (never demoted) takes leadership first, so no change demotes the leader: the
+/// preferred host takes leadership back by itself, but not while a change is joint.
 async fn change(
     admin: &Client,
     cluster: &common::Cluster,
-    leader: HostId,
+    keeper: HostId,
     changes: &[ReplicaChange],
 ) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = String::new();
+    let mut ask = keeper;
     while Instant::now() < deadline {
-        match admin.change_replicas(leader, SHARD, changes.to_vec()).await {
+        match admin.change_replicas(ask, SHARD, changes.to_vec()).await {
             Ok(Response::Ok) => return,
             Ok(Response::Invalid(why)) => panic!("change {changes:?} refused: {why}"),
+            Ok(Response::NotLeader {
+                leader: Some(l), ..
+            }) => {
+                // Hand leadership to the keeper, then ask it.
+                let _ = admin.transfer_leader(l, SHARD, keeper).await;
+                ask = keeper;
+                last = format!("host {l} leads");
+            }
             other => last = format!("{other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -8,12 +8,9 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
-use shardkv_transport::cluster_map::{MAP_KEY, META_SHARD};
-use shardkv_transport::slot::shard_of_key;
-use shardkv_transport::wire::{
-    check_limits, HostStatus, MapRequest, Op, ReadConsistency, Request, Response,
-};
-use shardkv_transport::{ClusterMap, HostId, Layout, MapError, ShardId};
+use shardkv_transport::slot::slot;
+use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
+use shardkv_transport::{ClusterMap, HostId, Layout, ShardId};
 use tracing::{debug, error, info, warn};
 
 use crate::incarnations::{PeerIncarnations, Verdict};
@@ -53,6 +50,9 @@ pub struct RouterSettings {
     pub incarnation: u64,
     /// The incarnations recorded for peers, from disk.
     pub peer_incarnations: Vec<(HostId, u64)>,
+    /// The live cluster map as last known (the day-0 map until the host learns a later one,
+    /// see [`SetMap`]): keys route by it, and Raft traffic is taken only from its replicas.
+    pub map: ClusterMap,
 }
 
 /// The actor; see the module docs.
@@ -64,8 +64,6 @@ pub struct RouterActor {
     storage: Recipient<Persist>,
     /// When a refused peer was last logged (see [`REFUSAL_LOG_EVERY`]).
     refusals_logged: HashMap<HostId, Instant>,
-    /// The meta group's hosts (derived from the layout).
-    meta_hosts: Vec<HostId>,
 }
 
 /// How often a peer whose incarnation is refused is logged (the metric counts every batch).
@@ -80,7 +78,6 @@ impl RouterActor {
     ) -> Self {
         RouterActor {
             peers: PeerIncarnations::new(settings.peer_incarnations.iter().copied()),
-            meta_hosts: settings.layout.meta_hosts(),
             settings,
             local,
             storage,
@@ -88,13 +85,22 @@ impl RouterActor {
         }
     }
 
-    /// The hosts holding replicas of `shard` (the meta group's included).
-    fn hosts_of(&self, shard: ShardId) -> &[HostId] {
-        if shard == META_SHARD {
-            &self.meta_hosts
-        } else {
-            self.settings.layout.hosts_of(shard)
-        }
+    /// The hosts holding replicas of `shard` in the map (learners included), for a client
+    /// sent to the wrong host.
+    fn hosts_of(&self, shard: ShardId) -> Vec<HostId> {
+        self.settings
+            .map
+            .replicas_of(shard)
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `host` holds a replica of `shard` in the map (learners included).
+    fn is_member(&self, shard: ShardId, host: HostId) -> bool {
+        self.settings
+            .map
+            .replicas_of(shard)
+            .is_some_and(|r| r.contains_key(&host))
     }
 
     /// Whether a batch from `from`, stamped `incarnation`, may be delivered (see
@@ -157,9 +163,12 @@ impl Handler<ClientRequest> for RouterActor {
             record(kind_of(&msg.0.op), &resp, std::time::Instant::now());
             return Box::pin(async move { resp });
         }
-        let shard = shard_of_key(msg.0.op.key(), self.settings.layout.shards);
+        let Some(shard) = self.settings.map.shard_of_slot(slot(msg.0.op.key())) else {
+            let resp = Response::Internal("the cluster map owns no shard for this key".into());
+            return Box::pin(async move { resp });
+        };
         let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.settings.layout.hosts_of(shard).to_vec();
+            let hosts = self.hosts_of(shard);
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
         };
         let kind = kind_of(&msg.0.op);
@@ -198,7 +207,7 @@ impl Handler<InboundRaft> for RouterActor {
             // proposals or reads (they answer NotLeader), and snapshots arrive on a stream of
             // their own (`InboundSnapshot`), so anything else would be a host trying to inject
             // data or crash raft-rs.
-            let member = self.hosts_of(env.shard).contains(&msg.from);
+            let member = self.is_member(env.shard, msg.from);
             if !member || !peer_message_allowed(m.get_msg_type()) {
                 warn!(
                     from = msg.from,
@@ -302,7 +311,7 @@ impl Handler<InboundSnapshot> for RouterActor {
             Ok(m) => m,
             Err(_) => return drop_file("undecodable message"),
         };
-        let member = self.hosts_of(msg.shard).contains(&msg.from);
+        let member = self.is_member(msg.shard, msg.from);
         if !member || m.get_msg_type() != MessageType::MsgSnapshot {
             return drop_file("not a snapshot from a member of the shard");
         }
@@ -337,6 +346,7 @@ impl Handler<GetHostStatus> for RouterActor {
         let host = self.settings.host;
         let cluster = self.settings.cluster.clone();
         let layout = self.settings.layout.clone();
+        let map_epoch = self.settings.map.epoch();
         let incarnation = self.settings.incarnation;
         let peer_incarnations = self.peers.records();
         let futs: Vec<_> = self
@@ -358,6 +368,7 @@ impl Handler<GetHostStatus> for RouterActor {
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 replicas,
                 layout,
+                map_epoch,
                 incarnation,
                 peer_incarnations,
             }
@@ -380,7 +391,7 @@ impl Handler<ChangeShardReplicas> for RouterActor {
     fn handle(&mut self, msg: ChangeShardReplicas, _: &mut Self::Context) -> Self::Result {
         let shard = msg.shard;
         let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.hosts_of(shard).to_vec();
+            let hosts = self.hosts_of(shard);
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
         };
         let fut = replica.changes.send(ChangeReplicas {
@@ -391,42 +402,6 @@ impl Handler<ChangeShardReplicas> for RouterActor {
                 Response::Unavailable(format!(
                     "replica of shard {shard} on this host is stopped ({e}); retry on another"
                 ))
-            })
-        })
-    }
-}
-
-/// To the RouterActor: read or change the live cluster map through the local replica of the
-/// meta group (see [`shardkv_transport::wire::AdminRequest::Map`]).
-#[derive(Message)]
-#[rtype(result = "Response")]
-pub struct MapOp(pub MapRequest);
-
-impl Handler<MapOp> for RouterActor {
-    type Result = ResponseFuture<Response>;
-
-    fn handle(&mut self, msg: MapOp, _: &mut Self::Context) -> Self::Result {
-        let Some(meta) = self.local.get(&META_SHARD) else {
-            let hosts = self.meta_hosts.clone();
-            return Box::pin(async move {
-                Response::NoReplicaHere {
-                    shard: META_SHARD,
-                    hosts,
-                }
-            });
-        };
-        let op = match map_op(msg.0) {
-            Ok(op) => op,
-            Err(resp) => return Box::pin(async move { resp }),
-        };
-        let fut = meta.requests.send(ClientRequest(Request {
-            client_id: 0,
-            seq: 0,
-            op,
-        }));
-        Box::pin(async move {
-            fut.await.unwrap_or_else(|e| {
-                Response::Unavailable(format!("the meta replica here is stopped ({e}); retry"))
             })
         })
     }
@@ -447,7 +422,7 @@ impl Handler<TransferShardLeader> for RouterActor {
     fn handle(&mut self, msg: TransferShardLeader, _: &mut Self::Context) -> Self::Result {
         let shard = msg.shard;
         let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.hosts_of(shard).to_vec();
+            let hosts = self.hosts_of(shard);
             return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
         };
         let fut = replica.transfer_to.send(TransferLeaderTo { to: msg.to });
@@ -459,39 +434,6 @@ impl Handler<TransferShardLeader> for RouterActor {
             })
         })
     }
-}
-
-/// The meta group operation for a map request. A change must carry a valid map whose epoch
-/// is past the one it replaces: the map's epoch never goes back, so a client or host that
-/// caches maps by epoch never takes an old one for new.
-fn map_op(req: MapRequest) -> Result<Op, Response> {
-    let key = MAP_KEY.to_vec();
-    let (expected, new) = match req {
-        MapRequest::Read => {
-            return Ok(Op::Get {
-                key,
-                consistency: ReadConsistency::Linearizable,
-            })
-        }
-        MapRequest::Cas { expected, new } => (expected, new),
-    };
-    let invalid = |e: MapError| Response::Invalid(format!("cluster map change refused: {e}"));
-    let next = ClusterMap::decode(&new).map_err(invalid)?;
-    let previous = match &expected {
-        Some(bytes) => ClusterMap::decode(bytes).map_err(invalid)?.epoch(),
-        None => 1,
-    };
-    if next.epoch() <= previous {
-        return Err(Response::Invalid(format!(
-            "cluster map change refused: epoch {} does not follow {previous}",
-            next.epoch()
-        )));
-    }
-    Ok(Op::Cas {
-        key,
-        expected,
-        new: Some(new),
-    })
 }
 
 /// To the RouterActor: from now on deliver `shard`'s requests and Raft traffic to `replica`
@@ -573,5 +515,8 @@ impl Handler<TransferAll> for RouterActor {
     }
 }
 
+mod map;
 #[cfg(test)]
 mod tests;
+
+pub use map::{MapOp, SetMap};

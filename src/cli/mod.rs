@@ -2,6 +2,7 @@
 
 mod bench;
 mod kv;
+mod replica;
 mod status;
 mod up;
 
@@ -88,6 +89,18 @@ enum Command {
     },
     /// Measure throughput and latency (figures, not pass/fail).
     Bench(bench::BenchArgs),
+    /// Replica changes (need a host certificate of the cluster).
+    Replica {
+        #[command(subcommand)]
+        command: ReplicaCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ReplicaCommand {
+    /// Move SHARD's replica from host FROM to host TO while it serves (learner, catch-up,
+    /// joint change, leave); safe to re-run after an interruption.
+    Move { shard: u32, from: u64, to: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,6 +250,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             kv::cas(&load(&path)?, &key, expected, new)
         }
         Command::Status { json } => status::run(&load(&path)?, json),
+        Command::Replica {
+            command: ReplicaCommand::Move { shard, from, to },
+        } => replica::run_move(&load(&path)?, shard, from, to),
         Command::Bench(args) => bench::run(&path, args),
     }
 }

@@ -228,6 +228,8 @@ pub struct HostStatus {
     pub replicas: Vec<ReplicaInfo>,
     /// The layout this host's data dir was bootstrapped with (clients route by it).
     pub layout: Layout,
+    /// The epoch of the cluster map this host routes by.
+    pub map_epoch: u64,
     /// This host's data dir incarnation (see `RaftBatch::incarnation`).
     pub incarnation: u64,
     /// The incarnation this host has recorded for each peer it has heard from.

@@ -11,7 +11,7 @@ use shardkv_transport::HostId;
 use tracing::{debug, info, warn};
 
 use super::placement::{best_transferee, FollowerProgress, ShutdownHandoff};
-use super::ReplicaActor;
+use super::{membership, ReplicaActor};
 use crate::messages::{GetStatus, SnapshotReport, StepRaft, StepSnapshot, TransferLeadership};
 
 impl Handler<StepRaft> for ReplicaActor {
@@ -166,7 +166,8 @@ impl ReplicaActor {
     /// that hands over stops serving lease reads at once: the transferee campaigns without
     /// waiting for the other followers' leases to run out.
     pub(super) fn balance_leadership(&mut self) {
-        if !self.is_leader() {
+        // Not while a replica change is joint: the preferred host may be the one leaving.
+        if !self.is_leader() || membership::is_joint(&self.conf_state()) {
             return;
         }
         let preferred = self.follower_progress(self.placement.preferred());

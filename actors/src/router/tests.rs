@@ -1,7 +1,8 @@
 //! RouterActor tests: stopped replicas, and replicas added and removed while it runs.
 
-use shardkv_transport::wire::{ReadConsistency, Request};
+use shardkv_transport::wire::{MapRequest, ReadConsistency, Request};
 
+use super::map::map_op;
 use super::*;
 use crate::fatal::FatalReporter;
 
@@ -93,16 +94,19 @@ fn router(dir: &std::path::Path, local: HashMap<ShardId, LocalReplica>) -> Addr<
     let storage = crate::storage::StorageActor::new(schema, FatalReporter::channel().0)
         .expect("storage")
         .start();
+    let layout = Layout {
+        shards: 1,
+        replicas: 3,
+        pins: Vec::new(),
+        placement: vec![(1, vec![1, 2, 3])],
+    };
+    let addrs: Vec<(HostId, String)> = (1..=3).map(|h| (h, format!("127.0.0.1:{h}"))).collect();
     let settings = RouterSettings {
         host: 1,
         cluster: "t".into(),
         value_bytes_max: 1024,
-        layout: Layout {
-            shards: 1,
-            replicas: 3,
-            pins: Vec::new(),
-            placement: vec![(1, vec![1, 2, 3])],
-        },
+        map: ClusterMap::day0(&layout, &addrs).expect("day-0 map"),
+        layout,
         incarnation: 1,
         peer_incarnations: Vec::new(),
     };

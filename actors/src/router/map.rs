@@ -1,0 +1,102 @@
+//! The router's side of the live cluster map: map requests go to the local replica of the
+//! meta group, and the host's map watcher hands the router each newer map.
+
+use actix::prelude::*;
+use shardkv_transport::cluster_map::{MAP_KEY, META_SHARD};
+use shardkv_transport::wire::{MapRequest, Op, ReadConsistency, Request, Response};
+use shardkv_transport::{ClusterMap, MapError};
+use tracing::info;
+
+use super::RouterActor;
+use crate::messages::ClientRequest;
+
+/// To the RouterActor: read or change the live cluster map through the local replica of the
+/// meta group (see [`shardkv_transport::wire::AdminRequest::Map`]).
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct MapOp(pub MapRequest);
+
+impl Handler<MapOp> for RouterActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: MapOp, _: &mut Self::Context) -> Self::Result {
+        let Some(meta) = self.local.get(&META_SHARD) else {
+            let hosts = self.hosts_of(META_SHARD);
+            return Box::pin(async move {
+                Response::NoReplicaHere {
+                    shard: META_SHARD,
+                    hosts,
+                }
+            });
+        };
+        let op = match map_op(msg.0) {
+            Ok(op) => op,
+            Err(resp) => return Box::pin(async move { resp }),
+        };
+        let fut = meta.requests.send(ClientRequest(Request {
+            client_id: 0,
+            seq: 0,
+            op,
+        }));
+        Box::pin(async move {
+            fut.await.unwrap_or_else(|e| {
+                Response::Unavailable(format!("the meta replica here is stopped ({e}); retry"))
+            })
+        })
+    }
+}
+
+/// To the RouterActor: a map read from the meta group. Taken only if its epoch is later
+/// than the one the router routes by: maps never go back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetMap(pub ClusterMap);
+
+impl Handler<SetMap> for RouterActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetMap, _: &mut Self::Context) {
+        let known = self.settings.map.epoch();
+        if msg.0.epoch() > known {
+            info!(
+                from = known,
+                to = msg.0.epoch(),
+                "routing by a newer cluster map"
+            );
+            self.settings.map = msg.0;
+        }
+    }
+}
+
+/// The meta group operation for a map request. A change must carry a valid map whose epoch
+/// is past the one it replaces: the map's epoch never goes back, so a client or host that
+/// caches maps by epoch never takes an old one for new.
+pub(super) fn map_op(req: MapRequest) -> Result<Op, Response> {
+    let key = MAP_KEY.to_vec();
+    let (expected, new) = match req {
+        MapRequest::Read => {
+            return Ok(Op::Get {
+                key,
+                consistency: ReadConsistency::Linearizable,
+            })
+        }
+        MapRequest::Cas { expected, new } => (expected, new),
+    };
+    let invalid = |e: MapError| Response::Invalid(format!("cluster map change refused: {e}"));
+    let next = ClusterMap::decode(&new).map_err(invalid)?;
+    let previous = match &expected {
+        Some(bytes) => ClusterMap::decode(bytes).map_err(invalid)?.epoch(),
+        None => 1,
+    };
+    if next.epoch() <= previous {
+        return Err(Response::Invalid(format!(
+            "cluster map change refused: epoch {} does not follow {previous}",
+            next.epoch()
+        )));
+    }
+    Ok(Op::Cas {
+        key,
+        expected,
+        new: Some(new),
+    })
+}

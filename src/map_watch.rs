@@ -1,0 +1,203 @@
+//! Keeps a host on the live cluster map: it reads the map from the meta group every
+//! [`MAP_POLL_EVERY`], hands each newer one to the router (which routes keys and admits Raft
+//! traffic by it), and makes the host's replicas follow it.
+//!
+//! A shard the map places on this host and the host does not hold gets a joining replica,
+//! which waits, configured as nothing, until the shard's leader adds it as a learner and
+//! sends it a snapshot. A replica the map no longer places here is destroyed only once its
+//! own configuration no longer lists this host: the map drops a replica only after the
+//! shard's Raft group has removed it, and a replica that missed its removal (it was away)
+//! keeps its data rather than risk deleting a copy its group still counts.
+
+use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use crate::client::{Client, ClientSettings};
+use actix::prelude::*;
+use shardkv_actors::router::{
+    AddLocalReplica, GetHostStatus, RemoveLocalReplica, RouterActor, SetMap,
+};
+use shardkv_transport::wire::ReplicaInfo;
+use shardkv_transport::{ClusterMap, HostId, ShardId};
+use tracing::{debug, info, warn};
+
+use crate::certs::CLI_CLIENT;
+use crate::config::{ClusterConfig, HostConfig};
+use crate::replicas::ReplicaFactory;
+
+/// How often a host reads the live map. Changes are rare and every step of a move waits
+/// for the hosts concerned to show it, so a second costs moves little and the meta group
+/// one linearizable read per host per second.
+pub const MAP_POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// Whether `info`'s configuration lists `host` (voter, leaving voter or learner).
+fn lists(info: &ReplicaInfo, host: HostId) -> bool {
+    info.voters.contains(&host)
+        || info.voters_outgoing.contains(&host)
+        || info.learners.contains(&host)
+}
+
+/// See the module docs.
+pub struct MapWatcher {
+    host: HostId,
+    client: Client,
+    router: Addr<RouterActor>,
+    factory: Rc<ReplicaFactory>,
+    /// The shards this host holds a replica of.
+    hosted: BTreeSet<ShardId>,
+    /// The epoch of the last map acted on.
+    epoch: u64,
+    /// Replicas the map dropped that still list this host (logged once each).
+    kept: BTreeSet<ShardId>,
+}
+
+impl MapWatcher {
+    /// A watcher for host `me`, reading the map with the host's own certificate.
+    pub fn new(
+        cfg: &ClusterConfig,
+        me: &HostConfig,
+        router: Addr<RouterActor>,
+        factory: Rc<ReplicaFactory>,
+        hosted: BTreeSet<ShardId>,
+    ) -> Result<Self, crate::client::ClientError> {
+        let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
+        settings.tls.cert = me.cert.clone();
+        settings.tls.key = me.key.clone();
+        settings.deadline = MAP_POLL_EVERY * 3;
+        settings.attempt_timeout = MAP_POLL_EVERY;
+        Ok(MapWatcher {
+            host: me.host.id,
+            client: Client::new(settings)?,
+            router,
+            factory,
+            hosted,
+            epoch: 0,
+            kept: BTreeSet::new(),
+        })
+    }
+
+    /// Runs the watcher on the host's actor system until the host stops.
+    pub fn spawn(mut self) {
+        actix::spawn(async move {
+            loop {
+                tokio::time::sleep(MAP_POLL_EVERY).await;
+                if let Err(why) = self.poll().await {
+                    debug!(host = self.host, %why, "cluster map not read");
+                }
+            }
+        });
+    }
+
+    async fn poll(&mut self) -> Result<(), String> {
+        let map = self.client.read_map().await.map_err(|e| e.to_string())?.map;
+        if map.epoch() > self.epoch {
+            self.router.do_send(SetMap(map.clone()));
+            self.epoch = map.epoch();
+        }
+        // Every time, not only on a new epoch: a step that failed is retried.
+        self.reconcile(&map).await;
+        Ok(())
+    }
+
+    async fn reconcile(&mut self, map: &ClusterMap) {
+        let want: BTreeSet<ShardId> = map.shards_of_host(self.host).collect();
+        for shard in want.difference(&self.hosted.clone()) {
+            self.join(*shard).await;
+        }
+        for shard in self.hosted.clone().difference(&want) {
+            self.retire(map, *shard).await;
+        }
+    }
+
+    /// Starts a joining replica of `shard` and hands it to the router. Never while the host
+    /// holds one: two replicas over the same rows would corrupt them.
+    async fn join(&mut self, shard: ShardId) {
+        let Ok(status) = self.router.send(GetHostStatus).await else {
+            return;
+        };
+        if status.replicas.iter().any(|r| r.shard == shard) {
+            self.hosted.insert(shard);
+            return;
+        }
+        let replica = match self.factory.start_joining(shard) {
+            Ok(r) => r,
+            Err(e) => return warn!(shard, error = %e, "cannot start a replica the map places here"),
+        };
+        match self.router.send(AddLocalReplica { shard, replica }).await {
+            Ok(Ok(())) => {
+                info!(
+                    shard,
+                    "joining: waiting for the shard's leader to add this replica"
+                );
+                self.hosted.insert(shard);
+            }
+            // Already held: the router's replica goes on; the new one stops, its data kept.
+            Ok(Err(extra)) => {
+                if let Err(e) = self.factory.stop_unused(shard, extra).await {
+                    warn!(shard, error = %e, "could not stop a replica started twice");
+                }
+                self.hosted.insert(shard);
+            }
+            Err(e) => warn!(shard, error = %e, "router unreachable"),
+        }
+    }
+
+    /// Whether the leader of `shard` (among its replicas in `map`) still lists this host; true
+    /// when no leader answers, so that nothing is deleted on a guess.
+    async fn leader_lists_me(&self, map: &ClusterMap, shard: ShardId) -> bool {
+        let hosts: Vec<HostId> = map
+            .replicas_of(shard)
+            .map(|r| r.keys().copied().collect())
+            .unwrap_or_default();
+        for h in hosts {
+            let Ok(status) = self.client.host_status(h).await else {
+                continue;
+            };
+            if let Some(r) = status
+                .replicas
+                .iter()
+                .find(|r| r.shard == shard && r.is_leader)
+            {
+                return lists(r, self.host);
+            }
+        }
+        true
+    }
+
+    /// Destroys this host's replica of `shard` once neither its own configuration nor its
+    /// group's leader lists this host.
+    async fn retire(&mut self, map: &ClusterMap, shard: ShardId) {
+        let Ok(status) = self.router.send(GetHostStatus).await else {
+            return;
+        };
+        let Some(info) = status.replicas.iter().find(|r| r.shard == shard) else {
+            self.hosted.remove(&shard);
+            return;
+        };
+        // A replica removed by a leave it never heard of (the leader stops sending to it once
+        // it is out) still lists itself; the group's leader then says.
+        let listed = lists(info, self.host) && self.leader_lists_me(map, shard).await;
+        if listed {
+            if self.kept.insert(shard) {
+                warn!(
+                    shard,
+                    "the map no longer places this shard here, but this replica's configuration \
+                     still lists this host (it has not applied its removal): keeping its data"
+                );
+            }
+            return;
+        }
+        let Ok(Some(replica)) = self.router.send(RemoveLocalReplica { shard }).await else {
+            self.hosted.remove(&shard);
+            return;
+        };
+        match self.factory.destroy(shard, replica).await {
+            Ok(()) => {
+                self.hosted.remove(&shard);
+                self.kept.remove(&shard);
+            }
+            Err(e) => warn!(shard, error = %e, "could not destroy a removed replica"),
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `shardkv replica move SHARD FROM TO`: one replica of a shard moved to another host while
+//! the shard serves, learner first, one joint change, then the explicit leave.
+//!
+//! Every step looks at where the move stands (the live map, and the configuration the shard's
+//! leader reports) before it acts, and is a no-op once done, so the command can be re-run
+//! after a crash halfway and goes on from where it stopped:
+//! 1. the map places a learner on TO (TO's map watcher starts an empty replica);
+//! 2. the shard's leader adds TO as a learner; it catches up (by snapshot if needed);
+//! 3. leadership leaves FROM if FROM leads;
+//! 4. one joint change promotes TO and removes FROM, then the leave;
+//! 5. the map makes TO a voter and drops FROM (FROM's watcher then deletes its copy, once
+//!    its own configuration no longer lists it).
+
+use std::time::{Duration, Instant};
+
+use shardkv_transport::wire::{ReplicaChange, ReplicaInfo, ReplicaTarget, Response};
+use shardkv_transport::{ClusterMap, HostId, ReplicaRole, ShardId};
+
+use crate::client::{Client, ClientError};
+
+/// How long each waiting step may take before the move gives up (it can be re-run).
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(200);
+/// A learner this close to the leader's commit index counts as caught up: under a write
+/// load the index moves on while the learner follows it.
+const CAUGHT_UP_SLACK: u64 = 64;
+
+/// Why a move stopped. Re-running the command continues it.
+#[derive(thiserror::Error, Debug)]
+pub enum MoveError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("{0}")]
+    Refused(String),
+    #[error("timed out {what} after {STEP_TIMEOUT:?}; re-run the command to continue")]
+    Timeout { what: String },
+}
+
+/// Moves `shard`'s replica on `from` to `to`; `replicas` is the configured replica count
+/// (a shard never goes below it). `say` reports each step.
+pub async fn move_replica(
+    admin: &Client,
+    shard: ShardId,
+    from: HostId,
+    to: HostId,
+    replicas: u32,
+    say: &dyn Fn(&str),
+) -> Result<(), MoveError> {
+    if from == to {
+        return Err(MoveError::Refused("FROM and TO are the same host".into()));
+    }
+    let map = admin.read_map().await?.map;
+    let roles = map
+        .replicas_of(shard)
+        .ok_or_else(|| MoveError::Refused(format!("shard {shard} is not in the cluster map")))?;
+    match (roles.get(&from), roles.get(&to)) {
+        (None, Some(ReplicaRole::Voter)) => {
+            say("already moved");
+            return Ok(());
+        }
+        (None, _) => {
+            return Err(MoveError::Refused(format!(
+                "host {from} holds no replica of shard {shard}"
+            )))
+        }
+        _ => {}
+    }
+
+    say(&format!("placing a learner of shard {shard} on host {to}"));
+    admin
+        .change_map(
+            |m: &mut ClusterMap| match m.replicas_of(shard).and_then(|r| r.get(&to)) {
+                Some(_) => Ok(()),
+                None => m.add_learner(shard, to),
+            },
+        )
+        .await?;
+    wait_for(&format!("host {to} to start its replica"), || async {
+        Ok(replica_on(admin, to, shard).await.is_some())
+    })
+    .await?;
+
+    let leader = leader_info(admin, &map, shard, to).await?;
+    if !leader.voters.contains(&to) && !leader.learners.contains(&to) {
+        say(&format!("adding host {to} as a learner"));
+        change(
+            admin,
+            &map,
+            shard,
+            to,
+            &[target(to, ReplicaTarget::Learner)],
+        )
+        .await?;
+    }
+    say(&format!("waiting for host {to} to catch up"));
+    wait_for(&format!("host {to} to catch up"), || async {
+        let leader = leader_info(admin, &map, shard, to).await?;
+        let matched = leader
+            .matched
+            .iter()
+            .find(|(h, _)| *h == to)
+            .map(|(_, m)| *m);
+        Ok(leader.voters.contains(&to)
+            || matched.is_some_and(|m| m + CAUGHT_UP_SLACK >= leader.commit))
+    })
+    .await?;
+
+    let joint = [
+        target(to, ReplicaTarget::Voter),
+        target(from, ReplicaTarget::Removed),
+    ];
+    say(&format!(
+        "promoting host {to} and removing host {from} (joint)"
+    ));
+    wait_for("the joint change", || async {
+        let leader = leader_info(admin, &map, shard, to).await?;
+        if leader.voters.contains(&to) && !leader.voters.contains(&from) {
+            return Ok(true);
+        }
+        if leader.voters_outgoing.is_empty() && leader_host(admin, &map, shard, to).await? == from {
+            // A leader cannot remove itself: hand leadership to another voter first.
+            let other = leader.voters.iter().copied().find(|h| *h != from);
+            if let Some(other) = other {
+                let _ = admin.transfer_leader(from, shard, other).await;
+            }
+            return Ok(false);
+        }
+        if leader.voters_outgoing.is_empty() {
+            let _ = change_once(admin, &map, shard, to, &joint).await;
+        }
+        Ok(false)
+    })
+    .await?;
+    say("leaving the joint configuration");
+    change(admin, &map, shard, to, &[]).await?;
+
+    say("recording the move in the cluster map");
+    admin
+        .change_map(|m: &mut ClusterMap| {
+            if m.replicas_of(shard).and_then(|r| r.get(&to)) == Some(&ReplicaRole::Learner) {
+                m.promote(shard, to)?;
+            }
+            if m.replicas_of(shard).is_some_and(|r| r.contains_key(&from)) {
+                m.remove_replica(shard, from, replicas)?;
+            }
+            Ok(())
+        })
+        .await?;
+    say(&format!("waiting for host {from} to delete its copy"));
+    let deleted = wait_for(&format!("host {from} to delete its copy"), || async {
+        Ok(admin.host_status(from).await.is_ok() && replica_on(admin, from, shard).await.is_none())
+    })
+    .await;
+    if deleted.is_err() {
+        say(&format!(
+            "host {from} has not deleted its copy yet (it is down?); it will once it is back"
+        ));
+    }
+    say("done");
+    Ok(())
+}
+
+fn target(host: HostId, to: ReplicaTarget) -> ReplicaChange {
+    ReplicaChange { host, to }
+}
+
+/// Host `host`'s replica of `shard`, as it reports it.
+async fn replica_on(admin: &Client, host: HostId, shard: ShardId) -> Option<ReplicaInfo> {
+    let status = admin.host_status(host).await.ok()?;
+    status.replicas.into_iter().find(|r| r.shard == shard)
+}
+
+/// The hosts to ask about `shard`: its replicas in `map`, and `extra`.
+fn candidates(map: &ClusterMap, shard: ShardId, extra: HostId) -> Vec<HostId> {
+    let mut hosts: Vec<HostId> = map
+        .replicas_of(shard)
+        .map(|r| r.keys().copied().collect())
+        .unwrap_or_default();
+    if !hosts.contains(&extra) {
+        hosts.push(extra);
+    }
+    hosts
+}
+
+/// The host leading `shard` now (of the highest term reported).
+async fn leader_host(
+    admin: &Client,
+    map: &ClusterMap,
+    shard: ShardId,
+    extra: HostId,
+) -> Result<HostId, MoveError> {
+    let mut best: Option<(u64, HostId)> = None;
+    for h in candidates(map, shard, extra) {
+        if let Some(r) = replica_on(admin, h, shard).await {
+            if r.is_leader && best.is_none_or(|(t, _)| r.term > t) {
+                best = Some((r.term, h));
+            }
+        }
+    }
+    best.map(|(_, h)| h).ok_or_else(|| MoveError::Timeout {
+        what: format!("finding the leader of shard {shard}"),
+    })
+}
+
+async fn leader_info(
+    admin: &Client,
+    map: &ClusterMap,
+    shard: ShardId,
+    extra: HostId,
+) -> Result<ReplicaInfo, MoveError> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Ok(h) = leader_host(admin, map, shard, extra).await {
+            if let Some(r) = replica_on(admin, h, shard).await.filter(|r| r.is_leader) {
+                return Ok(r);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(MoveError::Timeout {
+                what: format!("finding the leader of shard {shard}"),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Asks the shard's leader once for `changes`: whether it answered `Ok`.
+async fn change_once(
+    admin: &Client,
+    map: &ClusterMap,
+    shard: ShardId,
+    extra: HostId,
+    changes: &[ReplicaChange],
+) -> Result<bool, MoveError> {
+    let leader = leader_host(admin, map, shard, extra).await?;
+    match admin
+        .change_replicas(leader, shard, changes.to_vec())
+        .await?
+    {
+        Response::Ok => Ok(true),
+        Response::Invalid(why) => Err(MoveError::Refused(why)),
+        _ => Ok(false),
+    }
+}
+
+/// Asks the shard's leader for `changes` until it answers `Ok`.
+async fn change(
+    admin: &Client,
+    map: &ClusterMap,
+    shard: ShardId,
+    extra: HostId,
+    changes: &[ReplicaChange],
+) -> Result<(), MoveError> {
+    wait_for("the replica change", || async {
+        change_once(admin, map, shard, extra, changes).await
+    })
+    .await
+}
+
+/// Polls `done` until it answers true, or [`STEP_TIMEOUT`].
+async fn wait_for<F, Fut>(what: &str, done: F) -> Result<(), MoveError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, MoveError>>,
+{
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        match done().await {
+            Ok(true) => return Ok(()),
+            Err(e @ MoveError::Refused(_)) => return Err(e),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Err(MoveError::Timeout {
+                what: format!("waiting for {what}"),
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
