@@ -69,13 +69,9 @@ pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
     cfg.check_certs(Some(host))?;
     let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.cluster.name, host)?;
     let system = System::new();
-    // A data dir that never served: its replicas are bootstrapped from the layout. Later
-    // starts go on only with the replicas the data dir holds (a replica destroyed after it
-    // moved away must not come back as a day-0 voter).
-    let fresh = meta::stored_layout(&schema)?.is_none() && !meta::has_replicas(&schema)?;
     let res = system.block_on(async move {
         let layout = settle_layout(&cfg, &me, &schema).await?;
-        serve_host(cfg, me.host.id, schema, layout, fresh).await
+        serve_host(cfg, me.host.id, schema, layout).await
     });
     System::current().stop();
     res
@@ -86,7 +82,6 @@ async fn serve_host(
     host: HostId,
     schema: Schema,
     layout: Layout,
-    fresh: bool,
 ) -> Result<(), DaemonError> {
     let me = cfg
         .host(host)
@@ -153,25 +148,36 @@ async fn serve_host(
         }),
         fatal: fatal.clone(),
     };
+    // The replicas this host starts: every one its data dir holds, and those the day-0 layout
+    // places here (the data shards and the meta group), bootstrapped on first start, unless
+    // destroyed after moving away (a retired replica never comes back as a day-0 voter).
     let mut local = HashMap::new();
-    // The data shards, and the meta group holding the live cluster map.
-    let groups = layout
+    let day0 = layout
         .placement
         .iter()
         .cloned()
         .chain([(META_SHARD, layout.meta_hosts())]);
-    for (shard, hosts) in groups {
+    for (shard, hosts) in day0 {
         if !hosts.contains(&host) {
             continue;
         }
-        if !fresh && !raft_records::has_state(&schema, shard)? {
-            info!(shard, "not restarting a replica this host no longer holds");
+        if meta::is_retired(&schema, shard)? && !raft_records::has_state(&schema, shard)? {
+            info!(
+                shard,
+                "not restarting a replica that moved away from this host"
+            );
             continue;
         }
         // The first host of the placement leads when healthy: placement rotates the first
         // host over the shards (or an operator pins it), so leaders spread over the hosts.
         let replica = factory.start_bootstrapped(shard, &hosts, hosts.first().copied())?;
         local.insert(shard, replica);
+    }
+    for shard in raft_records::hosted_shards(&schema)? {
+        if let std::collections::hash_map::Entry::Vacant(slot) = local.entry(shard) {
+            // A replica that moved here after day 0.
+            slot.insert(factory.start_joining(shard)?);
+        }
     }
     let replicas = local.len();
     let hosted: BTreeSet<ShardId> = local.keys().copied().collect();

@@ -19,7 +19,7 @@ use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::stop::StopReplica;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::LocalReplica;
-use shardkv_actors::schema::{delete_ranges, raft_records, shard_all_ranges, Schema};
+use shardkv_actors::schema::{delete_ranges, meta, raft_records, shard_all_ranges, Schema};
 use shardkv_actors::shard::{AppliedIndex, Compaction, ShardActor};
 use shardkv_actors::snapshot::BuildSlots;
 use shardkv_actors::storage::StorageActor;
@@ -106,7 +106,8 @@ impl ReplicaFactory {
         // machine stops. What either handed to storage before is queued ahead of the delete.
         stop_and_wait(shard, &replica.stop).await?;
         stop_and_wait(shard, &replica.stop_shard).await?;
-        let ops = delete_ranges(shard_all_ranges(shard));
+        let mut ops = delete_ranges(shard_all_ranges(shard));
+        ops.push(meta::retired_op(shard));
         self.storage
             .send(Persist(WriteBatch { ops }))
             .await

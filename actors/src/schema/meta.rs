@@ -11,7 +11,7 @@
 //!   peer, recorded durably before any of its traffic is accepted.
 
 use heed::RwTxn;
-use shardkv_transport::{HostId, Layout};
+use shardkv_transport::{HostId, Layout, ShardId};
 
 use super::{decode_u64, Schema, Table, TableId};
 use crate::error::ActorError;
@@ -20,6 +20,7 @@ use crate::messages::WriteOp;
 const INCARNATION: &[u8] = b"incarnation";
 const LAYOUT: &[u8] = b"layout";
 const PEER_INCARNATION: &[u8] = b"peer-incarnation";
+const RETIRED: &[u8] = b"retired-shard";
 
 /// The data dir's incarnation, drawn (and written in `wtxn`) if it has none yet. A data dir of
 /// an older version gets one at its first start here, before it sends any Raft traffic.
@@ -86,6 +87,25 @@ pub fn peer_incarnation_op(host: HostId, incarnation: u64) -> WriteOp {
     WriteOp::Put(TableId::Meta, key, incarnation.to_be_bytes().to_vec())
 }
 
+/// The write that records that this host's replica of `shard` was destroyed (it moved
+/// away): written with the deletion of its rows, so a restart never bootstraps it again as a
+/// day-0 voter.
+pub fn retired_op(shard: ShardId) -> WriteOp {
+    WriteOp::Put(TableId::Meta, retired_key(shard), Vec::new())
+}
+
+/// Whether this host's replica of `shard` was destroyed after it moved away.
+pub fn is_retired(schema: &Schema, shard: ShardId) -> Result<bool, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    Ok(schema.meta.get(&rtxn, &retired_key(shard))?.is_some())
+}
+
+fn retired_key(shard: ShardId) -> Vec<u8> {
+    let mut key = RETIRED.to_vec();
+    key.extend_from_slice(&shard.to_be_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +147,28 @@ mod tests {
         let ops = vec![peer_incarnation_op(3, 33), peer_incarnation_op(2, 22)];
         commit(&schema, vec![WriteBatch { ops }]).unwrap();
         assert_eq!(peer_incarnations(&schema).unwrap(), [(2, 22), (3, 33)]);
+    }
+
+    #[test]
+    fn a_retired_shard_is_remembered_and_hosted_shards_are_those_with_raft_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = open(dir.path());
+        assert!(!is_retired(&schema, 2).unwrap());
+        commit(
+            &schema,
+            vec![WriteBatch {
+                ops: vec![retired_op(2)],
+            }],
+        )
+        .unwrap();
+        assert!(is_retired(&schema, 2).unwrap());
+        assert!(!is_retired(&schema, 1).unwrap());
+        for shard in [7, 0, 3] {
+            crate::schema::raft_records::bootstrap(&schema, shard, &[1]).unwrap();
+        }
+        assert_eq!(
+            crate::schema::raft_records::hosted_shards(&schema).unwrap(),
+            [0, 3, 7]
+        );
     }
 }

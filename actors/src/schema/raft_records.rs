@@ -146,6 +146,23 @@ pub fn has_state(schema: &Schema, shard: ShardId) -> Result<bool, ActorError> {
     Ok(found)
 }
 
+/// Every shard with Raft state on this host (the replicas it holds), in shard order.
+pub fn hosted_shards(schema: &Schema) -> Result<Vec<ShardId>, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    let mut shards = Vec::new();
+    for row in schema.raft_state.iter(&rtxn)? {
+        let (key, _) = row?;
+        let Some(id) = key.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+            continue;
+        };
+        let shard = ShardId::from_be_bytes(id);
+        if shards.last() != Some(&shard) {
+            shards.push(shard);
+        }
+    }
+    Ok(shards)
+}
+
 /// The index applied to `kv` (durably, in the apply transaction); 0 if none.
 pub fn applied_index(schema: &Schema, shard: ShardId) -> Result<u64, ActorError> {
     let durable = Durable::new(schema, shard);
