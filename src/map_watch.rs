@@ -20,7 +20,7 @@ use shardkv_actors::router::{
 };
 use shardkv_transport::wire::ReplicaInfo;
 use shardkv_transport::{ClusterMap, HostId, ShardId};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::certs::CLI_CLIENT;
 use crate::config::{ClusterConfig, HostConfig};
@@ -50,6 +50,10 @@ pub struct MapWatcher {
     epoch: u64,
     /// Replicas the map dropped that still list this host (logged once each).
     kept: BTreeSet<ShardId>,
+    /// Replicas taken out of service whose deletion failed: never started again by this
+    /// process (two replicas over the same rows would corrupt them); a restart, which starts
+    /// them from their rows, retries the removal.
+    failed: BTreeSet<ShardId>,
 }
 
 impl MapWatcher {
@@ -74,16 +78,27 @@ impl MapWatcher {
             hosted,
             epoch: 0,
             kept: BTreeSet::new(),
+            failed: BTreeSet::new(),
         })
     }
 
     /// Runs the watcher on the host's actor system until the host stops.
     pub fn spawn(mut self) {
         actix::spawn(async move {
+            let mut failures = 0u64;
             loop {
                 tokio::time::sleep(MAP_POLL_EVERY).await;
-                if let Err(why) = self.poll().await {
-                    debug!(host = self.host, %why, "cluster map not read");
+                match self.poll().await {
+                    Ok(()) => failures = 0,
+                    Err(why) => {
+                        failures += 1;
+                        // Once a minute while it lasts: routing goes on by the last map.
+                        if failures % 60 == 1 {
+                            warn!(host = self.host, %why, "cannot read the cluster map from the meta group");
+                        } else {
+                            debug!(host = self.host, %why, "cluster map not read");
+                        }
+                    }
                 }
             }
         });
@@ -113,6 +128,9 @@ impl MapWatcher {
     /// Starts a joining replica of `shard` and hands it to the router. Never while the host
     /// holds one: two replicas over the same rows would corrupt them.
     async fn join(&mut self, shard: ShardId) {
+        if self.failed.contains(&shard) {
+            return;
+        }
         let Ok(status) = self.router.send(GetHostStatus).await else {
             return;
         };
@@ -197,7 +215,16 @@ impl MapWatcher {
                 self.hosted.remove(&shard);
                 self.kept.remove(&shard);
             }
-            Err(e) => warn!(shard, error = %e, "could not destroy a removed replica"),
+            Err(e) => {
+                error!(
+                    shard,
+                    error = %e,
+                    "could not delete a removed replica's data; it is out of service, and a \
+                     restart of this host retries the removal"
+                );
+                self.failed.insert(shard);
+                self.hosted.remove(&shard);
+            }
         }
     }
 }

@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::wire::{ReplicaChange, ReplicaInfo, ReplicaTarget, Response};
 use shardkv_transport::{ClusterMap, HostId, ReplicaRole, ShardId};
 
@@ -53,6 +54,11 @@ pub async fn move_replica(
     let roles = map
         .replicas_of(shard)
         .ok_or_else(|| MoveError::Refused(format!("shard {shard} is not in the cluster map")))?;
+    if shard == META_SHARD {
+        return Err(MoveError::Refused(
+            "the meta group cannot be moved yet: hosts find it on the day-0 meta hosts".into(),
+        ));
+    }
     match (roles.get(&from), roles.get(&to)) {
         (None, Some(ReplicaRole::Voter)) => {
             say("already moved");
@@ -63,8 +69,22 @@ pub async fn move_replica(
                 "host {from} holds no replica of shard {shard}"
             )))
         }
+        (Some(_), Some(ReplicaRole::Voter)) => {
+            return Err(MoveError::Refused(format!(
+                "host {to} already holds a voting replica of shard {shard}: pick a host without one"
+            )))
+        }
         _ => {}
     }
+    // The move must end in a map the rules accept (checked before Raft changes anything).
+    let mut end = map.clone();
+    if roles.get(&to).is_none() {
+        end.add_learner(shard, to)
+            .map_err(|e| MoveError::Refused(e.to_string()))?;
+    }
+    end.promote(shard, to)
+        .and_then(|()| end.remove_replica(shard, from, replicas))
+        .map_err(|e| MoveError::Refused(e.to_string()))?;
 
     say(&format!("placing a learner of shard {shard} on host {to}"));
     admin
@@ -132,7 +152,20 @@ pub async fn move_replica(
     })
     .await?;
     say("leaving the joint configuration");
-    change(admin, &map, shard, to, &[]).await?;
+    wait_for("the leave", || async {
+        let leader = leader_info(admin, &map, shard, to).await?;
+        if leader.voters_outgoing.is_empty() {
+            return Ok(true);
+        }
+        let host = leader_host(admin, &map, shard, to).await?;
+        if !leader.voters.contains(&host) {
+            // A leaving voter leads (it won an election while joint): hand leadership on.
+            let _ = admin.transfer_leader(host, shard, to).await;
+            return Ok(false);
+        }
+        change_once(admin, &map, shard, to, &[]).await
+    })
+    .await?;
 
     say("recording the move in the cluster map");
     admin

@@ -70,6 +70,9 @@ async fn a_replica_moves_while_writes_go_on_and_the_old_copy_is_deleted() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let out = tokio::task::block_in_place(|| replica_move(&cluster, from, to));
+    if !out.status.success() {
+        cluster.dump_logs();
+    }
     assert!(
         out.status.success(),
         "move failed: {}{}",
@@ -89,6 +92,33 @@ async fn a_replica_moves_while_writes_go_on_and_the_old_copy_is_deleted() {
     while holds(&cluster, from).await != Some(false) {
         assert!(Instant::now() < deadline, "host {from} kept its copy");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every replica's own configuration agrees: `to` votes, `from` is gone (a newcomer that
+    // rebuilt its configuration from the log instead of a snapshot would disagree).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for h in (1..=4).filter(|h| *h != from) {
+        loop {
+            let status = cluster.admin().host_status(h).await.expect("status");
+            let conf = status.replicas.iter().find(|r| r.shard == SHARD).map(|r| {
+                (
+                    r.voters.clone(),
+                    r.voters_outgoing.clone(),
+                    r.learners.clone(),
+                )
+            });
+            let want: Vec<HostId> = {
+                let mut v: Vec<HostId> = on.iter().copied().filter(|x| *x != from).collect();
+                v.push(to);
+                v.sort_unstable();
+                v
+            };
+            match conf {
+                None => break, // not a replica host
+                Some(c) if c == (want.clone(), vec![], vec![]) => break,
+                Some(c) => assert!(Instant::now() < deadline, "host {h} reports {c:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
     let again = tokio::task::block_in_place(|| replica_move(&cluster, from, to));
     assert!(again.status.success(), "a re-run is a no-op");

@@ -229,10 +229,12 @@ impl ReplicaActor {
             .collect()
     }
 
-    /// `host`'s replication progress as this leader tracks it, if it is a voter (only a
-    /// voter can take leadership; raft-rs ignores a transfer to a learner).
+    /// `host`'s replication progress as this leader tracks it, if it is a voter that stays
+    /// (only a voter can take leadership, raft-rs ignores a transfer to a learner, and one
+    /// that is leaving must not get it).
     fn follower_progress(&self, host: HostId) -> Option<FollowerProgress> {
-        if !self.node.raft.prs().conf().voters().contains(host) {
+        // The incoming voters: while a change is joint, an outgoing-only voter is leaving.
+        if !self.conf_state().voters.contains(&host) {
             return None;
         }
         self.node.raft.prs().get(host).map(|pr| FollowerProgress {

@@ -59,6 +59,11 @@ pub fn role_in(conf: &ConfState, host: HostId) -> ReplicaTarget {
     }
 }
 
+/// Whether `conf` is empty: a joining replica before the snapshot that configures it.
+pub fn is_unconfigured(conf: &ConfState) -> bool {
+    conf.voters.is_empty() && conf.voters_outgoing.is_empty() && conf.learners.is_empty()
+}
+
 /// Whether `conf` is joint (a change entered it and no leave has applied yet).
 pub fn is_joint(conf: &ConfState) -> bool {
     !conf.voters_outgoing.is_empty()
@@ -157,11 +162,27 @@ impl ReplicaActor {
             )));
             return;
         }
+        if changes.is_empty() && !conf.voters.contains(&self.host) {
+            let _ = reply.send(refuse(format!(
+                "host {} leads shard {} but is not a voter of the configuration being entered: \
+                 move its leadership to an incoming voter before leaving the joint configuration",
+                self.host, self.shard
+            )));
+            return;
+        }
         for c in changes {
             if c.host == self.host && c.to != ReplicaTarget::Voter {
                 let _ = reply.send(refuse(format!(
                     "host {} leads shard {}: move its leadership away before demoting or removing it",
                     self.host, self.shard
+                )));
+                return;
+            }
+            if c.to == ReplicaTarget::Voter && role_in(&conf, c.host) == ReplicaTarget::Removed {
+                let _ = reply.send(refuse(format!(
+                    "host {} holds no replica of shard {}: add it as a learner first, and \
+                     promote it once it has caught up",
+                    c.host, self.shard
                 )));
                 return;
             }
@@ -193,7 +214,11 @@ impl ReplicaActor {
     /// configuration already holds) to raft-rs, answers the change waiting on them, and
     /// returns the configuration now in effect if any changed it (for the state machine to
     /// store with the applied index).
-    pub(super) fn apply_conf_changes(&mut self, committed: &[Entry]) -> Option<ConfState> {
+    pub(super) fn apply_conf_changes(
+        &mut self,
+        committed: &[Entry],
+        ctx: &mut Context<Self>,
+    ) -> Option<ConfState> {
         let mut changed = None;
         for e in committed {
             if e.index <= self.conf_applied_through {
@@ -201,6 +226,15 @@ impl ReplicaActor {
             }
             let outcome = match conf_change_of(e) {
                 Ok(None) => None,
+                Ok(Some(_)) if is_unconfigured(&self.conf_state()) => {
+                    // Only a snapshot may configure a joining replica (see `ready.rs` `send`).
+                    self.stop_fatally(
+                        ctx,
+                        "a replica with no configuration was sent log entries instead of a snapshot",
+                        &format!("configuration change at index {}", e.index),
+                    );
+                    return None;
+                }
                 Ok(Some(cc)) => Some(match self.node.apply_conf_change(&cc) {
                     Ok(cs) => {
                         info!(shard = self.shard, index = e.index, conf = ?cs, "replica change applied");

@@ -135,7 +135,7 @@ impl ReplicaActor {
         let committed = ready.take_committed_entries();
         let handed = committed.last().map(|e| e.index);
         if !committed.is_empty() {
-            let conf_state = self.apply_conf_changes(&committed);
+            let conf_state = self.apply_conf_changes(&committed, ctx);
             self.links.apply.do_send(ApplyEntries {
                 entries: committed,
                 conf_state,
@@ -246,6 +246,15 @@ impl ReplicaActor {
 
     fn send(&mut self, messages: Vec<RaftMessage>) {
         for m in messages {
+            if self.starts_newcomer_from_log(&m) {
+                // A learner that joined with an empty log must start from a snapshot, which
+                // carries the configuration; the log's first entries predate any it could
+                // know. raft-rs sends the snapshot on the learner's next response.
+                if let Some(pr) = self.node.raft.mut_prs().get_mut(m.to) {
+                    pr.pending_request_snapshot = 1;
+                }
+                continue;
+            }
             let Some(peer) = self.links.peers.get(&m.to) else {
                 warn!(shard = self.shard, to = m.to, "no link to Raft peer");
                 continue;
@@ -265,6 +274,20 @@ impl ReplicaActor {
                 report,
             });
         }
+    }
+
+    /// Whether `m` would send the log from its first entry to a learner that has nothing yet
+    /// (a replica added after day 0; day-0 replicas are voters from the start).
+    fn starts_newcomer_from_log(&self, m: &RaftMessage) -> bool {
+        m.get_msg_type() == MessageType::MsgAppend
+            && m.index == 0
+            && self.node.raft.prs().conf().learners().contains(&m.to)
+            && self
+                .node
+                .raft
+                .prs()
+                .get(m.to)
+                .is_some_and(|pr| pr.matched == 0)
     }
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {

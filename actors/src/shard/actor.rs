@@ -129,16 +129,19 @@ impl ShardActor {
         if self.durable_applied.saturating_sub(c.keep) < self.compacted + c.after {
             return;
         }
+        self.compact(c.keep, c.after);
+    }
+
+    /// Drops the log up to `keep` entries below the durable applied index, if that moves its
+    /// start by at least `after`.
+    fn compact(&mut self, keep: u64, after: u64) {
         // Never past the stored commit index: on restart raft-rs requires the log's start to
         // be at or below it (a commit-only change of the hard state is stored lazily).
         let stored_commit = raft_records::hard_state(&self.schema, self.shard)
             .map(|hs| hs.commit)
             .unwrap_or(0);
-        let upto = self
-            .durable_applied
-            .saturating_sub(c.keep)
-            .min(stored_commit);
-        if upto < self.compacted + c.after {
+        let upto = self.durable_applied.saturating_sub(keep).min(stored_commit);
+        if upto < self.compacted + after {
             return;
         }
         let term = match raft_records::durable_term(&self.schema, self.shard, upto) {

@@ -88,6 +88,14 @@ fn lock(files: &Mutex<SnapFiles>) -> MutexGuard<'_, SnapFiles> {
     }
 }
 
+/// Whether `conf` has `host` as a voter (incoming or outgoing) or a learner.
+fn lists(conf: &ConfState, host: u64) -> bool {
+    conf.voters.contains(&host)
+        || conf.voters_outgoing.contains(&host)
+        || conf.learners.contains(&host)
+        || conf.learners_next.contains(&host)
+}
+
 /// A snapshot file on disk and what raft-rs needs to know of it.
 #[derive(Clone)]
 struct BuiltSnapshot {
@@ -195,15 +203,17 @@ impl ShardSnapshots {
         lock(&self.files).handed_out.retain(|p| p != path);
     }
 
-    /// The newest snapshot file of this shard if it is at or past `min_index`. Otherwise a
-    /// build starts (unless one runs or no slot is free) and raft-rs is told to ask again
-    /// later, never that storage failed: a build that fails (disk full) is retried on its
-    /// next ask. `to` is the follower it is for.
+    /// The newest snapshot file of this shard if it is at or past `min_index` and its
+    /// configuration lists `to` (the follower it is for: raft-rs refuses to restore a
+    /// snapshot that does not list it, so one built before a new learner's addition was
+    /// durably applied would be sent again and again). Otherwise a build starts (unless one
+    /// runs or no slot is free) and raft-rs is told to ask again later, never that storage
+    /// failed: a build that fails (disk full) is retried on its next ask.
     pub fn snapshot(&self, min_index: u64, to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         let mut files = lock(&self.files);
         if let Some(b) = files.latest.clone() {
-            if b.meta.index >= min_index && b.path.exists() {
+            if b.meta.index >= min_index && b.path.exists() && lists(&b.conf, to) {
                 if !files.handed_out.contains(&b.path) {
                     files.handed_out.push(b.path.clone());
                 }
@@ -261,13 +271,19 @@ impl ShardSnapshots {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::WriteBatch;
     use crate::schema::raft_records::bootstrap;
+    use crate::storage::commit;
     use crate::test_fixtures::{append, entry, set_applied, temp_schema};
 
     /// Calls `snapshot` until the background build has produced a file.
     fn snapshot_when_built(s: &ShardSnapshots, request_index: u64) -> Snapshot {
+        snapshot_for_when_built(s, request_index, 2)
+    }
+
+    fn snapshot_for_when_built(s: &ShardSnapshots, request_index: u64, to: u64) -> Snapshot {
         for _ in 0..500 {
-            match s.snapshot(request_index, 2) {
+            match s.snapshot(request_index, to) {
                 Ok(snap) => return snap,
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
@@ -276,6 +292,34 @@ mod tests {
             }
         }
         panic!("snapshot never built");
+    }
+
+    #[test]
+    fn a_snapshot_that_does_not_list_the_follower_is_rebuilt_once_its_addition_is_applied() {
+        let (d, schema) = temp_schema();
+        bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
+        append(&schema, 1, &[entry(1, 1), entry(2, 1)]);
+        set_applied(&schema, 1, 1);
+        let slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
+        let s = ShardSnapshots::new(schema.clone(), 1, d.path().join("snap"), slots);
+        let old = snapshot_when_built(&s, 0);
+        assert_eq!(
+            old.get_metadata().get_conf_state().learners,
+            Vec::<u64>::new()
+        );
+        // Learner 4 was added at index 2: until that is applied, nothing is served to it.
+        assert!(s.snapshot(0, 4).is_err(), "a snapshot 4 would refuse");
+        let with_learner = ConfState {
+            voters: vec![1, 2, 3],
+            learners: vec![4],
+            ..Default::default()
+        };
+        let conf = crate::schema::raft_records::conf_state_op(1, &with_learner).unwrap();
+        commit(&schema, vec![WriteBatch { ops: vec![conf] }]).unwrap();
+        set_applied(&schema, 1, 2);
+        let new = snapshot_for_when_built(&s, 0, 4);
+        assert_eq!(new.get_metadata().get_conf_state().learners, vec![4]);
+        assert_eq!(new.get_metadata().index, 2);
     }
 
     #[test]
