@@ -36,8 +36,8 @@ pub enum ReplicaError {
     #[error(transparent)]
     Storage(#[from] ActorError),
     #[error(
-        "replica of shard {shard} did not stop within {STOP_TIMEOUT:?}; its data is kept, \
-         retry the removal"
+        "replica of shard {shard} did not stop within {STOP_TIMEOUT:?}; its data is kept, and \
+         a restart of this host retries the removal"
     )]
     StillRunning { shard: ShardId },
     #[error("the host's storage stopped; the host is going down")]

@@ -187,7 +187,11 @@ impl ReplicaActor {
                 return;
             }
             if c.host != self.host && !self.links.peers.contains_key(&c.host) {
-                let _ = reply.send(refuse(format!("host {} is not in the cluster", c.host)));
+                let _ = reply.send(refuse(format!(
+                    "host {} is not in this host's cluster.toml: append its [[host]] entry on \
+                     every machine and restart the hosts one at a time (peer links are made at start)",
+                    c.host
+                )));
                 return;
             }
         }
