@@ -192,13 +192,14 @@ impl HostProcesses {
         self.children.contains_key(&id)
     }
 
+    /// The PID of host `id`'s process, if it has one.
+    pub fn pid(&self, id: HostId) -> Option<u32> {
+        self.children.get(&id).map(|c| c.id())
+    }
+
     /// Sends `sig` to host `id`'s process; `false` if it has none.
     pub fn signal(&self, id: HostId, sig: libc::c_int) -> bool {
-        let Some(pid) = self
-            .children
-            .get(&id)
-            .and_then(|c| libc::pid_t::try_from(c.id()).ok())
-        else {
+        let Some(pid) = self.pid(id).and_then(|p| libc::pid_t::try_from(p).ok()) else {
             return false;
         };
         // SAFETY: kill(2) has no memory-safety preconditions; the PID is our own child's,

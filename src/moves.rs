@@ -100,7 +100,7 @@ pub async fn move_replica(
     })
     .await?;
 
-    let leader = leader_info(admin, &map, shard, to).await?;
+    let (_, leader) = wait_leader(admin, &map, shard, to).await?;
     if !leader.voters.contains(&to) && !leader.learners.contains(&to) {
         say(&format!("adding host {to} as a learner"));
         change(
@@ -114,7 +114,7 @@ pub async fn move_replica(
     }
     say(&format!("waiting for host {to} to catch up"));
     wait_for(&format!("host {to} to catch up"), || async {
-        let leader = leader_info(admin, &map, shard, to).await?;
+        let (_, leader) = wait_leader(admin, &map, shard, to).await?;
         let matched = leader
             .matched
             .iter()
@@ -133,11 +133,11 @@ pub async fn move_replica(
         "promoting host {to} and removing host {from} (joint)"
     ));
     wait_for("the joint change", || async {
-        let leader = leader_info(admin, &map, shard, to).await?;
+        let (host, leader) = wait_leader(admin, &map, shard, to).await?;
         if leader.voters.contains(&to) && !leader.voters.contains(&from) {
             return Ok(true);
         }
-        if leader.voters_outgoing.is_empty() && leader_host(admin, &map, shard, to).await? == from {
+        if leader.voters_outgoing.is_empty() && host == from {
             // A leader cannot remove itself: hand leadership to another voter first.
             let other = leader.voters.iter().copied().find(|h| *h != from);
             if let Some(other) = other {
@@ -153,11 +153,10 @@ pub async fn move_replica(
     .await?;
     say("leaving the joint configuration");
     wait_for("the leave", || async {
-        let leader = leader_info(admin, &map, shard, to).await?;
+        let (host, leader) = wait_leader(admin, &map, shard, to).await?;
         if leader.voters_outgoing.is_empty() {
             return Ok(true);
         }
-        let host = leader_host(admin, &map, shard, to).await?;
         if !leader.voters.contains(&host) {
             // A leaving voter leads (it won an election while joint): hand leadership on.
             let _ = admin.transfer_leader(host, shard, to).await;
@@ -215,38 +214,36 @@ fn candidates(map: &ClusterMap, shard: ShardId, extra: HostId) -> Vec<HostId> {
     hosts
 }
 
-/// The host leading `shard` now (of the highest term reported).
-async fn leader_host(
+/// The replica leading `shard` now (of the highest term reported), and its host; asked of
+/// every replica host once.
+async fn find_leader(
     admin: &Client,
     map: &ClusterMap,
     shard: ShardId,
     extra: HostId,
-) -> Result<HostId, MoveError> {
-    let mut best: Option<(u64, HostId)> = None;
+) -> Option<(HostId, ReplicaInfo)> {
+    let mut best: Option<(HostId, ReplicaInfo)> = None;
     for h in candidates(map, shard, extra) {
         if let Some(r) = replica_on(admin, h, shard).await {
-            if r.is_leader && best.is_none_or(|(t, _)| r.term > t) {
-                best = Some((r.term, h));
+            if r.is_leader && best.as_ref().is_none_or(|(_, b)| r.term > b.term) {
+                best = Some((h, r));
             }
         }
     }
-    best.map(|(_, h)| h).ok_or_else(|| MoveError::Timeout {
-        what: format!("finding the leader of shard {shard}"),
-    })
+    best
 }
 
-async fn leader_info(
+/// Like [`find_leader`], waiting up to [`STEP_TIMEOUT`] for a leader.
+async fn wait_leader(
     admin: &Client,
     map: &ClusterMap,
     shard: ShardId,
     extra: HostId,
-) -> Result<ReplicaInfo, MoveError> {
+) -> Result<(HostId, ReplicaInfo), MoveError> {
     let deadline = Instant::now() + STEP_TIMEOUT;
     loop {
-        if let Ok(h) = leader_host(admin, map, shard, extra).await {
-            if let Some(r) = replica_on(admin, h, shard).await.filter(|r| r.is_leader) {
-                return Ok(r);
-            }
+        if let Some(found) = find_leader(admin, map, shard, extra).await {
+            return Ok(found);
         }
         if Instant::now() > deadline {
             return Err(MoveError::Timeout {
@@ -265,7 +262,9 @@ async fn change_once(
     extra: HostId,
     changes: &[ReplicaChange],
 ) -> Result<bool, MoveError> {
-    let leader = leader_host(admin, map, shard, extra).await?;
+    let Some((leader, _)) = find_leader(admin, map, shard, extra).await else {
+        return Ok(false);
+    };
     match admin
         .change_replicas(leader, shard, changes.to_vec())
         .await?

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use shardkv_transport::frame::read_frame;
@@ -20,38 +19,10 @@ const OVERSIZED_STREAMS: usize = 50;
 /// plus connection windows and allocator slack, well below what the flood sends.
 const RSS_GROWTH_BYTES_MAX: u64 = 256 << 20;
 
-/// The PID of the `shardkv serve` process started for the config at `cfg`.
-fn host_pid(cfg: &Path) -> u32 {
-    let cfg = cfg.to_string_lossy().into_owned();
-    for entry in std::fs::read_dir("/proc").expect("/proc is readable") {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "serve") && args.contains(&cfg) {
-            return pid;
-        }
-    }
-    panic!("no shardkv serve process for {cfg}");
-}
-
 /// The most resident memory process `pid` has used so far, in bytes (VmHWM): the flood's
 /// peak, whenever it came.
 fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
+    common::proc_status_bytes(pid, "VmHWM")
 }
 
 /// What became of one flooding stream.
@@ -100,7 +71,7 @@ async fn a_flooding_client_gets_errors_while_another_is_served_and_memory_stays_
     cluster.start_all();
     let client = cluster.client();
     cluster.wait_ready(&client).await;
-    let pid = host_pid(&cluster.cfg_path);
+    let pid = cluster.pid(1);
     let rss_before = peak_rss_bytes(pid);
 
     let conn = cluster.raw_connection("flood", 0).await;

@@ -54,44 +54,11 @@ fn value(i: usize) -> Vec<u8> {
     v
 }
 
-/// The PID of the `shardkv serve` process of host `id`.
-fn host_pid(cluster: &common::Cluster, id: u64) -> u32 {
-    let cfg = cluster.cfg_path.to_string_lossy().into_owned();
-    let id = id.to_string();
-    for entry in std::fs::read_dir("/proc").expect("/proc is readable") {
-        let Ok(entry) = entry else { continue };
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        let host_arg = args.iter().position(|a| a == "--host").map(|i| i + 1);
-        if args.iter().any(|a| a == "serve")
-            && args.contains(&cfg)
-            && host_arg.and_then(|i| args.get(i)) == Some(&id)
-        {
-            return pid;
-        }
-    }
-    panic!("no shardkv serve process for host {id}");
-}
-
 /// Anonymous resident memory of process `pid` (RssAnon, the heap: where queues live). Not
 /// VmRSS: that also counts the pages of the LMDB map the process touched, which grow with the
 /// data stored whatever the queues do.
 fn anon_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon in /proc/<pid>/status");
-    kib * 1024
+    common::proc_status_bytes(pid, "RssAnon")
 }
 
 /// Writes keys `range` with `WRITERS` concurrent writers; every write must be acknowledged
@@ -162,7 +129,7 @@ async fn a_stalled_peer_leaves_the_cluster_serving_with_bounded_memory_and_nothi
     let mut settings = cluster.settings("cli");
     settings.deadline = shardkv::client::DEADLINE_DEFAULT;
     let client = Client::new(settings).expect("client");
-    let healthy = [host_pid(&cluster, 1), host_pid(&cluster, 2)];
+    let healthy = [cluster.pid(1), cluster.pid(2)];
 
     write_all(&client, 0..WARM_UP_WRITES, &healthy).await;
     let baseline: Vec<u64> = healthy.iter().map(|&p| anon_rss_bytes(p)).collect();
@@ -209,28 +176,13 @@ async fn a_stalled_peer_leaves_the_cluster_serving_with_bounded_memory_and_nothi
     let conn = cluster.raw_connection("cli", 2).await;
     for i in 0..WARM_UP_WRITES + STALLED_WRITES {
         assert_eq!(
-            stale_read(&conn, &key(i)).await,
+            common::stale_read_via(&conn, &key(i))
+                .await
+                .expect("host 3 answers"),
             Some(value(i)),
             "host 3 holds write {i}"
         );
     }
     cluster.check_alive();
     cluster.kill9_all();
-}
-
-/// `key` as the host at the other end of `conn` alone has applied it.
-async fn stale_read(conn: &quinn::Connection, key: &[u8]) -> Option<Vec<u8>> {
-    use shardkv_transport::wire::{Op, ReadConsistency, Request, RequestFrame, Response};
-    let req = RequestFrame::Data(Request {
-        client_id: 0,
-        seq: 0,
-        op: Op::Get {
-            key: key.to_vec(),
-            consistency: ReadConsistency::Stale,
-        },
-    });
-    match shardkv_transport::endpoint::call(conn, &req).await {
-        Ok(Response::Value(v)) => v,
-        other => panic!("stale read: {other:?}"),
-    }
 }

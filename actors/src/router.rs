@@ -95,6 +95,17 @@ impl RouterActor {
             .unwrap_or_default()
     }
 
+    /// The replica of `shard` on this host, or the answer that sends the caller to the
+    /// map's replicas of it.
+    fn local_replica(&self, shard: ShardId) -> Result<&LocalReplica, Response> {
+        self.local
+            .get(&shard)
+            .ok_or_else(|| Response::NoReplicaHere {
+                shard,
+                hosts: self.hosts_of(shard),
+            })
+    }
+
     /// Whether `host` holds a replica of `shard` in the map (learners included).
     fn is_member(&self, shard: ShardId, host: HostId) -> bool {
         self.settings
@@ -167,9 +178,9 @@ impl Handler<ClientRequest> for RouterActor {
             let resp = Response::Internal("the cluster map owns no shard for this key".into());
             return Box::pin(async move { resp });
         };
-        let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.hosts_of(shard);
-            return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
+        let replica = match self.local_replica(shard) {
+            Ok(r) => r,
+            Err(resp) => return Box::pin(async move { resp }),
         };
         let kind = kind_of(&msg.0.op);
         let started = std::time::Instant::now();
@@ -177,11 +188,7 @@ impl Handler<ClientRequest> for RouterActor {
         Box::pin(async move {
             let resp = match fut.await {
                 Ok(resp) => resp,
-                // The replica stopped (its host is going down on a fatal error): another
-                // replica of the shard can serve, so the client must try elsewhere, not give up.
-                Err(e) => Response::Unavailable(format!(
-                    "replica of shard {shard} on this host is stopped ({e}); retry on another"
-                )),
+                Err(e) => stopped(shard, &e),
             };
             record(kind, &resp, started);
             resp
@@ -244,6 +251,22 @@ impl Handler<InboundRaft> for RouterActor {
             }
         }
     }
+}
+
+/// The answer when a local replica is stopped (its host is going down on a fatal error):
+/// another replica of the shard can serve, so the client must try elsewhere, not give up.
+fn stopped(shard: ShardId, e: &MailboxError) -> Response {
+    Response::Unavailable(format!(
+        "replica of shard {shard} on this host is stopped ({e}); retry on another"
+    ))
+}
+
+/// Resolves to what a local replica of `shard` answers to `request`.
+fn answer_from(
+    shard: ShardId,
+    request: impl std::future::Future<Output = Result<Response, MailboxError>> + 'static,
+) -> ResponseFuture<Response> {
+    Box::pin(async move { request.await.unwrap_or_else(|e| stopped(shard, &e)) })
 }
 
 fn kind_of(op: &Op) -> &'static str {
@@ -390,20 +413,15 @@ impl Handler<ChangeShardReplicas> for RouterActor {
 
     fn handle(&mut self, msg: ChangeShardReplicas, _: &mut Self::Context) -> Self::Result {
         let shard = msg.shard;
-        let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.hosts_of(shard);
-            return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
-        };
-        let fut = replica.changes.send(ChangeReplicas {
-            changes: msg.changes,
-        });
-        Box::pin(async move {
-            fut.await.unwrap_or_else(|e| {
-                Response::Unavailable(format!(
-                    "replica of shard {shard} on this host is stopped ({e}); retry on another"
-                ))
-            })
-        })
+        match self.local_replica(shard) {
+            Ok(replica) => answer_from(
+                shard,
+                replica.changes.send(ChangeReplicas {
+                    changes: msg.changes,
+                }),
+            ),
+            Err(resp) => Box::pin(async move { resp }),
+        }
     }
 }
 
@@ -421,18 +439,13 @@ impl Handler<TransferShardLeader> for RouterActor {
 
     fn handle(&mut self, msg: TransferShardLeader, _: &mut Self::Context) -> Self::Result {
         let shard = msg.shard;
-        let Some(replica) = self.local.get(&shard) else {
-            let hosts = self.hosts_of(shard);
-            return Box::pin(async move { Response::NoReplicaHere { shard, hosts } });
-        };
-        let fut = replica.transfer_to.send(TransferLeaderTo { to: msg.to });
-        Box::pin(async move {
-            fut.await.unwrap_or_else(|e| {
-                Response::Unavailable(format!(
-                    "replica of shard {shard} on this host is stopped ({e}); retry on another"
-                ))
-            })
-        })
+        match self.local_replica(shard) {
+            Ok(replica) => answer_from(
+                shard,
+                replica.transfer_to.send(TransferLeaderTo { to: msg.to }),
+            ),
+            Err(resp) => Box::pin(async move { resp }),
+        }
     }
 }
 

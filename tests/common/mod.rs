@@ -134,6 +134,11 @@ impl Cluster {
     }
 
     /// SIGSTOP: the host freezes with its sockets open, like a long GC pause or a hung VM.
+    /// The PID of host `id`'s running process.
+    pub fn pid(&self, id: HostId) -> u32 {
+        self.hosts.pid(id).expect("host is running")
+    }
+
     pub fn pause(&self, id: HostId) {
         assert!(self.hosts.signal(id, libc::SIGSTOP), "host {id} running");
     }
@@ -271,7 +276,6 @@ impl Cluster {
     /// `key` as host `host` alone has applied it (a stale read sent to that host only); `Err`
     /// while the host cannot answer (it is starting, or down).
     pub async fn stale_read_on(&self, host: HostId, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        use shardkv_transport::wire::{Op, ReadConsistency, Request, RequestFrame, Response};
         let index = self
             .cfg
             .hosts
@@ -282,18 +286,9 @@ impl Cluster {
             .try_raw_connection("cli", index)
             .await
             .map_err(|e| e.to_string())?;
-        let req = RequestFrame::Data(Request {
-            client_id: 0,
-            seq: 0,
-            op: Op::Get {
-                key: key.to_vec(),
-                consistency: ReadConsistency::Stale,
-            },
-        });
-        match shardkv_transport::endpoint::call(&conn, &req).await {
-            Ok(Response::Value(v)) => Ok(v),
-            other => Err(format!("stale read on host {host}: {other:?}")),
-        }
+        stale_read_via(&conn, key)
+            .await
+            .map_err(|e| format!("stale read on host {host}: {e}"))
     }
 
     /// Waits until every shard accepts a write and a linearizable read.
@@ -344,6 +339,38 @@ impl Drop for Cluster {
 
 /// A key that lands in `shard`.
 #[allow(dead_code, reason = "used by the tests that target one shard")]
+/// `key` as the host at the other end of `conn` alone has applied it (a stale read).
+pub async fn stale_read_via(
+    conn: &quinn::Connection,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, String> {
+    use shardkv_transport::wire::{Op, ReadConsistency, Request, RequestFrame, Response};
+    let req = RequestFrame::Data(Request {
+        client_id: 0,
+        seq: 0,
+        op: Op::Get {
+            key: key.to_vec(),
+            consistency: ReadConsistency::Stale,
+        },
+    });
+    match shardkv_transport::endpoint::call(conn, &req).await {
+        Ok(Response::Value(v)) => Ok(v),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// A size field of `/proc/<pid>/status` (e.g. `VmHWM`, `RssAnon`), in bytes.
+#[allow(dead_code, reason = "used by the memory-bound drills")]
+pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
 pub fn key_in_shard(shard: u32, shards: u32) -> Vec<u8> {
     (0u64..)
         .map(|i| format!("probe-{i}").into_bytes())

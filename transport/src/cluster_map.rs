@@ -317,7 +317,7 @@ impl ClusterMap {
     /// The map as the meta group stores it.
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self)
-            .expect("a map always encodes: plain data, no maps with non-string keys")
+            .expect("a map always encodes: postcard fails only on sequences of unknown length, which derived serde never produces")
     }
 
     /// A map the meta group stored; checked like every deserialized map.

@@ -59,6 +59,14 @@ pub fn role_in(conf: &ConfState, host: HostId) -> ReplicaTarget {
     }
 }
 
+/// Whether `conf` has `host` as a voter (incoming or outgoing) or a learner.
+pub fn lists(conf: &ConfState, host: HostId) -> bool {
+    conf.voters.contains(&host)
+        || conf.voters_outgoing.contains(&host)
+        || conf.learners.contains(&host)
+        || conf.learners_next.contains(&host)
+}
+
 /// Whether `conf` is empty: a joining replica before the snapshot that configures it.
 pub fn is_unconfigured(conf: &ConfState) -> bool {
     conf.voters.is_empty() && conf.voters_outgoing.is_empty() && conf.learners.is_empty()

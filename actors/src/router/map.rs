@@ -20,29 +20,20 @@ impl Handler<MapOp> for RouterActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: MapOp, _: &mut Self::Context) -> Self::Result {
-        let Some(meta) = self.local.get(&META_SHARD) else {
-            let hosts = self.hosts_of(META_SHARD);
-            return Box::pin(async move {
-                Response::NoReplicaHere {
-                    shard: META_SHARD,
-                    hosts,
-                }
-            });
+        let meta = match self.local_replica(META_SHARD) {
+            Ok(r) => r,
+            Err(resp) => return Box::pin(async move { resp }),
         };
         let op = match map_op(msg.0) {
             Ok(op) => op,
             Err(resp) => return Box::pin(async move { resp }),
         };
-        let fut = meta.requests.send(ClientRequest(Request {
+        let request = ClientRequest(Request {
             client_id: 0,
             seq: 0,
             op,
-        }));
-        Box::pin(async move {
-            fut.await.unwrap_or_else(|e| {
-                Response::Unavailable(format!("the meta replica here is stopped ({e}); retry"))
-            })
-        })
+        });
+        super::answer_from(META_SHARD, meta.requests.send(request))
     }
 }
 

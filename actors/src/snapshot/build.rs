@@ -88,14 +88,6 @@ fn lock(files: &Mutex<SnapFiles>) -> MutexGuard<'_, SnapFiles> {
     }
 }
 
-/// Whether `conf` has `host` as a voter (incoming or outgoing) or a learner.
-fn lists(conf: &ConfState, host: u64) -> bool {
-    conf.voters.contains(&host)
-        || conf.voters_outgoing.contains(&host)
-        || conf.learners.contains(&host)
-        || conf.learners_next.contains(&host)
-}
-
 /// A snapshot file on disk and what raft-rs needs to know of it.
 #[derive(Clone)]
 struct BuiltSnapshot {
@@ -213,7 +205,10 @@ impl ShardSnapshots {
         let unavailable = || raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable);
         let mut files = lock(&self.files);
         if let Some(b) = files.latest.clone() {
-            if b.meta.index >= min_index && b.path.exists() && lists(&b.conf, to) {
+            if b.meta.index >= min_index
+                && b.path.exists()
+                && crate::replica::membership::lists(&b.conf, to)
+            {
                 if !files.handed_out.contains(&b.path) {
                     files.handed_out.push(b.path.clone());
                 }

@@ -99,6 +99,13 @@ fn shard_of_file_name(name: &str) -> Option<ShardId> {
 /// destroyed while the host runs; answers how many it removed. A build still running on a
 /// blocking thread may write one more, which [`clean_at_start`] removes at the next start.
 pub fn remove_shard_files(dir: &Path, shard: ShardId) -> Result<usize, ActorError> {
+    remove_files_where(dir, |name| shard_of_file_name(name) == Some(shard))
+}
+
+/// Removes every file in `dir` whose name `doomed` picks; answers how many. A missing
+/// directory holds nothing, and a file already gone (retired or installed meanwhile by
+/// whoever else owned it) is not an error.
+fn remove_files_where(dir: &Path, doomed: impl Fn(&str) -> bool) -> Result<usize, ActorError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -107,10 +114,9 @@ pub fn remove_shard_files(dir: &Path, shard: ShardId) -> Result<usize, ActorErro
     let mut removed = 0;
     for e in entries {
         let e = e.map_err(|e| io(dir, e))?;
-        if shard_of_file_name(&e.file_name().to_string_lossy()) == Some(shard) {
+        if doomed(&e.file_name().to_string_lossy()) {
             match std::fs::remove_file(e.path()) {
                 Ok(()) => removed += 1,
-                // Retired or installed meanwhile by whoever else owned it.
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(io(&e.path(), err)),
             }
@@ -284,24 +290,10 @@ pub fn remove_unused(dir: &Path, shard: ShardId, keep: &[&Path]) {
 /// Removes what a previous run of the host left in `dir`: snapshots it built or received
 /// (only ever referenced from memory) and unfinished temp files.
 pub fn clean_at_start(dir: &Path) -> Result<usize, ActorError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(io(dir, e)),
-    };
-    let mut removed = 0;
-    for e in entries {
-        let e = e.map_err(|e| io(dir, e))?;
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let ours = (name.starts_with("shard-") || name.starts_with("recv-"))
-            && (name.ends_with(".snap") || name.ends_with(".snap.tmp"));
-        if ours {
-            std::fs::remove_file(e.path()).map_err(|err| io(&e.path(), err))?;
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    remove_files_where(dir, |name| {
+        (name.starts_with("shard-") || name.starts_with("recv-"))
+            && (name.ends_with(".snap") || name.ends_with(".snap.tmp"))
+    })
 }
 
 #[cfg(test)]
