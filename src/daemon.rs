@@ -30,6 +30,7 @@ use shardkv_transport::{
 };
 use tracing::{error, info, warn};
 
+use crate::balancer::Balancer;
 use crate::bootstrap::{settle_layout, BootstrapError};
 use crate::config::{ClusterConfig, ConfigError};
 use crate::map_watch::MapWatcher;
@@ -209,6 +210,9 @@ async fn serve_host(
     ));
     MapWatcher::new(&cfg, &me, router.clone(), Rc::new(factory), hosted)
         .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
+        .spawn();
+    Balancer::new(&cfg, &me, router.clone())
+        .map_err(|e| DaemonError::Runtime(format!("balancer: {e}")))?
         .spawn();
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;

@@ -8,6 +8,7 @@
 //! as [`client`] for applications that already depend on this one; the actors live in
 //! `shardkv-actors`, the wire in `shardkv-transport`.
 
+pub mod balancer;
 pub mod bench;
 pub mod bootstrap;
 pub mod certs;

@@ -4,18 +4,19 @@
 //! Every step looks at where the move stands (the live map, and the configuration the shard's
 //! leader reports) before it acts, and is a no-op once done, so the command can be re-run
 //! after a crash halfway and goes on from where it stopped:
-//! 1. the map places a learner on TO (TO's map watcher starts an empty replica);
+//! 1. the map places a learner on TO and records the move (TO's map watcher starts an empty
+//!    replica; whoever looks next finds the move under way);
 //! 2. the shard's leader adds TO as a learner; it catches up (by snapshot if needed);
 //! 3. leadership leaves FROM if FROM leads;
 //! 4. one joint change promotes TO and removes FROM, then the leave;
-//! 5. the map makes TO a voter and drops FROM (FROM's watcher then deletes its copy, once
-//!    its own configuration no longer lists it).
+//! 5. the map makes TO a voter, drops FROM and clears the record, in one change (FROM's
+//!    watcher then deletes its copy, once its own configuration no longer lists it).
 
 use std::time::{Duration, Instant};
 
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::wire::{ReplicaChange, ReplicaInfo, ReplicaTarget, Response};
-use shardkv_transport::{ClusterMap, HostId, ReplicaRole, ShardId};
+use shardkv_transport::{ClusterMap, HostId, Move, ReplicaRole, ShardId};
 
 use crate::client::{Client, ClientError};
 
@@ -77,23 +78,15 @@ pub async fn move_replica(
         _ => {}
     }
     // The move must end in a map the rules accept (checked before Raft changes anything).
+    let planned = Move { shard, from, to };
     let mut end = map.clone();
-    if roles.get(&to).is_none() {
-        end.add_learner(shard, to)
-            .map_err(|e| MoveError::Refused(e.to_string()))?;
-    }
-    end.promote(shard, to)
-        .and_then(|()| end.remove_replica(shard, from, replicas))
+    end.begin_move(planned)
+        .and_then(|()| end.finish_move(shard, from, to, replicas))
         .map_err(|e| MoveError::Refused(e.to_string()))?;
 
     say(&format!("placing a learner of shard {shard} on host {to}"));
     admin
-        .change_map(
-            |m: &mut ClusterMap| match m.replicas_of(shard).and_then(|r| r.get(&to)) {
-                Some(_) => Ok(()),
-                None => m.add_learner(shard, to),
-            },
-        )
+        .change_map(|m: &mut ClusterMap| m.begin_move(planned))
         .await?;
     wait_for(&format!("host {to} to start its replica"), || async {
         Ok(replica_on(admin, to, shard).await.is_some())
@@ -168,15 +161,7 @@ pub async fn move_replica(
 
     say("recording the move in the cluster map");
     admin
-        .change_map(|m: &mut ClusterMap| {
-            if m.replicas_of(shard).and_then(|r| r.get(&to)) == Some(&ReplicaRole::Learner) {
-                m.promote(shard, to)?;
-            }
-            if m.replicas_of(shard).is_some_and(|r| r.contains_key(&from)) {
-                m.remove_replica(shard, from, replicas)?;
-            }
-            Ok(())
-        })
+        .change_map(|m: &mut ClusterMap| m.finish_move(shard, from, to, replicas))
         .await?;
     say(&format!("waiting for host {from} to delete its copy"));
     let deleted = wait_for(&format!("host {from} to delete its copy"), || async {

@@ -1,7 +1,10 @@
 //! Command-line interface: one module per group of subcommands; `anyhow` lives only here.
 
 mod bench;
+mod host;
 mod kv;
+mod progress;
+mod rebalance;
 mod replica;
 mod status;
 mod up;
@@ -94,6 +97,27 @@ enum Command {
         #[command(subcommand)]
         command: ReplicaCommand,
     },
+    /// Hosts joining and leaving the cluster (need a host certificate of the cluster).
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
+    /// Spread replicas evenly over the active hosts; waits and shows progress unless
+    /// --no-wait (the cluster carries the moves out either way).
+    Rebalance {
+        /// Return once the request is recorded.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostCommand {
+    /// Make host ID a member: it must be running, listed in the config, and not yet a member.
+    Add { id: u64 },
+    /// Move every replica off host ID (waits), then remove it from the cluster for good.
+    /// Refused if the other hosts could not hold every shard's replicas.
+    Remove { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +277,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replica {
             command: ReplicaCommand::Move { shard, from, to },
         } => replica::run_move(&load(&path)?, shard, from, to),
+        Command::Host {
+            command: HostCommand::Add { id },
+        } => host::run_add(&load(&path)?, id),
+        Command::Host {
+            command: HostCommand::Remove { id },
+        } => host::run_remove(&load(&path)?, id),
+        Command::Rebalance { no_wait } => rebalance::run(&load(&path)?, no_wait),
         Command::Bench(args) => bench::run(&path, args),
     }
 }

@@ -15,7 +15,7 @@ use shardkv::client::{Client, ClientSettings};
 use shardkv::config::ClusterConfig;
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::wire::{HostStatus, ReplicaInfo};
-use shardkv_transport::{ClusterMap, HostId, ShardId};
+use shardkv_transport::{ClusterMap, HostId, Move, ShardId};
 
 #[derive(Serialize)]
 struct HostRow {
@@ -64,6 +64,10 @@ struct Report {
     /// The live map's epoch, or why it could not be read.
     map_epoch: Option<u64>,
     map_error: Option<String>,
+    /// Whether a `shardkv rebalance` is still being carried out.
+    rebalance_requested: bool,
+    /// Replica moves under way.
+    moves: Vec<Move>,
     hosts: Vec<HostRow>,
     /// The meta group, which holds the live map.
     meta: Option<ShardRow>,
@@ -190,11 +194,20 @@ fn build(
         Ok(m) => (Some(m.epoch()), None),
         Err(e) => (None, Some(e.clone())),
     };
+    let (rebalance_requested, moves) = match &map {
+        Ok(m) => (
+            m.rebalance_requested(),
+            m.moves_in_flight().values().copied().collect(),
+        ),
+        Err(_) => (false, Vec::new()),
+    };
     Report {
         cluster: cfg.cluster.name.clone(),
         healthy: shards.iter().chain(&meta).all(|s| s.quorum),
         map_epoch,
         map_error,
+        rebalance_requested,
+        moves,
         hosts,
         meta,
         shards,
@@ -276,7 +289,25 @@ fn print(r: &Report) {
         if r.healthy { "healthy" } else { "UNHEALTHY" }
     );
     match (r.map_epoch, &r.map_error) {
-        (Some(epoch), _) => println!("cluster map: epoch {epoch}"),
+        (Some(epoch), _) => {
+            let mut doing: Vec<String> = r
+                .moves
+                .iter()
+                .map(|m| {
+                    format!(
+                        "moving shard {} from host {} to host {}",
+                        m.shard, m.from, m.to
+                    )
+                })
+                .collect();
+            if r.rebalance_requested {
+                doing.insert(0, "rebalancing".into());
+            }
+            match doing.is_empty() {
+                true => println!("cluster map: epoch {epoch}"),
+                false => println!("cluster map: epoch {epoch}; {}", doing.join("; ")),
+            }
+        }
         (None, e) => println!(
             "cluster map: UNREADABLE ({}); showing the bootstrapped layout",
             e.as_deref().unwrap_or("")

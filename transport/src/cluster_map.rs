@@ -20,6 +20,7 @@
 
 mod change;
 mod error;
+mod in_flight;
 mod rebalance;
 #[cfg(test)]
 mod tests;
@@ -147,6 +148,14 @@ pub struct ClusterMap {
     epoch: u64,
     hosts: BTreeMap<HostId, HostEntry>,
     shards: BTreeMap<ShardId, ShardEntry>,
+    /// An operator asked for replicas to be spread evenly (`shardkv rebalance`); the balancer
+    /// clears it once nothing is left to move.
+    rebalance: bool,
+    /// Replica moves under way, by shard (one per shard at most): a move records itself here
+    /// when it places its learner and ends when the map records its outcome, so whoever
+    /// carries moves out (the balancer, or a re-run command) finds and finishes an
+    /// interrupted one.
+    moving: BTreeMap<ShardId, Move>,
     /// `(first, last, shard)` for every slot range, sorted by `first`; derived from `shards`.
     #[serde(skip)]
     slot_index: Vec<(Slot, Slot, ShardId)>,
@@ -159,14 +168,29 @@ struct MapRecord {
     epoch: u64,
     hosts: BTreeMap<HostId, HostEntry>,
     shards: BTreeMap<ShardId, ShardEntry>,
+    rebalance: bool,
+    moving: BTreeMap<ShardId, Move>,
 }
 
 impl TryFrom<MapRecord> for ClusterMap {
     type Error = MapError;
 
     fn try_from(record: MapRecord) -> Result<Self, MapError> {
-        ClusterMap::checked(record.epoch, record.hosts, record.shards)
+        let mut map = ClusterMap::checked(record.epoch, record.hosts, record.shards)?;
+        map.rebalance = record.rebalance;
+        map.moving = record.moving;
+        map.validate()?;
+        Ok(map)
     }
+}
+
+/// A map as the first version stored it, before rebalance requests and moves in flight were
+/// recorded: still read, so a cluster's stored map survives the upgrade.
+#[derive(Deserialize)]
+struct MapRecordV1 {
+    epoch: u64,
+    hosts: BTreeMap<HostId, HostEntry>,
+    shards: BTreeMap<ShardId, ShardEntry>,
 }
 
 impl ClusterMap {
@@ -247,6 +271,8 @@ impl ClusterMap {
             epoch,
             hosts,
             shards,
+            rebalance: false,
+            moving: BTreeMap::new(),
             slot_index: Vec::new(),
         };
         map.rebuild_index();
@@ -311,6 +337,12 @@ impl ClusterMap {
                 return Err(MapError::NoVoter { shard });
             }
         }
+        for (&shard, m) in &self.moving {
+            let holds = |h| self.replicas_of(shard).is_some_and(|r| r.contains_key(&h));
+            if m.shard != shard || !holds(m.to) {
+                return Err(MapError::BadMove { shard, record: *m });
+            }
+        }
         Ok(())
     }
 
@@ -320,11 +352,22 @@ impl ClusterMap {
             .expect("a map always encodes: postcard fails only on sequences of unknown length, which derived serde never produces")
     }
 
-    /// A map the meta group stored; checked like every deserialized map.
+    /// A map the meta group stored; checked like every deserialized map. A map the first
+    /// version stored (without the fields added since) is read too, as one with no rebalance
+    /// asked for and no moves under way: its bytes end where the newer fields would start,
+    /// so they never decode as a newer map by mistake.
     pub fn decode(bytes: &[u8]) -> Result<Self, MapError> {
-        postcard::from_bytes(bytes).map_err(|e| MapError::Undecodable {
+        let undecodable = |e: postcard::Error| MapError::Undecodable {
             detail: e.to_string(),
-        })
+        };
+        match postcard::from_bytes::<ClusterMap>(bytes) {
+            Ok(map) => Ok(map),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                let v1: MapRecordV1 = postcard::from_bytes(bytes).map_err(undecodable)?;
+                ClusterMap::checked(v1.epoch, v1.hosts, v1.shards)
+            }
+            Err(e) => Err(undecodable(e)),
+        }
     }
 
     /// The map's epoch: how many changes it has seen since day 0, plus one.
@@ -360,6 +403,16 @@ impl ClusterMap {
             .partition_point(|&(first, _, _)| first <= slot);
         let &(_, last, shard) = self.slot_index.get(after.checked_sub(1)?)?;
         (slot <= last).then_some(shard)
+    }
+
+    /// Whether an operator asked for a rebalance that is not finished yet.
+    pub fn rebalance_requested(&self) -> bool {
+        self.rebalance
+    }
+
+    /// The replica moves under way, by shard.
+    pub fn moves_in_flight(&self) -> &BTreeMap<ShardId, Move> {
+        &self.moving
     }
 
     /// The replicas of `shard` with their roles; `None` for an unknown shard.

@@ -233,13 +233,13 @@ impl ClusterMap {
     }
 
     /// Advances the map epoch by one and returns it.
-    fn bump(&mut self) -> u64 {
+    pub(super) fn bump(&mut self) -> u64 {
         self.epoch += 1;
         self.epoch
     }
 
     /// Sets (or with `None` removes) one replica and stamps the shard with a new epoch.
-    fn set_role(&mut self, shard: ShardId, host: HostId, role: Option<ReplicaRole>) {
+    pub(super) fn set_role(&mut self, shard: ShardId, host: HostId, role: Option<ReplicaRole>) {
         let epoch = self.bump();
         let entry = self.shard_entry_mut(shard);
         match role {
@@ -250,7 +250,7 @@ impl ClusterMap {
     }
 
     /// The host, refused when unknown or removed.
-    fn live_host(&self, id: HostId) -> Result<&HostEntry, MapError> {
+    pub(super) fn live_host(&self, id: HostId) -> Result<&HostEntry, MapError> {
         match self.hosts.get(&id) {
             None => Err(MapError::UnknownHost { host: id }),
             Some(h) if h.state == HostState::Removed => Err(MapError::IdRetired { host: id }),
@@ -258,7 +258,7 @@ impl ClusterMap {
         }
     }
 
-    fn known_shard(&self, shard: ShardId) -> Result<&ShardEntry, MapError> {
+    pub(super) fn known_shard(&self, shard: ShardId) -> Result<&ShardEntry, MapError> {
         self.shards
             .get(&shard)
             .ok_or(MapError::UnknownShard { shard })
@@ -276,7 +276,7 @@ impl ClusterMap {
             .expect("callers pass shards found in the map")
     }
 
-    fn shard_entry_mut(&mut self, shard: ShardId) -> &mut ShardEntry {
+    pub(super) fn shard_entry_mut(&mut self, shard: ShardId) -> &mut ShardEntry {
         self.shards
             .get_mut(&shard)
             .expect("callers check that the shard exists before changing anything")

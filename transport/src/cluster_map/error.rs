@@ -9,6 +9,25 @@ use super::HostState;
 /// See the module docs. A refused change leaves the map exactly as it was.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum MapError {
+    /// A recorded move that does not fit the map: its shard key differs from the move's, or
+    /// its target holds no replica of the shard.
+    #[error("shard {shard}: the recorded move {record:?} does not fit the map (its target must hold a replica of the shard)")]
+    BadMove {
+        /// The shard the record is filed under.
+        shard: ShardId,
+        /// The record.
+        record: super::Move,
+    },
+    /// Another move of the shard is under way.
+    #[error("shard {shard} is already moving from host {from} to host {to}; run `shardkv replica move {shard} {from} {to}` to finish it first")]
+    MoveInFlight {
+        /// The shard.
+        shard: ShardId,
+        /// The host it moves from.
+        from: HostId,
+        /// The host it moves to.
+        to: HostId,
+    },
     /// Stored or sent bytes are not a map (or a map that breaks an invariant).
     #[error("not a valid cluster map: {detail}")]
     Undecodable {

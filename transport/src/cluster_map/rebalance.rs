@@ -16,7 +16,7 @@ use super::{ClusterMap, HostState};
 
 /// One replica move: add `to` as a learner of `shard`, let it catch up, promote it and remove
 /// `from` in one joint change, then leave the joint configuration.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Move {
     /// The shard whose replica moves.
     pub shard: ShardId,
@@ -37,9 +37,9 @@ impl ClusterMap {
     /// - no host ever gets two replicas of one shard;
     /// - deterministic: the same map gives the same plan on every host.
     ///
-    /// Only settled shards move: those with exactly `replicas` replicas, all voters. A shard
-    /// with a learner or an extra or missing replica is in the middle of a move (or a
-    /// `host replace`) and is planned for once that finishes. Hosts that are joining take no
+    /// Only settled shards move: those with exactly `replicas` replicas, all voters, and no
+    /// move recorded. A shard with a learner or an extra or missing replica is in the middle
+    /// of a move (or a `host replace`) and is planned for once that finishes. Hosts that are joining take no
     /// replicas until they are active.
     pub fn plan_rebalance(&self, replicas: u32) -> Vec<Move> {
         let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
@@ -60,7 +60,11 @@ impl ClusterMap {
         let mut settled: BTreeMap<ShardId, BTreeSet<HostId>> = self
             .shards
             .iter()
-            .filter(|(_, s)| s.replicas.len() == replicas && s.learners().next().is_none())
+            .filter(|(id, s)| {
+                s.replicas.len() == replicas
+                    && s.learners().next().is_none()
+                    && !self.moving.contains_key(id)
+            })
             .map(|(id, s)| (*id, s.replicas.keys().copied().collect()))
             .collect();
 
@@ -103,6 +107,22 @@ impl ClusterMap {
             moves.push(step);
         }
         moves
+    }
+}
+
+impl ClusterMap {
+    /// The moves to carry out now, in order: every planned move off a draining host, and, once
+    /// an operator asked for a rebalance, the rest of [`ClusterMap::plan_rebalance`]. Without
+    /// a request nothing else moves: the operator decides when data moves (a day-0 layout an
+    /// operator pinned is uneven on purpose), except off a host being removed.
+    pub fn pending_moves(&self, replicas: u32) -> Vec<Move> {
+        let plan = self.plan_rebalance(replicas);
+        if self.rebalance {
+            return plan;
+        }
+        plan.into_iter()
+            .filter(|m| self.host(m.from).map(|h| h.state) == Some(HostState::Draining))
+            .collect()
     }
 }
 
@@ -232,6 +252,30 @@ mod tests {
         // 13 replicas (shard 1's learner on host 4 included): two moves onto host 4 leave
         // no two hosts more than one apart.
         assert_eq!(moves.len(), 2, "{moves:?}");
+    }
+
+    #[test]
+    fn without_a_request_only_draining_hosts_are_emptied() {
+        let mut map = with_active_host(three_hosts(), 4);
+        assert_eq!(map.pending_moves(REPLICAS), vec![], "no request, no drain");
+        map.request_rebalance().expect("ask");
+        assert_eq!(map.pending_moves(REPLICAS), map.plan_rebalance(REPLICAS));
+        map.finish_rebalance().expect("done");
+        map.drain_host(1).expect("drain");
+        let pending = map.pending_moves(REPLICAS);
+        assert!(!pending.is_empty());
+        assert!(pending.iter().all(|m| m.from == 1), "{pending:?}");
+    }
+
+    #[test]
+    fn a_shard_with_a_recorded_move_is_not_planned_again() {
+        let mut map = with_active_host(three_hosts(), 4);
+        let first = map.plan_rebalance(REPLICAS)[0];
+        map.begin_move(first).expect("begin");
+        assert!(map
+            .plan_rebalance(REPLICAS)
+            .iter()
+            .all(|m| m.shard != first.shard));
     }
 
     #[test]

@@ -1,0 +1,134 @@
+//! The balancer: carries out the replica moves the live map calls for, one at a time, from the
+//! host that leads the meta group.
+//!
+//! What to move is a pure function of the map ([`ClusterMap::pending_moves`]): replicas off
+//! draining hosts always, and the rest of the rebalancing plan once an operator asked for it
+//! (`shardkv rebalance`). Every host runs a balancer, but only the meta group's leader acts, so
+//! one host carries moves out at a time in the normal case; should two briefly overlap (the
+//! meta group changed leader mid-move), each shard's move is still one recorded move and one
+//! Raft change at a time (the map refuses a second move of a moving shard).
+//!
+//! A move records itself in the map when it starts (see [`ClusterMap::begin_move`]), so a move
+//! interrupted by a crash is finished by whichever host leads the meta group next, before
+//! anything new is planned. When nothing is left to move, the balancer clears the request.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use actix::prelude::*;
+use shardkv_actors::router::{GetHostStatus, RouterActor};
+use shardkv_transport::cluster_map::META_SHARD;
+use shardkv_transport::{ClusterMap, HostId, Move};
+use tracing::{debug, error, info, warn};
+
+use crate::certs::CLI_CLIENT;
+use crate::client::{Client, ClientError, ClientSettings};
+use crate::config::{ClusterConfig, HostConfig};
+use crate::moves::{move_replica, MoveError};
+
+/// How often the balancer looks at the map while nothing moves.
+pub const BALANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// See the module docs.
+pub struct Balancer {
+    host: HostId,
+    admin: Client,
+    router: Addr<RouterActor>,
+    /// The configured replica count: no move leaves a shard with fewer voters.
+    replicas: u32,
+    /// Moves that were refused (logged once each, then skipped until this host restarts).
+    refused: BTreeSet<Move>,
+}
+
+impl Balancer {
+    /// A balancer for host `me`, moving replicas with the host's own certificate.
+    pub fn new(
+        cfg: &ClusterConfig,
+        me: &HostConfig,
+        router: Addr<RouterActor>,
+    ) -> Result<Self, ClientError> {
+        let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
+        settings.tls.cert = me.cert.clone();
+        settings.tls.key = me.key.clone();
+        Ok(Balancer {
+            host: me.host.id,
+            admin: Client::new(settings)?,
+            router,
+            replicas: cfg.cluster.replicas,
+            refused: BTreeSet::new(),
+        })
+    }
+
+    /// Runs the balancer on the host's actor system until the host stops.
+    pub fn spawn(mut self) {
+        actix::spawn(async move {
+            loop {
+                tokio::time::sleep(BALANCE_EVERY).await;
+                if !self.leads_meta().await {
+                    continue;
+                }
+                if let Err(why) = self.round().await {
+                    debug!(host = self.host, %why, "balancer round not finished");
+                }
+            }
+        });
+    }
+
+    /// Whether this host's replica of the meta group leads it.
+    async fn leads_meta(&self) -> bool {
+        let Ok(status) = self.router.send(GetHostStatus).await else {
+            return false;
+        };
+        status
+            .replicas
+            .iter()
+            .any(|r| r.shard == META_SHARD && r.is_leader)
+    }
+
+    /// One step: finish a move under way, or start the next pending one, or clear a rebalance
+    /// request with nothing left to move.
+    async fn round(&mut self) -> Result<(), ClientError> {
+        let map = self.admin.read_map().await?.map;
+        let under_way = map.moves_in_flight().values().copied();
+        let next = under_way
+            .chain(map.pending_moves(self.replicas))
+            .find(|m| !self.refused.contains(m));
+        match next {
+            Some(m) => self.carry_out(&map, m).await,
+            None if map.rebalance_requested() => {
+                if !self.refused.is_empty() {
+                    error!(
+                        refused = ?self.refused,
+                        "rebalance finished with moves that were refused (see the errors above)"
+                    );
+                }
+                self.admin.change_map(ClusterMap::finish_rebalance).await?;
+                info!("rebalance done: nothing left to move");
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn carry_out(&mut self, map: &ClusterMap, m: Move) {
+        let say = |step: &str| info!(shard = m.shard, from = m.from, to = m.to, "move: {step}");
+        info!(
+            shard = m.shard,
+            from = m.from,
+            to = m.to,
+            epoch = map.epoch(),
+            "moving a replica"
+        );
+        match move_replica(&self.admin, m.shard, m.from, m.to, self.replicas, &say).await {
+            Ok(()) => {}
+            Err(MoveError::Refused(why)) => {
+                error!(shard = m.shard, from = m.from, to = m.to, %why, "move refused; skipping it");
+                self.refused.insert(m);
+            }
+            // A timeout or an unreachable host: the recorded move is taken up again next round.
+            Err(e) => {
+                warn!(shard = m.shard, from = m.from, to = m.to, error = %e, "move interrupted; retrying")
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `shardkv host add ID` and `shardkv host remove ID`: hosts joining and leaving the live map.
+//!
+//! Both are changes of the map (idempotent, so a re-run after a crash goes on where it
+//! stopped); the replicas themselves are moved by the balancer on the host leading the meta
+//! group (see `shardkv::balancer`), which `remove` waits for.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use shardkv::config::ClusterConfig;
+use shardkv_transport::{ClusterMap, HostId, HostState};
+
+use super::progress::wait_for_moves;
+use super::replica::admin_client;
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Runs `shardkv host add ID`: a running host, listed in cluster.toml but not in the map,
+/// becomes an active member (holding nothing until `shardkv rebalance` moves replicas on).
+pub fn run_add(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
+    let path = cfg.cluster.path.display();
+    let Some(entry) = cfg.host(id) else {
+        bail!(
+            "host {id} is not in {path}: append its [[host]] entry, copy the file to every \
+             machine, issue its certificate (`shardkv certs host {id}`), start it, then re-run"
+        );
+    };
+    let addr = entry.host.addr.to_string();
+    runtime()?.block_on(async {
+        let admin = admin_client(cfg)?;
+        let map = admin.read_map().await?.map;
+        match map.host(id).map(|h| h.state) {
+            Some(HostState::Active) => {
+                println!("host {id} is already a member");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(HostState::Removed) => bail!(
+                "host {id} was removed and its id is never reused: give the new machine \
+                 another id in {path}"
+            ),
+            Some(HostState::Draining) => bail!(
+                "host {id} is being removed (`shardkv host remove {id}` is under way); it \
+                 cannot be added back"
+            ),
+            Some(HostState::Joining) | None => {}
+        }
+        let status = admin.host_status(id).await.with_context(|| {
+            format!(
+                "host {id} at {addr} does not answer: start it first (`shardkv serve --host \
+                 {id}` with the same {path})"
+            )
+        })?;
+        if status.cluster != cfg.cluster.name {
+            bail!(
+                "host {id} at {addr} serves cluster {:?}, not {:?}",
+                status.cluster,
+                cfg.cluster.name
+            );
+        }
+        let incarnation = status.incarnation;
+        admin
+            .change_map(|m: &mut ClusterMap| {
+                m.add_host(id, &addr)?;
+                m.activate_host(id, incarnation)
+            })
+            .await
+            .context("adding the host to the cluster map")?;
+        println!("host {id} is a member; `shardkv rebalance` moves replicas onto it");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Runs `shardkv host remove ID`: drains the host (the balancer moves its replicas, and with
+/// them its leaderships, to the other active hosts), waits until it holds nothing, then
+/// removes it from the map for good.
+pub fn run_remove(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
+    let replicas = cfg.cluster.replicas;
+    runtime()?.block_on(async {
+        let admin = admin_client(cfg)?;
+        let map = admin.read_map().await?.map;
+        let Some(host) = map.host(id) else {
+            bail!("host {id} is not a member of the cluster");
+        };
+        if host.state == HostState::Removed {
+            println!("host {id} is already removed");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let others = map
+            .hosts()
+            .iter()
+            .filter(|(h, e)| **h != id && e.state == HostState::Active)
+            .count();
+        let held = map.shards_of_host(id).count();
+        if held > 0 && others < usize::try_from(replicas).unwrap_or(usize::MAX) {
+            bail!(
+                "removing host {id} would leave {others} active hosts for {replicas} replicas \
+                 per shard, so its {held} replicas have nowhere to go: add a host first \
+                 (`shardkv host add`)"
+            );
+        }
+        admin
+            .change_map(|m: &mut ClusterMap| m.drain_host(id))
+            .await
+            .context("marking the host draining in the cluster map")?;
+        let drained = |m: &ClusterMap| {
+            m.shards_of_host(id).next().is_none()
+                && !m.moves_in_flight().values().any(|mv| mv.from == id)
+        };
+        wait_for_moves(&admin, &format!("draining host {id}"), drained, |m| {
+            m.shards_of_host(id).count()
+        })
+        .await?;
+        admin
+            .change_map(|m: &mut ClusterMap| m.remove_host(id))
+            .await
+            .context("removing the host from the cluster map")?;
+        println!(
+            "host {id} is removed and holds no replicas: stop it, and delete its [[host]] entry \
+             from {} on every machine",
+            cfg.cluster.path.display()
+        );
+        Ok(ExitCode::SUCCESS)
+    })
+}
