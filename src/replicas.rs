@@ -176,6 +176,7 @@ impl ReplicaFactory {
             status: replica.clone().recipient(),
             transfer: replica.clone().recipient(),
             transfer_to: replica.clone().recipient(),
+            preferred: replica.clone().recipient(),
             snapshots: replica.clone().recipient(),
             changes: replica.clone().recipient(),
             stop: replica.recipient(),

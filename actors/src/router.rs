@@ -20,7 +20,7 @@ use crate::messages::{
 };
 use crate::metrics::metrics;
 use crate::replica::stop::StopReplica;
-use crate::replica::transfer::TransferLeaderTo;
+use crate::replica::transfer::{SetPreferredLeader, TransferLeaderTo};
 use crate::schema::meta;
 
 /// A local replica as the router sees it: the mailboxes of its ReplicaActor, and how to stop
@@ -31,6 +31,7 @@ pub struct LocalReplica {
     pub status: Recipient<GetStatus>,
     pub transfer: Recipient<TransferLeadership>,
     pub transfer_to: Recipient<TransferLeaderTo>,
+    pub preferred: Recipient<SetPreferredLeader>,
     pub snapshots: Recipient<StepSnapshot>,
     pub changes: Recipient<ChangeReplicas>,
     /// Stops the ReplicaActor.
@@ -163,6 +164,7 @@ impl Actor for RouterActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
+        self.push_preferred_leaders();
     }
 }
 
@@ -472,6 +474,9 @@ impl Handler<AddLocalReplica> for RouterActor {
             return MessageResult(Err(msg.replica));
         }
         info!(shard = msg.shard, "now hosting a replica of the shard");
+        if let Some(&host) = self.settings.map.preferred_leaders().get(&msg.shard) {
+            msg.replica.preferred.do_send(SetPreferredLeader { host });
+        }
         self.local.insert(msg.shard, msg.replica);
         MessageResult(Ok(()))
     }

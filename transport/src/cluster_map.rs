@@ -21,6 +21,7 @@
 mod change;
 mod error;
 mod in_flight;
+mod leaders;
 mod rebalance;
 #[cfg(test)]
 mod tests;

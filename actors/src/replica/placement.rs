@@ -111,6 +111,11 @@ impl LeaderPlacement {
         self.preferred
     }
 
+    /// Makes `host` the preferred one; whether that changed anything.
+    pub fn set_preferred(&mut self, host: HostId) -> bool {
+        std::mem::replace(&mut self.preferred, host) != host
+    }
+
     /// A stop asks a leader to hand over. Only one attempt per stop: when every host stops at
     /// once, peers would otherwise pass leadership back and forth.
     pub fn shutdown_handoff(&mut self, now: Instant) -> ShutdownHandoff {

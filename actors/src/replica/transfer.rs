@@ -119,3 +119,26 @@ mod tests {
         );
     }
 }
+
+/// To a ReplicaActor: the host that should lead the shard when healthy, from the live map
+/// (see `ClusterMap::preferred_leaders`). A leader hands leadership back to it once it is a
+/// caught-up voter; a replica elsewhere only remembers it for when it leads.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPreferredLeader {
+    pub host: HostId,
+}
+
+impl Handler<SetPreferredLeader> for ReplicaActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetPreferredLeader, _: &mut Self::Context) {
+        if self.placement.set_preferred(msg.host) {
+            info!(
+                shard = self.shard,
+                preferred = msg.host,
+                "preferred leader changed"
+            );
+        }
+    }
+}

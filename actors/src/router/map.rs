@@ -9,6 +9,7 @@ use tracing::info;
 
 use super::RouterActor;
 use crate::messages::ClientRequest;
+use crate::replica::transfer::SetPreferredLeader;
 
 /// To the RouterActor: read or change the live cluster map through the local replica of the
 /// meta group (see [`shardkv_transport::wire::AdminRequest::Map`]).
@@ -55,6 +56,19 @@ impl Handler<SetMap> for RouterActor {
                 "routing by a newer cluster map"
             );
             self.settings.map = msg.0;
+            self.push_preferred_leaders();
+        }
+    }
+}
+
+impl RouterActor {
+    /// Tells every local replica which host the map prefers to lead its shard.
+    pub(super) fn push_preferred_leaders(&self) {
+        let preferred = self.settings.map.preferred_leaders();
+        for (shard, replica) in &self.local {
+            if let Some(&host) = preferred.get(shard) {
+                replica.preferred.do_send(SetPreferredLeader { host });
+            }
         }
     }
 }

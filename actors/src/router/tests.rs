@@ -5,6 +5,7 @@ use shardkv_transport::wire::{MapRequest, ReadConsistency, Request};
 use super::map::map_op;
 use super::*;
 use crate::fatal::FatalReporter;
+use crate::replica::transfer::SetPreferredLeader;
 
 /// An actor that stops as soon as it starts: a replica that failed.
 struct Stopped;
@@ -62,6 +63,16 @@ ignore!(StepRaft => (), TransferLeadership => bool, StepSnapshot => (),
     TransferLeaderTo => MessageResult<TransferLeaderTo>, StopReplica => (),
     GetStatus => MessageResult<GetStatus>);
 
+// The router tells every replica its preferred leader as it starts: taken and ignored.
+impl Handler<SetPreferredLeader> for Stopped {
+    type Result = ();
+    fn handle(&mut self, _: SetPreferredLeader, _: &mut Self::Context) {}
+}
+impl Handler<SetPreferredLeader> for Answering {
+    type Result = ();
+    fn handle(&mut self, _: SetPreferredLeader, _: &mut Self::Context) {}
+}
+
 /// The router's view of a replica played by `actor`.
 fn local_replica<A>(actor: Addr<A>) -> LocalReplica
 where
@@ -71,6 +82,7 @@ where
         + Handler<GetStatus>
         + Handler<TransferLeadership>
         + Handler<TransferLeaderTo>
+        + Handler<SetPreferredLeader>
         + Handler<StepSnapshot>
         + Handler<ChangeReplicas>
         + Handler<StopReplica>,
@@ -81,6 +93,7 @@ where
         status: actor.clone().recipient(),
         transfer: actor.clone().recipient(),
         transfer_to: actor.clone().recipient(),
+        preferred: actor.clone().recipient(),
         snapshots: actor.clone().recipient(),
         changes: actor.clone().recipient(),
         stop: actor.clone().recipient(),

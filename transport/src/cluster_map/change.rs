@@ -270,7 +270,7 @@ impl ClusterMap {
             .expect("callers check that the host exists before changing anything")
     }
 
-    fn shard_entry(&self, shard: ShardId) -> &ShardEntry {
+    pub(super) fn shard_entry(&self, shard: ShardId) -> &ShardEntry {
         self.shards
             .get(&shard)
             .expect("callers pass shards found in the map")
