@@ -10,10 +10,14 @@
 //!
 //! A move records itself in the map when it starts (see [`ClusterMap::begin_move`]), so a move
 //! interrupted by a crash is finished by whichever host leads the meta group next, before
-//! anything new is planned. When nothing is left to move, the balancer clears the request.
+//! anything new is planned. A recorded move this balancer did not start is taken over only
+//! once it has stayed recorded for [`TAKE_OVER_AFTER`]: it may be an operator's
+//! `shardkv replica move` still at work (two drivers of one move are safe, every step being
+//! idempotent, but they slow each other down). When nothing is left to move, the balancer
+//! clears the request.
 
-use std::collections::BTreeSet;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use shardkv_actors::router::{GetHostStatus, RouterActor};
@@ -28,6 +32,9 @@ use crate::moves::{move_replica, MoveError};
 
 /// How often the balancer looks at the map while nothing moves.
 pub const BALANCE_EVERY: Duration = Duration::from_secs(1);
+/// How long a move someone else recorded stays theirs: longer than any one step of a move
+/// waits, so a driver that is alive has shown progress (or given up) by then.
+pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(90);
 
 /// See the module docs.
 pub struct Balancer {
@@ -38,6 +45,9 @@ pub struct Balancer {
     replicas: u32,
     /// Moves that were refused (logged once each, then skipped until this host restarts).
     refused: BTreeSet<Move>,
+    /// Recorded moves, and since when this balancer has seen them recorded (the moves it
+    /// started itself count as seen long ago: it takes them up again at once).
+    seen: BTreeMap<Move, Instant>,
 }
 
 impl Balancer {
@@ -56,6 +66,7 @@ impl Balancer {
             router,
             replicas: cfg.cluster.replicas,
             refused: BTreeSet::new(),
+            seen: BTreeMap::new(),
         })
     }
 
@@ -89,13 +100,29 @@ impl Balancer {
     /// request with nothing left to move.
     async fn round(&mut self) -> Result<(), ClientError> {
         let map = self.admin.read_map().await?.map;
-        let under_way = map.moves_in_flight().values().copied();
+        let now = Instant::now();
+        let recorded: Vec<Move> = map.moves_in_flight().values().copied().collect();
+        self.seen.retain(|m, _| recorded.contains(m));
+        for m in &recorded {
+            self.seen.entry(*m).or_insert(now);
+        }
+        let ours = |m: &Move, seen: &BTreeMap<Move, Instant>| {
+            seen.get(m)
+                .is_some_and(|at| now.saturating_duration_since(*at) >= TAKE_OVER_AFTER)
+        };
+        let under_way = recorded.iter().copied().filter(|m| ours(m, &self.seen));
+        // A shard with a recorded move is never planned again (see `plan_rebalance`).
         let next = under_way
             .chain(map.pending_moves(self.replicas))
             .find(|m| !self.refused.contains(m));
         match next {
-            Some(m) => self.carry_out(&map, m).await,
-            None if map.rebalance_requested() => {
+            Some(m) => {
+                let long_ago = now.checked_sub(TAKE_OVER_AFTER).unwrap_or(now);
+                self.seen.insert(m, long_ago);
+                self.carry_out(&map, m).await;
+            }
+            // Moves recorded by someone else still at work are not finished yet.
+            None if map.rebalance_requested() && recorded.is_empty() => {
                 if !self.refused.is_empty() {
                     error!(
                         refused = ?self.refused,

@@ -36,6 +36,49 @@ pub enum MoveError {
     Refused(String),
     #[error("timed out {what} after {STEP_TIMEOUT:?}; re-run the command to continue")]
     Timeout { what: String },
+    /// The test hook [`stop_after`] stopped the move.
+    #[error("stopped after step {step:?} (test hook); re-run the command to continue")]
+    Stopped { step: Step },
+}
+
+/// The steps of a move after which the Raft group's configuration has changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// TO is a learner of the group.
+    Learner,
+    /// TO has caught up with the leader.
+    CaughtUp,
+    /// The group is in the joint configuration.
+    Joint,
+    /// The group has left it; the map does not show the move done yet.
+    Left,
+}
+
+impl Step {
+    /// The step's name, as the test hook takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Learner => "learner",
+            Step::CaughtUp => "caught-up",
+            Step::Joint => "joint",
+            Step::Left => "left",
+        }
+    }
+}
+
+/// Test hook, in builds with debug assertions only: `SHARDKV_TEST_MOVE_STOP_AFTER=<step name>`
+/// stops the move right after that step, as if the command had crashed there, so a test can
+/// kill hosts between steps and re-run the move.
+fn stop_after(step: Step) -> Result<(), MoveError> {
+    if cfg!(debug_assertions)
+        && std::env::var("SHARDKV_TEST_MOVE_STOP_AFTER")
+            .ok()
+            .as_deref()
+            == Some(step.name())
+    {
+        return Err(MoveError::Stopped { step });
+    }
+    Ok(())
 }
 
 /// Moves `shard`'s replica on `from` to `to`; `replicas` is the configured replica count
@@ -105,6 +148,7 @@ pub async fn move_replica(
         )
         .await?;
     }
+    stop_after(Step::Learner)?;
     say(&format!("waiting for host {to} to catch up"));
     wait_for(&format!("host {to} to catch up"), || async {
         let (_, leader) = wait_leader(admin, &map, shard, to).await?;
@@ -113,10 +157,13 @@ pub async fn move_replica(
             .iter()
             .find(|(h, _)| *h == to)
             .map(|(_, m)| *m);
+        // `matched` 0 is a learner that has received nothing yet (it starts from a snapshot),
+        // however small the log: it is not caught up.
         Ok(leader.voters.contains(&to)
-            || matched.is_some_and(|m| m + CAUGHT_UP_SLACK >= leader.commit))
+            || matched.is_some_and(|m| m > 0 && m + CAUGHT_UP_SLACK >= leader.commit))
     })
     .await?;
+    stop_after(Step::CaughtUp)?;
 
     let joint = [
         target(to, ReplicaTarget::Voter),
@@ -144,6 +191,7 @@ pub async fn move_replica(
         Ok(false)
     })
     .await?;
+    stop_after(Step::Joint)?;
     say("leaving the joint configuration");
     wait_for("the leave", || async {
         let (host, leader) = wait_leader(admin, &map, shard, to).await?;
@@ -158,6 +206,7 @@ pub async fn move_replica(
         change_once(admin, &map, shard, to, &[]).await
     })
     .await?;
+    stop_after(Step::Left)?;
 
     say("recording the move in the cluster map");
     admin

@@ -307,6 +307,18 @@ impl Cluster {
         }
     }
 
+    /// Runs the `shardkv` command with `args` against this cluster's config, with extra
+    /// environment `env`, and waits for it.
+    pub fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("--config").arg(&self.cfg_path).args(args);
+        cmd.env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run shardkv")
+    }
+
     pub fn dump_logs(&self) {
         for h in &self.cfg.hosts {
             if let Ok(s) = std::fs::read_to_string(self.log_path(h.host.id)) {

@@ -58,9 +58,10 @@ impl ClusterMap {
     }
 
     /// Records the outcome of a move whose Raft change is done: `to` votes, `from` is gone,
-    /// and the record (if any) is cleared, in one change. Already so: nothing to do. Refused
-    /// when `to` holds no replica of the shard, or when the shard would keep fewer than
-    /// `min_voters` voters.
+    /// and the move's record is cleared, in one change. Already so: nothing to do. Refused
+    /// when another move of the shard is recorded (a re-run that comes after the shard moved
+    /// on must not undo the next move), when `to` holds no replica of the shard, or when the
+    /// shard would keep fewer than `min_voters` voters.
     pub fn finish_move(
         &mut self,
         shard: ShardId,
@@ -69,11 +70,20 @@ impl ClusterMap {
         min_voters: u32,
     ) -> Result<(), MapError> {
         let entry = self.known_shard(shard)?;
-        let recorded = self.moving.contains_key(&shard);
+        let this = Move { shard, from, to };
         let to_role = entry.replicas.get(&to).copied();
         let done = to_role == Some(ReplicaRole::Voter) && !entry.replicas.contains_key(&from);
-        if done && !recorded {
-            return Ok(());
+        match self.moving.get(&shard) {
+            Some(recorded) if *recorded == this => {}
+            _ if done => return Ok(()),
+            Some(other) => {
+                return Err(MapError::MoveInFlight {
+                    shard,
+                    from: other.from,
+                    to: other.to,
+                })
+            }
+            None => {}
         }
         if to_role.is_none() {
             return Err(MapError::NotReplica { shard, host: to });
@@ -197,6 +207,23 @@ mod tests {
         let done = map.clone();
         map.finish_move(1, 1, 4, REPLICAS).expect("again");
         assert_eq!(map, done, "a re-run changes nothing");
+    }
+
+    #[test]
+    fn finishing_a_move_again_after_the_next_one_began_leaves_the_next_one_alone() {
+        let mut map = map_with_host_4();
+        map.begin_move(M).expect("begin");
+        map.finish_move(1, 1, 4, REPLICAS).expect("finish");
+        let back = Move {
+            shard: 1,
+            from: 2,
+            to: 1,
+        };
+        map.begin_move(back).expect("the next move");
+        let before = map.clone();
+        map.finish_move(1, 1, 4, REPLICAS)
+            .expect("a late re-run of the first");
+        assert_eq!(map, before, "the next move's learner and record stay");
     }
 
     #[test]
