@@ -8,6 +8,7 @@
 //! a stale backlog would only delay recovery.
 
 pub mod batch;
+pub mod links;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -87,6 +88,28 @@ impl Actor for PeerActor {
             );
             ctx.spawn(link.into_actor(self));
         }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        crate::metrics::metrics()
+            .peer_connected
+            .get_or_create(&crate::metrics::PeerLabels { peer: self.peer })
+            .set(0);
+    }
+}
+
+/// To a PeerActor: the host is no longer a peer (the cluster map removed it); the link ends,
+/// and what is queued for it is dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClosePeerLink;
+
+impl Handler<ClosePeerLink> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ClosePeerLink, ctx: &mut Self::Context) {
+        info!(peer = self.peer, "closing the Raft link");
+        ctx.stop();
     }
 }
 
