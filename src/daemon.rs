@@ -207,9 +207,17 @@ async fn serve_host(
         handler,
         cfg.cluster.value_bytes_max,
     ));
-    MapWatcher::new(&cfg, &me, router.clone(), Rc::new(factory), dialer, hosted, &map)
-        .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
-        .spawn();
+    MapWatcher::new(
+        &cfg,
+        &me,
+        router.clone(),
+        Rc::new(factory),
+        dialer,
+        hosted,
+        &map,
+    )
+    .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
+    .spawn();
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }

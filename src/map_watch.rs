@@ -59,7 +59,10 @@ pub fn map_at_start(
 ) -> ClusterMap {
     match stored {
         Ok(Some(map)) if map.epoch() > day0.epoch() => {
-            info!(epoch = map.epoch(), "starting from the cluster map stored last");
+            info!(
+                epoch = map.epoch(),
+                "starting from the cluster map stored last"
+            );
             map
         }
         Ok(_) => day0,

@@ -21,7 +21,10 @@ async fn wait_answers(admin: &Client, host: HostId) -> u64 {
     loop {
         match admin.host_status(host).await {
             Ok(status) => return status.incarnation,
-            Err(e) => assert!(Instant::now() < deadline, "host {host} does not answer: {e}"),
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "host {host} does not answer: {e}"
+            ),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -82,10 +85,7 @@ async fn a_host_appended_while_the_others_run_receives_a_moved_replica() {
         .expect("host 4 becomes a member");
     wait_epoch(&admin, &[1, 2, 3, new], map.epoch()).await;
 
-    let from = map
-        .voters_of(SHARD)
-        .next()
-        .expect("the shard has a voter");
+    let from = map.voters_of(SHARD).next().expect("the shard has a voter");
     let out = tokio::task::block_in_place(|| {
         Command::new(common::BIN)
             .arg("--config")
@@ -116,8 +116,15 @@ async fn a_host_appended_while_the_others_run_receives_a_moved_replica() {
     let mut moved = 0;
     for (key, value) in &written {
         if map.shard_of_slot(shardkv_transport::slot::slot(key)) == Some(SHARD) {
-            let local = cluster.stale_read_on(new, key).await.expect("host 4 answers");
-            assert_eq!(local.as_ref(), Some(value), "host {new} holds the moved data");
+            let local = cluster
+                .stale_read_on(new, key)
+                .await
+                .expect("host 4 answers");
+            assert_eq!(
+                local.as_ref(),
+                Some(value),
+                "host {new} holds the moved data"
+            );
             moved += 1;
         }
         assert_eq!(client.get(key).await.expect("read").as_ref(), Some(value));

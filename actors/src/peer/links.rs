@@ -206,7 +206,11 @@ impl PeerDialer {
         }
         for peer in plan.close {
             if self.links.close(peer) {
-                info!(peer, epoch = map.epoch(), "Raft link closed: the cluster map removed the host");
+                info!(
+                    peer,
+                    epoch = map.epoch(),
+                    "Raft link closed: the cluster map removed the host"
+                );
             }
         }
     }

@@ -6,6 +6,10 @@
 //! frames, cut by [`batch::BatchBuilder`] so that every frame fits the wire limit. The queue is
 //! bounded; when it is full, or the peer is down, messages are dropped — Raft retransmits, and
 //! a stale backlog would only delay recovery.
+//!
+//! The host's links are in one directory, [`links::PeerLinks`], that follows the live cluster
+//! map: a host that becomes a member gets a link, a removed one's link is closed
+//! ([`ClosePeerLink`]).
 
 pub mod batch;
 pub mod links;

@@ -194,10 +194,7 @@ mod tests {
 
         let garbage = WriteOp::Put(TableId::Meta, LAST_MAP.to_vec(), vec![0xff; 3]);
         commit(&schema, vec![WriteBatch { ops: vec![garbage] }]).unwrap();
-        assert!(matches!(
-            last_map(&schema),
-            Err(ActorError::Corrupt { .. })
-        ));
+        assert!(matches!(last_map(&schema), Err(ActorError::Corrupt { .. })));
     }
 
     #[test]

@@ -47,7 +47,8 @@ fn every_member_but_this_host_and_the_linked_ones_is_dialled_at_its_map_address(
 #[test]
 fn an_address_that_does_not_parse_is_reported_and_the_others_are_still_dialled() {
     let mut map = day0();
-    map.add_host(4, "host-four:7104").expect("the map takes any address");
+    map.add_host(4, "host-four:7104")
+        .expect("the map takes any address");
     map.add_host(5, "127.0.0.1:7105").expect("add");
     let plan = LinkPlan::for_map(1, &linked(&[2, 3]), &map);
     assert_eq!(plan.dial, vec![(5, addr("127.0.0.1:7105"))]);
