@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use shardkv_actors::fatal::{Fatal, FatalReporter};
-use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot, SendRaft};
-use shardkv_actors::peer::PeerActor;
+use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot};
+use shardkv_actors::peer::links::{PeerDialer, PeerLinks};
 use shardkv_actors::replica::ReplicaSettings;
 use shardkv_actors::router::{
     ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, TransferAll,
@@ -33,7 +33,7 @@ use tracing::{error, info, warn};
 use crate::balancer::Balancer;
 use crate::bootstrap::{settle_layout, BootstrapError};
 use crate::config::{ClusterConfig, ConfigError};
-use crate::map_watch::MapWatcher;
+use crate::map_watch::{map_at_start, MapWatcher};
 use crate::replicas::{ReplicaError, ReplicaFactory};
 
 /// Why a host could not start or stopped abnormally.
@@ -106,21 +106,31 @@ async fn serve_host(
     let (fatal, mut fatals) = FatalReporter::channel();
     let storage = StorageActor::new(schema.clone(), fatal.clone())?.start();
 
-    // One outbound link per other host.
-    let mut peers: HashMap<HostId, Addr<PeerActor>> = HashMap::new();
-    for h in cfg.hosts.iter().filter(|h| h.host.id != host) {
-        peers.insert(
-            h.host.id,
-            PeerActor::new(
-                h.host.id,
-                h.host.addr,
-                endpoint.clone(),
-                snap_dir.clone(),
-                schema.incarnation,
-            )
-            .start(),
-        );
+    // The map to start from: the last one this host took if it is past day 0, so a restart
+    // routes, admits Raft traffic and links peers as the cluster is now, even before the meta
+    // group answers.
+    let addrs: Vec<(HostId, String)> = cfg
+        .hosts
+        .iter()
+        .map(|h| (h.host.id, h.host.addr.to_string()))
+        .collect();
+    let day0 = ClusterMap::day0(&layout, &addrs)
+        .map_err(|e| DaemonError::Runtime(format!("the day-0 cluster map: {e}")))?;
+    let map = map_at_start(day0, meta::last_map(&schema));
+
+    // One outbound link per other host of cluster.toml and of the map; the map watcher adds
+    // the hosts later maps bring.
+    let dialer = PeerDialer::new(
+        host,
+        endpoint.clone(),
+        snap_dir.clone(),
+        schema.incarnation,
+        PeerLinks::default(),
+    );
+    for h in &cfg.hosts {
+        dialer.dial(h.host.id, h.host.addr);
     }
+    dialer.follow(&map);
 
     let (election_ticks, heartbeat_ticks) = cfg.raft_ticks();
     let factory = ReplicaFactory {
@@ -128,10 +138,7 @@ async fn serve_host(
         schema: schema.clone(),
         storage: storage.clone(),
         // Every other host, not only this shard's: a replica change may add any of them.
-        peers: peers
-            .iter()
-            .map(|(h, p)| (*h, p.clone().recipient::<SendRaft>()))
-            .collect(),
+        peers: dialer.links().clone(),
         snap_dir: snap_dir.clone(),
         // One host-wide bound on concurrent snapshot builds, shared by its replicas.
         build_slots: Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX)),
@@ -182,13 +189,6 @@ async fn serve_host(
     }
     let replicas = local.len();
     let hosted: BTreeSet<ShardId> = local.keys().copied().collect();
-    let addrs: Vec<(HostId, String)> = cfg
-        .hosts
-        .iter()
-        .map(|h| (h.host.id, h.host.addr.to_string()))
-        .collect();
-    let day0 = ClusterMap::day0(&layout, &addrs)
-        .map_err(|e| DaemonError::Runtime(format!("the day-0 cluster map: {e}")))?;
     let settings = RouterSettings {
         host,
         cluster: cfg.cluster.name.clone(),
@@ -196,7 +196,7 @@ async fn serve_host(
         layout,
         incarnation: schema.incarnation,
         peer_incarnations: meta::peer_incarnations(&schema)?,
-        map: day0,
+        map: map.clone(),
     };
     let router = RouterActor::new(settings, local, storage.clone().recipient()).start();
     let handler = Arc::new(HostHandler {
@@ -208,9 +208,17 @@ async fn serve_host(
         handler,
         cfg.cluster.value_bytes_max,
     ));
-    MapWatcher::new(&cfg, &me, router.clone(), Rc::new(factory), hosted)
-        .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
-        .spawn();
+    MapWatcher::new(
+        &cfg,
+        &me,
+        router.clone(),
+        Rc::new(factory),
+        dialer,
+        hosted,
+        &map,
+    )
+    .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
+    .spawn();
     Balancer::new(&cfg, &me, router.clone())
         .map_err(|e| DaemonError::Runtime(format!("balancer: {e}")))?
         .spawn();

@@ -1,6 +1,9 @@
 //! Keeps a host on the live cluster map: it reads the map from the meta group every
-//! [`MAP_POLL_EVERY`], hands each newer one to the router (which routes keys and admits Raft
-//! traffic by it), and makes the host's replicas follow it.
+//! [`MAP_POLL_EVERY`], stores each newer one in the host's data dir (a restart starts from it,
+//! see [`map_at_start`]), links the host to every member it has no Raft link to, hands the map
+//! to the router (which routes keys and admits Raft traffic by it), and makes the host's
+//! replicas follow it. Storing and linking come before the router takes the map, so a host
+//! that reports an epoch has stored that map and links every host it lists.
 //!
 //! A shard the map places on this host and the host does not hold gets a joining replica,
 //! which waits, configured as nothing, until the shard's leader adds it as a learner and
@@ -15,9 +18,13 @@ use std::time::Duration;
 
 use crate::client::{Client, ClientSettings};
 use actix::prelude::*;
+use shardkv_actors::messages::{Persist, WriteBatch};
+use shardkv_actors::peer::links::PeerDialer;
 use shardkv_actors::router::{
     AddLocalReplica, GetHostStatus, RemoveLocalReplica, RouterActor, SetMap,
 };
+use shardkv_actors::schema::meta;
+use shardkv_actors::ActorError;
 use shardkv_transport::wire::ReplicaInfo;
 use shardkv_transport::{ClusterMap, HostId, ShardId};
 use tracing::{debug, error, info, warn};
@@ -38,16 +45,52 @@ fn lists(info: &ReplicaInfo, host: HostId) -> bool {
         || info.learners.contains(&host)
 }
 
+/// The map a host starts from: the one it stored last (`stored`, read from its data dir) if
+/// that is past `day0`, else `day0`.
+///
+/// A stored map that cannot be read is logged loudly and `day0` is used: the stored map is
+/// only this host's copy of what the meta group holds, so the cost is routing by day 0 until
+/// the meta group answers (how every start went before maps were stored), and the watcher
+/// overwrites it with the next map it takes. Refusing to start would keep a host down over a
+/// copy the cluster can give it again.
+pub fn map_at_start(
+    day0: ClusterMap,
+    stored: Result<Option<ClusterMap>, ActorError>,
+) -> ClusterMap {
+    match stored {
+        Ok(Some(map)) if map.epoch() > day0.epoch() => {
+            info!(
+                epoch = map.epoch(),
+                "starting from the cluster map stored last"
+            );
+            map
+        }
+        Ok(_) => day0,
+        Err(e) => {
+            error!(
+                error = %e,
+                "the cluster map stored in the data dir cannot be used; starting from the \
+                 day-0 map until the meta group answers (the next map taken replaces it)"
+            );
+            day0
+        }
+    }
+}
+
 /// See the module docs.
 pub struct MapWatcher {
     host: HostId,
     client: Client,
     router: Addr<RouterActor>,
     factory: Rc<ReplicaFactory>,
+    /// Adds the Raft links a newer map needs.
+    dialer: PeerDialer,
     /// The shards this host holds a replica of.
     hosted: BTreeSet<ShardId>,
     /// The epoch of the last map acted on.
     epoch: u64,
+    /// The epoch of the map stored in the data dir.
+    stored: u64,
     /// Replicas the map dropped that still list this host (logged once each).
     kept: BTreeSet<ShardId>,
     /// Replicas taken out of service whose deletion failed: never started again by this
@@ -57,13 +100,16 @@ pub struct MapWatcher {
 }
 
 impl MapWatcher {
-    /// A watcher for host `me`, reading the map with the host's own certificate.
+    /// A watcher for host `me`, reading the map with the host's own certificate; the host
+    /// started from map `start` (stored, routed by and linked).
     pub fn new(
         cfg: &ClusterConfig,
         me: &HostConfig,
         router: Addr<RouterActor>,
         factory: Rc<ReplicaFactory>,
+        dialer: PeerDialer,
         hosted: BTreeSet<ShardId>,
+        start: &ClusterMap,
     ) -> Result<Self, crate::client::ClientError> {
         let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
         settings.tls.cert = me.cert.clone();
@@ -75,8 +121,10 @@ impl MapWatcher {
             client: Client::new(settings)?,
             router,
             factory,
+            dialer,
             hosted,
-            epoch: 0,
+            epoch: start.epoch(),
+            stored: start.epoch(),
             kept: BTreeSet::new(),
             failed: BTreeSet::new(),
         })
@@ -106,13 +154,28 @@ impl MapWatcher {
 
     async fn poll(&mut self) -> Result<(), String> {
         let map = self.client.read_map().await.map_err(|e| e.to_string())?.map;
+        if map.epoch() > self.stored {
+            self.store(&map).await;
+        }
         if map.epoch() > self.epoch {
+            self.dialer.follow(&map);
             self.router.do_send(SetMap(map.clone()));
             self.epoch = map.epoch();
         }
         // Every time, not only on a new epoch: a step that failed is retried.
         self.reconcile(&map).await;
         Ok(())
+    }
+
+    /// Stores `map` as the one to start from; a failure is logged and retried at the next
+    /// poll (routing goes on by the map meanwhile).
+    async fn store(&mut self, map: &ClusterMap) {
+        let ops = vec![meta::last_map_op(map)];
+        match self.factory.storage.send(Persist(WriteBatch { ops })).await {
+            Ok(Ok(())) => self.stored = map.epoch(),
+            Ok(Err(e)) => warn!(epoch = map.epoch(), error = %e, "cannot store the cluster map"),
+            Err(e) => warn!(epoch = map.epoch(), error = %e, "storage unreachable"),
+        }
     }
 
     async fn reconcile(&mut self, map: &ClusterMap) {
@@ -226,5 +289,39 @@ impl MapWatcher {
                 self.hosted.remove(&shard);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardkv_transport::Layout;
+
+    fn day0() -> ClusterMap {
+        let layout = Layout {
+            shards: 1,
+            replicas: 1,
+            pins: vec![],
+            placement: vec![(1, vec![1])],
+        };
+        ClusterMap::day0(&layout, &[(1, "127.0.0.1:7101".into())]).expect("a day-0 map")
+    }
+
+    #[test]
+    fn a_stored_map_past_day_0_is_the_one_to_start_from() {
+        let mut later = day0();
+        later.add_host(2, "127.0.0.1:7102").expect("add");
+        assert_eq!(map_at_start(day0(), Ok(Some(later.clone()))), later);
+    }
+
+    #[test]
+    fn without_a_later_stored_map_or_with_an_unreadable_one_day_0_is_used() {
+        assert_eq!(map_at_start(day0(), Ok(None)), day0());
+        assert_eq!(map_at_start(day0(), Ok(Some(day0()))), day0());
+        let corrupt = ActorError::Corrupt {
+            what: "stored cluster map".into(),
+            detail: "truncated".into(),
+        };
+        assert_eq!(map_at_start(day0(), Err(corrupt)), day0());
     }
 }

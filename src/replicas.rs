@@ -7,14 +7,14 @@
 //! every shard of the host), so the daemon's start and a later change build replicas the
 //! same way.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use shardkv_actors::fatal::FatalReporter;
-use shardkv_actors::messages::{Persist, SendRaft, WriteBatch};
+use shardkv_actors::messages::{Persist, WriteBatch};
+use shardkv_actors::peer::links::PeerLinks;
 use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::stop::StopReplica;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
@@ -49,8 +49,9 @@ pub struct ReplicaFactory {
     pub host: HostId,
     pub schema: Schema,
     pub storage: Addr<StorageActor>,
-    /// One link per other host of the cluster (a replica change may add any of them).
-    pub peers: HashMap<HostId, Recipient<SendRaft>>,
+    /// The host's outbound links, one directory shared with every replica it builds (a
+    /// replica change may add any member host, and the map watcher adds links as hosts join).
+    pub peers: PeerLinks,
     /// Where snapshot files of this host's replicas are built and received.
     pub snap_dir: PathBuf,
     /// The host-wide bound on concurrent snapshot builds, shared by its replicas.

@@ -4,7 +4,8 @@
 //! - [`replica::ReplicaActor`]: one per local replica, drives raft-rs.
 //! - [`shard::ShardActor`]: one per local replica, the state machine over LMDB.
 //! - [`router::RouterActor`]: one per host, routes client requests and inbound Raft traffic.
-//! - [`peer::PeerActor`]: one per remote host, the outbound QUIC link.
+//! - [`peer::PeerActor`]: one per remote host, the outbound QUIC link, all of them in one
+//!   directory ([`peer::links::PeerLinks`]) that follows the live cluster map.
 //!
 //! They speak only the messages in [`messages`]; the daemon wires them together.
 

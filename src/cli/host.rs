@@ -6,7 +6,10 @@
 
 use std::process::ExitCode;
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context};
+use shardkv::client::Client;
 use shardkv::config::ClusterConfig;
 use shardkv_transport::{ClusterMap, HostId, HostState};
 
@@ -62,16 +65,48 @@ pub fn run_add(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
             );
         }
         let incarnation = status.incarnation;
-        admin
+        let map = admin
             .change_map(|m: &mut ClusterMap| {
                 m.add_host(id, &addr)?;
                 m.activate_host(id, incarnation)
             })
             .await
             .context("adding the host to the cluster map")?;
+        wait_until_known(&admin, &map).await;
         println!("host {id} is a member; `shardkv rebalance` moves replicas onto it");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// How long `host add` waits for the members to take the map that lists the new host.
+const KNOWN_WITHIN: Duration = Duration::from_secs(15);
+
+/// Waits until every member host routes by `map` or a later one: a member links to a new
+/// host only once it has read the map listing it, and a replica move onto the new host is
+/// refused by a shard leader that has not. A member that does not answer is reported and not
+/// waited for (it reads the map when it is back).
+async fn wait_until_known(admin: &Client, map: &ClusterMap) {
+    let deadline = Instant::now() + KNOWN_WITHIN;
+    let members: Vec<HostId> = map
+        .hosts()
+        .iter()
+        .filter(|(_, h)| h.state != HostState::Removed)
+        .map(|(id, _)| *id)
+        .collect();
+    for host in members {
+        loop {
+            match admin.host_status(host).await {
+                Ok(s) if s.map_epoch >= map.epoch() => break,
+                _ if Instant::now() > deadline => {
+                    eprintln!(
+                        "host {host} has not taken the new cluster map yet (is it up?); it                          will when it reads the map"
+                    );
+                    break;
+                }
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    }
 }
 
 /// Runs `shardkv host remove ID`: drains the host (the balancer moves its replicas, and with

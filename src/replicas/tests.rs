@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use shardkv_actors::fatal::FatalReporter;
-use shardkv_actors::messages::{ClientRequest, GetStatus};
+use shardkv_actors::messages::{ClientRequest, GetStatus, SendRaft};
+use shardkv_actors::peer::ClosePeerLink;
 use shardkv_actors::schema::{raft_records, shard_key_range, Schema, Table};
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_transport::wire::{Op, ReadConsistency, ReplicaInfo, Request, Response};
@@ -25,7 +26,7 @@ fn factory(dir: &std::path::Path) -> ReplicaFactory {
         host: 1,
         schema,
         storage,
-        peers: HashMap::new(),
+        peers: PeerLinks::default(),
         snap_dir: dir.join("snap"),
         build_slots: Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX)),
         settings: ReplicaSettings {
@@ -106,13 +107,20 @@ impl Handler<SendRaft> for RecordingPeer {
     }
 }
 
+impl Handler<ClosePeerLink> for RecordingPeer {
+    type Result = ();
+    fn handle(&mut self, _: ClosePeerLink, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 #[actix_rt::test]
 async fn a_joining_replica_never_starts_an_election() {
     let dir = tempfile::tempdir().expect("temp dir");
     let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut f = factory(dir.path());
+    let f = factory(dir.path());
     let peer = RecordingPeer(Arc::clone(&sent)).start();
-    f.peers.insert(2, peer.recipient());
+    assert!(f.peers.insert(2, &peer));
     let sent_by = |shard: ShardId| sent.lock().expect("not poisoned").contains(&shard);
     let joining = f.start_joining(1).expect("starts");
     // The control: a bootstrapped replica of a group with host 2 campaigns (a pre-vote to

@@ -18,6 +18,9 @@ use shardkv_transport::HostId;
 #[allow(dead_code, reason = "used by the tests that run the CLI")]
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardkv");
 
+/// Host `id` listens on `127.0.0.<LOOPBACK_FIRST_OCTET + id>`.
+const LOOPBACK_FIRST_OCTET: u8 = 10;
+
 /// How long a host may take to exit after SIGTERM before the test fails.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 
@@ -80,7 +83,7 @@ impl Cluster {
             hosts,
             shards,
             replicas,
-            first_octet: 10,
+            first_octet: LOOPBACK_FIRST_OCTET,
             raft: format!(
                 "tick = \"50ms\"\nelection_timeout = \"500ms\"\nheartbeat = \"50ms\"\n{raft_extra}"
             ),
@@ -101,6 +104,46 @@ impl Cluster {
             cfg_path,
             cfg,
         }
+    }
+
+    /// Appends a `[[host]]` entry for the next host id to cluster.toml (its own loopback
+    /// address, as [`Cluster::new`] gives them, and a metrics listener if the others have
+    /// one), issues its certificate with `shardkv certs host ID`, and reloads `self.cfg`.
+    /// Hosts already running keep the config they started with; the new host is not started.
+    pub fn append_host(&mut self) -> HostId {
+        use std::io::Write;
+        let id = self.cfg.hosts.iter().map(|h| h.host.id).max().unwrap_or(0) + 1;
+        let last = u8::try_from(u64::from(LOOPBACK_FIRST_OCTET) + id)
+            .expect("host ids fit one loopback /24");
+        let ip = [127, 0, 0, last];
+        let mut entry = format!(
+            "\n[[host]]\nid = {id}\naddr = \"127.0.0.{last}:{}\"\ndata_dir = \"data/host-{id}\"\n",
+            free_port(ip)
+        );
+        if self.cfg.hosts.iter().any(|h| h.metrics.is_some()) {
+            let metrics = shardkv::local::free_tcp_port(ip).expect("a free TCP port on loopback");
+            entry.push_str(&format!("metrics = \"127.0.0.{last}:{metrics}\"\n"));
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.cfg_path)
+            .and_then(|mut f| f.write_all(entry.as_bytes()))
+            .expect("append to cluster.toml");
+        let out = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&self.cfg_path)
+            .args(["certs", "host", &id.to_string()])
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run shardkv certs host");
+        assert!(
+            out.status.success(),
+            "shardkv certs host {id}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.cfg = ClusterConfig::load(&self.cfg_path).expect("the grown config loads");
+        id
     }
 
     pub fn log_path(&self, id: HostId) -> PathBuf {

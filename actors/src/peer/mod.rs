@@ -6,8 +6,13 @@
 //! frames, cut by [`batch::BatchBuilder`] so that every frame fits the wire limit. The queue is
 //! bounded; when it is full, or the peer is down, messages are dropped — Raft retransmits, and
 //! a stale backlog would only delay recovery.
+//!
+//! The host's links are in one directory, [`links::PeerLinks`], that follows the live cluster
+//! map: a host that becomes a member gets a link, a removed one's link is closed
+//! ([`ClosePeerLink`]).
 
 pub mod batch;
+pub mod links;
 pub mod queue;
 
 use std::net::SocketAddr;
@@ -87,6 +92,28 @@ impl Actor for PeerActor {
             );
             ctx.spawn(link.into_actor(self));
         }
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        crate::metrics::metrics()
+            .peer_connected
+            .get_or_create(&crate::metrics::PeerLabels { peer: self.peer })
+            .set(0);
+    }
+}
+
+/// To a PeerActor: the host is no longer a peer (the cluster map removed it); the link ends,
+/// and what is queued for it is dropped.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ClosePeerLink;
+
+impl Handler<ClosePeerLink> for PeerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ClosePeerLink, ctx: &mut Self::Context) {
+        info!(peer = self.peer, "closing the Raft link");
+        ctx.stop();
     }
 }
 

@@ -194,11 +194,12 @@ impl ReplicaActor {
                 )));
                 return;
             }
-            if c.host != self.host && !self.links.peers.contains_key(&c.host) {
+            if c.host != self.host && !self.links.peers.contains(c.host) {
                 let _ = reply.send(refuse(format!(
-                    "host {} is not in this host's cluster.toml: append its [[host]] entry on \
-                     every machine and restart the hosts one at a time (peer links are made at start)",
-                    c.host
+                    "host {} has no Raft link from host {}: add it to the cluster map \
+                     (`shardkv host add {}`) and retry once this host shows the map's new epoch \
+                     (links follow the map within seconds)",
+                    c.host, self.host, c.host
                 )));
                 return;
             }

@@ -28,7 +28,6 @@ pub mod stop;
 pub mod transfer;
 pub mod votes;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -39,9 +38,9 @@ use tracing::debug;
 
 use crate::fatal::{Fatal, FatalReporter};
 use crate::messages::{
-    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, ReadAt, SendRaft,
-    SnapshotReport,
+    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, ReadAt, SnapshotReport,
 };
+use crate::peer::links::PeerLinks;
 use crate::raft_storage::LmdbRaftStorage;
 use crate::shard::AppliedIndex;
 use lease::{lease_for, Lease};
@@ -99,8 +98,9 @@ pub struct ReplicaLinks {
     pub read_at: Recipient<ReadAt>,
     pub fail_waiters: Recipient<FailWaiters>,
     pub install: Recipient<InstallSnapshot>,
-    /// One per other host of the cluster (a replica change may add any of them).
-    pub peers: HashMap<HostId, Recipient<SendRaft>>,
+    /// The host's outbound links, shared with every replica and kept in step with the live
+    /// map (a replica change may add any member host).
+    pub peers: PeerLinks,
     /// Where a fatal error goes: the host stops rather than run without this replica.
     pub fatal: FatalReporter,
     /// The index the shard's state machine has applied (for status).

@@ -255,24 +255,26 @@ impl ReplicaActor {
                 }
                 continue;
             }
-            let Some(peer) = self.links.peers.get(&m.to) else {
-                warn!(shard = self.shard, to = m.to, "no link to Raft peer");
-                continue;
-            };
-            let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-            if is_snapshot {
-                // The file stays until the follower reports (see `SnapshotReport`).
-                let meta = m.get_snapshot().get_metadata();
-                let path = self.node.store().snapshots().path(meta.index, meta.term);
-                self.node.store().snapshots().claim(&path);
-                self.snapshots.sending(m.to, path);
-            }
-            let report = is_snapshot.then(|| self.me.clone()).flatten();
-            peer.do_send(SendRaft {
-                shard: self.shard,
-                message: m,
-                report,
+            let to = m.to;
+            let sent = self.links.peers.with(to, |peer| {
+                let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+                if is_snapshot {
+                    // The file stays until the follower reports (see `SnapshotReport`).
+                    let meta = m.get_snapshot().get_metadata();
+                    let path = self.node.store().snapshots().path(meta.index, meta.term);
+                    self.node.store().snapshots().claim(&path);
+                    self.snapshots.sending(to, path);
+                }
+                let report = is_snapshot.then(|| self.me.clone()).flatten();
+                peer.do_send(SendRaft {
+                    shard: self.shard,
+                    message: m,
+                    report,
+                });
             });
+            if sent.is_none() {
+                warn!(shard = self.shard, to, "no link to Raft peer");
+            }
         }
     }
 

@@ -9,9 +9,14 @@
 //!   refused, and placement comes from here, never from a host list that has grown.
 //! - `peer-incarnation` + host id (u64 BE) -> u64 BE: the incarnation first heard from each
 //!   peer, recorded durably before any of its traffic is accepted.
+//! - `retired-shard` + shard id (u32 BE) -> empty: this host's replica of the shard was
+//!   destroyed after it moved away.
+//! - `last-cluster-map` ([`ClusterMap::encode`]): the last live map this host's map watcher
+//!   took, so that a restart routes and links peers by it, not by the day-0 map, before the
+//!   meta group answers (or when it cannot, having lost its quorum).
 
 use heed::RwTxn;
-use shardkv_transport::{HostId, Layout, ShardId};
+use shardkv_transport::{ClusterMap, HostId, Layout, ShardId};
 
 use super::{decode_u64, Schema, Table, TableId};
 use crate::error::ActorError;
@@ -21,6 +26,7 @@ const INCARNATION: &[u8] = b"incarnation";
 const LAYOUT: &[u8] = b"layout";
 const PEER_INCARNATION: &[u8] = b"peer-incarnation";
 const RETIRED: &[u8] = b"retired-shard";
+const LAST_MAP: &[u8] = b"last-cluster-map";
 
 /// The data dir's incarnation, drawn (and written in `wtxn`) if it has none yet. A data dir of
 /// an older version gets one at its first start here, before it sends any Raft traffic.
@@ -100,6 +106,26 @@ pub fn is_retired(schema: &Schema, shard: ShardId) -> Result<bool, ActorError> {
     Ok(schema.meta.get(&rtxn, &retired_key(shard))?.is_some())
 }
 
+/// The write that records `map` as the last live map this host took.
+pub fn last_map_op(map: &ClusterMap) -> WriteOp {
+    WriteOp::Put(TableId::Meta, LAST_MAP.to_vec(), map.encode())
+}
+
+/// The last live map this host took; `None` if it never took one. A stored map that does not
+/// decode or breaks a map invariant is [`ActorError::Corrupt`], never used.
+pub fn last_map(schema: &Schema) -> Result<Option<ClusterMap>, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    match schema.meta.get(&rtxn, LAST_MAP)? {
+        None => Ok(None),
+        Some(v) => ClusterMap::decode(v)
+            .map(Some)
+            .map_err(|e| ActorError::Corrupt {
+                what: "stored cluster map".into(),
+                detail: e.to_string(),
+            }),
+    }
+}
+
 fn retired_key(shard: ShardId) -> Vec<u8> {
     let mut key = RETIRED.to_vec();
     key.extend_from_slice(&shard.to_be_bytes());
@@ -147,6 +173,28 @@ mod tests {
         let ops = vec![peer_incarnation_op(3, 33), peer_incarnation_op(2, 22)];
         commit(&schema, vec![WriteBatch { ops }]).unwrap();
         assert_eq!(peer_incarnations(&schema).unwrap(), [(2, 22), (3, 33)]);
+    }
+
+    #[test]
+    fn the_last_map_round_trips_and_a_corrupt_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = open(dir.path());
+        assert_eq!(last_map(&schema).unwrap(), None, "none before the first");
+        let layout = Layout {
+            shards: 1,
+            replicas: 1,
+            pins: vec![],
+            placement: vec![(1, vec![1])],
+        };
+        let mut map = ClusterMap::day0(&layout, &[(1, "127.0.0.1:7101".into())]).unwrap();
+        map.add_host(2, "127.0.0.1:7102").unwrap();
+        let ops = vec![last_map_op(&map)];
+        commit(&schema, vec![WriteBatch { ops }]).unwrap();
+        assert_eq!(last_map(&schema).unwrap(), Some(map));
+
+        let garbage = WriteOp::Put(TableId::Meta, LAST_MAP.to_vec(), vec![0xff; 3]);
+        commit(&schema, vec![WriteBatch { ops: vec![garbage] }]).unwrap();
+        assert!(matches!(last_map(&schema), Err(ActorError::Corrupt { .. })));
     }
 
     #[test]
