@@ -1,6 +1,7 @@
 //! Jepsen-style runs: concurrent clients do get/put/cas/delete on a small key set against
-//! 3 hosts x 3 shards while a nemesis kills -9 and restarts hosts, pauses them (SIGSTOP) and
-//! cuts a host's Raft links (the transport's test-only fault hook).
+//! 4 hosts x 3 shards x 3 replicas while a nemesis kills -9 and restarts hosts, pauses them
+//! (SIGSTOP), cuts a host's Raft links (the transport's test-only fault hook) and moves a
+//! replica (of a data shard or of the meta group) to the host that holds none of it.
 //! Every history is checked for linearizability; a violation fails the test and prints the
 //! minimal offending history of the key. Seeds are printed; SHARDKV_SEED replays one.
 //!
@@ -21,6 +22,8 @@ use shardkv_checker::{check, Op, Outcome, Recorder};
 
 const CLIENTS: usize = 8;
 const KEYS: usize = 6;
+const HOSTS: u64 = 4;
+const SHARDS: u32 = 3;
 
 fn budget(default_secs: u64) -> Duration {
     let secs = std::env::var("SHARDKV_NEMESIS_SECS")
@@ -34,7 +37,7 @@ async fn run(duration: Duration) {
     let seed = common::seed();
     // A small snapshot_after makes logs compact often, so hosts that were down or cut off
     // catch up through snapshots during the run too.
-    let mut cluster = common::Cluster::with_raft(3, 3, 3, "snapshot_after = 200\n");
+    let mut cluster = common::Cluster::with_raft(HOSTS, SHARDS, 3, "snapshot_after = 200\n");
     cluster.start_all();
     let ready = cluster.client();
     cluster.wait_ready(&ready).await;
@@ -113,9 +116,9 @@ async fn run(duration: Duration) {
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         cluster.check_alive();
-        let host = rng.gen_range(1..=3u64);
+        let host = rng.gen_range(1..=HOSTS);
         let hold = Duration::from_millis(rng.gen_range(200..2000));
-        match rng.gen_range(0..4) {
+        match rng.gen_range(0..5) {
             0 => {
                 cluster.kill9(host);
                 tokio::time::sleep(hold).await;
@@ -131,7 +134,7 @@ async fn run(duration: Duration) {
             2 => {
                 // Cut one host's Raft links both ways (clients still reach it): a leader
                 // cut off this way must stop acknowledging and stop serving reads.
-                let others: Vec<u64> = (1..=3).filter(|h| *h != host).collect();
+                let others: Vec<u64> = (1..=HOSTS).filter(|h| *h != host).collect();
                 let admin = cluster.admin();
                 let cut = |from: Vec<u64>| shardkv_transport::wire::FaultSpec {
                     partition_from: from,
@@ -148,15 +151,40 @@ async fn run(duration: Duration) {
                         .expect("partition");
                 }
                 tokio::time::sleep(hold).await;
-                for h in 1..=3 {
+                for h in 1..=HOSTS {
                     admin.inject_fault(h, cut(vec![])).await.expect("heal");
                 }
                 faults.push(format!("partition host {host} for {hold:?}"));
             }
+            3 => {
+                // A replica moves while clients work: learner, catch-up, joint change, leave.
+                let shard = rng.gen_range(0..=SHARDS);
+                let map = cluster.admin().read_map().await.expect("map").map;
+                let holders: Vec<u64> = map
+                    .replicas_of(shard)
+                    .expect("shard")
+                    .keys()
+                    .copied()
+                    .collect();
+                let to = (1..=HOSTS)
+                    .find(|h| !holders.contains(h))
+                    .expect("a host without it");
+                let from = holders[rng.gen_range(0..holders.len())];
+                let (s, f, t) = (shard.to_string(), from.to_string(), to.to_string());
+                let args = ["replica", "move", &s, &f, &t];
+                let out = tokio::task::block_in_place(|| cluster.cli(&args, &[]));
+                assert!(
+                    out.status.success(),
+                    "seed {seed}: moving shard {shard} from {from} to {to}: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                faults.push(format!("move shard {shard} from host {from} to host {to}"));
+            }
             _ => {
-                // Two hosts down at once: the cluster has no quorum; nothing may be
+                // Two hosts down at once: some shards have no quorum; nothing may be
                 // acknowledged wrongly meanwhile.
-                let other = host % 3 + 1;
+                let other = host % HOSTS + 1;
                 cluster.pause(host);
                 cluster.kill9(other);
                 tokio::time::sleep(hold).await;
