@@ -17,7 +17,7 @@ use shardkv_actors::router::{
     ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, TransferAll,
     TransferShardLeader,
 };
-use shardkv_actors::schema::{meta, raft_records, Schema};
+use shardkv_actors::schema::{map_record, meta, raft_records, Schema};
 use shardkv_actors::shard::Compaction;
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
@@ -188,6 +188,10 @@ async fn serve_host(
         .collect();
     let day0 = ClusterMap::day0(&layout, &addrs)
         .map_err(|e| DaemonError::Runtime(format!("the day-0 cluster map: {e}")))?;
+    // A meta replica's applied map, if newer: the meta group may have moved off day 0.
+    let map = map_record::applied_map(&schema)?
+        .filter(|m| m.epoch() > day0.epoch())
+        .unwrap_or(day0);
     let settings = RouterSettings {
         host,
         cluster: cfg.cluster.name.clone(),
@@ -195,7 +199,7 @@ async fn serve_host(
         layout,
         incarnation: schema.incarnation,
         peer_incarnations: meta::peer_incarnations(&schema)?,
-        map: day0,
+        map,
     };
     let router = RouterActor::new(settings, local, storage.clone().recipient()).start();
     let handler = Arc::new(HostHandler {
