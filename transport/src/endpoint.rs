@@ -496,9 +496,9 @@ async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler
         },
         // Reading the map (from the meta group, or the copy the host routes by) is for
         // every certificate: clients route by it.
-        AdminRequest::Map(req @ (crate::wire::MapRequest::Read | crate::wire::MapRequest::Current)) => {
-            handler.map(req).await
-        }
+        AdminRequest::Map(
+            req @ (crate::wire::MapRequest::Read | crate::wire::MapRequest::Current),
+        ) => handler.map(req).await,
         AdminRequest::Map(req) => match peer {
             PeerIdentity::Host(_) => handler.map(req).await,
             PeerIdentity::Client(_) => {
