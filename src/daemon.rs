@@ -17,7 +17,7 @@ use shardkv_actors::router::{
     ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, TransferAll,
     TransferShardLeader,
 };
-use shardkv_actors::schema::{meta, raft_records, Schema};
+use shardkv_actors::schema::{map_record, meta, raft_records, Schema};
 use shardkv_actors::shard::Compaction;
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
@@ -117,6 +117,12 @@ async fn serve_host(
     let day0 = ClusterMap::day0(&layout, &addrs)
         .map_err(|e| DaemonError::Runtime(format!("the day-0 cluster map: {e}")))?;
     let map = map_at_start(day0, meta::last_map(&schema));
+    // A meta replica's applied map, if newer still: the meta group may have moved off day 0,
+    // and its voters must admit each other's traffic to elect a leader at all.
+    let map = match map_record::applied_map(&schema)? {
+        Some(applied) if applied.epoch() > map.epoch() => applied,
+        _ => map,
+    };
 
     // One outbound link per other host of cluster.toml and of the map; the map watcher adds
     // the hosts later maps bring.

@@ -11,6 +11,11 @@
 //! 4. one joint change promotes TO and removes FROM, then the leave;
 //! 5. the map makes TO a voter, drops FROM and clears the record, in one change (FROM's
 //!    watcher then deletes its copy, once its own configuration no longer lists it).
+//!
+//! The meta group (shard [`META_SHARD`]) moves the same way: clients and hosts find it on the
+//! meta replicas of the newest map they know, and a host holding a meta replica starts
+//! routing by the map that replica applied, so its voters admit each other after a restart
+//! wherever they are. It keeps as many voters as it has.
 
 use std::time::{Duration, Instant};
 
@@ -98,11 +103,12 @@ pub async fn move_replica(
     let roles = map
         .replicas_of(shard)
         .ok_or_else(|| MoveError::Refused(format!("shard {shard} is not in the cluster map")))?;
-    if shard == META_SHARD {
-        return Err(MoveError::Refused(
-            "the meta group cannot be moved yet: hosts find it on the day-0 meta hosts".into(),
-        ));
-    }
+    // The meta group has its own size (at most three voters), not the configured one.
+    let replicas = if shard == META_SHARD {
+        u32::try_from(map.voters_of(META_SHARD).count()).unwrap_or(u32::MAX)
+    } else {
+        replicas
+    };
     match (roles.get(&from), roles.get(&to)) {
         (None, Some(ReplicaRole::Voter)) => {
             say("already moved");

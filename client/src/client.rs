@@ -1,8 +1,9 @@
 //! [`Client`]: the public way to read and write.
 //!
 //! A [`Client`] is built from the cluster's description (hosts, CA and a client certificate),
-//! routes each key to its shard by slot, talks to the shard's leader over QUIC with mutual TLS,
-//! follows `NotLeader` hints and retries with backoff until a deadline. Writes carry a session
+//! routes each key to its shard by slot through the live cluster map (see [`crate::route`]),
+//! talks to the shard's leader over QUIC with mutual TLS, follows `NotLeader` and
+//! `NoReplicaHere` hints and retries with backoff until a deadline. Writes carry a session
 //! `(client_id, seq)` so that a retried write is applied once.
 //!
 //! ```no_run
@@ -25,7 +26,6 @@ use std::time::{Duration, Instant};
 use futures::stream::{FuturesUnordered, StreamExt};
 use quinn::{Connection, Endpoint};
 use shardkv_transport::endpoint::{call, client_endpoint, connect};
-use shardkv_transport::slot::shard_of_key;
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 use shardkv_transport::wire::FaultSpec;
 use shardkv_transport::wire::{
@@ -36,17 +36,24 @@ use tokio::sync::OnceCell;
 use tracing::debug;
 
 use crate::config::ClientConfig;
+use crate::route::{RefreshGate, Route, RouteCache};
 use crate::{ClientError, ClientSettings};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
+pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-struct Inner {
+pub(crate) struct Inner {
     settings: ClientSettings,
     endpoint: Endpoint,
-    addrs: HashMap<HostId, SocketAddr>,
+    /// The addresses in the configuration; a host's entry in the map comes first.
+    pub(crate) configured_addrs: HashMap<HostId, SocketAddr>,
     conns: Mutex<HashMap<HostId, Connection>>,
     leaders: Mutex<HashMap<ShardId, HostId>>,
+    /// The newest cluster map seen: keys are routed by it.
+    pub(crate) routes: Mutex<RouteCache>,
+    /// When the map was last refreshed; held while a refresh runs, so concurrent ones wait
+    /// for it instead of asking the hosts again.
+    pub(crate) refresh: tokio::sync::Mutex<RefreshGate>,
     /// The layout the cluster was bootstrapped with, loaded from a host before the first
     /// request is routed.
     layout: OnceCell<Layout>,
@@ -64,7 +71,7 @@ struct Session {
 /// A handle to the cluster; cheap to clone and safe to use from many tasks at once.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl Client {
@@ -81,14 +88,16 @@ impl Client {
         settings.validate()?;
         let endpoint =
             client_endpoint(&settings.tls).map_err(|e| ClientError::Setup(e.to_string()))?;
-        let addrs = settings.hosts.iter().copied().collect();
+        let configured_addrs = settings.hosts.iter().copied().collect();
         Ok(Client {
             inner: Arc::new(Inner {
                 settings,
                 endpoint,
-                addrs,
+                configured_addrs,
                 conns: Mutex::new(HashMap::new()),
                 leaders: Mutex::new(HashMap::new()),
+                routes: Mutex::new(RouteCache::default()),
+                refresh: tokio::sync::Mutex::new(RefreshGate::default()),
                 layout: OnceCell::new(),
                 sessions: Mutex::new(Vec::new()),
             }),
@@ -224,11 +233,12 @@ impl Client {
         &self.inner.settings
     }
 
-    /// The host this client last saw lead the shard of `key`, if any.
+    /// The host this client last saw lead the shard of `key` (by the newest map it has),
+    /// if any.
     pub fn cached_leader(&self, key: &[u8]) -> Option<HostId> {
-        let layout = self.inner.layout.get()?;
-        let shard = shard_of_key(key, layout.shards);
-        self.lock_leaders().get(&shard).copied()
+        let map = self.newest_map()?;
+        let route = Route::of_key(&map, key)?;
+        self.lock_leaders().get(&route.shard).copied()
     }
 
     /// The layout the cluster was bootstrapped with: loaded once from the first host that
@@ -372,21 +382,23 @@ impl Client {
         let settings = &self.inner.settings;
         let started = Instant::now();
         let deadline = started + settings.deadline;
-        let layout = self.layout(deadline).await?;
-        let shard = shard_of_key(req.op.key(), layout.shards);
+        // The layout check refuses a configuration declaring another cluster shape; keys
+        // are routed by the map.
+        self.layout(deadline).await?;
+        let key = req.op.key().to_vec();
+        let mut map = self.route_map(deadline).await?;
+        let mut route = route_of(&map, &key)?;
         let req = RequestFrame::Data(req);
-        let replicas = layout.hosts_of(shard).to_vec();
-        if replicas.is_empty() {
-            return Err(ClientError::Setup(format!(
-                "no hosts for shard {shard} in the cluster's layout"
-            )));
-        }
         let mut target = self
             .lock_leaders()
-            .get(&shard)
+            .get(&route.shard)
             .copied()
-            .unwrap_or(replicas[0]);
-        let mut rotation = replicas.iter().position(|h| *h == target).unwrap_or(0);
+            .unwrap_or(route.candidates[0]);
+        let mut rotation = route
+            .candidates
+            .iter()
+            .position(|h| *h == target)
+            .unwrap_or(0);
         let mut backoff = BACKOFF_MIN;
         let mut hops = 0u32;
         let mut last = String::from("no attempt made");
@@ -397,6 +409,22 @@ impl Client {
                     deadline: settings.deadline,
                     last,
                 });
+            }
+            // A newer map (refreshed by this request or another): route by it from now on.
+            if let Some(newer) = self.newest_map().filter(|m| m.epoch() > map.epoch()) {
+                map = newer;
+                route = route_of(&map, &key)?;
+                rotation = route
+                    .candidates
+                    .iter()
+                    .position(|h| *h == target)
+                    .unwrap_or(0);
+            }
+            let shard = route.shard;
+            if self.addr_of(target).is_none() {
+                // A host the client has no address for: the map it routes by is older than
+                // the one that sent it here.
+                let _ = self.refresh_routes(deadline).await;
             }
             let budget = (deadline - now).min(settings.attempt_timeout);
             let attempt = tokio::time::timeout(budget, self.call_host(target, &req)).await;
@@ -425,6 +453,10 @@ impl Client {
                     } if l != target => {
                         last = format!("host {target} is not the leader of shard {shard}");
                         self.lock_leaders().insert(shard, l);
+                        if !route.lists(l) {
+                            // The shard's leader is a replica the map does not show.
+                            let _ = self.refresh_routes(deadline).await;
+                        }
                         target = l;
                         hops += 1;
                         // A fresh hint: try it at once, unless hosts keep pointing at each
@@ -433,7 +465,11 @@ impl Client {
                             continue;
                         }
                         hops = 0;
-                        rotation = replicas.iter().position(|h| *h == l).unwrap_or(rotation);
+                        rotation = route
+                            .candidates
+                            .iter()
+                            .position(|h| *h == l)
+                            .unwrap_or(rotation);
                         tokio::time::sleep(
                             backoff.min(deadline.saturating_duration_since(Instant::now())),
                         )
@@ -444,6 +480,8 @@ impl Client {
                     Response::NotLeader { .. } => last = format!("shard {shard} has no leader yet"),
                     Response::NoReplicaHere { hosts, .. } => {
                         last = format!("host {target} holds no replica of shard {shard}");
+                        // The route is stale: the replica moved away.
+                        let _ = self.refresh_routes(deadline).await;
                         if let Some(h) = hosts.first() {
                             target = *h;
                             pause = false;
@@ -461,8 +499,8 @@ impl Client {
             }
             debug!(shard, target, %last, "retrying");
             if pause {
-                rotation = (rotation + 1) % replicas.len();
-                target = replicas[rotation];
+                rotation = (rotation + 1) % route.candidates.len();
+                target = route.candidates[rotation];
                 let sleep = backoff.min(deadline.saturating_duration_since(Instant::now()));
                 tokio::time::sleep(sleep).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -470,7 +508,7 @@ impl Client {
         }
     }
 
-    async fn call_host(
+    pub(crate) async fn call_host(
         &self,
         host: HostId,
         req: &RequestFrame,
@@ -504,14 +542,10 @@ impl Client {
                 }
             }
         }
-        let addr = *self
-            .inner
-            .addrs
-            .get(&host)
-            .ok_or_else(|| TransportError::Connect {
-                addr: format!("host {host}"),
-                reason: "host is not in the configuration".into(),
-            })?;
+        let addr = self.addr_of(host).ok_or_else(|| TransportError::Connect {
+            addr: format!("host {host}"),
+            reason: "host is neither in the cluster map nor in the configuration".into(),
+        })?;
         let conn = connect(&self.inner.endpoint, addr, host).await?;
         let mut conns = self.inner.conns.lock().unwrap_or_else(|p| p.into_inner());
         match conns.get(&host) {
@@ -525,6 +559,17 @@ impl Client {
             }
         }
     }
+}
+
+/// The route of `key` by `map`. A valid map owns every slot with a shard that has a voter,
+/// so the error is a map the client should never have taken.
+fn route_of(map: &shardkv_transport::ClusterMap, key: &[u8]) -> Result<Route, ClientError> {
+    Route::of_key(map, key).ok_or_else(|| {
+        ClientError::Internal(format!(
+            "the cluster map of epoch {} routes no replica for this key",
+            map.epoch()
+        ))
+    })
 }
 
 fn final_error(resp: Response) -> ClientError {

@@ -2,14 +2,17 @@
 //! shardkv cluster, and nothing of the daemon (no actors, LMDB, HTTP or charts).
 //!
 //! A [`Client`] is built from the cluster's `cluster.toml` ([`ClientConfig`]) and a client
-//! certificate, routes each key to its shard by slot, talks to the shard's leader over QUIC
-//! with mutual TLS, follows `NotLeader` hints and retries with backoff until a deadline.
+//! certificate, routes each key to its shard by slot through the live cluster map (loaded from
+//! any host, cached by epoch, refreshed when a host says the route is stale), talks to the
+//! shard's leader over QUIC with mutual TLS, follows `NotLeader` hints and retries with
+//! backoff until a deadline.
 //! Writes carry a session `(client_id, seq)` so that a retried write is applied once.
 
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod map;
+pub mod route;
 pub mod settings;
 
 pub use client::Client;

@@ -123,7 +123,7 @@ enum HostCommand {
 #[derive(Subcommand, Debug)]
 enum ReplicaCommand {
     /// Move SHARD's replica from host FROM to host TO while it serves (learner, catch-up,
-    /// joint change, leave); safe to re-run after an interruption.
+    /// joint change, leave); safe to re-run after an interruption. SHARD 0 is the meta group.
     Move { shard: u32, from: u64, to: u64 },
 }
 

@@ -494,7 +494,11 @@ async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler
                 Response::Invalid("replica changes require a host certificate".into())
             }
         },
-        AdminRequest::Map(req @ crate::wire::MapRequest::Read) => handler.map(req).await,
+        // Reading the map (from the meta group, or the copy the host routes by) is for
+        // every certificate: clients route by it.
+        AdminRequest::Map(
+            req @ (crate::wire::MapRequest::Read | crate::wire::MapRequest::Current),
+        ) => handler.map(req).await,
         AdminRequest::Map(req) => match peer {
             PeerIdentity::Host(_) => handler.map(req).await,
             PeerIdentity::Client(_) => {

@@ -166,6 +166,12 @@ pub enum MapRequest {
         #[serde(with = "crate::bytes::vec")]
         new: Vec<u8>,
     },
+    /// The encoded map this host routes by (`Response::Value(Some(bytes))`), answered by the
+    /// host itself without a Raft round, so it is cheap and any certificate of the cluster may
+    /// ask. It may be stale: a host takes a newer map only when its watcher reads one from the
+    /// meta group. Epochs order maps (a later map always has a higher one), so a caller that
+    /// asks several hosts keeps the highest epoch it has seen and never goes back to a lower.
+    Current,
 }
 
 /// One replica's part in [`AdminRequest::ChangeReplicas`].

@@ -1,5 +1,6 @@
-//! The router's side of the live cluster map: map requests go to the local replica of the
-//! meta group, and the host's map watcher hands the router each newer map.
+//! The router's side of the live cluster map: map reads and changes go to the local replica
+//! of the meta group, the map the router routes by is answered from here (clients load their
+//! routes from it), and the host's map watcher hands the router each newer map.
 
 use actix::prelude::*;
 use shardkv_transport::cluster_map::{MAP_KEY, META_SHARD};
@@ -12,7 +13,8 @@ use crate::messages::ClientRequest;
 use crate::replica::transfer::SetPreferredLeader;
 
 /// To the RouterActor: read or change the live cluster map through the local replica of the
-/// meta group (see [`shardkv_transport::wire::AdminRequest::Map`]).
+/// meta group, or answer the map this router routes by (see
+/// [`shardkv_transport::wire::AdminRequest::Map`]).
 #[derive(Message)]
 #[rtype(result = "Response")]
 pub struct MapOp(pub MapRequest);
@@ -21,12 +23,20 @@ impl Handler<MapOp> for RouterActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: MapOp, _: &mut Self::Context) -> Self::Result {
-        let meta = match self.local_replica(META_SHARD) {
-            Ok(r) => r,
+        let op = match msg.0 {
+            // No Raft round and no meta replica needed: any host answers from its own map.
+            MapRequest::Current => {
+                let resp = Response::Value(Some(self.settings.map.encode()));
+                return Box::pin(async move { resp });
+            }
+            req => map_op(req),
+        };
+        let op = match op {
+            Ok(op) => op,
             Err(resp) => return Box::pin(async move { resp }),
         };
-        let op = match map_op(msg.0) {
-            Ok(op) => op,
+        let meta = match self.local_replica(META_SHARD) {
+            Ok(r) => r,
             Err(resp) => return Box::pin(async move { resp }),
         };
         let request = ClientRequest(Request {
@@ -75,7 +85,8 @@ impl RouterActor {
 
 /// The meta group operation for a map request. A change must carry a valid map whose epoch
 /// is past the one it replaces: the map's epoch never goes back, so a client or host that
-/// caches maps by epoch never takes an old one for new.
+/// caches maps by epoch never takes an old one for new. [`MapRequest::Current`] is no meta
+/// group operation (the router answers it from its own map) and is `Invalid` here.
 pub(super) fn map_op(req: MapRequest) -> Result<Op, Response> {
     let key = MAP_KEY.to_vec();
     let (expected, new) = match req {
@@ -84,6 +95,11 @@ pub(super) fn map_op(req: MapRequest) -> Result<Op, Response> {
                 key,
                 consistency: ReadConsistency::Linearizable,
             })
+        }
+        MapRequest::Current => {
+            return Err(Response::Invalid(
+                "the current map is answered by the router, not the meta group".into(),
+            ))
         }
         MapRequest::Cas { expected, new } => (expected, new),
     };

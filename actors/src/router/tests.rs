@@ -246,3 +246,29 @@ fn a_map_change_must_be_a_valid_map_with_a_later_epoch() {
         assert!(matches!(refused, Err(Response::Invalid(_))), "{refused:?}");
     }
 }
+
+#[actix_rt::test]
+async fn the_current_map_is_answered_by_any_host_even_without_a_meta_replica() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let router = router(dir.path(), HashMap::new());
+    let read = router
+        .send(MapOp(MapRequest::Read))
+        .await
+        .expect("router answers");
+    assert!(
+        matches!(read, Response::NoReplicaHere { shard: 0, .. }),
+        "a read needs the meta group: {read:?}"
+    );
+
+    let mut newer = ClusterMap::decode(&map_at(1)).expect("a map");
+    newer.add_host(9, "127.0.0.1:9").expect("add");
+    router.do_send(SetMap(newer.clone()));
+    let current = router
+        .send(MapOp(MapRequest::Current))
+        .await
+        .expect("router answers");
+    let Response::Value(Some(bytes)) = current else {
+        panic!("the current map: {current:?}");
+    };
+    assert_eq!(ClusterMap::decode(&bytes).expect("valid"), newer);
+}

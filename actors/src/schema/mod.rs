@@ -14,7 +14,7 @@
 //! The layouts of the values live beside the keys: [`raft_records`] encodes and decodes the
 //! `raft_log` and `raft_state` rows, [`log_clock_record`] the shard's log clock in
 //! `raft_state`, [`session_record`] the `sessions` rows, [`meta`] the data dir's identity and
-//! what it was bootstrapped with.
+//! what it was bootstrapped with, [`map_record`] the cluster map a meta replica applied.
 
 use std::path::Path;
 
@@ -26,6 +26,7 @@ use crate::error::ActorError;
 use crate::messages::WriteOp;
 
 pub mod log_clock_record;
+pub mod map_record;
 pub mod meta;
 pub mod raft_records;
 pub mod session_record;
