@@ -182,8 +182,8 @@ async fn serve_host(
             );
             continue;
         }
-        // The first host of the placement leads when healthy: placement rotates the first
-        // host over the shards (or an operator pins it), so leaders spread over the hosts.
+        // Preferred to lead: the first host of the placement, until the router tells every
+        // replica the live map's choice as it starts (the same one on a round-robin placement).
         let replica = factory.start_bootstrapped(shard, &hosts, hosts.first().copied())?;
         local.insert(shard, replica);
     }

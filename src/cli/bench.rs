@@ -14,6 +14,7 @@ use shardkv::certs::CLI_CLIENT;
 use shardkv::client::{Client, ClientSettings};
 use shardkv::config::ClusterConfig;
 use shardkv::local::LocalCluster;
+use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::wire::ReadConsistency;
 
 /// Options of `shardkv bench`.
@@ -131,23 +132,27 @@ async fn warm_up(c: &Client, cfg: &ClusterConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether every shard is led by the first host of its placement.
+/// Whether every data shard is led by its preferred host in the live map.
 async fn leaders_settled(c: &Client, cfg: &ClusterConfig) -> bool {
+    let Ok(map) = c.read_map().await.map(|v| v.map) else {
+        return false;
+    };
     let mut led = std::collections::HashMap::new();
-    let mut placement = None;
-    for h in &cfg.hosts {
-        if let Ok(s) = c.host_status(h.host.id).await {
+    for h in map
+        .hosts()
+        .keys()
+        .chain(cfg.hosts.iter().map(|h| &h.host.id))
+    {
+        if let Ok(s) = c.host_status(*h).await {
             for r in s.replicas.iter().filter(|r| r.is_leader) {
-                led.insert(r.shard, h.host.id);
+                led.insert(r.shard, *h);
             }
-            placement.get_or_insert(s.layout.placement);
         }
     }
-    // The placement the cluster was bootstrapped with, as the hosts report it.
-    placement
-        .unwrap_or_else(|| cfg.cluster.placement())
+    map.preferred_leaders()
         .iter()
-        .all(|(shard, hosts)| hosts.first() == led.get(shard))
+        .filter(|(shard, _)| **shard != META_SHARD)
+        .all(|(shard, host)| led.get(shard) == Some(host))
 }
 
 async fn run_one(
