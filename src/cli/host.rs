@@ -153,9 +153,10 @@ pub fn run_remove(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
             .change_map(|m: &mut ClusterMap| m.remove_host(id))
             .await
             .context("removing the host from the cluster map")?;
+        // The entry stays: the day-0 layout every data dir stored names it.
         println!(
-            "host {id} is removed and holds no replicas: stop it, and delete its [[host]] entry \
-             from {} on every machine",
+            "host {id} is removed and holds no replicas: stop it whenever you like; keep its \
+             [[host]] entry in {} (its id is never reused)",
             cfg.cluster.path.display()
         );
         Ok(ExitCode::SUCCESS)
