@@ -4,11 +4,13 @@
 //!   one (shards, replicas, pins) is refused with the field and both values, and placement comes
 //!   from the stored layout, so appending a `[[host]]` entry moves nothing.
 //! - A new data dir first asks its peers (with this host's certificate, briefly). If one of them
-//!   knows this host by another incarnation, this host's data was lost: it refuses to start,
-//!   because as a member it would vote with what it forgot. If a peer has a layout, that one is
-//!   adopted (a host joining late never recomputes placement from a grown host list). With no
-//!   peer reachable the cluster is new, or its peers will refuse this incarnation anyway (see
-//!   `shardkv_actors::incarnations`).
+//!   knows this host by another incarnation, this host's data was lost ([`LostDisk`]): it
+//!   records that durably and starts holding no replica (as a member it would vote with what
+//!   it forgot), waiting, across restarts, for `shardkv host replace` to record its new
+//!   incarnation in the live map. If a peer has a layout, that
+//!   one is adopted (a host joining late never recomputes placement from a grown host list).
+//!   With no peer reachable the cluster is new, or its peers will refuse this incarnation
+//!   anyway (see `shardkv_actors::incarnations`).
 
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use shardkv_actors::schema::{meta, Schema};
 use shardkv_transport::endpoint::{call, client_endpoint, connect};
 use shardkv_transport::wire::{AdminRequest, HostStatus, RequestFrame, Response};
 use shardkv_transport::{HostId, Layout, LayoutMismatch, TlsFiles};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{ClusterConfig, HostConfig};
 use crate::daemon::DaemonError;
@@ -40,41 +42,59 @@ pub enum BootstrapError {
         shards: Vec<u32>,
         path: String,
     },
-    /// This data dir is new, but the cluster knew this host with another one.
-    #[error("the data dir {dir} of host {host} is new, but host {peer} knows host {host} by another incarnation ({known:#x}, this one is {mine:#x}): this host's data was lost or replaced. It must not rejoin as itself, because it would vote with what it forgot. Restore its original data dir, or replace it as a new member with `shardkv host replace {host}` once online membership changes are available")]
-    DataLost {
-        host: HostId,
-        peer: HostId,
-        known: u64,
-        mine: u64,
-        dir: String,
-    },
 }
 
-/// The layout this host serves: stored, adopted from a peer, or (day 0) declared by the file.
-/// Stores it if the data dir had none.
+/// This data dir is new, but the cluster knew this host with another one: its data was lost.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+#[error("the data dir {dir} of host {host} is new, but host {peer} knows host {host} by another incarnation ({known:#x}, this one is {mine:#x}): this host's data was lost or replaced. It holds no replica and never votes until it is replaced: run `shardkv host replace {host}` (or stop it and restore its original data dir)")]
+pub struct LostDisk {
+    pub host: HostId,
+    pub peer: HostId,
+    pub known: u64,
+    pub mine: u64,
+    pub dir: String,
+}
+
+/// What a data dir holds of the cluster, as [`settle_layout`] found it.
+#[derive(Debug)]
+pub struct Settled {
+    /// The layout this host serves.
+    pub layout: Layout,
+    /// This data dir replaced a lost one and the live map does not list it yet: no replica
+    /// may start (see `meta::is_awaiting_replace`).
+    pub awaiting_replace: bool,
+}
+
+/// The layout this host serves: stored, adopted from a peer, or (day 0) declared by the file;
+/// and whether this data dir replaced a lost one. Stores what it found if the data dir had
+/// nothing yet.
 pub async fn settle_layout(
     cfg: &ClusterConfig,
     me: &HostConfig,
     schema: &Schema,
-) -> Result<Layout, DaemonError> {
+) -> Result<Settled, DaemonError> {
     let declared = cfg.cluster.declared_layout();
     let dir = me.data_dir.display().to_string();
     let stored = meta::stored_layout(schema)?;
     let recorded = stored.is_some();
+    let mut lost = None;
     let layout = match stored {
         Some(stored) => stored,
         None if meta::has_replicas(schema)? => {
             warn!("data dir bootstrapped by an older version: recording the declared layout");
             declared.clone()
         }
-        None => match probe_peers(cfg, me, schema).await? {
-            Some(adopted) => {
-                info!("adopting the layout the cluster was bootstrapped with");
-                adopted
+        None => {
+            let probe = probe_peers(cfg, me, schema).await?;
+            lost = probe.lost;
+            match probe.layout {
+                Some(adopted) => {
+                    info!("adopting the layout the cluster was bootstrapped with");
+                    adopted
+                }
+                None => declared.clone(),
             }
-            None => declared.clone(),
-        },
+        }
     };
     layout
         .check_declared(&declared)
@@ -98,19 +118,34 @@ pub async fn settle_layout(
             .into());
         }
     }
+    if let Some(lost) = &lost {
+        error!("{lost}");
+        // Before the layout: a crash in between finds the loss again at the next start.
+        meta::store_awaiting_replace(schema)?;
+    }
     if !recorded {
         meta::store_layout(schema, &layout)?;
     }
-    Ok(layout)
+    Ok(Settled {
+        layout,
+        awaiting_replace: meta::is_awaiting_replace(schema)?,
+    })
 }
 
-/// Asks every peer for its status; refuses if one knows this host by another incarnation,
-/// returns the first layout a peer was bootstrapped with.
+/// What the peers said about a new data dir.
+struct Probe {
+    /// The first layout a peer was bootstrapped with.
+    layout: Option<Layout>,
+    /// A peer knows this host by another incarnation.
+    lost: Option<LostDisk>,
+}
+
+/// Asks every peer for its status.
 async fn probe_peers(
     cfg: &ClusterConfig,
     me: &HostConfig,
     schema: &Schema,
-) -> Result<Option<Layout>, DaemonError> {
+) -> Result<Probe, DaemonError> {
     let tls = TlsFiles {
         ca: cfg.cluster.tls.ca.clone(),
         cert: me.cert.clone(),
@@ -144,23 +179,21 @@ async fn probe_peers(
         .flatten()
         .collect();
     endpoint.close(0u32.into(), b"probe done");
-    for status in &answers {
-        if let Some(&(_, known)) = status
+    let lost = answers.iter().find_map(|status| {
+        let &(_, known) = status
             .peer_incarnations
             .iter()
-            .find(|(h, _)| *h == me.host.id)
-        {
-            if known != schema.incarnation {
-                return Err(BootstrapError::DataLost {
-                    host: me.host.id,
-                    peer: status.host,
-                    known,
-                    mine: schema.incarnation,
-                    dir: me.data_dir.display().to_string(),
-                }
-                .into());
-            }
-        }
-    }
-    Ok(answers.into_iter().next().map(|s| s.layout))
+            .find(|(h, _)| *h == me.host.id)?;
+        (known != schema.incarnation).then(|| LostDisk {
+            host: me.host.id,
+            peer: status.host,
+            known,
+            mine: schema.incarnation,
+            dir: me.data_dir.display().to_string(),
+        })
+    });
+    Ok(Probe {
+        layout: answers.into_iter().next().map(|s| s.layout),
+        lost,
+    })
 }

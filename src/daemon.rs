@@ -25,13 +25,11 @@ use shardkv_actors::ActorError;
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
 use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response};
-use shardkv_transport::{
-    ClusterMap, HostId, Layout, PeerIdentity, ShardId, TlsFiles, TransportError,
-};
+use shardkv_transport::{ClusterMap, HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
 
 use crate::balancer::Balancer;
-use crate::bootstrap::{settle_layout, BootstrapError};
+use crate::bootstrap::{settle_layout, BootstrapError, Settled};
 use crate::config::{ClusterConfig, ConfigError};
 use crate::map_watch::{map_at_start, MapWatcher};
 use crate::replicas::{ReplicaError, ReplicaFactory};
@@ -71,8 +69,8 @@ pub fn run(cfg: ClusterConfig, host: HostId) -> Result<(), DaemonError> {
     let schema = Schema::open(&me.data_dir, cfg.storage.map_size, &cfg.cluster.name, host)?;
     let system = System::new();
     let res = system.block_on(async move {
-        let layout = settle_layout(&cfg, &me, &schema).await?;
-        serve_host(cfg, me.host.id, schema, layout).await
+        let settled = settle_layout(&cfg, &me, &schema).await?;
+        serve_host(cfg, me.host.id, schema, settled).await
     });
     System::current().stop();
     res
@@ -82,8 +80,12 @@ async fn serve_host(
     cfg: ClusterConfig,
     host: HostId,
     schema: Schema,
-    layout: Layout,
+    settled: Settled,
 ) -> Result<(), DaemonError> {
+    let Settled {
+        layout,
+        awaiting_replace,
+    } = settled;
     let me = cfg
         .host(host)
         .cloned()
@@ -163,9 +165,19 @@ async fn serve_host(
         fatal: fatal.clone(),
     };
     // The replicas this host starts: every one its data dir holds, and those the day-0 layout
-    // places here (the data shards and the meta group), bootstrapped on first start, unless
-    // destroyed after moving away (a retired replica never comes back as a day-0 voter).
+    // places here (the data shards and the meta group), bootstrapped on first start. A day-0
+    // replica the data dir does not hold is bootstrapped only while the cluster is at day 0
+    // as far as this host knows (a later map places replicas itself, and the watcher joins
+    // them), never once it moved away (retired), and never on a data dir that replaced a lost
+    // one: a voter bootstrapped empty would vote with what its predecessor forgot.
     let mut local = HashMap::new();
+    if awaiting_replace {
+        warn!(
+            host,
+            "this data dir replaced a lost one: holding no replica until `shardkv host \
+             replace {host}` records it in the cluster map"
+        );
+    }
     let day0 = layout
         .placement
         .iter()
@@ -175,11 +187,15 @@ async fn serve_host(
         if !hosts.contains(&host) {
             continue;
         }
-        if meta::is_retired(&schema, shard)? && !raft_records::has_state(&schema, shard)? {
+        let has_state = raft_records::has_state(&schema, shard)?;
+        if !has_state && meta::is_retired(&schema, shard)? {
             info!(
                 shard,
                 "not restarting a replica that moved away from this host"
             );
+            continue;
+        }
+        if !has_state && (awaiting_replace || map.epoch() > ClusterMap::DAY0_EPOCH) {
             continue;
         }
         // Preferred to lead: the first host of the placement, until the router tells every
@@ -224,6 +240,7 @@ async fn serve_host(
         &map,
     )
     .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
+    .awaiting_replace(awaiting_replace)
     .spawn();
     Balancer::new(&cfg, &me, router.clone())
         .map_err(|e| DaemonError::Runtime(format!("balancer: {e}")))?

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod local;
 pub mod map_watch;
 pub mod moves;
+pub mod replace;
 pub mod replicas;
 
 pub use config::ClusterConfig;

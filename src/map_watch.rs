@@ -97,6 +97,9 @@ pub struct MapWatcher {
     /// process (two replicas over the same rows would corrupt them); a restart, which starts
     /// them from their rows, retries the removal.
     failed: BTreeSet<ShardId>,
+    /// This data dir replaced a lost one: no replica joins until the map lists this data
+    /// dir's incarnation (see `meta::is_awaiting_replace`).
+    awaiting_replace: bool,
 }
 
 impl MapWatcher {
@@ -127,7 +130,14 @@ impl MapWatcher {
             stored: start.epoch(),
             kept: BTreeSet::new(),
             failed: BTreeSet::new(),
+            awaiting_replace: false,
         })
+    }
+
+    /// For a data dir that replaced a lost one: no replica joins until the map lists it.
+    pub fn awaiting_replace(mut self, awaiting: bool) -> Self {
+        self.awaiting_replace = awaiting;
+        self
     }
 
     /// Runs the watcher on the host's actor system until the host stops.
@@ -162,9 +172,40 @@ impl MapWatcher {
             self.router.do_send(SetMap(map.clone()));
             self.epoch = map.epoch();
         }
+        if self.awaiting_replace && !self.replaced(&map).await {
+            return Ok(());
+        }
         // Every time, not only on a new epoch: a step that failed is retried.
         self.reconcile(&map).await;
         Ok(())
+    }
+
+    /// Whether `map` lists this data dir's incarnation for this host, so that a data dir that
+    /// replaced a lost one may hold replicas; records it durably once it does.
+    async fn replaced(&mut self, map: &ClusterMap) -> bool {
+        let mine = self.factory.schema.incarnation;
+        if map.host(self.host).map(|h| h.incarnation) != Some(mine) {
+            return false;
+        }
+        let ops = vec![meta::replaced_op()];
+        match self.factory.storage.send(Persist(WriteBatch { ops })).await {
+            Ok(Ok(())) => {
+                info!(
+                    host = self.host,
+                    "the cluster map lists this data dir: joining the shards placed here"
+                );
+                self.awaiting_replace = false;
+                true
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot record the replacement; retrying");
+                false
+            }
+            Err(e) => {
+                warn!(error = %e, "storage unreachable");
+                false
+            }
+        }
     }
 
     /// Stores `map` as the one to start from; a failure is logged and retried at the next

@@ -26,7 +26,7 @@ use shardkv_transport::{ClusterMap, HostId, Move, ReplicaRole, ShardId};
 use crate::client::{Client, ClientError};
 
 /// How long each waiting step may take before the move gives up (it can be re-run).
-const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(200);
 /// A learner this close to the leader's commit index counts as caught up: under a write
 /// load the index moves on while the learner follows it.
@@ -156,19 +156,7 @@ pub async fn move_replica(
     }
     stop_after(Step::Learner)?;
     say(&format!("waiting for host {to} to catch up"));
-    wait_for(&format!("host {to} to catch up"), || async {
-        let (_, leader) = wait_leader(admin, &map, shard, to).await?;
-        let matched = leader
-            .matched
-            .iter()
-            .find(|(h, _)| *h == to)
-            .map(|(_, m)| *m);
-        // `matched` 0 is a learner that has received nothing yet (it starts from a snapshot),
-        // however small the log: it is not caught up.
-        Ok(leader.voters.contains(&to)
-            || matched.is_some_and(|m| m > 0 && m + CAUGHT_UP_SLACK >= leader.commit))
-    })
-    .await?;
+    wait_caught_up(admin, &map, shard, to).await?;
     stop_after(Step::CaughtUp)?;
 
     let joint = [
@@ -232,12 +220,16 @@ pub async fn move_replica(
     Ok(())
 }
 
-fn target(host: HostId, to: ReplicaTarget) -> ReplicaChange {
+pub(crate) fn target(host: HostId, to: ReplicaTarget) -> ReplicaChange {
     ReplicaChange { host, to }
 }
 
 /// Host `host`'s replica of `shard`, as it reports it.
-async fn replica_on(admin: &Client, host: HostId, shard: ShardId) -> Option<ReplicaInfo> {
+pub(crate) async fn replica_on(
+    admin: &Client,
+    host: HostId,
+    shard: ShardId,
+) -> Option<ReplicaInfo> {
     let status = admin.host_status(host).await.ok()?;
     status.replicas.into_iter().find(|r| r.shard == shard)
 }
@@ -274,7 +266,7 @@ async fn find_leader(
 }
 
 /// Like [`find_leader`], waiting up to [`STEP_TIMEOUT`] for a leader.
-async fn wait_leader(
+pub(crate) async fn wait_leader(
     admin: &Client,
     map: &ClusterMap,
     shard: ShardId,
@@ -295,7 +287,7 @@ async fn wait_leader(
 }
 
 /// Asks the shard's leader once for `changes`: whether it answered `Ok`.
-async fn change_once(
+pub(crate) async fn change_once(
     admin: &Client,
     map: &ClusterMap,
     shard: ShardId,
@@ -316,7 +308,7 @@ async fn change_once(
 }
 
 /// Asks the shard's leader for `changes` until it answers `Ok`.
-async fn change(
+pub(crate) async fn change(
     admin: &Client,
     map: &ClusterMap,
     shard: ShardId,
@@ -329,8 +321,30 @@ async fn change(
     .await
 }
 
+/// Waits until `host`'s replica of `shard` has caught up with the leader (or votes already).
+pub(crate) async fn wait_caught_up(
+    admin: &Client,
+    map: &ClusterMap,
+    shard: ShardId,
+    host: HostId,
+) -> Result<(), MoveError> {
+    wait_for(&format!("host {host} to catch up"), || async {
+        let (_, leader) = wait_leader(admin, map, shard, host).await?;
+        let matched = leader
+            .matched
+            .iter()
+            .find(|(h, _)| *h == host)
+            .map(|(_, m)| *m);
+        // `matched` 0 is a learner that has received nothing yet (it starts from a snapshot),
+        // however small the log: it is not caught up.
+        Ok(leader.voters.contains(&host)
+            || matched.is_some_and(|m| m > 0 && m + CAUGHT_UP_SLACK >= leader.commit))
+    })
+    .await
+}
+
 /// Polls `done` until it answers true, or [`STEP_TIMEOUT`].
-async fn wait_for<F, Fut>(what: &str, done: F) -> Result<(), MoveError>
+pub(crate) async fn wait_for<F, Fut>(what: &str, done: F) -> Result<(), MoveError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<bool, MoveError>>,

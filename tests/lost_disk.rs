@@ -1,6 +1,7 @@
 //! A host that lost its disk never answers wrongly and never overwrites the intact copy: its
 //! peers refuse the Raft traffic of its new incarnation, so it never votes or counts toward a
-//! quorum, and once peers that know it are up it refuses to start at all.
+//! quorum; once peers that know it are up it starts holding no replica, until
+//! `shardkv host replace` brings it back as a voter holding the data again.
 
 mod common;
 
@@ -104,19 +105,67 @@ async fn a_host_that_lost_its_disk_never_counts_toward_a_quorum() {
         );
     }
 
-    // With peers that know it up, a host with a new empty data dir refuses to start.
+    // With peers that know it up, a host with a new empty data dir starts holding nothing,
+    // and says how to bring it back.
     cluster.kill9(3);
     wipe_data_dir(&cluster, 3);
+    let served = serving_count(&cluster, 3);
     cluster.start(3);
-    let status = cluster.wait_exit(3, Duration::from_secs(20));
-    assert!(
-        !status.success(),
-        "an empty data dir must not rejoin as itself"
-    );
+    wait_until_serving(&cluster, 3, served + 1);
+    let admin = cluster.admin();
+    let status = admin.host_status(3).await.expect("host 3 answers");
+    assert!(status.replicas.is_empty(), "{:?}", status.replicas);
     let log = std::fs::read_to_string(cluster.log_path(3)).expect("host 3 log");
     assert!(
         log.contains("shardkv host replace 3"),
-        "the refusal names the command that replaces the host: {log}"
+        "the host names the command that replaces it: {log}"
     );
+    // It never votes: without host 1, {2, new 3} is no quorum, even after a restart of 3.
+    cluster.kill9(1);
+    cluster.kill9(3);
+    cluster.start(3);
+    wait_until_serving(&cluster, 3, served + 2);
+    let stuck = patient_client(&cluster);
+    let k = key(0);
+    assert!(
+        matches!(stuck.get(&k).await, Err(ClientError::Timeout { .. })),
+        "a host awaiting replacement must not make a quorum"
+    );
+    cluster.start(1);
+
+    // `shardkv host replace 3`: its replicas come back, caught up, as voters.
+    let out = tokio::task::block_in_place(|| cluster.cli(&["host", "replace", "3"], &[]));
+    if !out.status.success() {
+        cluster.dump_logs();
+    }
+    assert!(
+        out.status.success(),
+        "host replace: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map = admin.read_map().await.expect("map").map;
+    let incarnation = admin.host_status(3).await.expect("status").incarnation;
+    assert_eq!(map.host(3).map(|h| h.incarnation), Some(incarnation));
+    for (shard, entry) in map.shards() {
+        assert_eq!(
+            entry.replicas.get(&3),
+            Some(&shardkv_transport::ReplicaRole::Voter),
+            "shard {shard}"
+        );
+    }
+    let again = tokio::task::block_in_place(|| cluster.cli(&["host", "replace", "3"], &[]));
+    assert!(again.status.success(), "a re-run is a no-op");
+    // Host 3 holds the data: with host 1 down, {2, 3} serve every acknowledged write.
+    cluster.wait_caught_up(&admin, 3).await;
+    cluster.kill9(1);
+    let client = cluster.client();
+    for i in 0..KEYS {
+        assert_eq!(
+            client.get(&key(i)).await.expect("read with hosts 2 and 3"),
+            Some(b"acked".to_vec()),
+            "acknowledged key {i}"
+        );
+    }
     cluster.check_alive();
 }

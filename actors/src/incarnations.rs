@@ -5,6 +5,11 @@
 //! traffic from another incarnation of that host (its disk was wiped or replaced) is dropped,
 //! so a replica that forgot what it acknowledged never votes and never counts toward a quorum.
 //! It stays refused until an operator replaces the host (a membership change).
+//!
+//! The live cluster map rules over a record made on first contact: once it lists an
+//! incarnation for a host (set by `shardkv host add` for a new host, or by `shardkv host
+//! replace` after the host's replicas were taken out of their Raft groups), only that one is
+//! accepted, and it is recorded durably before it is.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,6 +34,8 @@ pub enum Verdict {
 pub struct PeerIncarnations {
     known: HashMap<HostId, u64>,
     recording: HashSet<HostId>,
+    /// The incarnation the live map lists for each host whose one it knows.
+    listed: HashMap<HostId, u64>,
 }
 
 impl PeerIncarnations {
@@ -37,7 +44,13 @@ impl PeerIncarnations {
         PeerIncarnations {
             known: known.into_iter().collect(),
             recording: HashSet::new(),
+            listed: HashMap::new(),
         }
+    }
+
+    /// The incarnations the live map lists, by host (0, "not known yet", is left out).
+    pub fn set_listed(&mut self, listed: impl IntoIterator<Item = (HostId, u64)>) {
+        self.listed = listed.into_iter().filter(|(_, i)| *i != 0).collect();
     }
 
     /// Judges a batch from `host` carrying `incarnation`.
@@ -53,10 +66,16 @@ impl PeerIncarnations {
     /// (snapshots): `Accept` for that incarnation, `Refuse` for any other, `Recording` while
     /// no record is durable yet.
     pub fn judge_known(&self, host: HostId, incarnation: u64) -> Verdict {
-        match self.known.get(&host) {
-            Some(&known) if known == incarnation => Verdict::Accept,
-            Some(&known) => Verdict::Refuse { known },
-            None => Verdict::Recording,
+        let known = self.known.get(&host).copied();
+        match self.listed.get(&host).copied() {
+            Some(listed) if listed != incarnation => Verdict::Refuse { known: listed },
+            // The map's one, not on record yet: recorded before it is accepted.
+            Some(_) if known != Some(incarnation) => Verdict::Recording,
+            _ => match known {
+                Some(known) if known == incarnation => Verdict::Accept,
+                Some(known) => Verdict::Refuse { known },
+                None => Verdict::Recording,
+            },
         }
     }
 
@@ -107,6 +126,33 @@ mod tests {
             peers.judge(2, 20),
             Verdict::Record,
             "judge_known recorded nothing"
+        );
+    }
+
+    #[test]
+    fn the_incarnation_the_map_lists_replaces_the_one_on_record() {
+        let mut peers = PeerIncarnations::new([(3, 30)]);
+        peers.set_listed([(3, 31), (4, 0)]);
+        assert_eq!(
+            peers.judge(3, 30),
+            Verdict::Refuse { known: 31 },
+            "the lost one"
+        );
+        assert_eq!(
+            peers.judge_known(3, 31),
+            Verdict::Recording,
+            "not durable yet"
+        );
+        assert_eq!(peers.judge(3, 31), Verdict::Record);
+        assert_eq!(peers.judge(3, 31), Verdict::Recording);
+        peers.recorded(3, Some(31));
+        assert_eq!(peers.judge(3, 31), Verdict::Accept);
+        assert_eq!(peers.judge_known(3, 31), Verdict::Accept);
+        assert_eq!(peers.records(), [(3, 31)]);
+        assert_eq!(
+            peers.judge(4, 40),
+            Verdict::Record,
+            "0 in the map: first contact rules"
         );
     }
 

@@ -164,6 +164,7 @@ impl Actor for RouterActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
+        self.push_listed_incarnations();
         self.push_preferred_leaders();
     }
 }

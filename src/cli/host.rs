@@ -1,6 +1,7 @@
-//! `shardkv host add ID` and `shardkv host remove ID`: hosts joining and leaving the live map.
+//! `shardkv host add ID`, `shardkv host remove ID` and `shardkv host replace ID`: hosts
+//! joining, leaving and coming back from a lost disk.
 //!
-//! Both are changes of the map (idempotent, so a re-run after a crash goes on where it
+//! `add` and `remove` are changes of the map (idempotent, so a re-run after a crash goes on where it
 //! stopped); the replicas themselves are moved by the balancer on the host leading the meta
 //! group (see `shardkv::balancer`), which `remove` waits for.
 
@@ -159,6 +160,19 @@ pub fn run_remove(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
              [[host]] entry in {} (its id is never reused)",
             cfg.cluster.path.display()
         );
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Runs `shardkv host replace ID`: a host whose data dir was lost, running on a new one,
+/// gets its replicas back (see `shardkv::replace`).
+pub fn run_replace(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let admin = admin_client(cfg)?;
+        let say = |step: &str| println!("host {id}: {step}");
+        shardkv::replace::replace_host(&admin, id, &say)
+            .await
+            .with_context(|| format!("replacing host {id}; re-run to continue"))?;
         Ok(ExitCode::SUCCESS)
     })
 }

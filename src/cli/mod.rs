@@ -118,6 +118,10 @@ enum HostCommand {
     /// Move every replica off host ID (waits), then remove it from the cluster for good.
     /// Refused if the other hosts could not hold every shard's replicas.
     Remove { id: u64 },
+    /// Bring back host ID after its data dir was lost: start it on an empty data dir (it
+    /// holds nothing and never votes), then run this; its replicas are re-added as learners
+    /// and promoted once caught up.
+    Replace { id: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,6 +287,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Host {
             command: HostCommand::Remove { id },
         } => host::run_remove(&load(&path)?, id),
+        Command::Host {
+            command: HostCommand::Replace { id },
+        } => host::run_replace(&load(&path)?, id),
         Command::Rebalance { no_wait } => rebalance::run(&load(&path)?, no_wait),
         Command::Bench(args) => bench::run(&path, args),
     }

@@ -195,6 +195,9 @@ struct MapRecordV1 {
 }
 
 impl ClusterMap {
+    /// The epoch of every day-0 map.
+    pub const DAY0_EPOCH: u64 = 1;
+
     /// The map at bootstrap, from the layout every host stored: shard `s` of `layout.shards`
     /// owns [`slot_range`]`(s, shards)`, its placed hosts are its voters, every placed host is
     /// active with its incarnation not yet known, the meta group ([`META_SHARD`], no slots)
@@ -205,7 +208,6 @@ impl ClusterMap {
     /// entries were appended since, and an appended host becomes a member by
     /// [`ClusterMap::add_host`] only.
     pub fn day0(layout: &Layout, hosts: &[(HostId, String)]) -> Result<Self, MapError> {
-        const DAY0: u64 = 1;
         if layout.shards == 0 || layout.shards > u32::from(SLOT_COUNT) {
             return Err(MapError::BadShardCount {
                 shards: layout.shards,
@@ -243,7 +245,7 @@ impl ClusterMap {
             let entry = ShardEntry {
                 slots: vec![slot_range(*shard, layout.shards)],
                 replicas,
-                epoch: DAY0,
+                epoch: Self::DAY0_EPOCH,
             };
             if shards.insert(*shard, entry).is_some() {
                 return Err(MapError::DuplicateShard { shard: *shard });
@@ -256,10 +258,10 @@ impl ClusterMap {
                 .into_iter()
                 .map(|h| (h, ReplicaRole::Voter))
                 .collect(),
-            epoch: DAY0,
+            epoch: Self::DAY0_EPOCH,
         };
         shards.insert(META_SHARD, meta);
-        ClusterMap::checked(DAY0, members, shards)
+        ClusterMap::checked(Self::DAY0_EPOCH, members, shards)
     }
 
     /// Builds the index and checks every invariant.

@@ -5,7 +5,7 @@
 use actix::prelude::*;
 use shardkv_transport::cluster_map::{MAP_KEY, META_SHARD};
 use shardkv_transport::wire::{MapRequest, Op, ReadConsistency, Request, Response};
-use shardkv_transport::{ClusterMap, MapError};
+use shardkv_transport::{ClusterMap, HostId, MapError};
 use tracing::info;
 
 use super::RouterActor;
@@ -66,12 +66,26 @@ impl Handler<SetMap> for RouterActor {
                 "routing by a newer cluster map"
             );
             self.settings.map = msg.0;
+            self.push_listed_incarnations();
             self.push_preferred_leaders();
         }
     }
 }
 
 impl RouterActor {
+    /// Hands the incarnations the map lists to the peer admission check (the map rules over
+    /// first contact: see [`crate::incarnations`]).
+    pub(super) fn push_listed_incarnations(&mut self) {
+        let listed: Vec<(HostId, u64)> = self
+            .settings
+            .map
+            .hosts()
+            .iter()
+            .map(|(id, h)| (*id, h.incarnation))
+            .collect();
+        self.peers.set_listed(listed);
+    }
+
     /// Tells every local replica which host the map prefers to lead its shard.
     pub(super) fn push_preferred_leaders(&self) {
         let preferred = self.settings.map.preferred_leaders();

@@ -14,6 +14,9 @@
 //! - `last-cluster-map` ([`ClusterMap::encode`]): the last live map this host's map watcher
 //!   took, so that a restart routes and links peers by it, not by the day-0 map, before the
 //!   meta group answers (or when it cannot, having lost its quorum).
+//! - `awaiting-replace` (empty): this data dir replaced a lost one (a peer knew the host by
+//!   another incarnation); no replica starts here until the live map lists this data dir's
+//!   incarnation (`shardkv host replace`), whatever restarts happen meanwhile.
 
 use heed::RwTxn;
 use shardkv_transport::{ClusterMap, HostId, Layout, ShardId};
@@ -27,6 +30,7 @@ const LAYOUT: &[u8] = b"layout";
 const PEER_INCARNATION: &[u8] = b"peer-incarnation";
 const RETIRED: &[u8] = b"retired-shard";
 const LAST_MAP: &[u8] = b"last-cluster-map";
+const AWAITING_REPLACE: &[u8] = b"awaiting-replace";
 
 /// The data dir's incarnation, drawn (and written in `wtxn`) if it has none yet. A data dir of
 /// an older version gets one at its first start here, before it sends any Raft traffic.
@@ -104,6 +108,25 @@ pub fn retired_op(shard: ShardId) -> WriteOp {
 pub fn is_retired(schema: &Schema, shard: ShardId) -> Result<bool, ActorError> {
     let rtxn = schema.env.read_txn()?;
     Ok(schema.meta.get(&rtxn, &retired_key(shard))?.is_some())
+}
+
+/// Records, durably, that this data dir replaced a lost one.
+pub fn store_awaiting_replace(schema: &Schema) -> Result<(), ActorError> {
+    let mut wtxn = schema.env.write_txn()?;
+    schema.meta.put(&mut wtxn, AWAITING_REPLACE, &[])?;
+    wtxn.commit()?;
+    Ok(())
+}
+
+/// Whether this data dir replaced a lost one and the map does not list it yet.
+pub fn is_awaiting_replace(schema: &Schema) -> Result<bool, ActorError> {
+    let rtxn = schema.env.read_txn()?;
+    Ok(schema.meta.get(&rtxn, AWAITING_REPLACE)?.is_some())
+}
+
+/// The write that records that the live map lists this data dir's incarnation.
+pub fn replaced_op() -> WriteOp {
+    WriteOp::Delete(TableId::Meta, AWAITING_REPLACE.to_vec())
 }
 
 /// The write that records `map` as the last live map this host took.
