@@ -149,8 +149,18 @@ impl Balancer {
         match move_replica(&self.admin, m.shard, m.from, m.to, self.replicas, &say).await {
             Ok(()) => {}
             Err(MoveError::Refused(why)) => {
-                error!(shard = m.shard, from = m.from, to = m.to, %why, "move refused; skipping it");
-                self.refused.insert(m);
+                // Refused once recorded (a step of the Raft change): the record keeps the shard
+                // out of every plan, so it is taken up again, not skipped.
+                let recorded = match self.admin.read_map().await {
+                    Ok(read) => read.map.moves_in_flight().get(&m.shard) == Some(&m),
+                    Err(_) => true,
+                };
+                if recorded {
+                    warn!(shard = m.shard, from = m.from, to = m.to, %why, "move step refused; retrying");
+                } else {
+                    error!(shard = m.shard, from = m.from, to = m.to, %why, "move refused; skipping it");
+                    self.refused.insert(m);
+                }
             }
             // A timeout or an unreachable host: the recorded move is taken up again next round.
             Err(e) => {

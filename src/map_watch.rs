@@ -2,8 +2,10 @@
 //! [`MAP_POLL_EVERY`], stores each newer one in the host's data dir (a restart starts from it,
 //! see [`map_at_start`]), links the host to every member it has no Raft link to, hands the map
 //! to the router (which routes keys and admits Raft traffic by it), and makes the host's
-//! replicas follow it. Storing and linking come before the router takes the map, so a host
-//! that reports an epoch has stored that map and links every host it lists.
+//! replicas follow it. Storing (tried; a failure is retried at the next poll) and linking come
+//! before the router takes the map, so a host that reports an epoch links every host it lists.
+//! Without a meta leader it takes the newest map a peer routes by, for routing, admission and
+//! links only (see `follow_peers`).
 //!
 //! A shard the map places on this host and the host does not hold gets a joining replica,
 //! which waits, configured as nothing, until the shard's leader adds it as a learner and
@@ -163,7 +165,13 @@ impl MapWatcher {
     }
 
     async fn poll(&mut self) -> Result<(), String> {
-        let map = self.client.read_map().await.map_err(|e| e.to_string())?.map;
+        let map = match self.client.read_map().await {
+            Ok(read) => read.map,
+            Err(e) => {
+                self.follow_peers().await;
+                return Err(e.to_string());
+            }
+        };
         if map.epoch() > self.stored {
             self.store(&map).await;
         }
@@ -178,6 +186,29 @@ impl MapWatcher {
         // Every time, not only on a new epoch: a step that failed is retried.
         self.reconcile(&map).await;
         Ok(())
+    }
+
+    /// Without a meta leader, routes, admits and links by the newest map a peer routes by: a
+    /// host that restarts with a map older than a move of the meta group would otherwise drop
+    /// the traffic of the meta group's new voters, and the meta group could not elect the
+    /// leader that would tell it the new map. Replicas are not joined or retired on it: that
+    /// waits for a linearizable read.
+    async fn follow_peers(&mut self) {
+        let Some(map) = self.client.newest_known_map().await else {
+            return;
+        };
+        if map.epoch() > self.epoch {
+            info!(
+                epoch = map.epoch(),
+                "taking a newer cluster map from a peer"
+            );
+            if map.epoch() > self.stored {
+                self.store(&map).await;
+            }
+            self.dialer.follow(&map);
+            self.router.do_send(SetMap(map.clone()));
+            self.epoch = map.epoch();
+        }
     }
 
     /// Whether `map` lists this data dir's incarnation for this host, so that a data dir that

@@ -143,17 +143,11 @@ pub async fn move_replica(
     .await?;
 
     let (_, leader) = wait_leader(admin, &map, shard, to).await?;
-    if !leader.voters.contains(&to) && !leader.learners.contains(&to) {
+    if !lists(&leader, to) {
         say(&format!("adding host {to} as a learner"));
-        change(
-            admin,
-            &map,
-            shard,
-            to,
-            &[target(to, ReplicaTarget::Learner)],
-        )
-        .await?;
     }
+    let learner = [target(to, ReplicaTarget::Learner)];
+    change_until(admin, &map, shard, to, &learner, |l| lists(l, to)).await?;
     stop_after(Step::Learner)?;
     say(&format!("waiting for host {to} to catch up"));
     wait_caught_up(admin, &map, shard, to).await?;
@@ -197,7 +191,11 @@ pub async fn move_replica(
             let _ = admin.transfer_leader(host, shard, to).await;
             return Ok(false);
         }
-        change_once(admin, &map, shard, to, &[]).await
+        // Refused by a leader elected since the poll above: the next poll sees who leads.
+        match change_once(admin, &map, shard, to, &[]).await {
+            Err(MoveError::Refused(_)) => Ok(false),
+            other => other,
+        }
     })
     .await?;
     stop_after(Step::Left)?;
@@ -307,18 +305,45 @@ pub(crate) async fn change_once(
     }
 }
 
-/// Asks the shard's leader for `changes` until it answers `Ok`.
-pub(crate) async fn change(
+/// Asks the shard's leader for `changes` until `done` holds for the configuration the leader
+/// reports, checked before every attempt: a request repeated after someone else (another
+/// driver of the same move) took the group past it must not be applied again (a learner
+/// change sent to a voter would demote it). A refusal is retried too (it may come from a
+/// leader that has not seen what the next one will, e.g. a newer map), and is returned only
+/// once the step times out.
+pub(crate) async fn change_until(
     admin: &Client,
     map: &ClusterMap,
     shard: ShardId,
     extra: HostId,
     changes: &[ReplicaChange],
+    done: impl Fn(&ReplicaInfo) -> bool,
 ) -> Result<(), MoveError> {
-    wait_for("the replica change", || async {
-        change_once(admin, map, shard, extra, changes).await
+    let refused = std::cell::RefCell::new(None);
+    let outcome = wait_for("the replica change", || async {
+        let (_, leader) = wait_leader(admin, map, shard, extra).await?;
+        if done(&leader) {
+            return Ok(true);
+        }
+        match change_once(admin, map, shard, extra, changes).await {
+            Err(MoveError::Refused(why)) => {
+                *refused.borrow_mut() = Some(why);
+                Ok(false)
+            }
+            // `Ok` means proposed; the next poll sees it applied.
+            other => other.map(|_| false),
+        }
     })
-    .await
+    .await;
+    match (outcome, refused.into_inner()) {
+        (Err(MoveError::Timeout { .. }), Some(why)) => Err(MoveError::Refused(why)),
+        (outcome, _) => outcome,
+    }
+}
+
+/// Whether `info`'s configuration lists `host` (incoming voter or learner).
+pub(crate) fn lists(info: &ReplicaInfo, host: HostId) -> bool {
+    info.voters.contains(&host) || info.learners.contains(&host)
 }
 
 /// Waits until `host`'s replica of `shard` has caught up with the leader (or votes already).

@@ -22,7 +22,9 @@ use shardkv_transport::wire::ReplicaTarget;
 use shardkv_transport::{ClusterMap, HostId, ReplicaRole, ShardId};
 
 use crate::client::Client;
-use crate::moves::{change, replica_on, target, wait_caught_up, wait_for, wait_leader, MoveError};
+use crate::moves::{
+    change_until, lists, replica_on, target, wait_caught_up, wait_for, wait_leader, MoveError,
+};
 
 /// Replaces host `host`, which runs on a new data dir (see the module docs). `say` reports
 /// each step.
@@ -77,26 +79,14 @@ pub async fn replace_host(
             || async { Ok(replica_on(admin, host, shard).await.is_some()) },
         )
         .await?;
-        let (_, leader) = wait_leader(admin, &map, shard, host).await?;
-        if !leader.voters.contains(&host) && !leader.learners.contains(&host) {
-            change(
-                admin,
-                &map,
-                shard,
-                host,
-                &[target(host, ReplicaTarget::Learner)],
-            )
-            .await?;
-        }
+        let learner = [target(host, ReplicaTarget::Learner)];
+        change_until(admin, &map, shard, host, &learner, |l| lists(l, host)).await?;
         say(&format!("shard {shard}: waiting for it to catch up"));
         wait_caught_up(admin, &map, shard, host).await?;
-        change(
-            admin,
-            &map,
-            shard,
-            host,
-            &[target(host, ReplicaTarget::Voter)],
-        )
+        let voter = [target(host, ReplicaTarget::Voter)];
+        change_until(admin, &map, shard, host, &voter, |l| {
+            l.voters.contains(&host)
+        })
         .await?;
         admin
             .change_map(|m: &mut ClusterMap| m.promote(shard, host))
@@ -122,16 +112,6 @@ async fn take_out(
              with `shardkv replica move` first"
         )));
     }
-    let listed = leader.voters.contains(&host) || leader.learners.contains(&host);
-    if listed {
-        change(
-            admin,
-            map,
-            shard,
-            host,
-            &[target(host, ReplicaTarget::Removed)],
-        )
-        .await?;
-    }
-    Ok(())
+    let removed = [target(host, ReplicaTarget::Removed)];
+    change_until(admin, map, shard, host, &removed, |l| !lists(l, host)).await
 }

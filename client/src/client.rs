@@ -482,9 +482,15 @@ impl Client {
                         last = format!("host {target} holds no replica of shard {shard}");
                         // The route is stale: the replica moved away.
                         let _ = self.refresh_routes(deadline).await;
-                        if let Some(h) = hosts.first() {
-                            target = *h;
-                            pause = false;
+                        // Follow a hint at once, twice in a row at most: hosts whose maps
+                        // disagree must not bounce the request between them without a pause.
+                        match hosts.iter().copied().find(|h| *h != target) {
+                            Some(h) if hops < 2 => {
+                                hops += 1;
+                                target = h;
+                                pause = false;
+                            }
+                            _ => hops = 0,
                         }
                     }
                     Response::Unavailable(why) => last = format!("shard {shard}: {why}"),

@@ -136,6 +136,17 @@ fn hosts_to_ask(configured: &HashMap<HostId, SocketAddr>, map: Option<&ClusterMa
 }
 
 impl Client {
+    /// The newest map the hosts route by (asked of the configured hosts and of the members
+    /// of the newest map known, at most one attempt timeout), without the meta group: how a
+    /// host whose meta group has no leader learns a map its peers already took. Every map a
+    /// host routes by was committed by the meta group, and epochs order them.
+    pub async fn newest_known_map(&self) -> Option<ClusterMap> {
+        let deadline = Instant::now() + self.settings().attempt_timeout;
+        // A failed refresh leaves what the cache holds.
+        let _ = self.refresh_routes(deadline).await;
+        self.newest_map().map(|m| (*m).clone())
+    }
+
     /// The newest cluster map this client has seen, if any.
     pub(crate) fn newest_map(&self) -> Option<Arc<ClusterMap>> {
         self.lock_routes().newest()

@@ -100,7 +100,8 @@ async fn wait_until_known(admin: &Client, map: &ClusterMap) {
                 Ok(s) if s.map_epoch >= map.epoch() => break,
                 _ if Instant::now() > deadline => {
                     eprintln!(
-                        "host {host} has not taken the new cluster map yet (is it up?); it                          will when it reads the map"
+                        "host {host} has not taken the new cluster map yet (is it up?); it will \
+                         when it reads the map"
                     );
                     break;
                 }
@@ -131,11 +132,17 @@ pub fn run_remove(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
             .filter(|(h, e)| **h != id && e.state == HostState::Active)
             .count();
         let held = map.shards_of_host(id).count();
-        if held > 0 && others < usize::try_from(replicas).unwrap_or(usize::MAX) {
+        // Each shard it holds needs as many other active hosts as it has replicas.
+        let needed = map
+            .shards_of_host(id)
+            .filter_map(|s| map.replicas_of(s).map(|r| r.len()))
+            .max()
+            .unwrap_or(0);
+        if held > 0 && others < needed {
             bail!(
-                "removing host {id} would leave {others} active hosts for {replicas} replicas \
-                 per shard, so its {held} replicas have nowhere to go: add a host first \
-                 (`shardkv host add`)"
+                "removing host {id} would leave {others} active hosts for shards of {needed} \
+                 replicas ({replicas} per data shard), so its {held} replicas have nowhere to \
+                 go: add a host first (`shardkv host add`)"
             );
         }
         admin

@@ -221,8 +221,11 @@ mod tests {
         };
         map.begin_move(back).expect("the next move");
         let before = map.clone();
-        map.finish_move(1, 1, 4, REPLICAS)
-            .expect("a late re-run of the first");
+        let late = map.finish_move(1, 1, 4, REPLICAS);
+        assert!(
+            matches!(late, Err(MapError::MoveInFlight { from: 2, to: 1, .. })),
+            "a late re-run of the first is refused, naming the next: {late:?}"
+        );
         assert_eq!(map, before, "the next move's learner and record stay");
     }
 

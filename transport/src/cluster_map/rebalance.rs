@@ -1,9 +1,10 @@
 //! The rebalancing planner: which replicas to move so that every active host carries the same
 //! number of replicas, give or take one, and no draining host carries any.
 //!
-//! It only plans. `shardkv rebalance` carries the moves out one by one through the meta group
-//! and the shards' conf changes, and runs the planner again after a crash: because the plan is
-//! a pure function of the map, a re-run plans what is left.
+//! It only plans. The balancer (`src/balancer.rs`) carries the moves out one by one through the
+//! meta group and the shards' conf changes, and runs the planner again after each: because the
+//! plan is a pure function of the map, a crash leaves nothing to remember but the move under
+//! way, which the map records.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -12,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::{HostId, ShardId};
 
-use super::{ClusterMap, HostState};
+use super::{ClusterMap, HostState, META_SHARD};
 
 /// One replica move: add `to` as a learner of `shard`, let it catch up, promote it and remove
 /// `from` in one joint change, then leave the joint configuration.
@@ -37,10 +38,10 @@ impl ClusterMap {
     /// - no host ever gets two replicas of one shard;
     /// - deterministic: the same map gives the same plan on every host.
     ///
-    /// Only settled shards move: those with exactly `replicas` replicas, all voters, and no
-    /// move recorded. A shard with a learner or an extra or missing replica is in the middle
-    /// of a move (or a `host replace`) and is planned for once that finishes. Hosts that are joining take no
-    /// replicas until they are active.
+    /// Only settled shards move: those with exactly `replicas` replicas (the meta group: as
+    /// many as it has), all voters, and no move recorded. A shard with a learner or an extra
+    /// or missing replica is in the middle of a move (or a `host replace`) and is planned for
+    /// once that finishes. Hosts that are joining take no replicas until they are active.
     pub fn plan_rebalance(&self, replicas: u32) -> Vec<Move> {
         let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
         let mut load: BTreeMap<HostId, usize> = self
@@ -61,7 +62,8 @@ impl ClusterMap {
             .shards
             .iter()
             .filter(|(id, s)| {
-                s.replicas.len() == replicas
+                // The meta group keeps its own size (at most `META_REPLICAS`).
+                (**id == META_SHARD || s.replicas.len() == replicas)
                     && s.learners().next().is_none()
                     && !self.moving.contains_key(id)
             })
@@ -276,6 +278,33 @@ mod tests {
             .plan_rebalance(REPLICAS)
             .iter()
             .all(|m| m.shard != first.shard));
+    }
+
+    #[test]
+    fn the_meta_group_is_planned_at_its_own_size() {
+        // Five replicas per data shard, the meta group on three hosts: draining a meta host
+        // still moves its meta replica.
+        let layout = Layout {
+            shards: 1,
+            replicas: 5,
+            pins: vec![],
+            placement: vec![(1, vec![1, 2, 3, 4, 5])],
+        };
+        let addrs: Vec<(HostId, String)> =
+            (1..=6).map(|h| (h, format!("127.0.0.1:710{h}"))).collect();
+        let mut map = ClusterMap::day0(&layout, &addrs).expect("day-0 map");
+        map.add_host(6, "127.0.0.1:7106").expect("add");
+        map.activate_host(6, 46).expect("activate");
+        map.drain_host(1).expect("drain");
+        let moves = map.pending_moves(5);
+        assert!(
+            moves.iter().any(|m| m.shard == META_SHARD && m.from == 1),
+            "{moves:?}"
+        );
+        assert!(
+            moves.iter().any(|m| m.shard == 1 && m.from == 1),
+            "{moves:?}"
+        );
     }
 
     #[test]
