@@ -8,6 +8,9 @@
 //! meta group changed leader mid-move), each shard's move is still one recorded move and one
 //! Raft change at a time (the map refuses a second move of a moving shard).
 //!
+//! A recorded move whose target is being removed, or that keeps failing (its target died), is
+//! rolled back instead if it has not reached its joint change (see `moves::abort_move`).
+//!
 //! A move records itself in the map when it starts (see [`ClusterMap::begin_move`]), so a move
 //! interrupted by a crash is finished by whichever host leads the meta group next, before
 //! anything new is planned. A recorded move this balancer did not start is taken over only
@@ -22,16 +25,19 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use shardkv_actors::router::{GetHostStatus, RouterActor};
 use shardkv_transport::cluster_map::META_SHARD;
-use shardkv_transport::{ClusterMap, HostId, Move};
+use shardkv_transport::{ClusterMap, HostId, HostState, Move};
 use tracing::{debug, error, info, warn};
 
 use crate::certs::CLI_CLIENT;
 use crate::client::{Client, ClientError, ClientSettings};
 use crate::config::{ClusterConfig, HostConfig};
-use crate::moves::{move_replica, MoveError};
+use crate::moves::{abort_move, move_replica, MoveError};
 
 /// How often the balancer looks at the map while nothing moves.
 pub const BALANCE_EVERY: Duration = Duration::from_secs(1);
+/// Failed attempts after which a recorded move before its joint change is rolled back: each
+/// attempt waits up to a minute per step, so its target has been unreachable for minutes.
+pub const ATTEMPTS_BEFORE_ROLLBACK: u32 = 3;
 /// How long a move someone else recorded stays theirs: longer than any one step of a move
 /// waits, so a driver that is alive has shown progress (or given up) by then.
 pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(90);
@@ -48,6 +54,8 @@ pub struct Balancer {
     /// Recorded moves, and since when this balancer has seen them recorded (the moves it
     /// started itself count as seen long ago: it takes them up again at once).
     seen: BTreeMap<Move, Instant>,
+    /// Failed attempts in a row, per move (see [`Balancer::gives_up_on`]).
+    failures: BTreeMap<Move, u32>,
 }
 
 impl Balancer {
@@ -67,6 +75,7 @@ impl Balancer {
             replicas: cfg.cluster.replicas,
             refused: BTreeSet::new(),
             seen: BTreeMap::new(),
+            failures: BTreeMap::new(),
         })
     }
 
@@ -110,12 +119,19 @@ impl Balancer {
             seen.get(m)
                 .is_some_and(|at| now.saturating_duration_since(*at) >= TAKE_OVER_AFTER)
         };
-        let under_way = recorded.iter().copied().filter(|m| ours(m, &self.seen));
+        // Theirs until taken over, unless its target is leaving: then it can only roll back.
+        let under_way = recorded
+            .iter()
+            .copied()
+            .filter(|m| ours(m, &self.seen) || target_leaving(&map, *m));
         // A shard with a recorded move is never planned again (see `plan_rebalance`).
         let next = under_way
             .chain(map.pending_moves(self.replicas))
             .find(|m| !self.refused.contains(m));
         match next {
+            Some(m) if recorded.contains(&m) && self.gives_up_on(&map, m) => {
+                self.roll_back(m).await;
+            }
             Some(m) => {
                 let long_ago = now.checked_sub(TAKE_OVER_AFTER).unwrap_or(now);
                 self.seen.insert(m, long_ago);
@@ -137,6 +153,42 @@ impl Balancer {
         Ok(())
     }
 
+    /// Whether a recorded move is to be rolled back rather than finished: its target is being
+    /// removed (or gone), or it failed [`ATTEMPTS_BEFORE_ROLLBACK`] times in a row (its target
+    /// died). Only a move before its joint change rolls back; past it, finishing is tried on.
+    fn gives_up_on(&self, map: &ClusterMap, m: Move) -> bool {
+        let failing = self.failures.get(&m).copied().unwrap_or(0) >= ATTEMPTS_BEFORE_ROLLBACK;
+        target_leaving(map, m) || failing
+    }
+
+    async fn roll_back(&mut self, m: Move) {
+        let say = |step: &str| {
+            info!(
+                shard = m.shard,
+                from = m.from,
+                to = m.to,
+                "rollback: {step}"
+            )
+        };
+        warn!(
+            shard = m.shard,
+            from = m.from,
+            to = m.to,
+            "rolling a move back"
+        );
+        match abort_move(&self.admin, m.shard, m.from, m.to, &say).await {
+            Ok(()) => {
+                self.failures.remove(&m);
+            }
+            // Past its joint change: finish it instead, from the next round on.
+            Err(MoveError::Refused(why)) => {
+                warn!(shard = m.shard, %why, "cannot roll the move back; finishing it");
+                self.failures.remove(&m);
+            }
+            Err(e) => warn!(shard = m.shard, error = %e, "rollback interrupted; retrying"),
+        }
+    }
+
     async fn carry_out(&mut self, map: &ClusterMap, m: Move) {
         let say = |step: &str| info!(shard = m.shard, from = m.from, to = m.to, "move: {step}");
         info!(
@@ -146,7 +198,16 @@ impl Balancer {
             epoch = map.epoch(),
             "moving a replica"
         );
-        match move_replica(&self.admin, m.shard, m.from, m.to, self.replicas, &say).await {
+        let outcome = move_replica(&self.admin, m.shard, m.from, m.to, self.replicas, &say).await;
+        match &outcome {
+            Err(MoveError::Timeout { .. } | MoveError::Client(_)) => {
+                *self.failures.entry(m).or_default() += 1;
+            }
+            _ => {
+                self.failures.remove(&m);
+            }
+        }
+        match outcome {
             Ok(()) => {}
             Err(MoveError::Refused(why)) => {
                 // Refused once recorded (a step of the Raft change): the record keeps the shard
@@ -168,4 +229,12 @@ impl Balancer {
             }
         }
     }
+}
+
+/// Whether `m`'s target is being removed from the cluster (or gone from the map).
+fn target_leaving(map: &ClusterMap, m: Move) -> bool {
+    !matches!(
+        map.host(m.to).map(|h| h.state),
+        Some(HostState::Joining | HostState::Active)
+    )
 }

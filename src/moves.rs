@@ -218,6 +218,55 @@ pub async fn move_replica(
     Ok(())
 }
 
+/// Rolls back `shard`'s move from `from` to `to` before its joint change (see
+/// [`ClusterMap::abort_move`]): the learner on `to` leaves the shard's Raft group, then the
+/// map drops it and the record. For a move whose target died or is being removed. Refused
+/// once the move is past its joint change (finishing it is then the only way out, and needs no
+/// `to`). A re-run after an interruption continues; a re-run once done changes nothing.
+pub async fn abort_move(
+    admin: &Client,
+    shard: ShardId,
+    from: HostId,
+    to: HostId,
+    say: &dyn Fn(&str),
+) -> Result<(), MoveError> {
+    let map = admin.read_map().await?.map;
+    let mut end = map.clone();
+    end.abort_move(shard, from, to)
+        .map_err(|e| MoveError::Refused(e.to_string()))?;
+    if end == map {
+        say("no such move under way");
+        return Ok(());
+    }
+    say(&format!("taking host {to}'s learner out of shard {shard}"));
+    wait_for("the learner's removal", || async {
+        let (_, leader) = wait_leader(admin, &map, shard, from).await?;
+        if leader.voters.contains(&to) || !leader.voters_outgoing.is_empty() {
+            return Err(MoveError::Refused(format!(
+                "the move of shard {shard} to host {to} is past its joint change: finish it \
+                 with `shardkv replica move {shard} {from} {to}`"
+            )));
+        }
+        if !lists(&leader, to) {
+            return Ok(true);
+        }
+        // Sent only while `to` is a learner (checked just above), so a driver racing ahead
+        // to the joint change makes this fail, never remove a voter.
+        let removed = [target(to, ReplicaTarget::Removed)];
+        match change_once(admin, &map, shard, from, &removed).await {
+            Err(MoveError::Refused(_)) => Ok(false),
+            other => other.map(|_| false),
+        }
+    })
+    .await?;
+    say("recording the rollback in the cluster map");
+    admin
+        .change_map(|m: &mut ClusterMap| m.abort_move(shard, from, to))
+        .await?;
+    say("aborted");
+    Ok(())
+}
+
 pub(crate) fn target(host: HostId, to: ReplicaTarget) -> ReplicaChange {
     ReplicaChange { host, to }
 }

@@ -175,3 +175,71 @@ async fn a_move_finishes_after_kill_9_of_the_leader_or_the_joining_host_at_every
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_target_died_rolls_back_when_the_target_is_removed() {
+    let mut cluster = common::Cluster::new(HOSTS, 1, 3);
+    cluster.start_all();
+    let client = cluster.client();
+    cluster.wait_ready(&client).await;
+    let added = tokio::task::block_in_place(|| cluster.cli(&["host", "add", "4"], &[]));
+    assert!(added.status.success(), "host add: {}", text(&added));
+    let map = cluster.admin().read_map().await.expect("map").map;
+    let before = map.replicas_of(SHARD).expect("shard").clone();
+    let from = *before.keys().next().expect("a holder");
+
+    // The move places its learner on host 4, which then dies for good.
+    let stopped = replica_move(&cluster, from, 4, Some("learner"));
+    assert!(text(&stopped).contains("test hook"), "{}", text(&stopped));
+    cluster.kill9(4);
+
+    // Removing host 4 rolls the move back (the balancer), then removes it.
+    let removed = tokio::task::block_in_place(|| cluster.cli(&["host", "remove", "4"], &[]));
+    if !removed.status.success() {
+        cluster.dump_logs();
+    }
+    assert!(removed.status.success(), "host remove: {}", text(&removed));
+    let map = cluster.admin().read_map().await.expect("map").map;
+    assert_eq!(
+        map.replicas_of(SHARD),
+        Some(&before),
+        "the shard is as it was"
+    );
+    assert!(map.moves_in_flight().is_empty());
+    // The group no longer lists host 4, and serves.
+    let (host, info) = loop {
+        if let Some(h) = leader(&cluster).await {
+            let s = cluster.admin().host_status(h).await.expect("status");
+            if let Some(r) = s
+                .replicas
+                .into_iter()
+                .find(|r| r.shard == SHARD && r.is_leader)
+            {
+                break (h, r);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !info.learners.contains(&4) && !info.voters.contains(&4),
+        "host {host}: {info:?}"
+    );
+    client
+        .put(b"after", b"rollback")
+        .await
+        .expect("a write after the rollback");
+    let again = replica_move(&cluster, from, 4, None);
+    assert!(
+        !again.status.success(),
+        "a removed host takes no replica: {}",
+        text(&again)
+    );
+    let (shard, f) = (SHARD.to_string(), from.to_string());
+    let abort = ["replica", "move", &shard, &f, "4", "--abort"];
+    let aborted = tokio::task::block_in_place(|| cluster.cli(&abort, &[]));
+    assert!(
+        aborted.status.success() && text(&aborted).contains("no such move"),
+        "an abort once rolled back is a no-op: {}",
+        text(&aborted)
+    );
+}

@@ -132,10 +132,12 @@ pub fn run_remove(cfg: &ClusterConfig, id: HostId) -> anyhow::Result<ExitCode> {
             .filter(|(h, e)| **h != id && e.state == HostState::Active)
             .count();
         let held = map.shards_of_host(id).count();
-        // Each shard it holds needs as many other active hosts as it has replicas.
+        // Each shard it votes in needs as many other active hosts as it has voters (a learner
+        // it holds belongs to a move that rolls back).
         let needed = map
             .shards_of_host(id)
-            .filter_map(|s| map.replicas_of(s).map(|r| r.len()))
+            .filter(|s| map.voters_of(*s).any(|v| v == id))
+            .map(|s| map.voters_of(s).count())
             .max()
             .unwrap_or(0);
         if held > 0 && others < needed {

@@ -128,7 +128,14 @@ enum HostCommand {
 enum ReplicaCommand {
     /// Move SHARD's replica from host FROM to host TO while it serves (learner, catch-up,
     /// joint change, leave); safe to re-run after an interruption. SHARD 0 is the meta group.
-    Move { shard: u32, from: u64, to: u64 },
+    Move {
+        shard: u32,
+        from: u64,
+        to: u64,
+        /// Roll the move back instead (before its joint change), e.g. when TO died.
+        #[arg(long)]
+        abort: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -279,8 +286,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json } => status::run(&load(&path)?, json),
         Command::Replica {
-            command: ReplicaCommand::Move { shard, from, to },
-        } => replica::run_move(&load(&path)?, shard, from, to),
+            command:
+                ReplicaCommand::Move {
+                    shard,
+                    from,
+                    to,
+                    abort,
+                },
+        } => replica::run_move(&load(&path)?, shard, from, to, abort),
         Command::Host {
             command: HostCommand::Add { id },
         } => host::run_add(&load(&path)?, id),

@@ -29,13 +29,27 @@ pub fn admin_client(cfg: &ClusterConfig) -> anyhow::Result<Client> {
     Client::new(settings).context("client setup")
 }
 
-/// Runs `shardkv replica move`.
+/// Runs `shardkv replica move` (with `abort`: rolls the move back instead).
 pub fn run_move(
     cfg: &ClusterConfig,
     shard: ShardId,
     from: HostId,
     to: HostId,
+    abort: bool,
 ) -> anyhow::Result<ExitCode> {
+    if abort {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let admin = admin_client(cfg)?;
+            let say = |step: &str| println!("shard {shard}: {step}");
+            shardkv::moves::abort_move(&admin, shard, from, to, &say)
+                .await
+                .with_context(|| format!("aborting the move of shard {shard} to host {to}"))
+        })?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if cfg.host(to).is_none() {
         bail!(
             "host {to} is not in {}: append its [[host]] entry first",

@@ -107,6 +107,34 @@ impl ClusterMap {
         Ok(())
     }
 
+    /// Rolls back the move of `shard` from `from` to `to` before its joint change: drops the
+    /// learner it placed on `to` and the record, in one change, leaving the shard as it was.
+    /// Not recorded and `to` holds no replica: nothing to do. Refused when another move of
+    /// the shard is recorded, or when `to` is no learner (the move went past its joint change,
+    /// and only finishing it leaves that configuration).
+    pub fn abort_move(&mut self, shard: ShardId, from: HostId, to: HostId) -> Result<(), MapError> {
+        let entry = self.known_shard(shard)?;
+        let this = Move { shard, from, to };
+        match self.moving.get(&shard) {
+            Some(recorded) if *recorded == this => {}
+            Some(other) => {
+                return Err(MapError::MoveInFlight {
+                    shard,
+                    from: other.from,
+                    to: other.to,
+                })
+            }
+            None if !entry.replicas.contains_key(&to) => return Ok(()),
+            None => {}
+        }
+        if entry.replicas.get(&to) != Some(&ReplicaRole::Learner) {
+            return Err(MapError::AlreadyVoter { shard, host: to });
+        }
+        self.set_role(shard, to, None);
+        self.moving.remove(&shard);
+        Ok(())
+    }
+
     /// Records that an operator wants replicas spread evenly. Already asked: nothing to do.
     pub fn request_rebalance(&mut self) -> Result<(), MapError> {
         if !self.rebalance {
@@ -246,6 +274,29 @@ mod tests {
             map.begin_move(onto_voter),
             Err(MapError::AlreadyVoter { .. })
         ));
+    }
+
+    #[test]
+    fn an_aborted_move_leaves_the_shard_as_it_was_and_a_re_run_changes_nothing() {
+        let start = map_with_host_4();
+        let mut map = start.clone();
+        map.begin_move(M).expect("begin");
+        map.abort_move(1, 1, 4).expect("abort");
+        assert_eq!(map.replicas_of(1), start.replicas_of(1));
+        assert!(map.moves_in_flight().is_empty());
+        assert_eq!(map.epoch(), start.epoch() + 2);
+        let aborted = map.clone();
+        map.abort_move(1, 1, 4).expect("again");
+        assert_eq!(map, aborted);
+    }
+
+    #[test]
+    fn a_finished_move_cannot_be_aborted() {
+        let mut map = map_with_host_4();
+        map.begin_move(M).expect("begin");
+        map.finish_move(1, 1, 4, REPLICAS).expect("finish");
+        // Not recorded any more, and host 4 votes: it is no move to roll back.
+        assert!(map.abort_move(1, 1, 4).is_err());
     }
 
     #[test]
