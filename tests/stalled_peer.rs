@@ -171,7 +171,11 @@ async fn a_stalled_peer_leaves_the_cluster_serving_with_bounded_memory_and_nothi
     // Host 3 resumes, catches up, and holds every acknowledged write itself.
     cluster.resume(3);
     let resumed = Instant::now();
-    cluster.wait_caught_up(&admin, 3).await;
+    // Hundreds of MiB to catch up, on a CI machine of 2 loaded cores: how long it takes is
+    // printed, not asserted (speed lives in benchmarks); that it catches up is.
+    cluster
+        .wait_caught_up_within(&admin, 3, Duration::from_secs(120))
+        .await;
     eprintln!("host 3 caught up in {:?}", resumed.elapsed());
     let conn = cluster.raw_connection("cli", 2).await;
     for i in 0..WARM_UP_WRITES + STALLED_WRITES {

@@ -217,7 +217,14 @@ impl Cluster {
     /// Waits until every local replica of host `id` has applied what its shard's leader had
     /// committed.
     pub async fn wait_caught_up(&self, client: &Client, id: HostId) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        self.wait_caught_up_within(client, id, Duration::from_secs(30))
+            .await
+    }
+
+    /// Like [`Cluster::wait_caught_up`], for up to `within` (a catch-up of much data on a
+    /// loaded machine).
+    pub async fn wait_caught_up_within(&self, client: &Client, id: HostId, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
         loop {
             let mut commit = std::collections::HashMap::new();
             for h in self.cfg.hosts.iter().map(|h| h.host.id) {

@@ -52,7 +52,18 @@ pub struct LeaderPlacement {
     handoff_at: Option<Instant>,
     /// When this replica last handed its leadership away because its disk was slow.
     slow_disk_handoff_at: Option<Instant>,
+    /// When this replica last handed leadership back to the preferred host.
+    handed_back_at: Option<Instant>,
+    /// Hand-backs in a row after which leadership soon came back here (the preferred host
+    /// could not hold it: say it is busy catching a peer up and its heartbeats are late):
+    /// each doubles the settling interval before the next, up to [`HAND_BACK_BACKOFF_MAX`].
+    bounced: u32,
 }
+
+/// Most doublings of the settling interval after hand-backs that bounced (2^5 = 32 times).
+const HAND_BACK_BACKOFF_MAX: u32 = 5;
+/// A leadership that returns within this many settling intervals of a hand-back bounced.
+const BOUNCE_WINDOW: u32 = 10;
 
 impl LeaderPlacement {
     /// `preferred`: the host that should lead when healthy (None: whoever wins elections).
@@ -72,12 +83,25 @@ impl LeaderPlacement {
             settled_at: now,
             handoff_at: None,
             slow_disk_handoff_at: None,
+            handed_back_at: None,
+            bounced: 0,
         }
     }
 
-    /// The replica's role changed at `now`: the settling interval starts over.
-    pub fn role_changed(&mut self, now: Instant) {
+    /// The replica's role changed at `now` (to leader if `leads`): the settling interval
+    /// starts over, and a leadership that came back soon after a hand-back counts as bounced.
+    pub fn role_changed(&mut self, now: Instant, leads: bool) {
         self.settled_at = now;
+        if !leads {
+            return;
+        }
+        let window = self.settle * BOUNCE_WINDOW;
+        match self.handed_back_at {
+            Some(at) if now.saturating_duration_since(at) < window => {
+                self.bounced = (self.bounced + 1).min(HAND_BACK_BACKOFF_MAX);
+            }
+            _ => self.bounced = 0,
+        }
     }
 
     /// Whether a leader should now hand leadership back to its preferred host, and to whom.
@@ -94,7 +118,7 @@ impl LeaderPlacement {
         if self.preferred == self.me
             || self.handoff_at.is_some()
             || transfer_pending
-            || now.saturating_duration_since(self.settled_at) < self.settle
+            || now.saturating_duration_since(self.settled_at) < self.settle * (1 << self.bounced)
         {
             return None;
         }
@@ -103,6 +127,7 @@ impl LeaderPlacement {
             return None;
         }
         self.settled_at = now;
+        self.handed_back_at = Some(now);
         Some(self.preferred)
     }
 
@@ -278,10 +303,29 @@ mod tests {
     fn a_role_change_restarts_the_settling_interval() {
         let t0 = Instant::now();
         let mut p = LeaderPlacement::new(1, Some(2), TIMEOUT, t0);
-        p.role_changed(t0 + 2 * TIMEOUT);
+        p.role_changed(t0 + 2 * TIMEOUT, false);
         let pref = Some(progress(2, true, 10));
         assert_eq!(p.hand_back(t0 + 3 * TIMEOUT, false, pref, 10), None);
         assert_eq!(p.hand_back(t0 + 4 * TIMEOUT, false, pref, 10), Some(2));
+    }
+
+    #[test]
+    fn a_hand_back_that_bounces_doubles_the_wait_before_the_next() {
+        let t0 = Instant::now();
+        let settle = 2 * TIMEOUT;
+        let mut p = LeaderPlacement::new(1, Some(2), TIMEOUT, t0);
+        let pref = Some(progress(2, true, 10));
+        assert_eq!(p.hand_back(t0 + settle, false, pref, 10), Some(2));
+        // Leadership comes back at once: the next hand-back waits twice as long.
+        let back = t0 + settle + TIMEOUT;
+        p.role_changed(back, false);
+        p.role_changed(back, true);
+        assert_eq!(p.hand_back(back + settle, false, pref, 10), None);
+        assert_eq!(p.hand_back(back + 2 * settle, false, pref, 10), Some(2));
+        // Once it stays away long enough, the next return starts from the normal interval.
+        let much_later = back + 2 * settle + settle * (BOUNCE_WINDOW + 1);
+        p.role_changed(much_later, true);
+        assert_eq!(p.hand_back(much_later + settle, false, pref, 10), Some(2));
     }
 
     #[test]

@@ -323,7 +323,8 @@ impl ReplicaActor {
         }
         if role != self.role {
             self.lease.reset();
-            self.placement.role_changed(std::time::Instant::now());
+            self.placement
+                .role_changed(std::time::Instant::now(), role == StateRole::Leader);
         }
         self.role = role;
     }
