@@ -16,12 +16,7 @@ use shardkv_transport::{ClusterMap, HostId, HostState};
 
 use super::progress::wait_for_moves;
 use super::replica::admin_client;
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+use super::runtime;
 
 /// Runs `shardkv host add ID`: a running host, listed in cluster.toml but not in the map,
 /// becomes an active member (holding nothing until `shardkv rebalance` moves replicas on).

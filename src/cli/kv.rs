@@ -8,11 +8,7 @@ use shardkv::client::{Client, ClientSettings};
 use shardkv::config::ClusterConfig;
 use shardkv_transport::wire::ReadConsistency;
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+use super::runtime;
 
 fn client(cfg: &ClusterConfig, consistency: ReadConsistency) -> anyhow::Result<Client> {
     let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);

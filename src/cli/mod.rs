@@ -177,6 +177,13 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// The runtime a one-shot command runs its client on.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn config_path(arg: Option<PathBuf>) -> PathBuf {
     arg.unwrap_or_else(|| PathBuf::from("cluster.toml"))
 }

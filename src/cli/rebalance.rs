@@ -11,14 +11,12 @@ use shardkv_transport::ClusterMap;
 
 use super::progress::wait_for_moves;
 use super::replica::admin_client;
+use super::runtime;
 
 /// Runs `shardkv rebalance`.
 pub fn run(cfg: &ClusterConfig, no_wait: bool) -> anyhow::Result<ExitCode> {
     let replicas = cfg.cluster.replicas;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let admin = admin_client(cfg)?;
         let map = admin
             .change_map(ClusterMap::request_rebalance)

@@ -10,6 +10,8 @@ use shardkv::client::{Client, ClientSettings};
 use shardkv::config::ClusterConfig;
 use shardkv_transport::{HostId, ShardId};
 
+use super::runtime;
+
 /// A client holding a host certificate of `cfg` (replica and map changes require one).
 pub fn admin_client(cfg: &ClusterConfig) -> anyhow::Result<Client> {
     let Some(host) = cfg
@@ -37,34 +39,24 @@ pub fn run_move(
     to: HostId,
     abort: bool,
 ) -> anyhow::Result<ExitCode> {
-    if abort {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let admin = admin_client(cfg)?;
-            let say = |step: &str| println!("shard {shard}: {step}");
-            shardkv::moves::abort_move(&admin, shard, from, to, &say)
-                .await
-                .with_context(|| format!("aborting the move of shard {shard} to host {to}"))
-        })?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if cfg.host(to).is_none() {
+    if !abort && cfg.host(to).is_none() {
         bail!(
             "host {to} is not in {}: append its [[host]] entry first",
             cfg.cluster.path.display()
         );
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    runtime()?.block_on(async {
         let admin = admin_client(cfg)?;
         let say = |step: &str| println!("shard {shard}: {step}");
-        shardkv::moves::move_replica(&admin, shard, from, to, cfg.cluster.replicas, &say)
-            .await
-            .with_context(|| format!("moving shard {shard} from host {from} to host {to}"))
+        if abort {
+            shardkv::moves::abort_move(&admin, shard, from, to, &say)
+                .await
+                .with_context(|| format!("aborting the move of shard {shard} to host {to}"))
+        } else {
+            shardkv::moves::move_replica(&admin, shard, from, to, cfg.cluster.replicas, &say)
+                .await
+                .with_context(|| format!("moving shard {shard} from host {from} to host {to}"))
+        }
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -17,16 +17,10 @@ impl ClusterMap {
     /// or when `m.to` cannot take a replica.
     pub fn begin_move(&mut self, m: Move) -> Result<(), MapError> {
         let shard = m.shard;
-        match self.moving.get(&shard) {
-            Some(recorded) if *recorded == m => return Ok(()),
-            Some(other) => {
-                return Err(MapError::MoveInFlight {
-                    shard,
-                    from: other.from,
-                    to: other.to,
-                })
-            }
-            None => {}
+        match self.recorded(m) {
+            Recorded::This => return Ok(()),
+            Recorded::Other(other) => return Err(other),
+            Recorded::Nothing => {}
         }
         let replicas = &self.known_shard(shard)?.replicas;
         if !replicas.contains_key(&m.from) {
@@ -73,17 +67,11 @@ impl ClusterMap {
         let this = Move { shard, from, to };
         let to_role = entry.replicas.get(&to).copied();
         let done = to_role == Some(ReplicaRole::Voter) && !entry.replicas.contains_key(&from);
-        match self.moving.get(&shard) {
-            Some(recorded) if *recorded == this => {}
+        match self.recorded(this) {
+            Recorded::This => {}
             _ if done => return Ok(()),
-            Some(other) => {
-                return Err(MapError::MoveInFlight {
-                    shard,
-                    from: other.from,
-                    to: other.to,
-                })
-            }
-            None => {}
+            Recorded::Other(other) => return Err(other),
+            Recorded::Nothing => {}
         }
         if to_role.is_none() {
             return Err(MapError::NotReplica { shard, host: to });
@@ -115,17 +103,11 @@ impl ClusterMap {
     pub fn abort_move(&mut self, shard: ShardId, from: HostId, to: HostId) -> Result<(), MapError> {
         let entry = self.known_shard(shard)?;
         let this = Move { shard, from, to };
-        match self.moving.get(&shard) {
-            Some(recorded) if *recorded == this => {}
-            Some(other) => {
-                return Err(MapError::MoveInFlight {
-                    shard,
-                    from: other.from,
-                    to: other.to,
-                })
-            }
-            None if !entry.replicas.contains_key(&to) => return Ok(()),
-            None => {}
+        match self.recorded(this) {
+            Recorded::This => {}
+            Recorded::Other(other) => return Err(other),
+            Recorded::Nothing if !entry.replicas.contains_key(&to) => return Ok(()),
+            Recorded::Nothing => {}
         }
         if entry.replicas.get(&to) != Some(&ReplicaRole::Learner) {
             return Err(MapError::AlreadyVoter { shard, host: to });
@@ -133,6 +115,19 @@ impl ClusterMap {
         self.set_role(shard, to, None);
         self.moving.remove(&shard);
         Ok(())
+    }
+
+    /// What the map records for `m`'s shard, seen from `m`.
+    fn recorded(&self, m: Move) -> Recorded {
+        match self.moving.get(&m.shard) {
+            Some(recorded) if *recorded == m => Recorded::This,
+            Some(other) => Recorded::Other(MapError::MoveInFlight {
+                shard: m.shard,
+                from: other.from,
+                to: other.to,
+            }),
+            None => Recorded::Nothing,
+        }
     }
 
     /// Records that an operator wants replicas spread evenly. Already asked: nothing to do.
@@ -153,6 +148,14 @@ impl ClusterMap {
         }
         Ok(())
     }
+}
+
+/// What the map records for a move's shard: that move, another one (as the refusal to give),
+/// or none.
+enum Recorded {
+    This,
+    Other(MapError),
+    Nothing,
 }
 
 #[cfg(test)]
