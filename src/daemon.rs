@@ -14,8 +14,8 @@ use shardkv_actors::messages::{ClientRequest, InboundRaft, InboundSnapshot};
 use shardkv_actors::peer::links::{PeerDialer, PeerLinks};
 use shardkv_actors::replica::ReplicaSettings;
 use shardkv_actors::router::{
-    ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, TransferAll,
-    TransferShardLeader,
+    ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, SplitLocalShard,
+    TransferAll, TransferShardLeader,
 };
 use shardkv_actors::schema::{map_record, meta, raft_records, Schema};
 use shardkv_actors::shard::Compaction;
@@ -24,7 +24,7 @@ use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
-use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response};
+use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response, SplitSpec};
 use shardkv_transport::{ClusterMap, HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
 
@@ -445,6 +445,20 @@ impl Handler for HostHandler {
         changes: Vec<ReplicaChange>,
     ) -> impl std::future::Future<Output = Response> + Send {
         let fut = self.router.send(ChangeShardReplicas { shard, changes });
+        async move {
+            match fut.await {
+                Ok(resp) => resp,
+                Err(e) => Response::Internal(format!("router unreachable: {e}")),
+            }
+        }
+    }
+
+    fn split_shard(
+        &self,
+        shard: ShardId,
+        split: SplitSpec,
+    ) -> impl std::future::Future<Output = Response> + Send {
+        let fut = self.router.send(SplitLocalShard { shard, split });
         async move {
             match fut.await {
                 Ok(resp) => resp,

@@ -180,6 +180,7 @@ impl ReplicaFactory {
             preferred: replica.clone().recipient(),
             snapshots: replica.clone().recipient(),
             changes: replica.clone().recipient(),
+            split: replica.clone().recipient(),
             stop: replica.recipient(),
             stop_shard: shard_actor.recipient(),
         })

@@ -170,6 +170,12 @@ pub struct ChangeReplicas {
     pub changes: Vec<shardkv_transport::wire::ReplicaChange>,
 }
 
+/// To a ReplicaActor: propose the split of its shard (see
+/// [`shardkv_transport::wire::AdminRequest::SplitShard`]); resolves once applied here.
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct ProposeSplit(pub shardkv_transport::wire::SplitSpec);
+
 /// To a ReplicaActor: if leader, hand leadership to another voter (before a graceful stop).
 /// Answers whether it was the leader when asked.
 #[derive(Message)]

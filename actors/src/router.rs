@@ -15,8 +15,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::incarnations::{PeerIncarnations, Verdict};
 use crate::messages::{
-    ChangeReplicas, ClientRequest, GetStatus, InboundRaft, InboundSnapshot, Persist, StepRaft,
-    StepSnapshot, TransferLeadership, WriteBatch,
+    ChangeReplicas, ClientRequest, GetStatus, InboundRaft, InboundSnapshot, Persist, ProposeSplit,
+    StepRaft, StepSnapshot, TransferLeadership, WriteBatch,
 };
 use crate::metrics::metrics;
 use crate::replica::stop::StopReplica;
@@ -34,6 +34,7 @@ pub struct LocalReplica {
     pub preferred: Recipient<SetPreferredLeader>,
     pub snapshots: Recipient<StepSnapshot>,
     pub changes: Recipient<ChangeReplicas>,
+    pub split: Recipient<ProposeSplit>,
     /// Stops the ReplicaActor.
     pub stop: Recipient<StopReplica>,
     /// Stops the shard's ShardActor (its state machine).
@@ -288,6 +289,7 @@ fn result_of(resp: &Response) -> &'static str {
         Response::CasFailed { .. } => "cas_failed",
         Response::NotLeader { .. } => "not_leader",
         Response::NoReplicaHere { .. } => "no_replica",
+        Response::WrongShard { .. } => "wrong_shard",
         Response::TooLarge { .. } => "too_large",
         Response::Invalid(_) => "invalid",
         Response::Unavailable(_) => "unavailable",
@@ -447,6 +449,27 @@ impl Handler<TransferShardLeader> for RouterActor {
                 shard,
                 replica.transfer_to.send(TransferLeaderTo { to: msg.to }),
             ),
+            Err(resp) => Box::pin(async move { resp }),
+        }
+    }
+}
+
+/// To the RouterActor: split `shard` through its replica here (see
+/// [`shardkv_transport::wire::AdminRequest::SplitShard`]).
+#[derive(Message)]
+#[rtype(result = "Response")]
+pub struct SplitLocalShard {
+    pub shard: ShardId,
+    pub split: shardkv_transport::wire::SplitSpec,
+}
+
+impl Handler<SplitLocalShard> for RouterActor {
+    type Result = ResponseFuture<Response>;
+
+    fn handle(&mut self, msg: SplitLocalShard, _: &mut Self::Context) -> Self::Result {
+        let shard = msg.shard;
+        match self.local_replica(shard) {
+            Ok(replica) => answer_from(shard, replica.split.send(ProposeSplit(msg.split))),
             Err(resp) => Box::pin(async move { resp }),
         }
     }

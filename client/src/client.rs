@@ -194,6 +194,19 @@ impl Client {
             .await
     }
 
+    /// Asks host `host`, which must lead `shard`, to split it as `split` says (see
+    /// [`AdminRequest::SplitShard`]); one attempt. `Ok` once applied on that host. Hosts
+    /// accept it only from a client holding a host certificate.
+    pub async fn split_shard(
+        &self,
+        host: HostId,
+        shard: ShardId,
+        split: shardkv_transport::wire::SplitSpec,
+    ) -> Result<Response, ClientError> {
+        self.admin(host, AdminRequest::SplitShard { shard, split })
+            .await
+    }
+
     /// Test hook: switches on faults in host `host`. Only hosts built with the
     /// `fault-injection` feature understand it, and they accept it only from a client that
     /// holds a host certificate (the test harness); a client certificate is answered `Invalid`.
@@ -494,6 +507,10 @@ impl Client {
                         }
                     }
                     Response::Unavailable(why) => last = format!("shard {shard}: {why}"),
+                    Response::WrongShard { epoch, .. } => {
+                        last = format!("shard {shard} gave up the key's slot at map epoch {epoch}");
+                        let _ = self.refresh_routes(deadline).await;
+                    }
                     // A status reply to a data request would be a host bug: final.
                     other @ (Response::Status(_)
                     | Response::TooLarge { .. }

@@ -83,6 +83,12 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response> + Send;
     /// The reply to [`AdminRequest::TransferLeader`].
     fn transfer_leader(&self, shard: ShardId, to: HostId) -> impl Future<Output = Response> + Send;
+    /// The reply to [`AdminRequest::SplitShard`].
+    fn split_shard(
+        &self,
+        shard: ShardId,
+        split: crate::wire::SplitSpec,
+    ) -> impl Future<Output = Response> + Send;
     /// Where an arriving snapshot may be written (a fresh path in the host's data dir).
     fn snapshot_path(&self, from: HostId, shard: ShardId) -> PathBuf;
     /// A whole snapshot from host `from` has arrived in `path`, for the `MsgSnapshot` in
@@ -511,6 +517,13 @@ async fn serve_admin<H: Handler>(req: AdminRequest, peer: &PeerIdentity, handler
             PeerIdentity::Client(_) => {
                 warn!(%peer, shard, "refused a leadership transfer from a client certificate");
                 Response::Invalid("leadership transfers require a host certificate".into())
+            }
+        },
+        AdminRequest::SplitShard { shard, split } => match peer {
+            PeerIdentity::Host(_) => handler.split_shard(shard, split).await,
+            PeerIdentity::Client(_) => {
+                warn!(%peer, shard, "refused a shard split from a client certificate");
+                Response::Invalid("shard splits require a host certificate".into())
             }
         },
         #[cfg(all(feature = "fault-injection", debug_assertions))]

@@ -144,6 +144,11 @@ pub enum AdminRequest {
     /// is `Invalid`). Answered `Ok` once the transfer is started: it completes within an
     /// election timeout or not at all, so the caller polls the shard's status to see it.
     TransferLeader { shard: ShardId, to: HostId },
+    /// Split `shard` as `split` says (see `shardkv shard split`). Proposed by the shard's
+    /// leader on this host (others answer `NotLeader`); answered `Ok` once applied there, also
+    /// when the shard already owns no slot `>= split.at` (a re-run after a crash). Host
+    /// certificates only.
+    SplitShard { shard: ShardId, split: SplitSpec },
     /// Tests only: inject faults into this host's transport. Accepted only from a host
     /// certificate; compiled in only with the `fault-injection` feature, so a release host
     /// cannot even decode it.
@@ -172,6 +177,20 @@ pub enum MapRequest {
     /// meta group. Epochs order maps (a later map always has a higher one), so a caller that
     /// asks several hosts keeps the highest epoch it has seen and never goes back to a lower.
     Current,
+}
+
+/// A split of one shard, as recorded in the cluster map and proposed to the shard's log: at
+/// the index where it is applied, every replica of the shard hands the slots `>= at` to the
+/// new shard `child`, whose Raft group starts with `voters` on the same hosts (each of them
+/// holding the rows already) and a copy of the shard's client sessions.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct SplitSpec {
+    pub child: ShardId,
+    pub at: crate::slot::Slot,
+    pub voters: Vec<HostId>,
+    /// The map epoch that records the split: both shards' ownership dates from it, and a
+    /// request the parent refuses afterwards names it (`Response::WrongShard`).
+    pub epoch: u64,
 }
 
 /// One replica's part in [`AdminRequest::ChangeReplicas`].
@@ -223,6 +242,9 @@ pub struct ReplicaInfo {
     /// On the leader: how far each other replica's log is known to match (to tell when a
     /// learner has caught up); empty elsewhere.
     pub matched: Vec<(HostId, u64)>,
+    /// The slots this replica's state machine owns (durably), inclusive `(first, last)`
+    /// ranges; empty for the meta group and for a joining replica before its snapshot.
+    pub slots: Vec<(crate::slot::Slot, crate::slot::Slot)>,
 }
 
 /// A host's answer to [`AdminRequest::Status`].
@@ -315,6 +337,9 @@ pub enum Response {
     Unavailable(String),
     /// A bug or a local fault on the host; the message says which.
     Internal(String),
+    /// `shard` no longer owns the key's slot: it split (or the slot moved) as of map `epoch`,
+    /// so a map with a later epoch routes the key elsewhere. Nothing was applied.
+    WrongShard { shard: ShardId, epoch: u64 },
 }
 
 /// Which limit a request exceeded.

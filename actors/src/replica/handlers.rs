@@ -122,6 +122,7 @@ impl Handler<GetStatus> for ReplicaActor {
                     .collect(),
             ),
             matched,
+            slots: Vec::new(),
         })
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::reads::PendingRead;
 use super::ReplicaActor;
-use crate::messages::{AwaitApply, ClientRequest, ReadAt};
+use crate::messages::{AwaitApply, ClientRequest, ProposeSplit, ReadAt};
 use crate::metrics::{metrics, ShardLabels};
 use crate::shard::{leader_stamp_ms, Action, Command};
 
@@ -27,6 +27,27 @@ impl Handler<ClientRequest> for ReplicaActor {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(_)) => Response::Unavailable("request dropped by the replica; retry".into()),
                 Err(_) => Response::Unavailable(format!("not committed within {timeout:?}; retry")),
+            }
+        })
+    }
+}
+
+impl Handler<ProposeSplit> for ReplicaActor {
+    type Result = ResponseFuture<Response>;
+
+    /// A split is a command in the shard's log like a write, with no session: a re-proposal
+    /// after a crash finds the split done and changes nothing.
+    fn handle(&mut self, msg: ProposeSplit, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.propose(0, 0, Action::Split(msg.0), tx, ctx);
+        let timeout = self.settings.request_timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(_)) => Response::Unavailable("split dropped by the replica; retry".into()),
+                Err(_) => {
+                    Response::Unavailable(format!("split not applied within {timeout:?}; retry"))
+                }
             }
         })
     }

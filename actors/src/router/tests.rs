@@ -31,6 +31,7 @@ macro_rules! refuse {
 refuse!(ClientRequest => MessageResult<ClientRequest>, StepRaft => (),
     TransferLeadership => bool, StepSnapshot => (),
     ChangeReplicas => MessageResult<ChangeReplicas>,
+    ProposeSplit => MessageResult<ProposeSplit>,
     TransferLeaderTo => MessageResult<TransferLeaderTo>, StopReplica => (),
     GetStatus => MessageResult<GetStatus>);
 
@@ -60,6 +61,7 @@ macro_rules! ignore {
 }
 ignore!(StepRaft => (), TransferLeadership => bool, StepSnapshot => (),
     ChangeReplicas => MessageResult<ChangeReplicas>,
+    ProposeSplit => MessageResult<ProposeSplit>,
     TransferLeaderTo => MessageResult<TransferLeaderTo>, StopReplica => (),
     GetStatus => MessageResult<GetStatus>);
 
@@ -85,6 +87,7 @@ where
         + Handler<SetPreferredLeader>
         + Handler<StepSnapshot>
         + Handler<ChangeReplicas>
+        + Handler<ProposeSplit>
         + Handler<StopReplica>,
 {
     LocalReplica {
@@ -96,6 +99,7 @@ where
         preferred: actor.clone().recipient(),
         snapshots: actor.clone().recipient(),
         changes: actor.clone().recipient(),
+        split: actor.clone().recipient(),
         stop: actor.clone().recipient(),
         stop_shard: actor.recipient(),
     }

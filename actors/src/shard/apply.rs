@@ -120,6 +120,7 @@ fn apply_command(
         Action::Put { key, value } => put(key, value, effects),
         Action::Delete { key } => delete(key, effects),
         Action::Cas { key, expected, new } => cas(key, expected, new, view, effects)?,
+        Action::Split(_) => Response::Invalid("shard splits are not applied by this build".into()),
     };
     if cmd.seq != 0 {
         effects.record_session(cmd.client_id, cmd.seq, now_ms, response.clone())?;

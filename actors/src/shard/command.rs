@@ -7,6 +7,7 @@
 
 use raft::eraftpb::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
+use shardkv_transport::wire::SplitSpec;
 use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
@@ -52,6 +53,8 @@ pub enum Action {
         #[serde(with = "shardkv_transport::bytes::option")]
         new: Option<Vec<u8>>,
     },
+    /// Hand the slots `>= at` to a new shard (see [`SplitSpec`]); proposed with no session.
+    Split(SplitSpec),
 }
 
 impl Command {
