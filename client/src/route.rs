@@ -6,7 +6,7 @@
 //! first), each host's address from the map's entry (the configuration's when the map has
 //! none). Guarantees:
 //! - **Epochs only go forward.** The cache takes a map only if its epoch is higher than the one
-//!   it holds ([`RouteCache::offer`]); every map a host answers is one the meta group
+//!   it holds (`RouteCache::offer`); every map a host answers is one the meta group
 //!   committed, so the newest seen is the best route known.
 //! - **Cheap and bounded refreshes.** A map is loaded from any host without a Raft round
 //!   ([`MapRequest::Current`], possibly stale), all hosts asked at once within the attempt
@@ -17,7 +17,7 @@
 //! - **No polling storm while the hosts lag.** Hosts take a new map up to a second after the
 //!   meta group commits it, so a refresh often finds nothing newer; each one that does not
 //!   doubles the wait before the next, up to [`REFRESH_EVERY_MAX`], and one that finds a newer
-//!   map resets it ([`RefreshGate`]).
+//!   map resets it (`RefreshGate`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
