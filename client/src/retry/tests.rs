@@ -285,7 +285,7 @@ fn lost_attempts_rotate_through_the_candidates_with_a_doubling_pause() {
 }
 
 #[test]
-fn a_reply_no_data_request_gets_is_final() {
+fn a_reply_that_retrying_cannot_change_is_final() {
     let mut retry = Retry::new(parent_route(), Some(1));
     assert!(matches!(
         retry.on_reply(Response::Invalid("empty key".into())),
