@@ -277,3 +277,61 @@ async fn the_current_map_is_answered_by_any_host_even_without_a_meta_replica() {
     };
     assert_eq!(ClusterMap::decode(&bytes).expect("valid"), newer);
 }
+
+/// A replica that answers every client request with its shard's id (as `Invalid`), so a test
+/// sees which replica a request reached.
+struct Named(ShardId);
+
+impl Actor for Named {
+    type Context = Context<Self>;
+}
+
+impl Handler<ClientRequest> for Named {
+    type Result = MessageResult<ClientRequest>;
+    fn handle(&mut self, _: ClientRequest, _: &mut Self::Context) -> Self::Result {
+        MessageResult(Response::Invalid(format!("shard {}", self.0)))
+    }
+}
+
+macro_rules! ignore_named {
+    ($($msg:ty => $result:ty),*) => {$(
+        impl Handler<$msg> for Named {
+            type Result = $result;
+            fn handle(&mut self, _: $msg, _: &mut Self::Context) -> Self::Result {
+                unreachable!("the test sends only client requests")
+            }
+        }
+    )*};
+}
+ignore_named!(StepRaft => (), TransferLeadership => bool, StepSnapshot => (),
+    ChangeReplicas => MessageResult<ChangeReplicas>,
+    ProposeSplit => MessageResult<ProposeSplit>,
+    TransferLeaderTo => MessageResult<TransferLeaderTo>, StopReplica => (),
+    GetStatus => MessageResult<GetStatus>);
+
+impl Handler<SetPreferredLeader> for Named {
+    type Result = ();
+    fn handle(&mut self, _: SetPreferredLeader, _: &mut Self::Context) {}
+}
+
+#[actix_rt::test]
+async fn a_key_goes_to_the_local_replica_owning_its_slot_before_the_map_says_so() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = slot(b"k");
+    // The map (day 0, one shard) routes every key to shard 1; a split applied here handed
+    // the slot of "k" to shard 9, whose replica runs here too.
+    let parent = local_replica(Named(1).start());
+    parent.slots.publish(vec![(0, s - 1)]);
+    let child = local_replica(Named(9).start());
+    child.slots.publish(vec![(s, 16383)]);
+    let routed = router(dir.path(), HashMap::from([(1, parent), (9, child)]));
+    let resp = routed.send(get()).await.expect("router answers");
+    assert_eq!(resp, Response::Invalid("shard 9".into()));
+
+    // No local replica owns it (the map's one is still joining): the map decides.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let joining = local_replica(Named(1).start());
+    let routed = router(dir.path(), HashMap::from([(1, joining)]));
+    let resp = routed.send(get()).await.expect("router answers");
+    assert_eq!(resp, Response::Invalid("shard 1".into()));
+}

@@ -5,6 +5,7 @@ use crate::schema::{kv_key, session_key};
 use crate::shard::apply::EntryReply;
 use crate::shard::command::{Action, Command};
 use crate::shard::sessions::{SESSION_SWEEP_EVERY, SESSION_TTL_MS};
+use crate::shard::split::SplitApplied;
 use crate::storage::{commit, StorageActor};
 use crate::test_fixtures::{storage_actor, temp_schema};
 
@@ -305,4 +306,78 @@ async fn the_log_clock_resumes_after_a_restart_from_what_was_stored() {
     commit(&schema, vec![plan.effects.batch]).unwrap();
     assert_eq!(plan.log_clock.now_ms, SESSION_TTL_MS + 1);
     assert!(!session_exists(&schema, 9) && session_exists(&schema, 8));
+}
+
+#[actix_rt::test]
+async fn a_split_is_on_disk_before_the_child_is_announced_and_reads_of_its_slots_are_refused() {
+    let (_dir, schema) = temp_schema();
+    let storage = storage_actor(&schema);
+    let (fatal, _) = FatalReporter::channel();
+    let mut shard_setup = setup(&schema, &storage, fatal, AppliedIndex::default());
+    let (notices, mut announced) = tokio::sync::mpsc::unbounded_channel();
+    shard_setup.splits = notices;
+    let slots = shard_setup.slots.clone();
+    let shard = ShardActor::new(shard_setup, 0).unwrap().start();
+    let at = 8192;
+    let handed_key = (0..)
+        .map(|i| format!("k{i}").into_bytes())
+        .find(|k| shardkv_transport::slot::slot(k) >= at)
+        .unwrap();
+    let split = Command {
+        client_id: 0,
+        seq: 0,
+        time_ms: 0,
+        action: Action::Split(shardkv_transport::wire::SplitSpec {
+            child: 5,
+            at,
+            voters: vec![1, 2, 3],
+            epoch: 4,
+        }),
+    };
+    shard.do_send(ApplyEntries {
+        entries: vec![
+            put_entry(1, 3, 1, 0, &handed_key),
+            Entry {
+                index: 2,
+                term: 1,
+                data: postcard::to_allocvec(&split).unwrap().into(),
+                ..Default::default()
+            },
+        ],
+        conf_state: None,
+    });
+    let notice = tokio::time::timeout(std::time::Duration::from_secs(10), announced.recv())
+        .await
+        .expect("the split is announced")
+        .expect("the shard actor is alive");
+    assert_eq!(
+        notice,
+        SplitApplied {
+            parent: 1,
+            child: 5
+        }
+    );
+    // Announced only once durable: the child's state and the parent's ownership are stored.
+    assert!(raft_records::has_state(&schema, 5).unwrap());
+    assert_eq!(stored_owned(&schema, 5).unwrap().ranges, vec![(at, 16383)]);
+    assert_eq!(stored_owned(&schema, 1).unwrap().ranges, vec![(0, at - 1)]);
+    assert_eq!(slots.get(), vec![(0, at - 1)], "published for the router");
+    // The row written before the split is the child's now, on disk: it moved nowhere.
+    let rtxn = schema.env.read_txn().unwrap();
+    assert!(schema
+        .kv
+        .get(&rtxn, &kv_key(5, &handed_key))
+        .unwrap()
+        .is_some());
+    drop(rtxn);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shard.do_send(ReadAt {
+        index: 2,
+        key: handed_key,
+        reply: tx,
+    });
+    assert_eq!(
+        rx.await.unwrap(),
+        Response::WrongShard { shard: 1, epoch: 4 }
+    );
 }
