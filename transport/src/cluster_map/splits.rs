@@ -16,13 +16,13 @@
 use serde::{Deserialize, Serialize};
 
 use crate::slot::Slot;
-use crate::wire::{HostId, ShardId};
+use crate::wire::{HostId, ShardId, SplitSpec};
 
 use super::{ClusterMap, MapError, ReplicaRole, ShardEntry, META_SHARD};
 
 /// A split under way, recorded under its parent shard: the parent's slots `>= at` go to the
 /// new shard `child`, whose replicas are `voters`, all voting, on the hosts of the parent's
-/// voters when the split was recorded.
+/// voters when the split was recorded. Fixed when recorded, so every re-run proposes it alike.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Split {
     /// The new shard's id: above every shard id in the map when recorded, never reused.
@@ -32,6 +32,21 @@ pub struct Split {
     pub at: Slot,
     /// The child's voters, ascending: the parent's voters when the split was recorded.
     pub voters: Vec<HostId>,
+    /// The map epoch that recorded the split: what every proposal of it carries (see
+    /// [`Split::spec`]), so the parent's log gets the same split from whoever drives it.
+    pub epoch: u64,
+}
+
+impl Split {
+    /// The split as the parent's leader is asked to propose it.
+    pub fn spec(&self) -> SplitSpec {
+        SplitSpec {
+            child: self.child,
+            at: self.at,
+            voters: self.voters.clone(),
+            epoch: self.epoch,
+        }
+    }
 }
 
 impl ClusterMap {
@@ -69,12 +84,13 @@ impl ClusterMap {
                 slots,
             });
         };
-        let split = Split {
+        let mut split = Split {
             child: self.next_shard_id(),
             at,
             voters: entry.voters().collect(),
+            epoch: 0,
         };
-        self.bump();
+        split.epoch = self.bump();
         self.splitting.insert(parent, split);
         Ok(())
     }
@@ -165,6 +181,9 @@ impl ClusterMap {
         }
         if split.voters.is_empty() {
             return Err(bad("it has no voter"));
+        }
+        if split.epoch > self.epoch {
+            return Err(bad("its epoch is ahead of the map's"));
         }
         Ok(())
     }
@@ -258,6 +277,7 @@ mod tests {
             child: 4,
             at: middle,
             voters: vec![1, 2, 3],
+            epoch: before + 1,
         };
         assert_eq!(map.split_of(2), Some(&recorded));
         let again = map.clone();
@@ -469,6 +489,7 @@ mod tests {
         assert!(why(broken(&|s| s.at = second)).contains("strictly inside"));
         assert!(why(broken(&|s| s.child = 2)).contains("taken"));
         assert!(why(broken(&|s| s.voters.clear())).contains("no voter"));
+        assert!(why(broken(&|s| s.epoch += 1)).contains("ahead"));
         let mut map = map(3, 0);
         map.splitting.insert(
             9,
@@ -476,6 +497,7 @@ mod tests {
                 child: 5,
                 at: 1,
                 voters: vec![1],
+                epoch: 1,
             },
         );
         assert!(why(map.validate().expect_err("no parent")).contains("no such shard"));
