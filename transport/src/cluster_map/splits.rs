@@ -189,6 +189,9 @@ impl ClusterMap {
     }
 }
 
+/// Inclusive `(first, last)` slot ranges, as a shard lists them.
+type SlotRanges = Vec<(Slot, Slot)>;
+
 /// How many slots `ranges` hold.
 fn slot_count(ranges: &[(Slot, Slot)]) -> u32 {
     ranges
@@ -210,7 +213,7 @@ fn nth_slot(ranges: &[(Slot, Slot)], mut n: u32) -> Option<Slot> {
 }
 
 /// `ranges` cut at `at`: the parts below it, and the parts from it on.
-pub(super) fn halves(ranges: &[(Slot, Slot)], at: Slot) -> (Vec<(Slot, Slot)>, Vec<(Slot, Slot)>) {
+fn halves(ranges: &[(Slot, Slot)], at: Slot) -> (SlotRanges, SlotRanges) {
     let mut lower = Vec::new();
     let mut upper = Vec::new();
     for &(first, last) in ranges {
