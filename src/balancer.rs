@@ -205,7 +205,7 @@ impl Balancer {
         match finish_recorded_split(&self.admin, parent, &say).await {
             Ok(_) => info!(shard = parent, child, "split finished"),
             Err(SplitError::Refused(why)) => {
-                error!(shard = parent, child, %why, "split refused; leaving it to the operator");
+                error!(shard = parent, child, %why, "split refused; not retried until this host restarts");
                 self.splits_refused.insert((parent, child));
             }
             // A timeout or an unreachable host: taken up again next round.

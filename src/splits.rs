@@ -35,7 +35,8 @@ pub enum SplitError {
     /// The map or a host could not be reached, or refused our certificate.
     #[error(transparent)]
     Client(#[from] ClientError),
-    /// The map or the shard's leader refused the split; re-running will not help.
+    /// The map or the shard's leader refused the split; re-running will not help (a split
+    /// the shard refused is no longer recorded).
     #[error("{0}")]
     Refused(String),
     /// No leader of the shard applied the split in time.
@@ -148,7 +149,19 @@ async fn carry_out(
         "asking shard {parent}'s leader to hand slots {}.. to shard {child}",
         split.at
     ));
-    propose(admin, parent, split).await?;
+    match propose(admin, parent, split).await {
+        Ok(()) => {}
+        Err(e @ SplitError::Refused(_)) => {
+            // The shard cannot apply it, so it never will: the record goes, the shard stays
+            // whole (and can be moved or split again).
+            admin
+                .change_map(|m: &mut ClusterMap| m.abort_split(parent, child))
+                .await
+                .map_err(refusal)?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    }
     stop_after(Step::Applied)?;
     wait_for_voters(admin, split, say).await;
     say("recording the new shard in the cluster map");
@@ -161,7 +174,8 @@ async fn carry_out(
 
 /// Asks the parent's leader to apply `split` until it answers `Ok`: follows `NotLeader` hints,
 /// tries each voter in turn, and backs off on elections and unreachable hosts, up to
-/// [`PROPOSE_TIMEOUT`]. `Invalid` is final.
+/// [`PROPOSE_TIMEOUT`]. `Invalid` is final ([`SplitError::Refused`]: the shard will not apply
+/// this split), and so is a refused certificate.
 async fn propose(admin: &Client, parent: ShardId, split: &Split) -> Result<(), SplitError> {
     let spec = split.spec();
     let deadline = Instant::now() + PROPOSE_TIMEOUT;
@@ -190,7 +204,7 @@ async fn propose(admin: &Client, parent: ShardId, split: &Split) -> Result<(), S
                     "host {host} refused to split shard {parent}: {why}"
                 )))
             }
-            Err(ClientError::Refused(why)) => return Err(SplitError::Refused(why)),
+            Err(e @ ClientError::Refused(_)) => return Err(SplitError::Client(e)),
             Ok(Response::NotLeader {
                 leader: Some(l), ..
             }) if l != host => {

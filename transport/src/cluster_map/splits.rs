@@ -141,6 +141,25 @@ impl ClusterMap {
         Ok(())
     }
 
+    /// Drops the record of `parent`'s split into `child`, for a split the shard refused to
+    /// apply (its replicas disagree with the map about its slots, or cannot split at all): the
+    /// shard keeps every slot, and may be moved or split again. Not recorded: nothing to do.
+    /// Refused when another split of `parent` is recorded.
+    pub fn abort_split(&mut self, parent: ShardId, child: ShardId) -> Result<(), MapError> {
+        match self.splitting.get(&parent) {
+            None => Ok(()),
+            Some(split) if split.child == child => {
+                self.bump();
+                self.splitting.remove(&parent);
+                Ok(())
+            }
+            Some(other) => Err(MapError::SplitInFlight {
+                shard: parent,
+                child: other.child,
+            }),
+        }
+    }
+
     /// The split of `parent` under way, if one is recorded.
     pub fn split_of(&self, parent: ShardId) -> Option<&Split> {
         self.splitting.get(&parent)
@@ -359,6 +378,25 @@ mod tests {
             map.finish_split(9, 3),
             Err(MapError::UnknownShard { shard: 9 })
         );
+    }
+
+    #[test]
+    fn an_aborted_split_leaves_the_shard_whole_and_a_re_run_changes_nothing() {
+        let start = map(2, 0);
+        let mut map = start.clone();
+        map.begin_split(1).expect("begin");
+        let child = map.split_of(1).expect("recorded").child;
+        assert_eq!(
+            map.abort_split(1, child + 1),
+            Err(MapError::SplitInFlight { shard: 1, child })
+        );
+        map.abort_split(1, child).expect("abort");
+        assert_eq!(map.shards(), start.shards());
+        assert!(map.splits().is_empty());
+        assert_eq!(map.epoch(), start.epoch() + 2);
+        let aborted = map.clone();
+        map.abort_split(1, child).expect("again");
+        assert_eq!(map, aborted);
     }
 
     #[test]
