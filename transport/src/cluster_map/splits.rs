@@ -25,7 +25,8 @@ use super::{ClusterMap, MapError, ReplicaRole, ShardEntry, META_SHARD};
 /// voters when the split was recorded. Fixed when recorded, so every re-run proposes it alike.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct Split {
-    /// The new shard's id: above every shard id in the map when recorded, never reused.
+    /// The new shard's id: above every shard id in the map (and in its records) when recorded,
+    /// so never the id of a shard that exists or existed.
     pub child: ShardId,
     /// The first slot the child takes; strictly inside the parent's slots, so both halves
     /// own at least one slot.
@@ -171,7 +172,8 @@ impl ClusterMap {
     }
 
     /// One above every shard id in the map and in its split records: shards are never
-    /// deleted, so no id is ever handed out twice.
+    /// deleted, so no id of a shard that ever existed is handed out again (an aborted split's
+    /// id may be, its shard never having existed).
     fn next_shard_id(&self) -> ShardId {
         let shards = self.shards.keys().copied();
         let children = self.splitting.values().map(|s| s.child);
