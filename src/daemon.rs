@@ -17,13 +17,14 @@ use shardkv_actors::router::{
     ChangeShardReplicas, GetHostStatus, MapOp, RouterActor, RouterSettings, SplitLocalShard,
     TransferAll, TransferShardLeader,
 };
-use shardkv_actors::schema::{map_record, meta, raft_records, Schema};
-use shardkv_actors::shard::Compaction;
+use shardkv_actors::schema::{map_record, meta, migrate, raft_records, Schema};
+use shardkv_actors::shard::{Compaction, OwnedSlots};
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
+use shardkv_transport::slot::slot_range;
 use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response, SplitSpec};
 use shardkv_transport::{ClusterMap, HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
@@ -105,6 +106,9 @@ async fn serve_host(
     if removed > 0 {
         tracing::info!(removed, dir = %snap_dir.display(), "removed snapshot files of a previous run");
     }
+    // A data dir of an earlier version keyed its rows by shard: re-key them before any
+    // replica reads one.
+    migrate::upgrade(&schema, &layout)?;
     let (fatal, mut fatals) = FatalReporter::channel();
     let storage = StorageActor::new(schema.clone(), fatal.clone())?.start();
 
@@ -141,6 +145,8 @@ async fn serve_host(
     dialer.follow(&map);
 
     let (election_ticks, heartbeat_ticks) = cfg.raft_ticks();
+    // Splits this host's replicas apply: the map watcher starts each child at once.
+    let (split_notices, splits_applied) = tokio::sync::mpsc::unbounded_channel();
     let factory = ReplicaFactory {
         host,
         schema: schema.clone(),
@@ -163,6 +169,7 @@ async fn serve_host(
             keep: (cfg.raft.snapshot_after / 4).max(1),
         }),
         fatal: fatal.clone(),
+        splits: split_notices,
     };
     // The replicas this host starts: every one its data dir holds, and those the day-0 layout
     // places here (the data shards and the meta group), bootstrapped on first start. A day-0
@@ -200,7 +207,12 @@ async fn serve_host(
         }
         // Preferred to lead: the first host of the placement, until the router tells every
         // replica the live map's choice as it starts (the same one on a round-robin placement).
-        let replica = factory.start_bootstrapped(shard, &hosts, hosts.first().copied())?;
+        let owned = (shard != META_SHARD).then(|| OwnedSlots {
+            ranges: vec![slot_range(shard, layout.shards)],
+            epoch: ClusterMap::DAY0_EPOCH,
+        });
+        let replica =
+            factory.start_bootstrapped(shard, &hosts, owned.as_ref(), hosts.first().copied())?;
         local.insert(shard, replica);
     }
     for shard in raft_records::hosted_shards(&schema)? {
@@ -241,7 +253,7 @@ async fn serve_host(
     )
     .map_err(|e| DaemonError::Runtime(format!("cluster map watcher: {e}")))?
     .awaiting_replace(awaiting_replace)
-    .spawn();
+    .spawn(splits_applied);
     Balancer::new(&cfg, &me, router.clone())
         .map_err(|e| DaemonError::Runtime(format!("balancer: {e}")))?
         .spawn();

@@ -9,7 +9,8 @@
 //!
 //! A shard the map places on this host and the host does not hold gets a joining replica,
 //! which waits, configured as nothing, until the shard's leader adds it as a learner and
-//! sends it a snapshot. A replica the map no longer places here is destroyed only once its
+//! sends it a snapshot; not while another local replica still owns some of its slots. A split
+//! applied here starts the child's replica at once, from the state the split stored. A replica the map no longer places here is destroyed only once its
 //! own configuration no longer lists this host: the map drops a replica only after the
 //! shard's Raft group has removed it, and a replica that missed its removal (it was away)
 //! keeps its data rather than risk deleting a copy its group still counts.
@@ -25,10 +26,13 @@ use shardkv_actors::peer::links::PeerDialer;
 use shardkv_actors::router::{
     AddLocalReplica, GetHostStatus, RemoveLocalReplica, RouterActor, SetMap,
 };
-use shardkv_actors::schema::meta;
+use shardkv_actors::schema::{meta, owned_record, raft_records};
+use shardkv_actors::shard::SplitApplied;
 use shardkv_actors::ActorError;
+use shardkv_transport::slot::Slot;
 use shardkv_transport::wire::ReplicaInfo;
 use shardkv_transport::{ClusterMap, HostId, ShardId};
+use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::{debug, error, info, warn};
 
 use crate::certs::CLI_CLIENT;
@@ -142,12 +146,23 @@ impl MapWatcher {
         self
     }
 
-    /// Runs the watcher on the host's actor system until the host stops.
-    pub fn spawn(mut self) {
+    /// Runs the watcher on the host's actor system until the host stops. A split this host's
+    /// replicas apply (`splits`) starts the child's replica at once, before the map lists it.
+    pub fn spawn(mut self, mut splits: UnboundedReceiver<SplitApplied>) {
         actix::spawn(async move {
             let mut failures = 0u64;
+            let mut polls = tokio::time::interval(MAP_POLL_EVERY);
+            polls.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            polls.tick().await;
             loop {
-                tokio::time::sleep(MAP_POLL_EVERY).await;
+                tokio::select! {
+                    _ = polls.tick() => {}
+                    Some(split) = splits.recv() => {
+                        info!(parent = split.parent, child = split.child, "split applied: starting the new shard's replica");
+                        self.join(split.child).await;
+                        continue;
+                    }
+                }
                 match self.poll().await {
                     Ok(()) => failures = 0,
                     Err(why) => {
@@ -253,17 +268,66 @@ impl MapWatcher {
     async fn reconcile(&mut self, map: &ClusterMap) {
         let want: BTreeSet<ShardId> = map.shards_of_host(self.host).collect();
         for shard in want.difference(&self.hosted.clone()) {
+            let slots = map
+                .shard(*shard)
+                .map(|s| s.slots.clone())
+                .unwrap_or_default();
+            if self.owned_here(*shard, &slots) {
+                continue;
+            }
             self.join(*shard).await;
         }
+        // A shard this map does not know is newer than it (a split applied here first).
         for shard in self.hosted.clone().difference(&want) {
-            self.retire(map, *shard).await;
+            if map.shard(*shard).is_some() {
+                self.retire(map, *shard).await;
+            }
         }
     }
 
-    /// Starts a joining replica of `shard` and hands it to the router. Never while the host
-    /// holds one: two replicas over the same rows would corrupt them.
+    /// Whether a joining replica of `shard`, which owns `slots` in the map, must wait: it
+    /// holds nothing here yet, and another replica on this host still owns some of its slots
+    /// (a parent that has not applied the split yet, which then creates it with its rows; or
+    /// a replica whose removal is pending). Two state machines over the same rows would
+    /// corrupt them. A replica with state here starts from it and never waits.
+    fn owned_here(&self, shard: ShardId, slots: &[(Slot, Slot)]) -> bool {
+        let schema = &self.factory.schema;
+        let owners = match raft_records::has_state(schema, shard) {
+            Ok(true) => return false,
+            Ok(false) => raft_records::hosted_shards(schema),
+            Err(e) => Err(e),
+        };
+        let owners = match owners {
+            Ok(o) => o,
+            Err(e) => {
+                warn!(shard, error = %e, "cannot read which shards this host holds");
+                return true;
+            }
+        };
+        for other in owners {
+            match owned_record::stored_owned(schema, other) {
+                Ok(owned) if owned.overlaps(slots) => {
+                    debug!(
+                        shard,
+                        other, "not joining yet: slots still owned by a local replica"
+                    );
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(shard, other, error = %e, "cannot read a shard's owned slots");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Starts a replica of `shard` from what the data dir holds of it (nothing: a joining
+    /// replica; a split's child: its stored state) and hands it to the router. Never while
+    /// the host holds one: two replicas over the same rows would corrupt them.
     async fn join(&mut self, shard: ShardId) {
-        if self.failed.contains(&shard) {
+        if self.failed.contains(&shard) || self.hosted.contains(&shard) {
             return;
         }
         let Ok(status) = self.router.send(GetHostStatus).await else {

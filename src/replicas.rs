@@ -19,8 +19,12 @@ use shardkv_actors::raft_storage::LmdbRaftStorage;
 use shardkv_actors::replica::stop::StopReplica;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::LocalReplica;
-use shardkv_actors::schema::{delete_ranges, meta, raft_records, shard_all_ranges, Schema};
-use shardkv_actors::shard::{AppliedIndex, Compaction, ShardActor};
+use shardkv_actors::schema::{
+    delete_ranges, meta, owned_record, raft_records, shard_all_ranges, Schema,
+};
+use shardkv_actors::shard::{
+    AppliedIndex, Compaction, OwnedSlots, PublishedSlots, ShardActor, ShardSetup, SplitNotices,
+};
 use shardkv_actors::snapshot::BuildSlots;
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
@@ -62,20 +66,25 @@ pub struct ReplicaFactory {
     pub compaction: Option<Compaction>,
     /// Where a replica's fatal error goes: the host stops.
     pub fatal: FatalReporter,
+    /// Where a replica's state machine tells of a split it applied (the map watcher starts
+    /// the child).
+    pub splits: SplitNotices,
 }
 
 impl ReplicaFactory {
     /// Starts `shard`'s replica as the day-0 layout places it: on the first start of the data
     /// dir the group's configuration is `voters` (every replica of the group records the same
-    /// one, so they elect a leader among themselves); later starts go on from what is stored.
-    /// `preferred_leader` leads whenever it is up and caught up.
+    /// one, so they elect a leader among themselves) and it owns `owned` (`None`: the meta
+    /// group); later starts go on from what is stored. `preferred_leader` leads whenever it
+    /// is up and caught up.
     pub fn start_bootstrapped(
         &self,
         shard: ShardId,
         voters: &[HostId],
+        owned: Option<&OwnedSlots>,
         preferred_leader: Option<HostId>,
     ) -> Result<LocalReplica, ReplicaError> {
-        raft_records::bootstrap(&self.schema, shard, voters)?;
+        raft_records::bootstrap(&self.schema, shard, voters, owned)?;
         self.start(shard, preferred_leader)
     }
 
@@ -107,7 +116,9 @@ impl ReplicaFactory {
         // machine stops. What either handed to storage before is queued ahead of the delete.
         stop_and_wait(shard, &replica.stop).await?;
         stop_and_wait(shard, &replica.stop_shard).await?;
-        let mut ops = delete_ranges(shard_all_ranges(shard));
+        // Its rows are those of the slots it owns (stored with its last applied batch).
+        let owned = owned_record::stored_owned(&self.schema, shard)?;
+        let mut ops = delete_ranges(shard_all_ranges(shard, &owned.ranges));
         ops.push(meta::retired_op(shard));
         self.storage
             .send(Persist(WriteBatch { ops }))
@@ -131,16 +142,19 @@ impl ReplicaFactory {
     ) -> Result<LocalReplica, ReplicaError> {
         let applied = raft_records::applied_index(&self.schema, shard)?;
         let published = AppliedIndex::new(applied);
-        let shard_actor = ShardActor::new(
+        let slots = PublishedSlots::default();
+        let setup = ShardSetup {
             shard,
-            self.schema.clone(),
-            self.storage.clone(),
-            applied,
-            self.compaction,
-            self.fatal.clone(),
-            published.clone(),
-        )?
-        .start();
+            host: self.host,
+            schema: self.schema.clone(),
+            storage: self.storage.clone(),
+            compaction: self.compaction,
+            fatal: self.fatal.clone(),
+            published: published.clone(),
+            slots: slots.clone(),
+            splits: self.splits.clone(),
+        };
+        let shard_actor = ShardActor::new(setup, applied)?.start();
         let links = ReplicaLinks {
             storage: self.storage.clone().recipient(),
             apply: shard_actor.clone().recipient(),
@@ -151,6 +165,7 @@ impl ReplicaFactory {
             peers: self.peers.clone(),
             fatal: self.fatal.clone(),
             applied: published,
+            slots: slots.clone(),
         };
         let storage = LmdbRaftStorage::new(
             self.schema.clone(),
@@ -181,6 +196,7 @@ impl ReplicaFactory {
             snapshots: replica.clone().recipient(),
             changes: replica.clone().recipient(),
             split: replica.clone().recipient(),
+            slots,
             stop: replica.recipient(),
             stop_shard: shard_actor.recipient(),
         })

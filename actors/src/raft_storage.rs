@@ -251,7 +251,7 @@ mod tests {
     #[test]
     fn empty_storage() {
         let (_d, schema) = temp_schema();
-        bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
+        bootstrap(&schema, 1, &[1, 2, 3], None).unwrap();
         let s = storage(schema, 1);
         assert_eq!(s.first_index().unwrap(), 1);
         assert_eq!(s.last_index().unwrap(), 0);

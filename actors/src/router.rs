@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
-use shardkv_transport::slot::slot;
+use shardkv_transport::slot::{slot, Slot};
 use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
 use shardkv_transport::{ClusterMap, HostId, Layout, ShardId};
 use tracing::{debug, error, info, warn};
@@ -22,6 +22,7 @@ use crate::metrics::metrics;
 use crate::replica::stop::StopReplica;
 use crate::replica::transfer::{SetPreferredLeader, TransferLeaderTo};
 use crate::schema::meta;
+use crate::shard::PublishedSlots;
 
 /// A local replica as the router sees it: the mailboxes of its ReplicaActor, and how to stop
 /// it and its ShardActor when the host stops hosting the shard.
@@ -35,6 +36,8 @@ pub struct LocalReplica {
     pub snapshots: Recipient<StepSnapshot>,
     pub changes: Recipient<ChangeReplicas>,
     pub split: Recipient<ProposeSplit>,
+    /// The slots its state machine owns durably (see [`RouterActor::local_owner`]).
+    pub slots: PublishedSlots,
     /// Stops the ReplicaActor.
     pub stop: Recipient<StopReplica>,
     /// Stops the shard's ShardActor (its state machine).
@@ -108,6 +111,22 @@ impl RouterActor {
             })
     }
 
+    /// The shard a key of `slot` goes to: `by_map` (the map's shard), unless another local
+    /// replica owns the slot. A split hands slots to a new shard in the parent's log before
+    /// the map records it, and a host's map lags the meta group's, so the state machines on
+    /// this host know better than the map; each still checks the key itself.
+    fn local_owner(&self, by_map: ShardId, slot: Slot) -> ShardId {
+        if let Some(r) = self.local.get(&by_map) {
+            if r.slots.contains(slot) {
+                return by_map;
+            }
+        }
+        self.local
+            .iter()
+            .find(|(_, r)| r.slots.contains(slot))
+            .map_or(by_map, |(shard, _)| *shard)
+    }
+
     /// Whether `host` holds a replica of `shard` in the map (learners included).
     fn is_member(&self, shard: ShardId, host: HostId) -> bool {
         self.settings
@@ -178,10 +197,12 @@ impl Handler<ClientRequest> for RouterActor {
             record(kind_of(&msg.0.op), &resp, std::time::Instant::now());
             return Box::pin(async move { resp });
         }
-        let Some(shard) = self.settings.map.shard_of_slot(slot(msg.0.op.key())) else {
+        let slot = slot(msg.0.op.key());
+        let Some(by_map) = self.settings.map.shard_of_slot(slot) else {
             let resp = Response::Internal("the cluster map owns no shard for this key".into());
             return Box::pin(async move { resp });
         };
+        let shard = self.local_owner(by_map, slot);
         let replica = match self.local_replica(shard) {
             Ok(r) => r,
             Err(resp) => return Box::pin(async move { resp }),

@@ -3,8 +3,9 @@
 //! A [`Client`] is built from the cluster's description (hosts, CA and a client certificate),
 //! routes each key to its shard by slot through the live cluster map (see [`crate::route`]),
 //! talks to the shard's leader over QUIC with mutual TLS, follows `NotLeader` and
-//! `NoReplicaHere` hints and retries with backoff until a deadline. Writes carry a session
-//! `(client_id, seq)` so that a retried write is applied once.
+//! `NoReplicaHere` hints, moves on to a newer map when a shard answers `WrongShard` (it split),
+//! and retries with backoff until a deadline (the rules are in the `retry` module). Writes carry a
+//! session `(client_id, seq)` so that a retried write is applied once, also across a split.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), shardkv_client::ClientError> {
@@ -21,7 +22,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use quinn::{Connection, Endpoint};
@@ -36,11 +37,9 @@ use tokio::sync::OnceCell;
 use tracing::debug;
 
 use crate::config::ClientConfig;
+use crate::retry::{Outcome, Refresh, Retry, BACKOFF_MAX, BACKOFF_MIN};
 use crate::route::{RefreshGate, Route, RouteCache};
 use crate::{ClientError, ClientSettings};
-
-pub(crate) const BACKOFF_MIN: Duration = Duration::from_millis(10);
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 pub(crate) struct Inner {
     settings: ClientSettings,
@@ -393,47 +392,32 @@ impl Client {
 
     async fn retry(&self, req: Request) -> Result<Response, ClientError> {
         let settings = &self.inner.settings;
-        let started = Instant::now();
-        let deadline = started + settings.deadline;
+        let deadline = Instant::now() + settings.deadline;
         // The layout check refuses a configuration declaring another cluster shape; keys
         // are routed by the map.
         self.layout(deadline).await?;
         let key = req.op.key().to_vec();
         let mut map = self.route_map(deadline).await?;
-        let mut route = route_of(&map, &key)?;
+        let route = route_of(&map, &key)?;
+        let leader = self.lock_leaders().get(&route.shard).copied();
+        let mut retry = Retry::new(route, leader);
         let req = RequestFrame::Data(req);
-        let mut target = self
-            .lock_leaders()
-            .get(&route.shard)
-            .copied()
-            .unwrap_or(route.candidates[0]);
-        let mut rotation = route
-            .candidates
-            .iter()
-            .position(|h| *h == target)
-            .unwrap_or(0);
-        let mut backoff = BACKOFF_MIN;
-        let mut hops = 0u32;
-        let mut last = String::from("no attempt made");
         loop {
             let now = Instant::now();
             if now >= deadline {
                 return Err(ClientError::Timeout {
                     deadline: settings.deadline,
-                    last,
+                    last: retry.into_last(),
                 });
             }
             // A newer map (refreshed by this request or another): route by it from now on.
-            if let Some(newer) = self.newest_map().filter(|m| m.epoch() > map.epoch()) {
+            if let Some(newer) = self.newer_map_than(map.epoch()) {
                 map = newer;
-                route = route_of(&map, &key)?;
-                rotation = route
-                    .candidates
-                    .iter()
-                    .position(|h| *h == target)
-                    .unwrap_or(0);
+                let route = route_of(&map, &key)?;
+                let leader = self.lock_leaders().get(&route.shard).copied();
+                retry.reroute(route, leader);
             }
-            let shard = route.shard;
+            let target = retry.target();
             if self.addr_of(target).is_none() {
                 // A host the client has no address for: the map it routes by is older than
                 // the one that sent it here.
@@ -441,93 +425,58 @@ impl Client {
             }
             let budget = (deadline - now).min(settings.attempt_timeout);
             let attempt = tokio::time::timeout(budget, self.call_host(target, &req)).await;
-            let mut pause = true;
-            match attempt {
+            let step = match attempt {
                 Err(_) => {
-                    last = format!("host {target} did not answer within {budget:?}");
                     self.forget_connection(target);
+                    retry.on_lost(format!("host {target} did not answer within {budget:?}"))
                 }
                 Ok(Err(TransportError::Refused { addr, reason })) => {
                     return Err(ClientError::Refused(format!(
                         "host at {addr} refused us: {reason}"
                     )));
                 }
-                Ok(Err(e)) => last = format!("host {target}: {e}"),
-                Ok(Ok(resp)) => match resp {
-                    Response::Value(_)
-                    | Response::Ok
-                    | Response::CasOk
-                    | Response::CasFailed { .. } => {
-                        self.lock_leaders().insert(shard, target);
+                Ok(Err(e)) => retry.on_lost(format!("host {target}: {e}")),
+                Ok(Ok(resp)) => match retry.on_reply(resp) {
+                    Outcome::Done { resp, leader } => {
+                        self.lock_leaders().insert(leader.0, leader.1);
                         return Ok(resp);
                     }
-                    Response::NotLeader {
-                        leader: Some(l), ..
-                    } if l != target => {
-                        last = format!("host {target} is not the leader of shard {shard}");
-                        self.lock_leaders().insert(shard, l);
-                        if !route.lists(l) {
-                            // The shard's leader is a replica the map does not show.
-                            let _ = self.refresh_routes(deadline).await;
-                        }
-                        target = l;
-                        hops += 1;
-                        // A fresh hint: try it at once, unless hosts keep pointing at each
-                        // other (stale views during an election), then back off.
-                        if hops <= 2 {
-                            continue;
-                        }
-                        hops = 0;
-                        rotation = route
-                            .candidates
-                            .iter()
-                            .position(|h| *h == l)
-                            .unwrap_or(rotation);
-                        tokio::time::sleep(
-                            backoff.min(deadline.saturating_duration_since(Instant::now())),
-                        )
-                        .await;
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                        continue;
-                    }
-                    Response::NotLeader { .. } => last = format!("shard {shard} has no leader yet"),
-                    Response::NoReplicaHere { hosts, .. } => {
-                        last = format!("host {target} holds no replica of shard {shard}");
-                        // The route is stale: the replica moved away.
-                        let _ = self.refresh_routes(deadline).await;
-                        // Follow a hint at once, twice in a row at most: hosts whose maps
-                        // disagree must not bounce the request between them without a pause.
-                        match hosts.iter().copied().find(|h| *h != target) {
-                            Some(h) if hops < 2 => {
-                                hops += 1;
-                                target = h;
-                                pause = false;
-                            }
-                            _ => hops = 0,
-                        }
-                    }
-                    Response::Unavailable(why) => last = format!("shard {shard}: {why}"),
-                    Response::WrongShard { epoch, .. } => {
-                        last = format!("shard {shard} gave up the key's slot at map epoch {epoch}");
-                        let _ = self.refresh_routes(deadline).await;
-                    }
-                    // A status reply to a data request would be a host bug: final.
-                    other @ (Response::Status(_)
-                    | Response::TooLarge { .. }
-                    | Response::Invalid(_)
-                    | Response::Internal(_)) => {
-                        return Err(final_error(other));
-                    }
+                    Outcome::Fail(e) => return Err(e),
+                    Outcome::Again(step) => step,
                 },
+            };
+            if let Some((shard, leader)) = step.remember {
+                self.lock_leaders().insert(shard, leader);
             }
-            debug!(shard, target, %last, "retrying");
-            if pause {
-                rotation = (rotation + 1) % route.candidates.len();
-                target = route.candidates[rotation];
-                let sleep = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(sleep).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            // A map newer than the one routed by that the key may be routed by: no need to
+            // ask for one, nor to wait before using it.
+            let routable = |client: &Client| {
+                client
+                    .newer_map_than(map.epoch())
+                    .is_some_and(|m| retry.routable_by(m.epoch()))
+            };
+            match step.refresh {
+                Refresh::No => {}
+                Refresh::Background if !routable(self) => self.refresh_routes_soon(),
+                Refresh::Background => {}
+                Refresh::Wait => {
+                    let _ = self.refresh_routes(deadline).await;
+                }
             }
+            if step.pause.is_zero() || routable(self) {
+                continue;
+            }
+            debug!(
+                shard = retry.shard(),
+                target,
+                last = retry.last(),
+                "retrying"
+            );
+            tokio::time::sleep(
+                step.pause
+                    .min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 
@@ -595,7 +544,8 @@ fn route_of(map: &shardkv_transport::ClusterMap, key: &[u8]) -> Result<Route, Cl
     })
 }
 
-fn final_error(resp: Response) -> ClientError {
+/// The error a reply that ends a request stands for.
+pub(crate) fn final_error(resp: Response) -> ClientError {
     match resp {
         Response::TooLarge { what, len, limit } => ClientError::TooLarge { what, len, limit },
         Response::Invalid(m) => ClientError::Invalid(m),

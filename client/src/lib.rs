@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod map;
+mod retry;
 pub mod route;
 pub mod settings;
 

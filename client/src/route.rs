@@ -6,14 +6,18 @@
 //! first), each host's address from the map's entry (the configuration's when the map has
 //! none). Guarantees:
 //! - **Epochs only go forward.** The cache takes a map only if its epoch is higher than the one
-//!   it holds ([`RouteCache::offer`]); every map a host answers is one the meta group
+//!   it holds (`RouteCache::offer`); every map a host answers is one the meta group
 //!   committed, so the newest seen is the best route known.
 //! - **Cheap and bounded refreshes.** A map is loaded from any host without a Raft round
 //!   ([`MapRequest::Current`], possibly stale), all hosts asked at once within the attempt
-//!   timeout. A refresh runs when a host says the route is stale (`NoReplicaHere`, a leader
-//!   the map does not place there, a host without an address), at most once per
-//!   [`REFRESH_EVERY_MIN`]; concurrent refreshes wait for the one under way instead of asking
-//!   again.
+//!   timeout. A refresh runs when a host says the route is stale (`NoReplicaHere`,
+//!   `WrongShard`, a reply from another shard than the one routed to, a leader the map does
+//!   not place there, a host without an address), at most once per [`REFRESH_EVERY_MIN`];
+//!   concurrent refreshes wait for the one under way instead of asking again.
+//! - **No polling storm while the hosts lag.** Hosts take a new map up to a second after the
+//!   meta group commits it, so a refresh often finds nothing newer; each one that does not
+//!   doubles the wait before the next, up to [`REFRESH_EVERY_MAX`], and one that finds a newer
+//!   map resets it (`RefreshGate`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -32,6 +36,12 @@ use crate::{Client, ClientError};
 /// request in flight to a moved replica) costs the hosts one round of map requests, not one
 /// per request.
 pub const REFRESH_EVERY_MIN: Duration = Duration::from_millis(100);
+
+/// The longest time between two refreshes while none finds a newer map. Under a second, the
+/// interval at which hosts poll the meta group: a client that backed off all the way still
+/// learns a new map within two seconds of its commit, and a host's watcher, which asks its
+/// peers once a second while the meta group has no leader, is never turned away.
+pub const REFRESH_EVERY_MAX: Duration = Duration::from_millis(800);
 
 /// The newest cluster map seen; see the module docs.
 #[derive(Debug, Default)]
@@ -57,6 +67,12 @@ impl RouteCache {
     /// The newest map seen, if any.
     pub(crate) fn newest(&self) -> Option<Arc<ClusterMap>> {
         self.newest.clone()
+    }
+
+    /// The newest map seen if its epoch is higher than `epoch`: what a request routed by a
+    /// map of `epoch` (or one a host said is stale as of `epoch`) moves on to.
+    pub(crate) fn newer_than(&self, epoch: u64) -> Option<Arc<ClusterMap>> {
+        self.newest.clone().filter(|m| m.epoch() > epoch)
     }
 }
 
@@ -88,24 +104,47 @@ impl Route {
     pub(crate) fn lists(&self, host: HostId) -> bool {
         self.candidates.contains(&host)
     }
+
+    /// Where `host` stands among the candidates, if it is one.
+    pub(crate) fn position(&self, host: HostId) -> Option<usize> {
+        self.candidates.iter().position(|h| *h == host)
+    }
 }
 
-/// When the map was last refreshed, to keep refreshes at most one per [`REFRESH_EVERY_MIN`].
-#[derive(Debug, Default)]
+/// When the map was last refreshed and how long until the next refresh may run: at least
+/// [`REFRESH_EVERY_MIN`] apart, doubling after each refresh that found no newer map (up to
+/// [`REFRESH_EVERY_MAX`]), back to the minimum after one that found a newer map.
+#[derive(Debug)]
 pub(crate) struct RefreshGate {
     last: Option<Instant>,
+    interval: Duration,
+}
+
+impl Default for RefreshGate {
+    fn default() -> Self {
+        RefreshGate {
+            last: None,
+            interval: REFRESH_EVERY_MIN,
+        }
+    }
 }
 
 impl RefreshGate {
     /// Whether a refresh may run at `now`.
     pub(crate) fn due(&self, now: Instant) -> bool {
         self.last
-            .is_none_or(|at| now.saturating_duration_since(at) >= REFRESH_EVERY_MIN)
+            .is_none_or(|at| now.saturating_duration_since(at) >= self.interval)
     }
 
-    /// Records a refresh that ended at `now`.
-    pub(crate) fn mark(&mut self, now: Instant) {
+    /// Records a refresh that ended at `now`, and whether it found a map newer than the one
+    /// held when it began.
+    pub(crate) fn mark(&mut self, now: Instant, found_newer: bool) {
         self.last = Some(now);
+        self.interval = if found_newer {
+            REFRESH_EVERY_MIN
+        } else {
+            (self.interval * 2).min(REFRESH_EVERY_MAX)
+        };
     }
 }
 
@@ -152,6 +191,11 @@ impl Client {
         self.lock_routes().newest()
     }
 
+    /// The newest map this client has seen if its epoch is higher than `epoch`.
+    pub(crate) fn newer_map_than(&self, epoch: u64) -> Option<Arc<ClusterMap>> {
+        self.lock_routes().newer_than(epoch)
+    }
+
     /// Offers `map` to the route cache (taken only if newer, see [`RouteCache::offer`]).
     pub(crate) fn offer_map(&self, map: ClusterMap) {
         let epoch = map.epoch();
@@ -175,7 +219,7 @@ impl Client {
         &self,
         deadline: Instant,
     ) -> Result<Arc<ClusterMap>, ClientError> {
-        let mut backoff = crate::client::BACKOFF_MIN;
+        let mut backoff = crate::retry::BACKOFF_MIN;
         let mut last = String::from("no host asked yet");
         loop {
             if let Some(map) = self.newest_map() {
@@ -197,7 +241,7 @@ impl Client {
                 });
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(crate::client::BACKOFF_MAX);
+            backoff = (backoff * 2).min(crate::retry::BACKOFF_MAX);
         }
     }
 
@@ -205,8 +249,8 @@ impl Client {
     /// by, at once, and keeps the newest answer. Returns once every host answered, or a
     /// majority did and one gave a map, or one gave a map newer than the one held when the
     /// refresh began, or the attempt timeout (bounded by `deadline`) passed; later answers
-    /// still reach the cache. At most one refresh per [`REFRESH_EVERY_MIN`]: a call within it,
-    /// or while another call refreshes, returns at once (after that one). `Refused` if a host
+    /// still reach the cache. At most one refresh per interval of the [`RefreshGate`]: a call
+    /// within it, or while another call refreshes, returns at once (after that one). `Refused` if a host
     /// refused our certificate and none gave a map; `Timeout` if none gave one.
     pub(crate) async fn refresh_routes(&self, deadline: Instant) -> Result<(), ClientError> {
         let mut gate = self.inner.refresh.lock().await;
@@ -250,7 +294,8 @@ impl Client {
                 break;
             }
         }
-        gate.mark(Instant::now());
+        let found_newer = self.newest_map().map(|m| m.epoch()) > held_epoch;
+        gate.mark(Instant::now(), found_newer);
         drop(gate);
         if !asks.is_empty() {
             // The rest still offer their maps, each within the attempt timeout.
@@ -264,6 +309,27 @@ impl Client {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Starts a refresh in the background, bounded by the attempt timeout, if one is due and
+    /// none is under way: for a reply that shows the map is stale while the request it
+    /// answered can go on without a newer one (the hosts route by slot, so the old route
+    /// still reaches the key's shard).
+    pub(crate) fn refresh_routes_soon(&self) {
+        let due = self
+            .inner
+            .refresh
+            .try_lock()
+            .is_ok_and(|gate| gate.due(Instant::now()));
+        if !due {
+            return;
+        }
+        let client = self.clone();
+        let deadline = Instant::now() + self.settings().attempt_timeout;
+        tokio::spawn(async move {
+            // A failed refresh leaves what the cache holds; the next stale reply asks again.
+            let _ = client.refresh_routes(deadline).await;
+        });
     }
 
     /// Offers the map in one host's answer to the cache: its epoch, or why there is none.
@@ -382,9 +448,64 @@ mod tests {
         let mut gate = RefreshGate::default();
         let t0 = Instant::now();
         assert!(gate.due(t0), "the first refresh is due at once");
-        gate.mark(t0);
+        gate.mark(t0, true);
         assert!(!gate.due(t0 + REFRESH_EVERY_MIN / 2));
         assert!(gate.due(t0 + REFRESH_EVERY_MIN));
+    }
+
+    #[test]
+    fn refreshes_that_find_nothing_newer_back_off_up_to_the_maximum() {
+        let mut gate = RefreshGate::default();
+        let mut now = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            gate.mark(now, false);
+            let wait = (1..=100u32)
+                .map(|i| REFRESH_EVERY_MIN / 10 * i)
+                .find(|d| gate.due(now + *d))
+                .expect("due within ten minimum intervals");
+            waits.push(wait);
+            now += wait;
+        }
+        assert_eq!(
+            waits,
+            [200, 400, 800, 800, 800, 800].map(Duration::from_millis),
+            "doubling from the minimum, capped"
+        );
+        assert!(REFRESH_EVERY_MAX < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_refresh_that_finds_a_newer_map_resets_the_backoff() {
+        let mut gate = RefreshGate::default();
+        let t0 = Instant::now();
+        gate.mark(t0, false);
+        gate.mark(t0, false);
+        assert!(!gate.due(t0 + REFRESH_EVERY_MIN * 2));
+        gate.mark(t0, true);
+        assert!(gate.due(t0 + REFRESH_EVERY_MIN));
+    }
+
+    #[test]
+    fn only_a_map_of_a_higher_epoch_is_newer_than_an_epoch() {
+        let mut cache = RouteCache::default();
+        assert!(cache.newer_than(0).is_none(), "nothing cached");
+        assert!(cache.offer(map(2)));
+        let held = map(2).epoch();
+        assert_eq!(cache.newer_than(held - 1).map(|m| m.epoch()), Some(held));
+        assert!(
+            cache.newer_than(held).is_none(),
+            "the same epoch is not newer"
+        );
+        assert!(
+            cache.newer_than(held + 5).is_none(),
+            "a host saw a later one"
+        );
+        assert!(!cache.offer(map(1)));
+        assert!(
+            cache.newer_than(held - 1).is_some(),
+            "an older map offered later does not take the epoch back"
+        );
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use shardkv_actors::fatal::FatalReporter;
 use shardkv_actors::messages::{ClientRequest, GetStatus, SendRaft};
 use shardkv_actors::peer::ClosePeerLink;
-use shardkv_actors::schema::{raft_records, shard_key_range, Schema, Table};
+use shardkv_actors::schema::{kv_ranges, raft_records, shard_key_range, Schema, TableId};
+use shardkv_actors::shard::OwnedSlots;
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_transport::wire::{Op, ReadConsistency, ReplicaInfo, Request, Response};
 
@@ -38,6 +39,7 @@ fn factory(dir: &std::path::Path) -> ReplicaFactory {
         },
         compaction: None,
         fatal,
+        splits: tokio::sync::mpsc::unbounded_channel().0,
     }
 }
 
@@ -82,15 +84,51 @@ fn linearizable_get(key: &[u8]) -> Request {
     }
 }
 
-/// The keys of `shard` in `table`.
-fn rows_of(schema: &Schema, table: Table, shard: ShardId) -> usize {
+/// The slots test shard `shard` (1 or 2) owns: the lower or the upper half.
+fn half(shard: ShardId) -> OwnedSlots {
+    let ranges = if shard == 1 {
+        vec![(0, 8191)]
+    } else {
+        vec![(8192, 16383)]
+    };
+    OwnedSlots { ranges, epoch: 1 }
+}
+
+/// Three keys in the slots `shard` owns (see [`half`]).
+fn keys_of(shard: ShardId) -> Vec<Vec<u8>> {
+    let owned = half(shard);
+    (0..)
+        .map(|i| format!("key{i}").into_bytes())
+        .filter(|k| owned.contains(shardkv_transport::slot::slot(k)))
+        .take(3)
+        .collect()
+}
+
+/// The keys of `shard` in `table` (for `kv`, those of the slots it owns, see [`half`]).
+fn rows_of(schema: &Schema, table: TableId, shard: ShardId) -> usize {
     let rtxn = schema.env.read_txn().expect("a read transaction");
-    let (lo, hi) = shard_key_range(shard);
-    let range = (
-        std::ops::Bound::Included(lo.as_slice()),
-        std::ops::Bound::Excluded(hi.as_slice()),
-    );
-    table.range(&rtxn, &range).expect("a range read").count()
+    let ranges = if table == TableId::Kv {
+        kv_ranges(shard, &half(shard).ranges)
+            .into_iter()
+            .map(|(_, lo, hi)| (lo, hi))
+            .collect()
+    } else {
+        vec![shard_key_range(shard)]
+    };
+    ranges
+        .iter()
+        .map(|(lo, hi)| {
+            let range = (
+                std::ops::Bound::Included(lo.as_slice()),
+                std::ops::Bound::Excluded(hi.as_slice()),
+            );
+            schema
+                .table(table)
+                .range(&rtxn, &range)
+                .expect("a range read")
+                .count()
+        })
+        .sum()
 }
 
 /// A peer host that only notes which shards sent it Raft messages.
@@ -125,7 +163,9 @@ async fn a_joining_replica_never_starts_an_election() {
     let joining = f.start_joining(1).expect("starts");
     // The control: a bootstrapped replica of a group with host 2 campaigns (a pre-vote to
     // host 2) once its election timeout passes, so ticks run and campaigns are seen.
-    let _control = f.start_bootstrapped(2, &[1, 2], Some(1)).expect("starts");
+    let _control = f
+        .start_bootstrapped(2, &[1, 2], Some(&half(2)), Some(1))
+        .expect("starts");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !sent_by(2) {
         assert!(Instant::now() < deadline, "the control replica campaigns");
@@ -149,13 +189,19 @@ async fn a_joining_replica_never_starts_an_election() {
 async fn destroying_a_replica_deletes_every_row_of_its_shard_and_no_other() {
     let dir = tempfile::tempdir().expect("temp dir");
     let f = factory(dir.path());
-    let gone = f.start_bootstrapped(1, &[1], Some(1)).expect("starts");
-    let kept = f.start_bootstrapped(2, &[1], Some(1)).expect("starts");
+    let gone = f
+        .start_bootstrapped(1, &[1], Some(&half(1)), Some(1))
+        .expect("starts");
+    let kept = f
+        .start_bootstrapped(2, &[1], Some(&half(2)), Some(1))
+        .expect("starts");
     wait_leader(&gone).await;
     wait_leader(&kept).await;
-    for key in [&b"a"[..], b"b", b"c"] {
-        put(&gone, key).await;
-        put(&kept, key).await;
+    for key in keys_of(1) {
+        put(&gone, &key).await;
+    }
+    for key in keys_of(2) {
+        put(&kept, &key).await;
     }
     let snap_file = f
         .snap_dir
@@ -163,7 +209,12 @@ async fn destroying_a_replica_deletes_every_row_of_its_shard_and_no_other() {
     std::fs::create_dir_all(&f.snap_dir).expect("snap dir");
     std::fs::write(&snap_file, b"a snapshot of shard 1").expect("writes");
     let s = &f.schema;
-    let tables = [s.kv, s.sessions, s.raft_log, s.raft_state];
+    let tables = [
+        TableId::Kv,
+        TableId::Sessions,
+        TableId::RaftLog,
+        TableId::RaftState,
+    ];
     for t in tables {
         assert!(rows_of(s, t, 1) > 0 && rows_of(s, t, 2) > 0);
     }
@@ -178,7 +229,7 @@ async fn destroying_a_replica_deletes_every_row_of_its_shard_and_no_other() {
     assert!(!snap_file.exists(), "its snapshot files are deleted");
     let kept_after: Vec<usize> = tables.iter().map(|t| rows_of(s, *t, 2)).collect();
     assert_eq!(kept_before, kept_after, "the other shard is untouched");
-    let get = ClientRequest(linearizable_get(b"a"));
+    let get = ClientRequest(linearizable_get(&keys_of(2)[0]));
     let resp = kept.requests.send(get).await;
     assert_eq!(resp.expect("runs"), Response::Value(Some(b"v".to_vec())));
 }
@@ -188,9 +239,12 @@ async fn a_joining_replica_restarted_halfway_goes_on_from_what_its_shard_stored(
     let dir = tempfile::tempdir().expect("temp dir");
     let f = factory(dir.path());
     // What a learner holds once its snapshot is installed stands in for a group of one here.
-    let first = f.start_bootstrapped(1, &[1], Some(1)).expect("starts");
+    let first = f
+        .start_bootstrapped(1, &[1], Some(&half(1)), Some(1))
+        .expect("starts");
     wait_leader(&first).await;
-    put(&first, b"a").await;
+    let key = keys_of(1).remove(0);
+    put(&first, &key).await;
     stop_and_wait(1, &first.stop).await.expect("stops");
     stop_and_wait(1, &first.stop_shard).await.expect("stops");
 
@@ -201,7 +255,7 @@ async fn a_joining_replica_restarted_halfway_goes_on_from_what_its_shard_stored(
         vec![1],
         "the stored configuration"
     );
-    let get = ClientRequest(linearizable_get(b"a"));
+    let get = ClientRequest(linearizable_get(&key));
     let resp = again.requests.send(get).await;
     assert_eq!(resp.expect("runs"), Response::Value(Some(b"v".to_vec())));
 }

@@ -122,7 +122,7 @@ impl Handler<GetStatus> for ReplicaActor {
                     .collect(),
             ),
             matched,
-            slots: Vec::new(),
+            slots: self.links.slots.get(),
         })
     }
 }

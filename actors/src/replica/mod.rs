@@ -42,7 +42,7 @@ use crate::messages::{
 };
 use crate::peer::links::PeerLinks;
 use crate::raft_storage::LmdbRaftStorage;
-use crate::shard::AppliedIndex;
+use crate::shard::{AppliedIndex, PublishedSlots};
 use lease::{lease_for, Lease};
 use persist::PersistPipeline;
 pub(crate) use persist::PERSISTS_IN_FLIGHT_MAX;
@@ -105,6 +105,8 @@ pub struct ReplicaLinks {
     pub fatal: FatalReporter,
     /// The index the shard's state machine has applied (for status).
     pub applied: AppliedIndex,
+    /// The slots the shard's state machine owns durably (for status).
+    pub slots: PublishedSlots,
 }
 
 /// The actor; see the module docs.

@@ -100,6 +100,7 @@ where
         snapshots: actor.clone().recipient(),
         changes: actor.clone().recipient(),
         split: actor.clone().recipient(),
+        slots: crate::shard::PublishedSlots::default(),
         stop: actor.clone().recipient(),
         stop_shard: actor.recipient(),
     }

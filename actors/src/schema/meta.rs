@@ -235,7 +235,7 @@ mod tests {
         assert!(is_retired(&schema, 2).unwrap());
         assert!(!is_retired(&schema, 1).unwrap());
         for shard in [7, 0, 3] {
-            crate::schema::raft_records::bootstrap(&schema, shard, &[1]).unwrap();
+            crate::schema::raft_records::bootstrap(&schema, shard, &[1], None).unwrap();
         }
         assert_eq!(
             crate::schema::raft_records::hosted_shards(&schema).unwrap(),

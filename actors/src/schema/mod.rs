@@ -1,11 +1,17 @@
 //! The LMDB schema: one Env per host, shared by every shard so that one commit (one fsync)
 //! can carry the work of many shards.
 //!
-//! Tables (all keys prefixed by the shard id, u32 big-endian, so a shard's rows are contiguous):
+//! Tables (keys prefixed by the shard id, u32 big-endian, so a shard's rows are contiguous; but
+//! user rows by slot):
 //! - `raft_log`:   (shard, index u64 BE)         -> raft-rs `Entry` (protobuf)
 //! - `raft_state`: (shard, tag u8)               -> hard state / conf state / applied index /
-//!   truncated (index, term) / log clock (see [`log_clock_record`])
-//! - `kv`:         (shard, user key)             -> value
+//!   truncated (index, term) / log clock (see [`log_clock_record`]) / owned slots (see
+//!   [`owned_record`])
+//! - `slot_kv`:    (slot u16 BE, user key)       -> value; the meta group's rows under
+//!   [`SYSTEM_PREFIX`] instead of a slot. Keyed by slot, not shard, so that a split (which
+//!   hands slots from one shard to another on the same host) moves no row: which rows a shard
+//!   holds is decided by the slots it owns. Slots owned by no local state machine hold no rows.
+//!   (Data dirs of earlier versions keyed `kv` by shard; [`migrate`] re-keys them.)
 //! - `sessions`:   (shard, client id u64 BE)     -> last applied seq (u64 BE), log time of that
 //!   write in ms (u64 BE), then its reply (postcard); see [`session_record`]
 //! - `meta`:       b"cluster" / b"host"          -> which cluster and host own this directory;
@@ -20,6 +26,8 @@ use std::path::Path;
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvOpenOptions};
+use shardkv_transport::cluster_map::META_SHARD;
+use shardkv_transport::slot::{slot, Slot};
 use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
@@ -28,6 +36,8 @@ use crate::messages::WriteOp;
 pub mod log_clock_record;
 pub mod map_record;
 pub mod meta;
+pub mod migrate;
+pub mod owned_record;
 pub mod raft_records;
 pub mod session_record;
 
@@ -55,6 +65,16 @@ pub const TAG_TRUNCATED: u8 = 4;
 /// `raft_state` tag: the shard's log clock as of the applied index (written in the same
 /// transaction as it).
 pub const TAG_LOG_CLOCK: u8 = 5;
+/// `raft_state` tag: the slots the shard's state machine owns as of the applied index
+/// (written in the same transaction as it).
+pub const TAG_OWNED: u8 = 6;
+
+/// The `slot_kv` prefix of the meta group's rows: above every slot, so no user key's row can
+/// be one of them.
+pub const SYSTEM_PREFIX: [u8; 2] = [0xff, 0xff];
+
+/// The name of the user-row table since rows are keyed by slot.
+const SLOT_KV: &str = "slot_kv";
 
 /// The opened Env and its tables.
 #[derive(Clone)]
@@ -96,7 +116,7 @@ impl Schema {
         let mut wtxn = env.write_txn()?;
         let raft_log = env.create_database(&mut wtxn, Some("raft_log"))?;
         let raft_state = env.create_database(&mut wtxn, Some("raft_state"))?;
-        let kv = env.create_database(&mut wtxn, Some("kv"))?;
+        let kv = env.create_database(&mut wtxn, Some(SLOT_KV))?;
         let sessions = env.create_database(&mut wtxn, Some("sessions"))?;
         let meta: Table = env.create_database(&mut wtxn, Some("meta"))?;
         let expected = format!("cluster {cluster:?} host {host}");
@@ -167,12 +187,23 @@ pub fn state_key(shard: ShardId, tag: u8) -> [u8; 5] {
     k
 }
 
-/// `kv` key of a user key in `shard`.
+/// `slot_kv` key of a user key of `shard`: by the key's slot, or under [`SYSTEM_PREFIX`] for
+/// the meta group.
 pub fn kv_key(shard: ShardId, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(4 + key.len());
-    k.extend_from_slice(&shard.to_be_bytes());
+    let prefix = if shard == META_SHARD {
+        SYSTEM_PREFIX
+    } else {
+        slot(key).to_be_bytes()
+    };
+    let mut k = Vec::with_capacity(2 + key.len());
+    k.extend_from_slice(&prefix);
     k.extend_from_slice(key);
     k
+}
+
+/// The user key of a `slot_kv` key.
+pub fn kv_user_key(key: &[u8]) -> &[u8] {
+    key.get(2..).unwrap_or_default()
 }
 
 /// `sessions` key of a client in `shard`.
@@ -195,25 +226,46 @@ pub fn shard_key_range(shard: ShardId) -> (Vec<u8>, Vec<u8>) {
 /// A key range `[from, to)` of one table.
 pub type TableRange = (TableId, Vec<u8>, Vec<u8>);
 
-/// Where `shard`'s data lies: its `kv` rows, its sessions and its Raft log. A snapshot
-/// install replaces exactly these (it overwrites the `raft_state` rows it carries); destroying
-/// a replica deletes these and its `raft_state` rows too ([`shard_all_ranges`]).
-pub fn shard_data_ranges(shard: ShardId) -> [TableRange; 3] {
-    let (lo, hi) = shard_key_range(shard);
-    [
-        (TableId::Kv, lo.clone(), hi.clone()),
-        (TableId::Sessions, lo.clone(), hi.clone()),
-        (TableId::RaftLog, lo, hi),
-    ]
+/// The `slot_kv` ranges holding the rows of `shard` when it owns `slots`: one per slot range,
+/// or the system rows for the meta group.
+pub fn kv_ranges(shard: ShardId, slots: &[(Slot, Slot)]) -> Vec<TableRange> {
+    if shard == META_SHARD {
+        return vec![(TableId::Kv, SYSTEM_PREFIX.to_vec(), vec![0xff, 0xff, 0xff])];
+    }
+    slots
+        .iter()
+        .map(|&(first, last)| {
+            let end = u32::from(last) + 1;
+            (
+                TableId::Kv,
+                first.to_be_bytes().to_vec(),
+                end.to_be_bytes()[2..].to_vec(),
+            )
+        })
+        .collect()
 }
 
-/// Every row `shard` has in this Env: its data ([`shard_data_ranges`]) and its Raft state
-/// (hard state, conf state, applied index, truncation point, log clock). Once these are
-/// deleted the host holds nothing of the shard, so a restart cannot bring the replica back.
-pub fn shard_all_ranges(shard: ShardId) -> [TableRange; 4] {
-    let [kv, sessions, log] = shard_data_ranges(shard);
+/// Where `shard`'s data lies when it owns `slots`: its rows, its sessions and its Raft log.
+/// A snapshot install replaces exactly these (it overwrites the `raft_state` rows it
+/// carries); destroying a replica deletes these and its `raft_state` rows too
+/// ([`shard_all_ranges`]).
+pub fn shard_data_ranges(shard: ShardId, slots: &[(Slot, Slot)]) -> Vec<TableRange> {
     let (lo, hi) = shard_key_range(shard);
-    [kv, sessions, log, (TableId::RaftState, lo, hi)]
+    let mut ranges = kv_ranges(shard, slots);
+    ranges.push((TableId::Sessions, lo.clone(), hi.clone()));
+    ranges.push((TableId::RaftLog, lo, hi));
+    ranges
+}
+
+/// Every row `shard` has in this Env when it owns `slots`: its data ([`shard_data_ranges`])
+/// and its Raft state (hard state, conf state, applied index, truncation point, log clock,
+/// owned slots). Once these are deleted the host holds nothing of the shard, so a restart
+/// cannot bring the replica back.
+pub fn shard_all_ranges(shard: ShardId, slots: &[(Slot, Slot)]) -> Vec<TableRange> {
+    let (lo, hi) = shard_key_range(shard);
+    let mut ranges = shard_data_ranges(shard, slots);
+    ranges.push((TableId::RaftState, lo, hi));
+    ranges
 }
 
 /// The writes that delete every key in `ranges`.
@@ -262,19 +314,46 @@ mod tests {
             log_key(7, 0).to_vec(),
             log_key(7, u64::MAX).to_vec(),
             state_key(7, u8::MAX).to_vec(),
-            kv_key(7, &[0xff; 40]),
             session_key(7, 1).to_vec(),
         ] {
             assert!(lo <= key && key < hi, "{key:?}");
         }
-        for key in [log_key(6, u64::MAX).to_vec(), kv_key(8, b"")] {
+        for key in [log_key(6, u64::MAX).to_vec(), log_key(8, 0).to_vec()] {
             assert!(key < lo || key >= hi, "{key:?}");
         }
     }
 
     #[test]
+    fn a_shards_kv_ranges_hold_the_keys_of_its_slots_and_no_others() {
+        let in_range = |key: &[u8], ranges: &[TableRange]| {
+            let k = kv_key(1, key);
+            ranges.iter().any(|(_, lo, hi)| *lo <= k && k < *hi)
+        };
+        let keys: Vec<Vec<u8>> = (0..2000u32).map(|i| format!("k{i}").into_bytes()).collect();
+        let ranges = kv_ranges(1, &[(100, 8000), (16000, 16383)]);
+        for key in &keys {
+            let s = slot(key);
+            let owned = (100..=8000).contains(&s) || s >= 16000;
+            assert_eq!(in_range(key, &ranges), owned, "slot {s}");
+        }
+    }
+
+    #[test]
+    fn the_meta_groups_rows_lie_apart_from_every_slot() {
+        let meta_ranges = kv_ranges(META_SHARD, &[]);
+        let every_slot = kv_ranges(1, &[(0, 16383)]);
+        let meta_row = kv_key(META_SHARD, b"cluster-map");
+        let user_row = kv_key(1, b"cluster-map");
+        let holds =
+            |ranges: &[TableRange], k: &Vec<u8>| ranges.iter().any(|(_, lo, hi)| lo <= k && k < hi);
+        assert!(holds(&meta_ranges, &meta_row) && !holds(&every_slot, &meta_row));
+        assert!(holds(&every_slot, &user_row) && !holds(&meta_ranges, &user_row));
+        assert_eq!(kv_user_key(&meta_row), b"cluster-map");
+    }
+
+    #[test]
     fn all_ranges_of_a_shard_cover_every_table_but_meta() {
-        let tables: Vec<TableId> = shard_all_ranges(3).iter().map(|r| r.0).collect();
+        let tables: Vec<TableId> = shard_all_ranges(3, &[(0, 5)]).iter().map(|r| r.0).collect();
         assert_eq!(
             tables,
             [

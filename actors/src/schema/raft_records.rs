@@ -13,10 +13,12 @@ use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
 use crate::messages::WriteOp;
+use crate::schema::owned_record::encode_owned;
 use crate::schema::{
     decode_u64, log_key, log_key_index, shard_key_range, state_key, Schema, TableId, TAG_APPLIED,
-    TAG_CONF_STATE, TAG_HARD_STATE, TAG_TRUNCATED,
+    TAG_CONF_STATE, TAG_HARD_STATE, TAG_OWNED, TAG_TRUNCATED,
 };
+use crate::shard::OwnedSlots;
 
 /// Bytes of a stored truncation point: index then term.
 const TRUNCATED_BYTES: usize = 16;
@@ -113,9 +115,15 @@ fn decode_truncated(v: &[u8]) -> Result<(u64, u64), ActorError> {
     ))
 }
 
-/// On first start, records the initial voters; later starts keep what is stored. Returns
-/// whether it recorded them.
-pub fn bootstrap(schema: &Schema, shard: ShardId, voters: &[u64]) -> Result<bool, ActorError> {
+/// On first start, records the initial voters and the slots the shard owns (`None`: the
+/// meta group, which owns none); later starts keep what is stored. Returns whether it
+/// recorded them.
+pub fn bootstrap(
+    schema: &Schema,
+    shard: ShardId,
+    voters: &[u64],
+    owned: Option<&OwnedSlots>,
+) -> Result<bool, ActorError> {
     let mut wtxn = schema.env.write_txn()?;
     let key = state_key(shard, TAG_CONF_STATE);
     if schema.raft_state.get(&wtxn, &key)?.is_some() {
@@ -128,6 +136,12 @@ pub fn bootstrap(schema: &Schema, shard: ShardId, voters: &[u64]) -> Result<bool
     schema
         .raft_state
         .put(&mut wtxn, &key, &encode_proto(&cs)?)?;
+    if let Some(owned) = owned {
+        let key = state_key(shard, TAG_OWNED);
+        schema
+            .raft_state
+            .put(&mut wtxn, &key, &encode_owned(shard, owned)?)?;
+    }
     wtxn.commit()?;
     Ok(true)
 }
@@ -393,9 +407,9 @@ mod tests {
     #[test]
     fn records_written_are_read_back_per_shard() {
         let (_dir, schema) = temp_schema();
-        assert!(bootstrap(&schema, 1, &[1, 2, 3]).unwrap());
+        assert!(bootstrap(&schema, 1, &[1, 2, 3], None).unwrap());
         assert!(
-            !bootstrap(&schema, 1, &[9]).unwrap(),
+            !bootstrap(&schema, 1, &[9], None).unwrap(),
             "stored voters are kept"
         );
         let hs = HardState {

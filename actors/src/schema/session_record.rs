@@ -38,6 +38,18 @@ pub fn encode_session(seq: u64, last_ms: u64, reply: &Response) -> Result<Vec<u8
     Ok(record)
 }
 
+/// The stored bytes of `record` (a copy of a session: a reply that did not decode stays so).
+pub fn encode_record(record: &SessionRecord) -> Result<Vec<u8>, ActorError> {
+    match &record.reply {
+        Some(reply) => encode_session(record.seq, record.last_ms, reply),
+        None => {
+            let mut v = record.seq.to_be_bytes().to_vec();
+            v.extend_from_slice(&record.last_ms.to_be_bytes());
+            Ok(v)
+        }
+    }
+}
+
 /// Decodes the stored bytes of a session.
 pub fn decode_session(v: &[u8]) -> Result<SessionRecord, ActorError> {
     if v.len() < SESSION_RECORD_BYTES_MIN {

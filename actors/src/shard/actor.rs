@@ -5,13 +5,15 @@
 use actix::prelude::*;
 use raft::eraftpb::Entry;
 use shardkv_transport::wire::Response;
-use shardkv_transport::ShardId;
+use shardkv_transport::{HostId, ShardId};
 use tracing::{debug, warn};
 
 use super::applied_index::AppliedIndex;
-use super::apply::{self, Plan};
+use super::apply::{self, owns_key, ApplyState, Plan};
 use super::log_clock::LogClock;
 use super::overlay::Overlay;
+use super::owned::{OwnedSlots, PublishedSlots};
+use super::split::{SplitApplied, SplitNotices};
 use super::store_view::StoreView;
 use super::view::AppliedView;
 use super::waiters::{ReadWaiter, ReadWaiters, WriteWaiters};
@@ -22,6 +24,7 @@ use crate::messages::{
     WriteBatch, WriteOp,
 };
 use crate::schema::log_clock_record::{log_clock_op, stored_log_clock};
+use crate::schema::owned_record::{owned_op, stored_owned};
 use crate::schema::{log_key, raft_records, Schema, TableId};
 
 /// Apply batches that may be on their way to disk at once; past this, apply waits.
@@ -37,9 +40,29 @@ pub struct Compaction {
     pub keep: u64,
 }
 
+/// What a shard's state machine is built with, besides where it starts from.
+pub struct ShardSetup {
+    pub shard: ShardId,
+    /// The host it runs on: a split creates the child here only if the host is a voter.
+    pub host: HostId,
+    pub schema: Schema,
+    pub storage: Addr<crate::storage::StorageActor>,
+    /// Compact every this many applied entries, keeping the last `keep` (None: never).
+    pub compaction: Option<Compaction>,
+    /// Where a batch that could not be stored is reported: the host must stop.
+    pub fatal: FatalReporter,
+    /// Where the applied index is published for the replica's status.
+    pub published: AppliedIndex,
+    /// Where the durably owned slots are published for the router and status.
+    pub slots: PublishedSlots,
+    /// Where an applied split is told once durable, so the child's replica starts.
+    pub splits: SplitNotices,
+}
+
 /// The state machine of one shard's replica on this host; see [`crate::shard`].
 pub struct ShardActor {
     shard: ShardId,
+    host: HostId,
     schema: Schema,
     storage: Addr<crate::storage::StorageActor>,
     /// Where a batch that could not be stored is reported: the host must stop.
@@ -50,6 +73,12 @@ pub struct ShardActor {
     published: AppliedIndex,
     /// The log clock as of `applied`: what the next batch starts from.
     log_clock: LogClock,
+    /// The slots owned as of `applied`: writes and reads of other keys are refused.
+    owned: OwnedSlots,
+    /// Where the owned slots are published once durable.
+    published_slots: PublishedSlots,
+    /// Where applied splits are told once durable.
+    splits: SplitNotices,
     /// Values and sessions written by batches not yet committed to LMDB.
     overlay: Overlay,
     /// Number of the last apply batch sent to storage.
@@ -69,30 +98,39 @@ pub struct ShardActor {
 }
 
 impl ShardActor {
-    /// A state machine over `schema` starting at the durable `applied` index (and the log
-    /// clock stored with it); a batch it cannot store is reported to `fatal`.
-    pub fn new(
-        shard: ShardId,
-        schema: Schema,
-        storage: Addr<crate::storage::StorageActor>,
-        applied: u64,
-        compaction: Option<Compaction>,
-        fatal: FatalReporter,
-        published: AppliedIndex,
-    ) -> Result<Self, ActorError> {
+    /// A state machine set up by `setup`, starting at the durable `applied` index (and the
+    /// log clock and owned slots stored with it).
+    pub fn new(setup: ShardSetup, applied: u64) -> Result<Self, ActorError> {
+        let ShardSetup {
+            shard,
+            host,
+            schema,
+            storage,
+            compaction,
+            fatal,
+            published,
+            slots,
+            splits,
+        } = setup;
         let (compacted, _) = raft_records::truncated_state(&schema, shard)?;
         let log_clock = stored_log_clock(&schema, shard)?;
+        let owned = stored_owned(&schema, shard)?;
+        slots.publish(owned.ranges.clone());
         Ok(ShardActor {
             durable_applied: applied,
             compacted,
             compaction,
             shard,
+            host,
             schema,
             storage,
             fatal,
             applied,
             published,
             log_clock,
+            owned,
+            published_slots: slots,
+            splits,
             overlay: Overlay::default(),
             batch_seq: 0,
             in_flight: 0,
@@ -112,13 +150,13 @@ impl ShardActor {
 
     /// Turns committed entries into one write batch and the reply of each entry.
     pub(super) fn plan(&self, entries: &[Entry]) -> Result<Plan, ActorError> {
-        apply::plan(
-            self.shard,
-            self.applied,
-            self.log_clock,
-            entries,
-            &self.view(),
-        )
+        let state = ApplyState {
+            host: self.host,
+            applied: self.applied,
+            log_clock: self.log_clock,
+            owned: self.owned.clone(),
+        };
+        apply::plan(self.shard, &state, entries, &self.view())
     }
 
     /// Every `after` durably applied entries, drop the log up to `keep` entries before the
@@ -165,7 +203,14 @@ impl ShardActor {
         self.storage.do_send(PersistLazy(WriteBatch { ops }));
     }
 
+    /// Serves a read of `key` as of the applied index, if the shard owns its slot there.
     fn read(&self, key: &[u8]) -> Response {
+        if !owns_key(self.shard, &self.owned, key) {
+            return Response::WrongShard {
+                shard: self.shard,
+                epoch: self.owned.epoch,
+            };
+        }
         match self.view().value(key) {
             Ok(v) => Response::Value(v),
             Err(e) => Response::Internal(format!("read failed: {e}")),
@@ -237,15 +282,38 @@ impl Handler<ApplyEntries> for ShardActor {
         let effects = plan.effects;
         self.overlay.add(seq, effects.values, effects.sessions);
         self.log_clock = plan.log_clock;
+        // A split takes effect for the requests after it at once; the router and the child
+        // learn of it once it is on disk.
+        let split = plan.owned.map(|owned| {
+            self.owned = owned;
+            (self.owned.ranges.clone(), plan.children)
+        });
         self.on_applied(last, plan.replies);
         self.in_flight += 1;
-        let persist = self.storage.send(PersistLazy(effects.batch));
+        let persist: futures::future::BoxFuture<'static, _> = if split.is_some() {
+            // Not lazily: the child's replica starts from what this batch stores.
+            Box::pin(self.storage.send(Persist(effects.batch)))
+        } else {
+            Box::pin(self.storage.send(PersistLazy(effects.batch)))
+        };
         let done = persist.into_actor(self).map(move |res, act, ctx| {
             act.in_flight -= 1;
             match res {
                 Ok(Ok(())) => {
                     act.overlay.settle(seq);
                     act.durable_applied = act.durable_applied.max(last);
+                    if let Some((ranges, children)) = split {
+                        act.published_slots.publish(ranges);
+                        for child in children {
+                            let notice = SplitApplied {
+                                parent: act.shard,
+                                child,
+                            };
+                            // No listener: the host is going down, and restarts the child
+                            // from its stored state.
+                            let _ = act.splits.send(notice);
+                        }
+                    }
                     act.maybe_compact();
                 }
                 Ok(Err(e)) => {
@@ -266,7 +334,7 @@ impl Handler<ApplyEntries> for ShardActor {
 impl Handler<InstallSnapshot> for ShardActor {
     type Result = ResponseActFuture<Self, Result<(), ActorError>>;
 
-    /// Replaces the shard's rows, sessions and log clock by the snapshot's, and the log by
+    /// Replaces the shard's rows, sessions, log clock and owned slots by the snapshot's, and the log by
     /// the snapshot point, in one transaction with the replica's conf and hard state. The file is
     /// checked through on a blocking thread first, then streamed into LMDB by the writer
     /// thread: neither this actor's thread nor memory carries the snapshot.
@@ -283,38 +351,49 @@ impl Handler<InstallSnapshot> for ShardActor {
             path,
             raft_ops,
         } = msg;
-        let mut ops = crate::schema::delete_ranges(crate::schema::shard_data_ranges(shard));
-        ops.extend([
-            WriteOp::LoadSnapshot(shard, path.clone()),
-            raft_records::applied_op(shard, index),
-            raft_records::truncated_op(shard, index, term),
-        ]);
-        ops.extend(raft_ops);
+        // The rows to replace: those of the slots owned now (which the snapshot may no longer
+        // give this shard: they belong to no local shard after it) and of those it owns.
+        let owned_before = self.owned.ranges.clone();
         let storage = self.storage.clone();
         let check = async move {
             let header = verified
                 .await
                 .map_err(|e| ActorError::Storage(format!("snapshot check: {e}")))??;
-            let meta = header.snapshot;
+            let meta = header.meta.snapshot;
             if meta.shard != shard || meta.index != index || meta.term != term {
                 return Err(ActorError::Corrupt {
                     what: format!("snapshot {}", path.display()),
                     detail: format!("is {meta:?}, expected shard {shard} at {index}/{term}"),
                 });
             }
-            ops.push(log_clock_op(shard, &header.log_clock));
+            let owned = header.owned.unwrap_or_default();
+            let mut replaced = owned_before;
+            replaced.extend(owned.ranges.iter().copied());
+            let mut ops =
+                crate::schema::delete_ranges(crate::schema::shard_data_ranges(shard, &replaced));
+            ops.extend([
+                WriteOp::LoadSnapshot(shard, path.clone()),
+                raft_records::applied_op(shard, index),
+                raft_records::truncated_op(shard, index, term),
+                owned_op(shard, &owned)?,
+            ]);
+            ops.extend(raft_ops);
+            let log_clock = header.meta.log_clock;
+            ops.push(log_clock_op(shard, &log_clock));
             storage
                 .send(Persist(WriteBatch { ops }))
                 .await
                 .map_err(|_| ActorError::StorageGone)??;
-            Ok((path, header.log_clock))
+            Ok((path, log_clock, owned))
         };
         Box::pin(check.into_actor(self).map(move |res, act, _| {
-            let (path, log_clock) = res?;
+            let (path, log_clock, owned) = res?;
             let _ = std::fs::remove_file(&path);
             act.overlay.clear();
             act.applied = index;
             act.log_clock = log_clock;
+            act.published_slots.publish(owned.ranges.clone());
+            act.owned = owned;
             act.durable_applied = index;
             act.compacted = index;
             act.writes.fail_all(&Response::Unavailable(

@@ -3,19 +3,25 @@
 //!
 //! It reads only through an [`AppliedView`] and writes only into [`Effects`], so it does the
 //! same on every replica whatever its storage has committed yet, and is tested without LMDB.
-//! One function per command ([`put`], [`delete`], [`cas`]); the session rules (dedup of a
-//! retried write, expiry of idle sessions) are in [`super::sessions`], judged by the log
-//! clock ([`LogClock`]) that the entries themselves advance.
+//! One function per command ([`put`], [`delete`], [`cas`], and the split in [`super::split`]);
+//! the session rules (dedup of a retried write, expiry of idle sessions) are in
+//! [`super::sessions`], judged by the log clock ([`LogClock`]) that the entries themselves
+//! advance. A write of a key whose slot the shard does not own (any more) is refused here,
+//! where ownership is decided: `WrongShard`, with nothing applied and no session recorded.
 
 use raft::eraftpb::Entry;
+use shardkv_transport::cluster_map::META_SHARD;
+use shardkv_transport::slot::slot;
 use shardkv_transport::wire::Response;
-use shardkv_transport::ShardId;
-use tracing::debug;
+use shardkv_transport::{HostId, ShardId};
+use tracing::{debug, info};
 
 use super::command::{Action, Command};
 use super::effects::Effects;
 use super::log_clock::LogClock;
+use super::owned::OwnedSlots;
 use super::sessions;
+use super::split::apply_split;
 use super::view::AppliedView;
 use crate::error::ActorError;
 
@@ -36,29 +42,46 @@ pub struct Plan {
     pub replies: Vec<EntryReply>,
     /// The log clock after the last entry.
     pub log_clock: LogClock,
+    /// The slots owned after the last entry, if a split changed them.
+    pub owned: Option<OwnedSlots>,
+    /// Children of splits applied here whose replicas this host starts.
+    pub children: Vec<ShardId>,
 }
 
-/// Applies `entries` (in log order) of `shard` over `view`, whose state is applied up to
-/// `applied` with the log clock at `log_clock`: entries at or below it are skipped (raft-rs
-/// may hand them again after a restart). Each command first advances the log clock, which
-/// then judges and stamps sessions. The effects end with the log clock (if it moved) and the
-/// new applied index, so both become durable in the same transaction as the writes.
+/// Where the apply core stands before a run of entries: the last applied index, the log
+/// clock and the owned slots as of it, and the host it runs on.
+#[derive(Debug, Clone)]
+pub struct ApplyState {
+    pub host: HostId,
+    pub applied: u64,
+    pub log_clock: LogClock,
+    pub owned: OwnedSlots,
+}
+
+/// Applies `entries` (in log order) of `shard` over `view`, whose state stands at `state`:
+/// entries at or below its applied index are skipped (raft-rs may hand them again after a
+/// restart). Each command first advances the log clock, which then judges and stamps
+/// sessions. The effects end with the log clock (if it moved) and the new applied index, so
+/// both become durable in the same transaction as the writes.
 ///
 /// # Panics
-/// If the entries past `applied` do not follow on from it: applying out of order would make
-/// this replica diverge, and no later step could notice.
+/// If the entries past the applied index do not follow on from it: applying out of order
+/// would make this replica diverge, and no later step could notice.
 pub fn plan(
     shard: ShardId,
-    applied: u64,
-    log_clock: LogClock,
+    state: &ApplyState,
     entries: &[Entry],
     view: &impl AppliedView,
 ) -> Result<Plan, ActorError> {
+    let applied = state.applied;
     let mut effects = Effects::new(shard);
     let mut replies = Vec::with_capacity(entries.len());
     let mut last = applied;
-    let mut clock = log_clock;
+    let mut clock = state.log_clock;
     let mut clock_moved = false;
+    let mut owned = state.owned.clone();
+    let mut owned_changed = false;
+    let mut children = Vec::new();
     for e in entries {
         if e.index <= applied {
             continue;
@@ -75,7 +98,20 @@ pub fn plan(
                 debug!(shard, expired, "idle client sessions expired");
             }
         }
-        let response = apply_command(cmd, clock.now_ms, view, &mut effects)?;
+        let response = match cmd.action {
+            Action::Split(spec) => {
+                let (child, at) = (spec.child, spec.at);
+                let outcome =
+                    apply_split(spec, state.host, &mut owned, &clock, view, &mut effects)?;
+                if outcome.reply == Response::Ok && owned != state.owned {
+                    info!(shard, child, at, index = e.index, slots = ?owned.ranges, "split applied");
+                    owned_changed = true;
+                }
+                children.extend(outcome.child_here);
+                outcome.reply
+            }
+            _ => apply_command(cmd, clock.now_ms, &owned, view, &mut effects)?,
+        };
         replies.push(EntryReply {
             index: e.index,
             term: e.term,
@@ -92,7 +128,15 @@ pub fn plan(
         effects,
         replies,
         log_clock: clock,
+        owned: owned_changed.then_some(owned),
+        children,
     })
+}
+
+/// Whether `shard`, owning `owned`, may apply or serve `key`: the meta group's rows are no
+/// user keys, any other shard only those of its slots.
+pub fn owns_key(shard: ShardId, owned: &OwnedSlots, key: &[u8]) -> bool {
+    shard == META_SHARD || owned.contains(slot(key))
 }
 
 /// Applies one command once: a retry of a write its session already applied is answered
@@ -101,6 +145,7 @@ pub fn plan(
 fn apply_command(
     cmd: Command,
     now_ms: u64,
+    owned: &OwnedSlots,
     view: &impl AppliedView,
     effects: &mut Effects,
 ) -> Result<Response, ActorError> {
@@ -116,11 +161,25 @@ fn apply_command(
             return Ok(first);
         }
     }
+    let shard = effects.shard();
+    if cmd
+        .action
+        .key()
+        .is_some_and(|key| !owns_key(shard, owned, key))
+    {
+        // Proposed before the shard gave the slot up, committed after: the new owner applies
+        // it when the client retries there (nothing is recorded here).
+        return Ok(Response::WrongShard {
+            shard,
+            epoch: owned.epoch,
+        });
+    }
     let response = match cmd.action {
         Action::Put { key, value } => put(key, value, effects),
         Action::Delete { key } => delete(key, effects),
         Action::Cas { key, expected, new } => cas(key, expected, new, view, effects)?,
-        Action::Split(_) => Response::Invalid("shard splits are not applied by this build".into()),
+        // `plan` applies splits itself; one here would be a bug, answered as such.
+        Action::Split(_) => Response::Internal("a split reached the write path".into()),
     };
     if cmd.seq != 0 {
         effects.record_session(cmd.client_id, cmd.seq, now_ms, response.clone())?;

@@ -57,6 +57,16 @@ pub enum Action {
     Split(SplitSpec),
 }
 
+impl Action {
+    /// The key a data action touches (`None` for a split, which touches slots).
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Action::Put { key, .. } | Action::Delete { key } | Action::Cas { key, .. } => Some(key),
+            Action::Split(_) => None,
+        }
+    }
+}
+
 impl Command {
     /// The command carried by a committed entry of `shard`, or `None` for an entry that
     /// changes no data (a new leader's empty entry, and, later, membership changes). An entry

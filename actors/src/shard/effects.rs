@@ -100,6 +100,20 @@ impl Effects {
         self.values.insert(key, None);
     }
 
+    /// Every session of the shard as of this batch (its own records over `view`'s).
+    pub fn all_sessions(
+        &self,
+        view: &impl AppliedView,
+    ) -> Result<Vec<(u64, SessionRecord)>, ActorError> {
+        let mut all = view.sessions_except(&|client| self.has_session(client))?;
+        all.extend(
+            self.sessions
+                .iter()
+                .filter_map(|(client, s)| s.as_ref().map(|s| (*client, s.clone()))),
+        );
+        Ok(all)
+    }
+
     /// Records that `client`'s write `seq` at log time `last_ms` was applied and answered
     /// `reply`: what a retry of it will be answered.
     pub fn record_session(

@@ -17,6 +17,8 @@
 //! - `apply`: the pure core, one function per command, over a read view (`view`), writing
 //!   into the batch's effects (`effects`); `sessions`: the session rules (dedup, expiry);
 //!   `log_clock`: the log time sessions expire by, which no leader's clock offset can move.
+//! - `owned`: the slots the shard owns; `split`: applying a split, which hands some to a
+//!   new shard.
 //! - `overlay` and `store_view`: the batches in flight over LMDB, the view the core reads.
 //! - `waiters`: the writes and reads waiting on the applied index.
 //! - `actor`: the [`ShardActor`] that ties them to storage and the replica.
@@ -28,14 +30,18 @@ mod command;
 mod effects;
 mod log_clock;
 mod overlay;
+mod owned;
 mod sessions;
+mod split;
 mod store_view;
 mod view;
 mod waiters;
 
 pub(crate) use actor::APPLY_BATCHES_IN_FLIGHT_MAX;
-pub use actor::{Compaction, ShardActor};
+pub use actor::{Compaction, ShardActor, ShardSetup};
 pub use applied_index::AppliedIndex;
 pub use command::{Action, Command};
 pub use log_clock::{leader_stamp_ms, ClockAnchor, LogClock};
+pub use owned::{OwnedSlots, PublishedSlots};
 pub use sessions::SESSION_TTL_MS;
+pub use split::{SplitApplied, SplitNotices};

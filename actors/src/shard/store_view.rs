@@ -82,6 +82,36 @@ impl AppliedView for StoreView<'_> {
         );
         Ok(found)
     }
+
+    fn sessions_except(
+        &self,
+        shadowed: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, SessionRecord)>, ActorError> {
+        let mut found = Vec::new();
+        let rtxn = self.schema.env.read_txn()?;
+        for item in self
+            .schema
+            .sessions
+            .prefix_iter(&rtxn, &self.shard.to_be_bytes())?
+        {
+            let (k, v) = item?;
+            let Some(client) = k.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            let client = u64::from_be_bytes(client);
+            if !shadowed(client) && self.overlay.session(client).is_none() {
+                found.push((client, decode_session(v)?));
+            }
+        }
+        drop(rtxn);
+        found.extend(
+            self.overlay
+                .sessions()
+                .filter(|(client, _)| !shadowed(*client))
+                .filter_map(|(client, s)| s.map(|s| (client, s.clone()))),
+        );
+        Ok(found)
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,13 @@ pub trait AppliedView {
         &self,
         shadowed: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<SessionActivity>, ActorError>;
+
+    /// Every session whole, except clients for which `shadowed` holds (as above): what a
+    /// split copies to the new shard.
+    fn sessions_except(
+        &self,
+        shadowed: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, SessionRecord)>, ActorError>;
 }
 
 /// An in-memory view, for testing the apply core without LMDB.
@@ -56,6 +63,18 @@ impl AppliedView for MemoryView {
                 client: *client,
                 last_ms: s.last_ms,
             })
+            .collect())
+    }
+
+    fn sessions_except(
+        &self,
+        shadowed: &dyn Fn(u64) -> bool,
+    ) -> Result<Vec<(u64, SessionRecord)>, ActorError> {
+        Ok(self
+            .sessions
+            .iter()
+            .filter(|(client, _)| !shadowed(**client))
+            .map(|(client, s)| (*client, s.clone()))
             .collect())
     }
 }

@@ -17,6 +17,7 @@ use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
 use crate::schema::log_clock_record::read_log_clock;
+use crate::schema::owned_record::read_owned;
 use crate::schema::raft_records::Durable;
 use crate::schema::Schema;
 use crate::snapshot::{file_name, remove_unused, write, FileMeta, SnapMeta};
@@ -138,7 +139,8 @@ fn build_snapshot(
         },
         log_clock: read_log_clock(schema, &rtxn, shard)?,
     };
-    let path = write(schema, &rtxn, dir, &file_meta)?;
+    let owned = read_owned(schema, &rtxn, shard)?.unwrap_or_default();
+    let path = write(schema, &rtxn, dir, &file_meta, &owned)?;
     Ok(BuiltSnapshot {
         meta: file_meta.snapshot,
         conf,
@@ -292,7 +294,7 @@ mod tests {
     #[test]
     fn a_snapshot_that_does_not_list_the_follower_is_rebuilt_once_its_addition_is_applied() {
         let (d, schema) = temp_schema();
-        bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
+        bootstrap(&schema, 1, &[1, 2, 3], None).unwrap();
         append(&schema, 1, &[entry(1, 1), entry(2, 1)]);
         set_applied(&schema, 1, 1);
         let slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));
@@ -321,7 +323,7 @@ mod tests {
     fn snapshots_are_built_off_thread_reused_and_retired() {
         let (d, schema) = temp_schema();
         let snap_dir = d.path().join("snap");
-        bootstrap(&schema, 1, &[1, 2, 3]).unwrap();
+        bootstrap(&schema, 1, &[1, 2, 3], None).unwrap();
         append(&schema, 1, &[entry(1, 1), entry(2, 1), entry(3, 2)]);
         set_applied(&schema, 1, 2);
         let slots = Arc::new(BuildSlots::new(SNAPSHOT_BUILDS_MAX));

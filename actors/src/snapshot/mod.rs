@@ -2,7 +2,9 @@
 //! index, written from a single LMDB read transaction so it is exactly the state at that index.
 //!
 //! A file is a sequence of length-prefixed postcard records: first [`Record::Meta`] (what the
-//! snapshot is of, and the log clock at its index), then one record per row. Files are
+//! snapshot is of, and the log clock at its index), then [`Record::Owned`] (the slots the
+//! shard owns at that index: the rows that follow are those of these slots), then one record
+//! per row. Files are
 //! streamed to followers in chunks (see the transport's `send_snapshot`), checked record by
 //! record off the actor threads, and loaded into LMDB by the storage writer thread in one
 //! transaction ([`load`]); no step holds a whole snapshot in memory.
@@ -19,12 +21,13 @@ use std::path::{Path, PathBuf};
 
 use heed::RoTxn;
 use serde::{Deserialize, Serialize};
+use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::{HostId, ShardId};
 
 use crate::error::ActorError;
 use crate::schema::session_record::SESSION_RECORD_BYTES_MIN;
-use crate::schema::{kv_key, session_key, Schema};
-use crate::shard::LogClock;
+use crate::schema::{kv_key, kv_ranges, kv_user_key, session_key, Schema};
+use crate::shard::{LogClock, OwnedSlots};
 
 mod build;
 
@@ -62,6 +65,18 @@ pub enum Record {
     Session { client: u64, record: Vec<u8> },
     /// The first record of a file.
     Meta(FileMeta),
+    /// The slots the shard owns at the snapshot's index; right after the meta record.
+    /// Files of earlier versions have none, and are refused for a data shard (its rows
+    /// could not be told from another shard's).
+    Owned(OwnedSlots),
+}
+
+/// What a file says of itself before its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub meta: FileMeta,
+    /// `None` in a file of an earlier version.
+    pub owned: Option<OwnedSlots>,
 }
 
 /// Largest record accepted when reading a file (a maximal value plus envelope).
@@ -127,12 +142,13 @@ fn remove_files_where(dir: &Path, doomed: impl Fn(&str) -> bool) -> Result<usize
 
 /// Writes the snapshot of `meta.snapshot.shard` as seen by `rtxn` into `dir` (atomically: a
 /// temp file renamed into place) and returns its path. An existing file for the same point
-/// is reused. `file_meta.log_clock` must be the clock `rtxn` sees.
+/// is reused. `file_meta.log_clock` and `owned` must be what `rtxn` sees.
 pub fn write(
     schema: &Schema,
     rtxn: &RoTxn,
     dir: &Path,
     file_meta: &FileMeta,
+    owned: &OwnedSlots,
 ) -> Result<PathBuf, ActorError> {
     let meta = &file_meta.snapshot;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -151,14 +167,21 @@ pub fn write(
         out.write_all(&frame).map_err(|e| io(&tmp, e))
     };
     put(&Record::Meta(file_meta.clone()))?;
-    let prefix = meta.shard.to_be_bytes();
-    for item in schema.kv.prefix_iter(rtxn, &prefix)? {
-        let (k, v) = item?;
-        put(&Record::Kv {
-            key: k[4..].to_vec(),
-            value: v.to_vec(),
-        })?;
+    put(&Record::Owned(owned.clone()))?;
+    for (_, from, to) in kv_ranges(meta.shard, &owned.ranges) {
+        let range = (
+            std::ops::Bound::Included(from.as_slice()),
+            std::ops::Bound::Excluded(to.as_slice()),
+        );
+        for item in schema.kv.range(rtxn, &range)? {
+            let (k, v) = item?;
+            put(&Record::Kv {
+                key: kv_user_key(k).to_vec(),
+                value: v.to_vec(),
+            })?;
+        }
     }
+    let prefix = meta.shard.to_be_bytes();
     for item in schema.sessions.prefix_iter(rtxn, &prefix)? {
         let (k, v) = item?;
         let client = k
@@ -181,14 +204,17 @@ pub fn write(
 }
 
 /// Reads the records of a snapshot file one at a time, handing each row to `each`; returns
-/// the meta record, which must come first. Memory use is one record.
+/// its header (the meta record, which must come first, and the owned slots). Memory use is
+/// one record.
 pub fn for_each(
     path: &Path,
     mut each: impl FnMut(Record) -> Result<(), ActorError>,
-) -> Result<FileMeta, ActorError> {
+) -> Result<Header, ActorError> {
     let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
     let mut input = BufReader::new(file);
     let mut meta = None;
+    let mut owned = None;
+    let mut rows_seen = false;
     let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 4];
@@ -216,26 +242,58 @@ pub fn for_each(
                 return Err(io(path, "a second meta record"))
             }
             (_, None) => return Err(io(path, "does not start with its meta record")),
-            (r, Some(_)) => each(r)?,
+            (Record::Owned(o), Some(_)) if owned.is_none() && !rows_seen => owned = Some(o),
+            (Record::Owned(_), Some(_)) => return Err(io(path, "a misplaced owned-slots record")),
+            (r, Some(_)) => {
+                rows_seen = true;
+                each(r)?
+            }
         }
     }
-    meta.ok_or_else(|| io(path, "empty file"))
+    let meta = meta.ok_or_else(|| io(path, "empty file"))?;
+    Ok(Header { meta, owned })
 }
 
 /// Reads a whole file through, checking every record (so that loading it cannot fail on
-/// its content); returns its meta.
-pub fn verify(path: &Path) -> Result<FileMeta, ActorError> {
+/// its content); returns its header. A data shard's file must say which slots it owns, and
+/// every row must be of one of them.
+pub fn verify(path: &Path) -> Result<Header, ActorError> {
     let max = shardkv_transport::wire::KEY_BYTES_MAX;
-    for_each(path, |r| match r {
+    // Which slots the rows are of (one flag per slot: constant memory whatever the size).
+    let mut slots = vec![false; usize::from(shardkv_transport::slot::SLOT_COUNT)];
+    let header = for_each(path, |r| match r {
         Record::Kv { key, .. } if key.is_empty() || key.len() > max => {
             Err(io(path, format!("a key of {} bytes", key.len())))
+        }
+        Record::Kv { key, .. } => {
+            slots[usize::from(shardkv_transport::slot::slot(&key))] = true;
+            Ok(())
         }
         Record::Session { record, .. } if record.len() < SESSION_RECORD_BYTES_MIN => Err(io(
             path,
             format!("a session record of {} bytes", record.len()),
         )),
         _ => Ok(()),
-    })
+    })?;
+    if header.meta.snapshot.shard == META_SHARD {
+        return Ok(header);
+    }
+    let Some(owned) = &header.owned else {
+        return Err(io(
+            path,
+            "says nothing of the slots it holds (a snapshot of an earlier version); upgrade \
+             the sending host",
+        ));
+    };
+    let outside = (0..shardkv_transport::slot::SLOT_COUNT)
+        .find(|s| slots[usize::from(*s)] && !owned.contains(*s));
+    if let Some(slot) = outside {
+        return Err(io(
+            path,
+            format!("rows of slot {slot}, outside its owned {:?}", owned.ranges),
+        ));
+    }
+    Ok(header)
 }
 
 /// Writes the rows of the snapshot at `path` into `wtxn` (the caller has cleared the shard).
@@ -245,7 +303,7 @@ pub fn load(
     shard: ShardId,
     path: &Path,
 ) -> Result<(), ActorError> {
-    let meta = for_each(path, |r| {
+    let header = for_each(path, |r| {
         match r {
             Record::Kv { key, value } => schema.kv.put(wtxn, &kv_key(shard, &key), &value)?,
             Record::Session { client, record } => {
@@ -253,14 +311,14 @@ pub fn load(
                     .sessions
                     .put(wtxn, &session_key(shard, client), &record)?
             }
-            Record::Meta(_) | Record::MetaWithoutClock(_) => {}
+            Record::Meta(_) | Record::MetaWithoutClock(_) | Record::Owned(_) => {}
         }
         Ok(())
     })?;
-    if meta.snapshot.shard != shard {
+    if header.meta.snapshot.shard != shard {
         return Err(io(
             path,
-            format!("is of shard {}, not {shard}", meta.snapshot.shard),
+            format!("is of shard {}, not {shard}", header.meta.snapshot.shard),
         ));
     }
     Ok(())
@@ -332,26 +390,45 @@ mod tests {
     use crate::schema::TableId;
     use crate::test_fixtures::open_schema;
 
-    #[test]
-    fn a_snapshot_holds_exactly_one_shards_rows() {
-        let dir = tempfile::tempdir().unwrap();
-        let schema = open_schema(&dir.path().join("db"));
+    /// Rows `k0..k9` of shard 1 and of shard 2, in slot-keyed rows over disjoint owned
+    /// slots, and a session of each; answers shard 2's ownership.
+    fn two_shards_rows(schema: &Schema) -> OwnedSlots {
+        let keys: Vec<Vec<u8>> = (0..10u8).map(|i| vec![b'k', i]).collect();
+        // Shard 2 owns the slots of the even keys, shard 1 everything else.
+        let even: Vec<(u16, u16)> = keys
+            .iter()
+            .step_by(2)
+            .map(|k| shardkv_transport::slot::slot(k))
+            .map(|s| (s, s))
+            .collect();
         let mut ops = Vec::new();
+        for (i, key) in keys.iter().enumerate() {
+            let shard = if i % 2 == 0 { 2u8 } else { 1 };
+            ops.push(WriteOp::Put(
+                TableId::Kv,
+                kv_key(u32::from(shard), key),
+                vec![shard, i as u8],
+            ));
+        }
         for shard in [1u32, 2] {
-            for i in 0..10u8 {
-                ops.push(WriteOp::Put(
-                    TableId::Kv,
-                    kv_key(shard, &[b'k', i]),
-                    vec![shard as u8, i],
-                ));
-            }
             ops.push(WriteOp::Put(
                 TableId::Sessions,
                 session_key(shard, 7).to_vec(),
-                vec![9; 8],
+                vec![9; SESSION_RECORD_BYTES_MIN],
             ));
         }
-        crate::storage::commit(&schema, vec![WriteBatch { ops }]).unwrap();
+        crate::storage::commit(schema, vec![WriteBatch { ops }]).unwrap();
+        let mut ranges = even;
+        ranges.sort_unstable();
+        ranges.dedup();
+        OwnedSlots { ranges, epoch: 4 }
+    }
+
+    #[test]
+    fn a_snapshot_holds_exactly_the_rows_of_the_slots_its_shard_owns() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = open_schema(&dir.path().join("db"));
+        let owned = two_shards_rows(&schema);
         let rtxn = schema.env.read_txn().unwrap();
         let meta = FileMeta {
             snapshot: SnapMeta {
@@ -364,22 +441,59 @@ mod tests {
                 anchor: None,
             },
         };
-        let path = write(&schema, &rtxn, &dir.path().join("snap"), &meta).unwrap();
+        let path = write(&schema, &rtxn, &dir.path().join("snap"), &meta, &owned).unwrap();
         let mut records = Vec::new();
         let got = for_each(&path, |r| {
             records.push(r);
             Ok(())
         })
         .unwrap();
-        assert_eq!(got, meta);
-        assert_eq!(records.len(), 11);
+        assert_eq!(
+            got,
+            Header {
+                meta,
+                owned: Some(owned.clone())
+            }
+        );
+        assert_eq!(records.len(), 6, "5 rows and one session: {records:?}");
         assert!(records.iter().all(|r| match r {
             Record::Kv { key, value } => key[0] == b'k' && value[0] == 2,
             Record::Session { client, .. } => *client == 7,
-            Record::Meta(_) | Record::MetaWithoutClock(_) => false,
+            _ => false,
         }));
-        let (lo, hi) = crate::schema::shard_key_range(2);
-        assert!(kv_key(2, b"zzz") >= lo && kv_key(2, b"zzz") < hi && kv_key(3, b"") >= hi);
+        assert_eq!(verify(&path).unwrap().owned, Some(owned));
+    }
+
+    #[test]
+    fn a_file_with_rows_outside_its_owned_slots_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = SnapMeta {
+            shard: 1,
+            index: 9,
+            term: 2,
+        };
+        let key = b"k".to_vec();
+        let s = shardkv_transport::slot::slot(&key);
+        let elsewhere = OwnedSlots {
+            ranges: vec![(s + 1, s + 1)],
+            epoch: 1,
+        };
+        let path = old_file(
+            dir.path(),
+            &[
+                Record::Meta(FileMeta {
+                    snapshot,
+                    log_clock: LogClock::default(),
+                }),
+                Record::Owned(elsewhere),
+                Record::Kv {
+                    key,
+                    value: b"v".to_vec(),
+                },
+            ],
+        );
+        let err = verify(&path).unwrap_err();
+        assert!(err.to_string().contains(&format!("slot {s}")), "{err}");
     }
 
     /// A file as an earlier version wrote it: `records`, framed.
@@ -410,19 +524,23 @@ mod tests {
             &[Record::MetaWithoutClock(snapshot.clone()), kv.clone()],
         );
         let mut rows = Vec::new();
-        let meta = for_each(&path, |r| {
+        let header = for_each(&path, |r| {
             rows.push(r);
             Ok(())
         })
         .unwrap();
         assert_eq!(
-            meta,
+            header.meta,
             FileMeta {
                 snapshot,
                 log_clock: LogClock::default()
             }
         );
         assert_eq!(rows, vec![kv]);
+        // Such a file says nothing of its slots, so a data shard cannot take it.
+        assert_eq!(header.owned, None);
+        let err = verify(&path).unwrap_err();
+        assert!(err.to_string().contains("earlier version"), "{err}");
     }
 
     #[test]

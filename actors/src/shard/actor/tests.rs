@@ -8,18 +8,36 @@ use crate::shard::sessions::{SESSION_SWEEP_EVERY, SESSION_TTL_MS};
 use crate::storage::{commit, StorageActor};
 use crate::test_fixtures::{storage_actor, temp_schema};
 
+/// What shard 1's state machine is built with here; shard 1 owns every slot.
+fn setup(
+    schema: &Schema,
+    storage: &Addr<StorageActor>,
+    fatal: FatalReporter,
+    published: AppliedIndex,
+) -> ShardSetup {
+    let every_slot = OwnedSlots {
+        ranges: vec![(0, shardkv_transport::slot::SLOT_COUNT - 1)],
+        epoch: 1,
+    };
+    let ops = vec![owned_op(1, &every_slot).unwrap()];
+    commit(schema, vec![WriteBatch { ops }]).unwrap();
+    ShardSetup {
+        shard: 1,
+        host: 1,
+        schema: schema.clone(),
+        storage: storage.clone(),
+        compaction: None,
+        fatal,
+        published,
+        slots: PublishedSlots::default(),
+        splits: tokio::sync::mpsc::unbounded_channel().0,
+    }
+}
+
 fn shard_actor(schema: &Schema, storage: &Addr<StorageActor>, applied: u64) -> ShardActor {
     let (fatal, _) = FatalReporter::channel();
-    ShardActor::new(
-        1,
-        schema.clone(),
-        storage.clone(),
-        applied,
-        None,
-        fatal,
-        AppliedIndex::new(applied),
-    )
-    .unwrap()
+    let published = AppliedIndex::new(applied);
+    ShardActor::new(setup(schema, storage, fatal, published), applied).unwrap()
 }
 
 fn put_entry(index: u64, client: u64, seq: u64, time_ms: u64, key: &[u8]) -> Entry {
@@ -213,7 +231,7 @@ async fn a_batch_that_cannot_be_stored_is_reported_fatal_and_stops_the_shard() {
     arbiter.stop();
     arbiter.join().unwrap();
     let (fatal, mut fatals) = FatalReporter::channel();
-    let shard = ShardActor::new(1, schema, storage, 0, None, fatal, AppliedIndex::default())
+    let shard = ShardActor::new(setup(&schema, &storage, fatal, AppliedIndex::default()), 0)
         .unwrap()
         .start();
 
@@ -243,7 +261,7 @@ async fn a_committed_entry_that_cannot_be_applied_stops_the_host() {
     let storage = storage_actor(&schema);
     let (fatal, mut fatals) = FatalReporter::channel();
     let published = AppliedIndex::default();
-    let shard = ShardActor::new(1, schema, storage, 0, None, fatal, published.clone())
+    let shard = ShardActor::new(setup(&schema, &storage, fatal, published.clone()), 0)
         .unwrap()
         .start();
     shard.do_send(ApplyEntries {

@@ -10,6 +10,19 @@ use crate::shard::view::MemoryView;
 
 const SHARD: ShardId = 1;
 
+/// The apply state of a shard owning every slot, applied up to `applied` with `log_clock`.
+fn state(applied: u64, log_clock: LogClock) -> ApplyState {
+    ApplyState {
+        host: 1,
+        applied,
+        log_clock,
+        owned: OwnedSlots {
+            ranges: vec![(0, shardkv_transport::slot::SLOT_COUNT - 1)],
+            epoch: 1,
+        },
+    }
+}
+
 fn entry(index: u64, client_id: u64, seq: u64, time_ms: u64, action: Action) -> Entry {
     entry_of_term(2, index, client_id, seq, time_ms, action)
 }
@@ -152,7 +165,7 @@ fn later_entries_of_a_batch_see_the_earlier_ones() {
             },
         ),
     ];
-    let plan = plan(SHARD, 0, LogClock::default(), &entries, &view).unwrap();
+    let plan = plan(SHARD, &state(0, LogClock::default()), &entries, &view).unwrap();
     assert_eq!(responses(&plan), vec![Response::Ok, Response::CasOk]);
     assert_eq!(
         plan.effects.values.get(&b"k"[..]),
@@ -171,7 +184,7 @@ fn a_retried_write_is_applied_once_and_answered_its_first_reply() {
         put_at(2, 7, 1, b"a"),
         put_at(3, 8, 3, b"b"),
     ];
-    let plan = plan(SHARD, 0, LogClock::default(), &entries, &view).unwrap();
+    let plan = plan(SHARD, &state(0, LogClock::default()), &entries, &view).unwrap();
     assert_eq!(responses(&plan), vec![Response::Ok, Response::Ok, first]);
     assert_eq!(
         kv_writes(&plan),
@@ -184,7 +197,7 @@ fn a_retried_write_is_applied_once_and_answered_its_first_reply() {
 fn writes_without_a_session_are_never_deduplicated_nor_recorded() {
     let view = MemoryView::default();
     let entries = [put_at(1, 7, 0, b"a"), put_at(2, 7, 0, b"a")];
-    let plan = plan(SHARD, 0, LogClock::default(), &entries, &view).unwrap();
+    let plan = plan(SHARD, &state(0, LogClock::default()), &entries, &view).unwrap();
     assert_eq!(kv_writes(&plan), 2);
     assert!(plan.effects.sessions.is_empty());
 }
@@ -197,7 +210,7 @@ fn entries_already_applied_are_skipped_and_the_applied_index_is_written_last() {
         put_at(5, 0, 0, b"old"),
         put_at(6, 0, 0, b"new"),
     ];
-    let plan = plan(SHARD, 5, LogClock::default(), &entries, &view).unwrap();
+    let plan = plan(SHARD, &state(5, LogClock::default()), &entries, &view).unwrap();
     assert_eq!(
         plan.replies,
         vec![EntryReply {
@@ -221,8 +234,7 @@ fn an_empty_entry_advances_the_applied_index_without_a_reply() {
     };
     let plan = plan(
         SHARD,
-        0,
-        LogClock::default(),
+        &state(0, LogClock::default()),
         &[noop],
         &MemoryView::default(),
     )
@@ -236,8 +248,7 @@ fn nothing_new_writes_nothing() {
     let entries = [put_at(3, 0, 0, b"a")];
     let plan = plan(
         SHARD,
-        3,
-        LogClock::default(),
+        &state(3, LogClock::default()),
         &entries,
         &MemoryView::default(),
     )
@@ -251,8 +262,7 @@ fn a_gap_in_the_entries_is_refused() {
     let entries = [put_at(3, 0, 0, b"a")];
     let _ = plan(
         SHARD,
-        1,
-        LogClock::default(),
+        &state(1, LogClock::default()),
         &entries,
         &MemoryView::default(),
     );
@@ -276,7 +286,7 @@ fn the_sweep_runs_before_the_entry_at_its_index() {
             stamp_ms: now,
         }),
     };
-    let plan = plan(SHARD, index - 1, clock, &entries, &view).unwrap();
+    let plan = plan(SHARD, &state(index - 1, clock), &entries, &view).unwrap();
     assert_eq!(
         kv_writes(&plan),
         1,
@@ -323,8 +333,7 @@ fn a_retried_cas_is_answered_from_its_session_after_a_leader_eleven_minutes_ahea
     ];
     let plan = plan(
         SHARD,
-        index - 2,
-        LogClock::default(),
+        &state(index - 2, LogClock::default()),
         &entries,
         &MemoryView::default(),
     )
@@ -366,8 +375,7 @@ fn sessions_still_expire_after_a_ttl_measured_within_a_term() {
     ];
     let plan = plan(
         SHARD,
-        index - 3,
-        LogClock::default(),
+        &state(index - 3, LogClock::default()),
         &entries,
         &MemoryView::default(),
     )
@@ -388,8 +396,7 @@ fn the_log_clock_is_stored_with_the_applied_index_when_it_moves() {
     ];
     let moved = plan(
         SHARD,
-        0,
-        LogClock::default(),
+        &state(0, LogClock::default()),
         &entries,
         &MemoryView::default(),
     )
@@ -411,7 +418,13 @@ fn the_log_clock_is_stored_with_the_applied_index_when_it_moves() {
         ..Default::default()
     };
     let repeat = entry_of_term(4, 4, 0, 0, 800, put_action(b"a", b"x"));
-    let same = plan(SHARD, 2, expected, &[noop, repeat], &MemoryView::default()).unwrap();
+    let same = plan(
+        SHARD,
+        &state(2, expected),
+        &[noop, repeat],
+        &MemoryView::default(),
+    )
+    .unwrap();
     assert_eq!(same.log_clock, expected);
     assert_eq!(stored_clock(&same), None);
 }
