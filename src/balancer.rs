@@ -18,6 +18,11 @@
 //! `shardkv replica move` still at work (two drivers of one move are safe, every step being
 //! idempotent, but they slow each other down). When nothing is left to move, the balancer
 //! clears the request.
+//!
+//! Splits come first: a split recorded in the map (see `shardkv shard split`) that is still
+//! recorded after [`SPLIT_TAKE_OVER_AFTER`] was left behind by a driver that stopped, and the
+//! balancer finishes it (proposes it to the shard again, a no-op if applied, then records the
+//! new shard) before any move. It never starts a split.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -25,13 +30,14 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use shardkv_actors::router::{GetHostStatus, RouterActor};
 use shardkv_transport::cluster_map::META_SHARD;
-use shardkv_transport::{ClusterMap, HostId, HostState, Move};
+use shardkv_transport::{ClusterMap, HostId, HostState, Move, ShardId, Split};
 use tracing::{debug, error, info, warn};
 
 use crate::certs::CLI_CLIENT;
 use crate::client::{Client, ClientError, ClientSettings};
 use crate::config::{ClusterConfig, HostConfig};
 use crate::moves::{abort_move, move_replica, MoveError};
+use crate::splits::{finish_recorded_split, SplitError};
 
 /// How often the balancer looks at the map while nothing moves.
 pub const BALANCE_EVERY: Duration = Duration::from_secs(1);
@@ -41,6 +47,10 @@ pub const ATTEMPTS_BEFORE_ROLLBACK: u32 = 3;
 /// How long a move someone else recorded stays theirs: longer than any one step of a move
 /// waits, so a driver that is alive has shown progress (or given up) by then.
 pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(90);
+/// How long a split someone else recorded stays theirs: a live driver proposes it within a
+/// round trip and records the new shard right after, so one still recorded after this was
+/// left behind (each driver step is idempotent, so taking over a slow one is safe).
+pub const SPLIT_TAKE_OVER_AFTER: Duration = Duration::from_secs(10);
 
 /// See the module docs.
 pub struct Balancer {
@@ -56,6 +66,11 @@ pub struct Balancer {
     seen: BTreeMap<Move, Instant>,
     /// Failed attempts in a row, per move (see [`Balancer::gives_up_on`]).
     failures: BTreeMap<Move, u32>,
+    /// Recorded splits, and since when this balancer has seen them recorded.
+    splits_seen: BTreeMap<(ShardId, ShardId), Instant>,
+    /// Splits the shard refused (logged once each, then left to the operator until this host
+    /// restarts).
+    splits_refused: BTreeSet<(ShardId, ShardId)>,
 }
 
 impl Balancer {
@@ -76,6 +91,8 @@ impl Balancer {
             refused: BTreeSet::new(),
             seen: BTreeMap::new(),
             failures: BTreeMap::new(),
+            splits_seen: BTreeMap::new(),
+            splits_refused: BTreeSet::new(),
         })
     }
 
@@ -105,11 +122,15 @@ impl Balancer {
             .any(|r| r.shard == META_SHARD && r.is_leader)
     }
 
-    /// One step: finish a move under way, or start the next pending one, or clear a rebalance
-    /// request with nothing left to move.
+    /// One step: finish a split left behind, or finish a move under way, or start the next
+    /// pending one, or clear a rebalance request with nothing left to move.
     async fn round(&mut self) -> Result<(), ClientError> {
         let map = self.admin.read_map().await?.map;
         let now = Instant::now();
+        if let Some((parent, split)) = self.split_left_behind(&map, now) {
+            self.finish_split(parent, &split).await;
+            return Ok(());
+        }
         let recorded: Vec<Move> = map.moves_in_flight().values().copied().collect();
         self.seen.retain(|m, _| recorded.contains(m));
         for m in &recorded {
@@ -151,6 +172,45 @@ impl Balancer {
             None => {}
         }
         Ok(())
+    }
+
+    /// The first recorded split seen recorded for [`SPLIT_TAKE_OVER_AFTER`] and not refused.
+    fn split_left_behind(&mut self, map: &ClusterMap, now: Instant) -> Option<(ShardId, Split)> {
+        let recorded: BTreeSet<(ShardId, ShardId)> =
+            map.splits().iter().map(|(p, s)| (*p, s.child)).collect();
+        self.splits_seen.retain(|k, _| recorded.contains(k));
+        for k in &recorded {
+            self.splits_seen.entry(*k).or_insert(now);
+        }
+        let old = |k: &(ShardId, ShardId)| {
+            self.splits_seen
+                .get(k)
+                .is_some_and(|at| now.saturating_duration_since(*at) >= SPLIT_TAKE_OVER_AFTER)
+        };
+        let (parent, _) = recorded
+            .iter()
+            .find(|k| old(k) && !self.splits_refused.contains(k))?;
+        map.split_of(*parent).map(|s| (*parent, s.clone()))
+    }
+
+    async fn finish_split(&mut self, parent: ShardId, split: &Split) {
+        let child = split.child;
+        let say = |step: &str| info!(shard = parent, child, "split: {step}");
+        info!(
+            shard = parent,
+            child,
+            at = split.at,
+            "finishing a split left behind"
+        );
+        match finish_recorded_split(&self.admin, parent, &say).await {
+            Ok(_) => info!(shard = parent, child, "split finished"),
+            Err(SplitError::Refused(why)) => {
+                error!(shard = parent, child, %why, "split refused; not retried until this host restarts");
+                self.splits_refused.insert((parent, child));
+            }
+            // A timeout or an unreachable host: taken up again next round.
+            Err(e) => warn!(shard = parent, child, error = %e, "split interrupted; retrying"),
+        }
     }
 
     /// Whether a recorded move is to be rolled back rather than finished: its target is being

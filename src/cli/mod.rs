@@ -6,6 +6,7 @@ mod kv;
 mod progress;
 mod rebalance;
 mod replica;
+mod shard;
 mod status;
 mod up;
 
@@ -97,6 +98,11 @@ enum Command {
         #[command(subcommand)]
         command: ReplicaCommand,
     },
+    /// Shard changes (need a host certificate of the cluster).
+    Shard {
+        #[command(subcommand)]
+        command: ShardCommand,
+    },
     /// Hosts joining and leaving the cluster (need a host certificate of the cluster).
     Host {
         #[command(subcommand)]
@@ -136,6 +142,14 @@ enum ReplicaCommand {
         #[arg(long)]
         abort: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ShardCommand {
+    /// Split SHARD's slots in two while it serves: the upper half goes to a new shard on the
+    /// same hosts (no data moves). Prints the new shard's id as its last line; safe to re-run
+    /// after an interruption (it finishes the split recorded then).
+    Split { shard: u32 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +315,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     abort,
                 },
         } => replica::run_move(&load(&path)?, shard, from, to, abort),
+        Command::Shard {
+            command: ShardCommand::Split { shard },
+        } => shard::run_split(&load(&path)?, shard),
         Command::Host {
             command: HostCommand::Add { id },
         } => host::run_add(&load(&path)?, id),

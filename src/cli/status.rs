@@ -1,5 +1,5 @@
 //! `shardkv status`: the live cluster map (per host its membership state, per shard its slot
-//! ranges, epoch and replicas with their role), every host's reachability and version, and
+//! ranges, epoch and replicas with their role, and the moves and splits under way), every host's reachability and version, and
 //! per shard (the meta group too) its leader, term, commit and applied index of each replica,
 //! and lag. Exits 1 if a shard or the meta group has no quorum (no leader, or fewer than a
 //! majority of its replicas answering). Without a readable map (the meta group has no
@@ -57,6 +57,14 @@ struct ShardRow {
     replicas: Vec<ReplicaRow>,
 }
 
+/// A split under way: `shard`'s slots from `at` on go to the new shard `child`.
+#[derive(Serialize)]
+struct SplitRow {
+    shard: ShardId,
+    child: ShardId,
+    at: u16,
+}
+
 #[derive(Serialize)]
 struct Report {
     cluster: String,
@@ -68,6 +76,8 @@ struct Report {
     rebalance_requested: bool,
     /// Replica moves under way.
     moves: Vec<Move>,
+    /// Shard splits under way.
+    splits: Vec<SplitRow>,
     hosts: Vec<HostRow>,
     /// The meta group, which holds the live map.
     meta: Option<ShardRow>,
@@ -194,12 +204,20 @@ fn build(
         Ok(m) => (Some(m.epoch()), None),
         Err(e) => (None, Some(e.clone())),
     };
-    let (rebalance_requested, moves) = match &map {
+    let (rebalance_requested, moves, splits) = match &map {
         Ok(m) => (
             m.rebalance_requested(),
             m.moves_in_flight().values().copied().collect(),
+            m.splits()
+                .iter()
+                .map(|(shard, s)| SplitRow {
+                    shard: *shard,
+                    child: s.child,
+                    at: s.at,
+                })
+                .collect(),
         ),
-        Err(_) => (false, Vec::new()),
+        Err(_) => (false, Vec::new(), Vec::new()),
     };
     Report {
         cluster: cfg.cluster.name.clone(),
@@ -208,6 +226,7 @@ fn build(
         map_error,
         rebalance_requested,
         moves,
+        splits,
         hosts,
         meta,
         shards,
@@ -300,6 +319,12 @@ fn print(r: &Report) {
                     )
                 })
                 .collect();
+            doing.extend(r.splits.iter().map(|s| {
+                format!(
+                    "splitting shard {} at slot {} into shard {}",
+                    s.shard, s.at, s.child
+                )
+            }));
             if r.rebalance_requested {
                 doing.insert(0, "rebalancing".into());
             }

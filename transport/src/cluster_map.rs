@@ -23,6 +23,7 @@ mod error;
 mod in_flight;
 mod leaders;
 mod rebalance;
+mod splits;
 #[cfg(test)]
 mod tests;
 
@@ -44,6 +45,7 @@ pub const META_SHARD: ShardId = 0;
 /// map is [`ClusterMap::day0`].
 pub const MAP_KEY: &[u8] = b"cluster-map";
 pub use rebalance::Move;
+pub use splits::Split;
 
 /// Where a host is in its membership life. Ids move forward only: joining -> active ->
 /// draining -> removed (draining may also start from joining), and a removed id never returns.
@@ -157,6 +159,10 @@ pub struct ClusterMap {
     /// carries moves out (the balancer, or a re-run command) finds and finishes an
     /// interrupted one.
     moving: BTreeMap<ShardId, Move>,
+    /// Shard splits under way, by parent shard (one per shard at most): recorded before the
+    /// split is proposed to the parent's log and cleared when the map shows the new shard, so
+    /// an interrupted split is found and finished like a move.
+    splitting: BTreeMap<ShardId, Split>,
     /// `(first, last, shard)` for every slot range, sorted by `first`; derived from `shards`.
     #[serde(skip)]
     slot_index: Vec<(Slot, Slot, ShardId)>,
@@ -171,6 +177,7 @@ struct MapRecord {
     shards: BTreeMap<ShardId, ShardEntry>,
     rebalance: bool,
     moving: BTreeMap<ShardId, Move>,
+    splitting: BTreeMap<ShardId, Split>,
 }
 
 impl TryFrom<MapRecord> for ClusterMap {
@@ -180,9 +187,21 @@ impl TryFrom<MapRecord> for ClusterMap {
         let mut map = ClusterMap::checked(record.epoch, record.hosts, record.shards)?;
         map.rebalance = record.rebalance;
         map.moving = record.moving;
+        map.splitting = record.splitting;
         map.validate()?;
         Ok(map)
     }
+}
+
+/// A map as the second version stored it, before splits under way were recorded: still
+/// read, as one with no split under way.
+#[derive(Deserialize)]
+struct MapRecordV2 {
+    epoch: u64,
+    hosts: BTreeMap<HostId, HostEntry>,
+    shards: BTreeMap<ShardId, ShardEntry>,
+    rebalance: bool,
+    moving: BTreeMap<ShardId, Move>,
 }
 
 /// A map as the first version stored it, before rebalance requests and moves in flight were
@@ -276,6 +295,7 @@ impl ClusterMap {
             shards,
             rebalance: false,
             moving: BTreeMap::new(),
+            splitting: BTreeMap::new(),
             slot_index: Vec::new(),
         };
         map.rebuild_index();
@@ -295,7 +315,8 @@ impl ClusterMap {
     /// Checks the invariants every map satisfies: slot ranges well formed, disjoint and
     /// covering `0..SLOT_COUNT` exactly once; every replica on a host that exists and is not
     /// removed; every shard with at least one voter; no host id 0; no epoch ahead of the
-    /// map's, and the map's at least 1. The first violation found is returned.
+    /// map's, and the map's at least 1; every recorded move and split fits the map. The first
+    /// violation found is returned.
     pub fn validate(&self) -> Result<(), MapError> {
         if self.epoch == 0 {
             return Err(MapError::ZeroEpoch);
@@ -346,6 +367,9 @@ impl ClusterMap {
                 return Err(MapError::BadMove { shard, record: *m });
             }
         }
+        for (&parent, split) in &self.splitting {
+            self.check_split(parent, split)?;
+        }
         Ok(())
     }
 
@@ -355,10 +379,11 @@ impl ClusterMap {
             .expect("a map always encodes: postcard fails only on sequences of unknown length, which derived serde never produces")
     }
 
-    /// A map the meta group stored; checked like every deserialized map. A map the first
-    /// version stored (without the fields added since) is read too, as one with no rebalance
-    /// asked for and no moves under way: its bytes end where the newer fields would start,
-    /// so they never decode as a newer map by mistake.
+    /// A map the meta group stored; checked like every deserialized map. A map an earlier
+    /// version stored (without the fields added since) is read too, as one with no split under
+    /// way (and, from the first version, no rebalance asked for and no moves under way): its
+    /// bytes end where the newer fields would start, so they never decode as a newer map by
+    /// mistake.
     pub fn decode(bytes: &[u8]) -> Result<Self, MapError> {
         let undecodable = |e: postcard::Error| MapError::Undecodable {
             detail: e.to_string(),
@@ -366,8 +391,21 @@ impl ClusterMap {
         match postcard::from_bytes::<ClusterMap>(bytes) {
             Ok(map) => Ok(map),
             Err(postcard::Error::DeserializeUnexpectedEnd) => {
-                let v1: MapRecordV1 = postcard::from_bytes(bytes).map_err(undecodable)?;
-                ClusterMap::checked(v1.epoch, v1.hosts, v1.shards)
+                match postcard::from_bytes::<MapRecordV2>(bytes) {
+                    Ok(v2) => ClusterMap::try_from(MapRecord {
+                        epoch: v2.epoch,
+                        hosts: v2.hosts,
+                        shards: v2.shards,
+                        rebalance: v2.rebalance,
+                        moving: v2.moving,
+                        splitting: BTreeMap::new(),
+                    }),
+                    Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                        let v1: MapRecordV1 = postcard::from_bytes(bytes).map_err(undecodable)?;
+                        ClusterMap::checked(v1.epoch, v1.hosts, v1.shards)
+                    }
+                    Err(e) => Err(undecodable(e)),
+                }
             }
             Err(e) => Err(undecodable(e)),
         }

@@ -17,7 +17,9 @@ pub mod slot;
 pub mod tls;
 pub mod wire;
 
-pub use cluster_map::{ClusterMap, HostEntry, HostState, MapError, Move, ReplicaRole, ShardEntry};
+pub use cluster_map::{
+    ClusterMap, HostEntry, HostState, MapError, Move, ReplicaRole, ShardEntry, Split,
+};
 pub use error::TransportError;
 pub use identity::PeerIdentity;
 pub use layout::{Layout, LayoutMismatch};

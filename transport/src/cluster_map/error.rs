@@ -28,6 +28,52 @@ pub enum MapError {
         /// The host it moves to.
         to: HostId,
     },
+    /// A recorded split that does not fit the map.
+    #[error("shard {shard}: the recorded split {record:?} does not fit the map: {why}")]
+    BadSplit {
+        /// The parent shard the record is filed under.
+        shard: ShardId,
+        /// The record.
+        record: super::Split,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// Another split of the shard is under way (or a move was asked of a splitting shard).
+    #[error("shard {shard} is splitting into shard {child}; run `shardkv shard split {shard}` to finish that first")]
+    SplitInFlight {
+        /// The parent shard.
+        shard: ShardId,
+        /// The new shard the recorded split creates.
+        child: ShardId,
+    },
+    /// No split of the shard into this child is recorded, and the child does not exist.
+    #[error("no split of shard {shard} into shard {child} is recorded; start one with `shardkv shard split {shard}`")]
+    NoSplit {
+        /// The parent shard.
+        shard: ShardId,
+        /// The new shard asked for.
+        child: ShardId,
+    },
+    /// The meta group owns no slots, so there is nothing to split.
+    #[error("shard 0 is the meta group: it owns no slots and cannot be split")]
+    SplitOfMeta,
+    /// The shard owns too few slots for both halves to own one.
+    #[error("shard {shard} owns {slots} slot(s); a split needs at least 2")]
+    TooFewSlotsToSplit {
+        /// The shard.
+        shard: ShardId,
+        /// How many slots it owns.
+        slots: u32,
+    },
+    /// The shard has a learner (a move or a `host replace` under way): its voters are about
+    /// to change, and the new shard would start with a stale set.
+    #[error("shard {shard} has a learner on host {host} (a move or a host replace is under way); split it once that finishes")]
+    SplitWithLearner {
+        /// The shard.
+        shard: ShardId,
+        /// The learner's host.
+        host: HostId,
+    },
     /// Stored or sent bytes are not a map (or a map that breaks an invariant).
     #[error("not a valid cluster map: {detail}")]
     Undecodable {

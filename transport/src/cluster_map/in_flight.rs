@@ -13,7 +13,8 @@ use super::{ClusterMap, HostState, MapError, Move, ReplicaRole};
 impl ClusterMap {
     /// Starts `m`: places a learner of `m.shard` on `m.to` (unless one is there) and records
     /// the move. Already recorded: nothing to do. Refused while another move of the shard is
-    /// under way, when `m.from` holds no replica of the shard, when `m.to` already votes in it,
+    /// under way, while a split of the shard is (the split's new shard takes the voters it
+    /// recorded), when `m.from` holds no replica of the shard, when `m.to` already votes in it,
     /// or when `m.to` cannot take a replica.
     pub fn begin_move(&mut self, m: Move) -> Result<(), MapError> {
         let shard = m.shard;
@@ -21,6 +22,12 @@ impl ClusterMap {
             Recorded::This => return Ok(()),
             Recorded::Other(other) => return Err(other),
             Recorded::Nothing => {}
+        }
+        if let Some(split) = self.splitting.get(&shard) {
+            return Err(MapError::SplitInFlight {
+                shard,
+                child: split.child,
+            });
         }
         let replicas = &self.known_shard(shard)?.replicas;
         if !replicas.contains_key(&m.from) {

@@ -39,7 +39,8 @@ impl ClusterMap {
     /// - deterministic: the same map gives the same plan on every host.
     ///
     /// Only settled shards move: those with exactly `replicas` replicas (the meta group: as
-    /// many as it has), all voters, and no move recorded. A shard with a learner or an extra
+    /// many as it has), all voters, and no move or split recorded (a split's new shard starts
+    /// on the voters the split recorded, which a move would change under it). A shard with a learner or an extra
     /// or missing replica is in the middle of a move (or a `host replace`) and is planned for
     /// once that finishes. Hosts that are joining take no replicas until they are active.
     pub fn plan_rebalance(&self, replicas: u32) -> Vec<Move> {
@@ -66,6 +67,7 @@ impl ClusterMap {
                 (**id == META_SHARD || s.replicas.len() == replicas)
                     && s.learners().next().is_none()
                     && !self.moving.contains_key(id)
+                    && !self.splitting.contains_key(id)
             })
             .map(|(id, s)| (*id, s.replicas.keys().copied().collect()))
             .collect();
