@@ -18,13 +18,12 @@ use shardkv_actors::router::{
     TransferAll, TransferShardLeader,
 };
 use shardkv_actors::schema::{map_record, meta, migrate, raft_records, Schema};
-use shardkv_actors::shard::{Compaction, OwnedSlots};
+use shardkv_actors::shard::Compaction;
 use shardkv_actors::snapshot::{BuildSlots, SNAPSHOT_BUILDS_MAX};
 use shardkv_actors::storage::StorageActor;
 use shardkv_actors::ActorError;
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::endpoint::{host_endpoint, serve, Handler};
-use shardkv_transport::slot::slot_range;
 use shardkv_transport::wire::{MapRequest, RaftBatch, ReplicaChange, Request, Response, SplitSpec};
 use shardkv_transport::{ClusterMap, HostId, PeerIdentity, ShardId, TlsFiles, TransportError};
 use tracing::{error, info, warn};
@@ -170,6 +169,7 @@ async fn serve_host(
         }),
         fatal: fatal.clone(),
         splits: split_notices,
+        day0_shards: layout.shards,
     };
     // The replicas this host starts: every one its data dir holds, and those the day-0 layout
     // places here (the data shards and the meta group), bootstrapped on first start. A day-0
@@ -207,10 +207,7 @@ async fn serve_host(
         }
         // Preferred to lead: the first host of the placement, until the router tells every
         // replica the live map's choice as it starts (the same one on a round-robin placement).
-        let owned = (shard != META_SHARD).then(|| OwnedSlots {
-            ranges: vec![slot_range(shard, layout.shards)],
-            epoch: ClusterMap::DAY0_EPOCH,
-        });
+        let owned = migrate::day0_owned(shard, layout.shards);
         let replica =
             factory.start_bootstrapped(shard, &hosts, owned.as_ref(), hosts.first().copied())?;
         local.insert(shard, replica);

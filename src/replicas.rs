@@ -20,7 +20,7 @@ use shardkv_actors::replica::stop::StopReplica;
 use shardkv_actors::replica::{ReplicaActor, ReplicaLinks, ReplicaSettings};
 use shardkv_actors::router::LocalReplica;
 use shardkv_actors::schema::{
-    delete_ranges, meta, owned_record, raft_records, shard_all_ranges, Schema,
+    delete_ranges, meta, migrate, owned_record, raft_records, shard_all_ranges, Schema,
 };
 use shardkv_actors::shard::{
     AppliedIndex, Compaction, OwnedSlots, PublishedSlots, ShardActor, ShardSetup, SplitNotices,
@@ -69,6 +69,9 @@ pub struct ReplicaFactory {
     /// Where a replica's state machine tells of a split it applied (the map watcher starts
     /// the child).
     pub splits: SplitNotices,
+    /// `cluster.shards` of the layout the data dir was bootstrapped with: which shards are
+    /// day-0 ones, and their slots then.
+    pub day0_shards: u32,
 }
 
 impl ReplicaFactory {
@@ -153,6 +156,7 @@ impl ReplicaFactory {
             published: published.clone(),
             slots: slots.clone(),
             splits: self.splits.clone(),
+            day0: migrate::day0_owned(shard, self.day0_shards),
         };
         let shard_actor = ShardActor::new(setup, applied)?.start();
         let links = ReplicaLinks {

@@ -40,6 +40,7 @@ fn factory(dir: &std::path::Path) -> ReplicaFactory {
         compaction: None,
         fatal,
         splits: tokio::sync::mpsc::unbounded_channel().0,
+        day0_shards: 2,
     }
 }
 

@@ -48,7 +48,16 @@ pub fn upgrade(schema: &Schema, layout: &Layout) -> Result<Upgrade, ActorError> 
             if shard == META_SHARD || read_owned(schema, &rtxn, shard)?.is_some() {
                 continue;
             }
-            ops.push(owned_op(shard, &day0_owned(shard, layout)?)?);
+            let Some(owned) = day0_owned(shard, layout.shards) else {
+                return Err(ActorError::Corrupt {
+                    what: format!("shard {shard}"),
+                    detail: format!(
+                        "held with no owned slots recorded, yet not one of the {} day-0 shards",
+                        layout.shards
+                    ),
+                });
+            };
+            ops.push(owned_op(shard, &owned)?);
         }
     }
     done.shards_owned = ops.len();
@@ -65,19 +74,11 @@ pub fn upgrade(schema: &Schema, layout: &Layout) -> Result<Upgrade, ActorError> 
     Ok(done)
 }
 
-/// The day-0 ownership of data shard `shard` of `layout`.
-fn day0_owned(shard: ShardId, layout: &Layout) -> Result<OwnedSlots, ActorError> {
-    if !(1..=layout.shards).contains(&shard) {
-        return Err(ActorError::Corrupt {
-            what: format!("shard {shard}"),
-            detail: format!(
-                "held with no owned slots recorded, yet not one of the {} day-0 shards",
-                layout.shards
-            ),
-        });
-    }
-    Ok(OwnedSlots {
-        ranges: vec![slot_range(shard, layout.shards)],
+/// The slots `shard` owned at day 0 in a layout of `shards` data shards: what it owns until
+/// it splits. `None` for the meta group and for shards made by splits.
+pub fn day0_owned(shard: ShardId, shards: u32) -> Option<OwnedSlots> {
+    (shard != META_SHARD && shard <= shards).then(|| OwnedSlots {
+        ranges: vec![slot_range(shard, shards)],
         epoch: ClusterMap::DAY0_EPOCH,
     })
 }

@@ -57,6 +57,10 @@ pub struct ShardSetup {
     pub slots: PublishedSlots,
     /// Where an applied split is told once durable, so the child's replica starts.
     pub splits: SplitNotices,
+    /// The slots the shard owned at day 0 (None: a shard made by a split, or the meta
+    /// group): what a snapshot from a host of an earlier version holds, which says nothing
+    /// of its slots.
+    pub day0: Option<OwnedSlots>,
 }
 
 /// The state machine of one shard's replica on this host; see [`crate::shard`].
@@ -79,6 +83,8 @@ pub struct ShardActor {
     published_slots: PublishedSlots,
     /// Where applied splits are told once durable.
     splits: SplitNotices,
+    /// See [`ShardSetup::day0`].
+    day0: Option<OwnedSlots>,
     /// Values and sessions written by batches not yet committed to LMDB.
     overlay: Overlay,
     /// Number of the last apply batch sent to storage.
@@ -111,6 +117,7 @@ impl ShardActor {
             published,
             slots,
             splits,
+            day0,
         } = setup;
         let (compacted, _) = raft_records::truncated_state(&schema, shard)?;
         let log_clock = stored_log_clock(&schema, shard)?;
@@ -131,6 +138,7 @@ impl ShardActor {
             owned,
             published_slots: slots,
             splits,
+            day0,
             overlay: Overlay::default(),
             batch_seq: 0,
             in_flight: 0,
@@ -344,7 +352,10 @@ impl Handler<InstallSnapshot> for ShardActor {
         // install, it would commit after it and move the log's start below the snapshot.
         self.compacted = self.compacted.max(msg.index);
         let check_path = msg.path.clone();
-        let verified = tokio::task::spawn_blocking(move || crate::snapshot::verify(&check_path));
+        let day0 = self.day0.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            crate::snapshot::verify(&check_path, day0.as_ref())
+        });
         let InstallSnapshot {
             index,
             term,

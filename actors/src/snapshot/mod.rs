@@ -255,9 +255,10 @@ pub fn for_each(
 }
 
 /// Reads a whole file through, checking every record (so that loading it cannot fail on
-/// its content); returns its header. A data shard's file must say which slots it owns, and
-/// every row must be of one of them.
-pub fn verify(path: &Path) -> Result<Header, ActorError> {
+/// its content); returns its header, its owned slots filled in. A data shard's file must say
+/// which slots it owns, or be of an earlier version (which could not split) and then own the
+/// shard's `day0` slots; every row must be of one of them.
+pub fn verify(path: &Path, day0: Option<&OwnedSlots>) -> Result<Header, ActorError> {
     let max = shardkv_transport::wire::KEY_BYTES_MAX;
     // Which slots the rows are of (one flag per slot: constant memory whatever the size).
     let mut slots = vec![false; usize::from(shardkv_transport::slot::SLOT_COUNT)];
@@ -278,11 +279,10 @@ pub fn verify(path: &Path) -> Result<Header, ActorError> {
     if header.meta.snapshot.shard == META_SHARD {
         return Ok(header);
     }
-    let Some(owned) = &header.owned else {
+    let Some(owned) = header.owned.clone().or_else(|| day0.cloned()) else {
         return Err(io(
             path,
-            "says nothing of the slots it holds (a snapshot of an earlier version); upgrade \
-             the sending host",
+            "says nothing of the slots it holds, and its shard is no day-0 shard",
         ));
     };
     let outside = (0..shardkv_transport::slot::SLOT_COUNT)
@@ -293,7 +293,10 @@ pub fn verify(path: &Path) -> Result<Header, ActorError> {
             format!("rows of slot {slot}, outside its owned {:?}", owned.ranges),
         ));
     }
-    Ok(header)
+    Ok(Header {
+        meta: header.meta,
+        owned: Some(owned),
+    })
 }
 
 /// Writes the rows of the snapshot at `path` into `wtxn` (the caller has cleared the shard).
@@ -461,7 +464,7 @@ mod tests {
             Record::Session { client, .. } => *client == 7,
             _ => false,
         }));
-        assert_eq!(verify(&path).unwrap().owned, Some(owned));
+        assert_eq!(verify(&path, None).unwrap().owned, Some(owned));
     }
 
     #[test]
@@ -492,7 +495,7 @@ mod tests {
                 },
             ],
         );
-        let err = verify(&path).unwrap_err();
+        let err = verify(&path, None).unwrap_err();
         assert!(err.to_string().contains(&format!("slot {s}")), "{err}");
     }
 
@@ -537,10 +540,15 @@ mod tests {
             }
         );
         assert_eq!(rows, vec![kv]);
-        // Such a file says nothing of its slots, so a data shard cannot take it.
+        // Such a file says nothing of its slots: it holds its shard's day-0 ones, if any.
         assert_eq!(header.owned, None);
-        let err = verify(&path).unwrap_err();
-        assert!(err.to_string().contains("earlier version"), "{err}");
+        let day0 = OwnedSlots {
+            ranges: vec![(0, 16383)],
+            epoch: 1,
+        };
+        assert_eq!(verify(&path, Some(&day0)).unwrap().owned, Some(day0));
+        let err = verify(&path, None).unwrap_err();
+        assert!(err.to_string().contains("no day-0 shard"), "{err}");
     }
 
     #[test]
@@ -556,7 +564,7 @@ mod tests {
             log_clock: LogClock::default(),
         });
         let path = old_file(dir.path(), &[Record::MetaWithoutClock(snapshot), meta]);
-        let err = verify(&path).unwrap_err();
+        let err = verify(&path, None).unwrap_err();
         assert!(err.to_string().contains("second meta"), "{err}");
     }
 }

@@ -32,6 +32,7 @@ fn setup(
         published,
         slots: PublishedSlots::default(),
         splits: tokio::sync::mpsc::unbounded_channel().0,
+        day0: None,
     }
 }
 
