@@ -45,7 +45,7 @@ fn a_split_is_recorded_once_with_the_next_id_the_middle_slot_and_the_parents_vot
     map.begin_split(2).expect("begin");
     assert_eq!(map.epoch(), before + 1);
     let (first, last) = slot_range(2, 3);
-    let middle = first + (last - first + 1) / 2;
+    let middle = first + (last - first).div_ceil(2);
     let recorded = Split {
         child: 4,
         at: middle,
