@@ -119,7 +119,12 @@ impl ReplicaFactory {
         // machine stops. What either handed to storage before is queued ahead of the delete.
         stop_and_wait(shard, &replica.stop).await?;
         stop_and_wait(shard, &replica.stop_shard).await?;
-        // Its rows are those of the slots it owns (stored with its last applied batch).
+        // Its rows are those of the slots it owns, stored with its last applied batch: read
+        // once every batch it queued is on disk (an empty batch commits after them).
+        self.storage
+            .send(Persist(WriteBatch::default()))
+            .await
+            .map_err(|_| ReplicaError::StorageGone)??;
         let owned = owned_record::stored_owned(&self.schema, shard)?;
         let mut ops = delete_ranges(shard_all_ranges(shard, &owned.ranges));
         ops.push(meta::retired_op(shard));

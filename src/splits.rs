@@ -22,9 +22,11 @@ use crate::moves::replica_on;
 /// How long the shard's leader is sought and asked to apply the split before the driver gives
 /// up (it can be re-run): long enough for a few elections.
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the driver waits for every voter to show the new shard's replica before the map
-/// lists it: a voter that is down catches up after the map changes, so this is bounded.
+/// How long the driver waits for a majority of the new shard's voters to show its replica
+/// before the map lists it anyway: a voter that is down catches up after the map changes.
 const VOTERS_WAIT: Duration = Duration::from_secs(10);
+/// Once a majority shows the new shard, how long the rest is waited for.
+const MINORITY_GRACE: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(200);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -223,11 +225,14 @@ async fn propose(admin: &Client, parent: ShardId, split: &Split) -> Result<(), S
     })
 }
 
-/// Waits up to [`VOTERS_WAIT`] for every voter of the new shard to report its replica, so the
-/// map lists the new shard once its hosts hold it; a voter that is down or behind takes it up
-/// when it applies the split, so the wait is bounded and only reported.
+/// Waits up to [`VOTERS_WAIT`] for a majority of the new shard's voters to report its replica
+/// (so the map lists a shard that can elect), and for all of them while the wait lasts; a
+/// voter that is down or behind takes it up when it applies the split, so the wait is
+/// bounded and only reported.
 async fn wait_for_voters(admin: &Client, split: &Split, say: &dyn Fn(&str)) {
     let deadline = Instant::now() + VOTERS_WAIT;
+    let majority = split.voters.len() / 2 + 1;
+    let mut majority_since: Option<Instant> = None;
     loop {
         let mut missing = Vec::new();
         for &host in &split.voters {
@@ -238,11 +243,24 @@ async fn wait_for_voters(admin: &Client, split: &Split, say: &dyn Fn(&str)) {
         if missing.is_empty() {
             return;
         }
-        if Instant::now() > deadline {
+        let shown = split.voters.len() - missing.len();
+        let since = *majority_since.get_or_insert_with(Instant::now);
+        if shown < majority {
+            majority_since = None;
+        } else if since.elapsed() >= MINORITY_GRACE {
             say(&format!(
                 "hosts {missing:?} do not show shard {} yet (down or behind?); they take it up \
                  once they apply the split",
                 split.child
+            ));
+            return;
+        }
+        if Instant::now() > deadline {
+            say(&format!(
+                "only {shown} of shard {}'s {} voters show it; recording it anyway (the others \
+                 take it up once they apply the split)",
+                split.child,
+                split.voters.len()
             ));
             return;
         }

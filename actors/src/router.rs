@@ -127,12 +127,17 @@ impl RouterActor {
             .map_or(by_map, |(shard, _)| *shard)
     }
 
-    /// Whether `host` holds a replica of `shard` in the map (learners included).
+    /// Whether `host` holds a replica of `shard` in the map (learners included), or is a
+    /// voter of a split the map records whose new shard is `shard`: the new shard's replicas
+    /// elect their leader as soon as the split is applied, before the map lists the shard.
     fn is_member(&self, shard: ShardId, host: HostId) -> bool {
-        self.settings
-            .map
-            .replicas_of(shard)
+        let map = &self.settings.map;
+        map.replicas_of(shard)
             .is_some_and(|r| r.contains_key(&host))
+            || map
+                .splits()
+                .values()
+                .any(|s| s.child == shard && s.voters.contains(&host))
     }
 
     /// Whether a batch from `from`, stamped `incarnation`, may be delivered (see
@@ -487,8 +492,34 @@ pub struct SplitLocalShard {
 impl Handler<SplitLocalShard> for RouterActor {
     type Result = ResponseFuture<Response>;
 
+    /// Only the split the map records is proposed: a spec naming another new shard, slot or
+    /// voters (a stale driver, an operator's mistake) never reaches the shard's log.
     fn handle(&mut self, msg: SplitLocalShard, _: &mut Self::Context) -> Self::Result {
         let shard = msg.shard;
+        let map = &self.settings.map;
+        let refusal = if map.epoch() < msg.split.epoch {
+            Some(Response::Unavailable(format!(
+                "this host's cluster map (epoch {}) predates the split (epoch {}); retry",
+                map.epoch(),
+                msg.split.epoch
+            )))
+        } else if map.shard(msg.split.child).is_some() && map.split_of(shard).is_none() {
+            // The map shows the new shard: the split was applied and recorded.
+            Some(Response::Ok)
+        } else if map.split_of(shard).map(|s| s.spec()) != Some(msg.split.clone()) {
+            Some(Response::Invalid(format!(
+                "the cluster map (epoch {}) records no split of shard {shard} into shard {} at \
+                 slot {}",
+                map.epoch(),
+                msg.split.child,
+                msg.split.at
+            )))
+        } else {
+            None
+        };
+        if let Some(resp) = refusal {
+            return Box::pin(async move { resp });
+        }
         match self.local_replica(shard) {
             Ok(replica) => answer_from(shard, replica.split.send(ProposeSplit(msg.split))),
             Err(resp) => Box::pin(async move { resp }),

@@ -10,6 +10,7 @@ use actix::prelude::*;
 use shardkv_transport::wire::{Op, ReadConsistency, Request, Response};
 use tokio::sync::oneshot;
 
+use super::membership::is_joint;
 use super::reads::PendingRead;
 use super::ReplicaActor;
 use crate::messages::{AwaitApply, ClientRequest, ProposeSplit, ReadAt};
@@ -37,8 +38,23 @@ impl Handler<ProposeSplit> for ReplicaActor {
 
     /// A split is a command in the shard's log like a write, with no session: a re-proposal
     /// after a crash finds the split done and changes nothing.
+    /// Proposed only by a leader whose configuration is the split's voters, none joining or
+    /// leaving: the new shard's group must be the hosts that hold the rows.
     fn handle(&mut self, msg: ProposeSplit, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        let conf = self.conf_state();
+        let mut voters = conf.voters.clone();
+        voters.sort_unstable();
+        let mut wanted = msg.0.voters.clone();
+        wanted.sort_unstable();
+        if self.is_leader() && (voters != wanted || !conf.learners.is_empty() || is_joint(&conf)) {
+            let why = format!(
+                "shard {} is changing its replicas (voters {voters:?}, learners {:?}), or they \
+                 are not the split's {wanted:?}; split it once the change is done",
+                self.shard, conf.learners
+            );
+            return Box::pin(async move { Response::Invalid(why) });
+        }
         self.propose(0, 0, Action::Split(msg.0), tx, ctx);
         let timeout = self.settings.request_timeout;
         Box::pin(async move {

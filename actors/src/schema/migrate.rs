@@ -8,7 +8,7 @@
 //! then records each hosted shard's day-0 ownership. On a current data dir it only checks.
 
 use shardkv_transport::cluster_map::{ClusterMap, META_SHARD};
-use shardkv_transport::slot::slot_range;
+use shardkv_transport::slot::{slot, slot_range};
 use shardkv_transport::{Layout, ShardId};
 use tracing::info;
 
@@ -37,7 +37,7 @@ pub struct Upgrade {
 /// docs); idempotent.
 pub fn upgrade(schema: &Schema, layout: &Layout) -> Result<Upgrade, ActorError> {
     let mut done = Upgrade {
-        rows_moved: move_rows_to_slot_keys(schema)?,
+        rows_moved: move_rows_to_slot_keys(schema, layout.shards)?,
         ..Upgrade::default()
     };
     let mut ops = Vec::new();
@@ -83,8 +83,15 @@ pub fn day0_owned(shard: ShardId, shards: u32) -> Option<OwnedSlots> {
     })
 }
 
-/// Moves every row of the old shard-keyed table into `slot_kv`; answers how many.
-fn move_rows_to_slot_keys(schema: &Schema) -> Result<u64, ActorError> {
+/// Whether `key` is of `shard`'s day-0 slots (of `shards` data shards).
+fn is_day0_key(shard: ShardId, shards: u32, key: &[u8]) -> bool {
+    day0_owned(shard, shards).is_some_and(|owned| owned.contains(slot(key)))
+}
+
+/// Moves every row of the old shard-keyed table (of a layout of `shards` data shards) into
+/// `slot_kv`; answers how many. A row whose key is not of its shard's day-0 slots is refused
+/// as corrupt: it would land among another shard's rows.
+fn move_rows_to_slot_keys(schema: &Schema, shards: u32) -> Result<u64, ActorError> {
     let old: Option<Table> = {
         let rtxn = schema.env.read_txn()?;
         schema.env.open_database(&rtxn, Some(OLD_KV))?
@@ -109,7 +116,17 @@ fn move_rows_to_slot_keys(schema: &Schema) -> Result<u64, ActorError> {
                 });
             };
             let shard = ShardId::from_be_bytes(shard);
-            schema.kv.put(&mut wtxn, &kv_key(shard, &k[4..]), v)?;
+            let key = &k[4..];
+            if shard != META_SHARD && !is_day0_key(shard, shards, key) {
+                return Err(ActorError::Corrupt {
+                    what: format!("row of shard {shard} in the old kv table"),
+                    detail: format!(
+                        "its key's slot {} is not one of the shard's day-0 slots (of {shards} shards)",
+                        slot(key)
+                    ),
+                });
+            }
+            schema.kv.put(&mut wtxn, &kv_key(shard, key), v)?;
             old.delete(&mut wtxn, k)?;
         }
         wtxn.commit()?;
@@ -158,12 +175,19 @@ mod tests {
     #[test]
     fn rows_of_an_old_data_dir_are_rekeyed_and_shards_get_their_day0_slots() {
         let (_dir, schema) = temp_schema();
-        let keys: Vec<Vec<u8>> = (0..25_000u32)
+        // Shard 1 of 2 owns slots 0-8191 at day 0, shard 2 the rest.
+        let keys: Vec<Vec<u8>> = (0..)
             .map(|i| format!("k{i}").into_bytes())
+            .filter(|k| slot(k) < 8192)
+            .take(25_000)
             .collect();
         let mut rows: Vec<(ShardId, &[u8], &[u8])> =
             keys.iter().map(|k| (1, k.as_slice(), &b"v1"[..])).collect();
-        rows.push((2, b"other", b"v2"));
+        let other = (0..)
+            .map(|i| format!("o{i}").into_bytes())
+            .find(|k| slot(k) >= 8192)
+            .unwrap();
+        rows.push((2, &other, b"v2"));
         rows.push((META_SHARD, b"cluster-map", b"map"));
         old_rows(&schema, &rows);
         bootstrap(&schema, 1, &[1], None).unwrap();
@@ -172,8 +196,11 @@ mod tests {
         let done = upgrade(&schema, &layout()).unwrap();
         assert_eq!(done.rows_moved, 25_002);
         assert_eq!(done.shards_owned, 2);
-        assert_eq!(value(&schema, 1, b"k24999"), Some(b"v1".to_vec()));
-        assert_eq!(value(&schema, 2, b"other"), Some(b"v2".to_vec()));
+        assert_eq!(
+            value(&schema, 1, keys.last().unwrap()),
+            Some(b"v1".to_vec())
+        );
+        assert_eq!(value(&schema, 2, &other), Some(b"v2".to_vec()));
         assert_eq!(
             value(&schema, META_SHARD, b"cluster-map"),
             Some(b"map".to_vec())
@@ -198,5 +225,29 @@ mod tests {
         bootstrap(&schema, 1, &[1], Some(&owned)).unwrap();
         assert_eq!(upgrade(&schema, &layout()).unwrap(), Upgrade::default());
         assert_eq!(stored_owned(&schema, 1).unwrap(), owned);
+    }
+}
+
+#[cfg(test)]
+mod refusals {
+    use super::*;
+    use crate::test_fixtures::temp_schema;
+
+    #[test]
+    fn a_row_outside_its_shards_day0_slots_is_refused_not_merged() {
+        let (_dir, schema) = temp_schema();
+        let stray = (0..)
+            .map(|i| format!("s{i}").into_bytes())
+            .find(|k| slot(k) >= 8192)
+            .unwrap();
+        old_rows(&schema, &[(1, &stray, b"v")]);
+        let layout = Layout {
+            shards: 2,
+            replicas: 1,
+            pins: Vec::new(),
+            placement: vec![(1, vec![1]), (2, vec![1])],
+        };
+        let err = upgrade(&schema, &layout).unwrap_err();
+        assert!(err.to_string().contains("day-0 slots"), "{err}");
     }
 }

@@ -230,7 +230,9 @@ pub type TableRange = (TableId, Vec<u8>, Vec<u8>);
 /// or the system rows for the meta group.
 pub fn kv_ranges(shard: ShardId, slots: &[(Slot, Slot)]) -> Vec<TableRange> {
     if shard == META_SHARD {
-        return vec![(TableId::Kv, SYSTEM_PREFIX.to_vec(), vec![0xff, 0xff, 0xff])];
+        // Past every key under the prefix: no key is longer than KEY_BYTES_MAX.
+        let end = vec![0xff; SYSTEM_PREFIX.len() + shardkv_transport::wire::KEY_BYTES_MAX + 1];
+        return vec![(TableId::Kv, SYSTEM_PREFIX.to_vec(), end)];
     }
     slots
         .iter()
@@ -340,9 +342,16 @@ mod tests {
 
     #[test]
     fn the_meta_groups_rows_lie_apart_from_every_slot() {
+        let holds =
+            |ranges: &[TableRange], k: &Vec<u8>| ranges.iter().any(|(_, lo, hi)| lo <= k && k < hi);
         let meta_ranges = kv_ranges(META_SHARD, &[]);
         let every_slot = kv_ranges(1, &[(0, 16383)]);
         let meta_row = kv_key(META_SHARD, b"cluster-map");
+        let high_row = kv_key(META_SHARD, &[0xff; 480]);
+        assert!(
+            holds(&meta_ranges, &high_row),
+            "a system key of 0xff bytes too"
+        );
         let user_row = kv_key(1, b"cluster-map");
         let holds =
             |ranges: &[TableRange], k: &Vec<u8>| ranges.iter().any(|(_, lo, hi)| lo <= k && k < hi);

@@ -366,6 +366,7 @@ impl Handler<InstallSnapshot> for ShardActor {
         // give this shard: they belong to no local shard after it) and of those it owns.
         let owned_before = self.owned.ranges.clone();
         let storage = self.storage.clone();
+        let schema = self.schema.clone();
         let check = async move {
             let header = verified
                 .await
@@ -378,6 +379,11 @@ impl Handler<InstallSnapshot> for ShardActor {
                 });
             }
             let owned = header.owned.unwrap_or_default();
+            let schema_check = schema.clone();
+            let slots = owned.ranges.clone();
+            tokio::task::spawn_blocking(move || owned_elsewhere(&schema_check, shard, &slots))
+                .await
+                .map_err(|e| ActorError::Storage(format!("snapshot check: {e}")))??;
             let mut replaced = owned_before;
             replaced.extend(owned.ranges.iter().copied());
             let mut ops =
@@ -414,6 +420,25 @@ impl Handler<InstallSnapshot> for ShardActor {
             Ok(())
         }))
     }
+}
+
+/// Refuses a snapshot of `shard` owning `slots` that another replica on this host owns some
+/// of: installing it would put two state machines over the same rows. The host's rules
+/// (a replica joins only once no local replica owns its slots) keep this from happening.
+fn owned_elsewhere(
+    schema: &Schema,
+    shard: ShardId,
+    slots: &[(shardkv_transport::slot::Slot, shardkv_transport::slot::Slot)],
+) -> Result<(), ActorError> {
+    for other in raft_records::hosted_shards(schema)? {
+        if other != shard && stored_owned(schema, other)?.overlaps(slots) {
+            return Err(ActorError::Corrupt {
+                what: format!("snapshot of shard {shard}"),
+                detail: format!("its slots {slots:?} are owned by shard {other} on this host"),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Handler<AwaitApply> for ShardActor {

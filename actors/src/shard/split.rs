@@ -8,6 +8,11 @@
 //! owned slots and clock) is written in the same transaction as the parent's smaller
 //! ownership; that host then starts the child's replica from it. A host not among them holds
 //! the rows of slots none of its shards owns any more, and deletes them.
+//!
+//! The child's log starts at [`CHILD_LOG_START`], not 0, as if compacted there: a voter that
+//! never applied the split (its parent got a snapshot past it) starts the child empty, and
+//! the child's leader, finding the entries it lacks compacted away, sends it a snapshot with
+//! the rows; from index 0 it would take the log instead and hold no rows at all.
 
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::wire::{Response, SplitSpec};
@@ -23,6 +28,9 @@ use crate::schema::log_clock_record::log_clock_op;
 use crate::schema::owned_record::owned_op;
 use crate::schema::session_record::encode_record;
 use crate::schema::{kv_ranges, raft_records, session_key, TableId};
+
+/// The index (and term) a child's log starts after; see the module docs.
+pub const CHILD_LOG_START: u64 = 5;
 
 /// A split this host's replica applied, told to whoever starts replicas: once the batch
 /// holding it is durable, the child's replica can start from its stored state.
@@ -81,15 +89,32 @@ pub fn apply_split(
     effects.batch.ops.push(owned_op(shard, &kept)?);
     let child = spec.child;
     let here = spec.voters.contains(&host);
-    if here {
+    let taken = here && view.shard_has_state(child)?;
+    if taken {
+        // Never over a replica this host holds: the split's rows go as on a host outside
+        // the child, and the child's group lacks this voter (it is not created twice).
+        tracing::error!(
+            shard,
+            child,
+            "a split names a new shard this host already holds; not creating it here"
+        );
+    }
+    if here && !taken {
         let conf = raft::eraftpb::ConfState {
             voters: spec.voters.clone(),
             ..Default::default()
         };
-        effects
-            .batch
-            .ops
-            .push(raft_records::conf_state_op(child, &conf)?);
+        let hard_state = raft::eraftpb::HardState {
+            term: CHILD_LOG_START,
+            commit: CHILD_LOG_START,
+            ..Default::default()
+        };
+        effects.batch.ops.extend([
+            raft_records::conf_state_op(child, &conf)?,
+            raft_records::hard_state_op(child, &hard_state)?,
+            raft_records::truncated_op(child, CHILD_LOG_START, CHILD_LOG_START),
+            raft_records::applied_op(child, CHILD_LOG_START),
+        ]);
         effects.batch.ops.push(owned_op(child, &handed)?);
         // The child's terms start afresh: its clock goes on from the parent's time, anchored
         // again by its first leader's first command.
@@ -116,7 +141,7 @@ pub fn apply_split(
     *owned = kept;
     Ok(SplitOutcome {
         reply: Response::Ok,
-        child_here: here.then_some(child),
+        child_here: (here && !taken).then_some(child),
     })
 }
 

@@ -83,6 +83,10 @@ impl AppliedView for StoreView<'_> {
         Ok(found)
     }
 
+    fn shard_has_state(&self, shard: ShardId) -> Result<bool, ActorError> {
+        crate::schema::raft_records::has_state(self.schema, shard)
+    }
+
     fn sessions_except(
         &self,
         shadowed: &dyn Fn(u64) -> bool,

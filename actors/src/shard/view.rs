@@ -6,6 +6,8 @@
 //! its own batch's writes on top ([`super::effects::Effects`]), so it never needs to know
 //! which layer a value came from.
 
+use shardkv_transport::ShardId;
+
 use super::sessions::SessionActivity;
 use crate::error::ActorError;
 use crate::schema::session_record::SessionRecord;
@@ -31,6 +33,9 @@ pub trait AppliedView {
         &self,
         shadowed: &dyn Fn(u64) -> bool,
     ) -> Result<Vec<(u64, SessionRecord)>, ActorError>;
+
+    /// Whether this host holds Raft state of `shard` (a split never creates a shard over one).
+    fn shard_has_state(&self, shard: ShardId) -> Result<bool, ActorError>;
 }
 
 /// An in-memory view, for testing the apply core without LMDB.
@@ -39,6 +44,8 @@ pub trait AppliedView {
 pub struct MemoryView {
     pub values: std::collections::HashMap<Vec<u8>, Vec<u8>>,
     pub sessions: std::collections::BTreeMap<u64, SessionRecord>,
+    /// Shards this host holds Raft state of.
+    pub hosted: std::collections::BTreeSet<ShardId>,
 }
 
 #[cfg(test)]
@@ -76,5 +83,9 @@ impl AppliedView for MemoryView {
             .filter(|(client, _)| !shadowed(**client))
             .map(|(client, s)| (*client, s.clone()))
             .collect())
+    }
+
+    fn shard_has_state(&self, shard: ShardId) -> Result<bool, ActorError> {
+        Ok(self.hosted.contains(&shard))
     }
 }

@@ -285,6 +285,17 @@ pub fn verify(path: &Path, day0: Option<&OwnedSlots>) -> Result<Header, ActorErr
             "says nothing of the slots it holds, and its shard is no day-0 shard",
         ));
     };
+    let well_formed = owned
+        .ranges
+        .iter()
+        .all(|&(first, last)| first <= last && last < shardkv_transport::slot::SLOT_COUNT)
+        && owned.ranges.windows(2).all(|w| w[0].1 < w[1].0);
+    if !well_formed {
+        return Err(io(
+            path,
+            format!("owns malformed slot ranges {:?}", owned.ranges),
+        ));
+    }
     let outside = (0..shardkv_transport::slot::SLOT_COUNT)
         .find(|s| slots[usize::from(*s)] && !owned.contains(*s));
     if let Some(slot) = outside {

@@ -5,7 +5,9 @@ use raft::eraftpb::Entry;
 use shardkv_transport::slot::slot;
 
 use super::*;
-use crate::schema::{state_key, TAG_CONF_STATE, TAG_LOG_CLOCK, TAG_OWNED};
+use crate::schema::{
+    state_key, TAG_APPLIED, TAG_CONF_STATE, TAG_HARD_STATE, TAG_LOG_CLOCK, TAG_OWNED, TAG_TRUNCATED,
+};
 use crate::shard::apply::{plan, ApplyState, Plan};
 use crate::shard::command::{Action, Command};
 use crate::shard::sessions::session;
@@ -126,7 +128,14 @@ fn on_a_voter_host_the_child_gets_the_upper_slots_sessions_and_clock() {
         })
     );
     assert_eq!(plan.children, vec![CHILD]);
-    for tag in [TAG_CONF_STATE, TAG_OWNED, TAG_LOG_CLOCK] {
+    for tag in [
+        TAG_CONF_STATE,
+        TAG_OWNED,
+        TAG_LOG_CLOCK,
+        TAG_HARD_STATE,
+        TAG_TRUNCATED,
+        TAG_APPLIED,
+    ] {
         assert!(puts_of(&plan, &state_key(CHILD, tag)), "child tag {tag}");
     }
     assert!(puts_of(&plan, &state_key(PARENT, TAG_OWNED)));
@@ -207,4 +216,14 @@ fn a_split_that_would_leave_a_side_empty_is_refused_and_changes_nothing() {
     assert!(matches!(plan.replies[0].response, Response::Invalid(_)));
     assert_eq!(plan.owned, None);
     assert!(plan.children.is_empty());
+}
+
+#[test]
+fn a_split_never_creates_a_shard_over_one_this_host_holds() {
+    let mut view = MemoryView::default();
+    view.hosted.insert(CHILD);
+    let plan = run(1, &[split_entry(1, 4096)], &view);
+    assert_eq!(plan.replies[0].response, Response::Ok, "the parent splits");
+    assert!(plan.children.is_empty());
+    assert!(!puts_of(&plan, &state_key(CHILD, TAG_CONF_STATE)));
 }
