@@ -9,8 +9,11 @@
 //!
 //! A shard the map places on this host and the host does not hold gets a joining replica,
 //! which waits, configured as nothing, until the shard's leader adds it as a learner and
-//! sends it a snapshot; not while another local replica still owns some of its slots. A split
-//! applied here starts the child's replica at once, from the state the split stored. A replica the map no longer places here is destroyed only once its
+//! sends it a snapshot; not while another local replica still owns some of its slots.
+//!
+//! A split applied here starts the child's replica at once, from the state the split stored.
+//!
+//! A replica the map no longer places here is destroyed only once its
 //! own configuration no longer lists this host: the map drops a replica only after the
 //! shard's Raft group has removed it, and a replica that missed its removal (it was away)
 //! keeps its data rather than risk deleting a copy its group still counts.
@@ -158,7 +161,8 @@ impl MapWatcher {
                 tokio::select! {
                     _ = polls.tick() => {}
                     Some(split) = splits.recv() => {
-                        info!(parent = split.parent, child = split.child, "split applied: starting the new shard's replica");
+                        let (parent, child) = (split.parent, split.child);
+                        info!(parent, child, "split applied: starting the new shard's replica");
                         self.join(split.child).await;
                         continue;
                     }

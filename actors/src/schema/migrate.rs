@@ -121,8 +121,9 @@ fn move_rows_to_slot_keys(schema: &Schema, shards: u32) -> Result<u64, ActorErro
                 return Err(ActorError::Corrupt {
                     what: format!("row of shard {shard} in the old kv table"),
                     detail: format!(
-                        "its key's slot {} is not one of the shard's day-0 slots (of {shards} shards)",
-                        slot(key)
+                        "its key's slot {} is not one of the shard's day-0 slots (of {} shards)",
+                        slot(key),
+                        shards
                     ),
                 });
             }

@@ -342,8 +342,8 @@ impl Handler<ApplyEntries> for ShardActor {
 impl Handler<InstallSnapshot> for ShardActor {
     type Result = ResponseActFuture<Self, Result<(), ActorError>>;
 
-    /// Replaces the shard's rows, sessions, log clock and owned slots by the snapshot's, and the log by
-    /// the snapshot point, in one transaction with the replica's conf and hard state. The file is
+    /// Replaces the shard's rows, sessions, log clock and owned slots by the snapshot's, and
+    /// the log by the snapshot point, in one transaction with the replica's conf and hard state. The file is
     /// checked through on a blocking thread first, then streamed into LMDB by the writer
     /// thread: neither this actor's thread nor memory carries the snapshot.
     fn handle(&mut self, msg: InstallSnapshot, _: &mut Self::Context) -> Self::Result {

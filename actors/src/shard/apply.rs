@@ -104,7 +104,8 @@ pub fn plan(
                 let outcome =
                     apply_split(spec, state.host, &mut owned, &clock, view, &mut effects)?;
                 if outcome.reply == Response::Ok && owned != state.owned {
-                    info!(shard, child, at, index = e.index, slots = ?owned.ranges, "split applied");
+                    let slots = &owned.ranges;
+                    info!(shard, child, at, index = e.index, ?slots, "split applied");
                     owned_changed = true;
                 }
                 children.extend(outcome.child_here);

@@ -40,9 +40,9 @@ impl ClusterMap {
     ///
     /// Only settled shards move: those with exactly `replicas` replicas (the meta group: as
     /// many as it has), all voters, and no move or split recorded (a split's new shard starts
-    /// on the voters the split recorded, which a move would change under it). A shard with a learner or an extra
-    /// or missing replica is in the middle of a move (or a `host replace`) and is planned for
-    /// once that finishes. Hosts that are joining take no replicas until they are active.
+    /// on the voters the split recorded, which a move would change under it). A shard with a
+    /// learner or an extra or missing replica is in the middle of a move (or a `host replace`)
+    /// and is planned for once that finishes. Hosts that are joining take no replicas until they are active.
     pub fn plan_rebalance(&self, replicas: u32) -> Vec<Move> {
         let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
         let mut load: BTreeMap<HostId, usize> = self
