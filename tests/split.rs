@@ -258,8 +258,16 @@ async fn two_shards_split_under_load_with_lost_acknowledgements_and_every_write_
     // Checked keys in both halves of both shards that split, and in the one that does not.
     let mut keys = Vec::new();
     for (s, (lower, upper)) in &halves {
-        keys.extend(common::keys_in_slots(&format!("lo{s}"), lower, KEYS_PER_HALF));
-        keys.extend(common::keys_in_slots(&format!("hi{s}"), upper, KEYS_PER_HALF));
+        keys.extend(common::keys_in_slots(
+            &format!("lo{s}"),
+            lower,
+            KEYS_PER_HALF,
+        ));
+        keys.extend(common::keys_in_slots(
+            &format!("hi{s}"),
+            upper,
+            KEYS_PER_HALF,
+        ));
     }
     let third = before.shard(3).expect("shard 3").slots.clone();
     keys.extend(common::keys_in_slots("s3", &third, KEYS_PER_HALF));
@@ -286,7 +294,13 @@ async fn two_shards_split_under_load_with_lost_acknowledgements_and_every_write_
     for (i, (s, (_, upper))) in halves.iter().enumerate() {
         let key = common::keys_in_slots(&format!("counter{s}"), upper, 1).remove(0);
         let client = shardkv::Client::new(settings.clone()).expect("client");
-        let task = counter(CLIENTS + i, client, key.clone(), recorder.clone(), stop.clone());
+        let task = counter(
+            CLIENTS + i,
+            client,
+            key.clone(),
+            recorder.clone(),
+            stop.clone(),
+        );
         counters.push((key, tokio::spawn(task)));
     }
     let faults_off = Arc::new(AtomicBool::new(false));
@@ -458,7 +472,15 @@ async fn a_write_retried_only_after_its_shard_split_is_answered_from_the_inherit
     let client = cluster.client();
     cluster.wait_ready(&client).await;
     let admin = cluster.admin();
-    let slots = admin.read_map().await.expect("map").map.shard(1).expect("shard").slots.clone();
+    let slots = admin
+        .read_map()
+        .await
+        .expect("map")
+        .map
+        .shard(1)
+        .expect("shard")
+        .slots
+        .clone();
     let (lower, upper) = common::split_halves(&slots);
     // One session's write lands in the half that moves, another's in the half that stays.
     let moving = common::keys_in_slots("moving", &upper, 1).remove(0);
@@ -482,8 +504,9 @@ async fn a_write_retried_only_after_its_shard_split_is_answered_from_the_inherit
     admin.inject_fault(leader, spec).await.expect("fault hook");
     let conn = cluster.raw_connection("cli", index).await;
     for (session, key) in &writes {
-        let lost = shardkv_transport::endpoint::call(&conn, &create_if_absent(*session, 1, key, b"first"))
-            .await;
+        let lost =
+            shardkv_transport::endpoint::call(&conn, &create_if_absent(*session, 1, key, b"first"))
+                .await;
         assert!(lost.is_err(), "the acknowledgement is lost: {lost:?}");
         assert_eq!(
             client.get(key).await.expect("read"),
@@ -501,7 +524,12 @@ async fn a_write_retried_only_after_its_shard_split_is_answered_from_the_inherit
     // Applied again, create-if-absent would fail and report "first": answered from the
     // session (copied into the new shard for the moving key), it succeeds.
     for (session, key) in &writes {
-        let retried = call_leader(&cluster, leader, &create_if_absent(*session, 1, key, b"first")).await;
+        let retried = call_leader(
+            &cluster,
+            leader,
+            &create_if_absent(*session, 1, key, b"first"),
+        )
+        .await;
         assert_eq!(
             retried,
             Response::CasOk,

@@ -25,7 +25,10 @@ const SETTLE: Duration = Duration::from_secs(30);
 
 /// Puts unique keys until `stop`, remembering those acknowledged. Short deadlines keep it
 /// writing through kills (an unacknowledged write is simply not remembered).
-fn writer(cluster: &common::Cluster, stop: Arc<AtomicBool>) -> (Acked, tokio::task::JoinHandle<()>) {
+fn writer(
+    cluster: &common::Cluster,
+    stop: Arc<AtomicBool>,
+) -> (Acked, tokio::task::JoinHandle<()>) {
     let mut settings = cluster.settings("cli");
     settings.deadline = Duration::from_secs(3);
     settings.attempt_timeout = Duration::from_secs(1);
@@ -77,7 +80,11 @@ fn hosts(cluster: &common::Cluster) -> Vec<HostId> {
     cluster.cfg.hosts.iter().map(|h| h.host.id).collect()
 }
 
-fn split(cluster: &common::Cluster, shard: ShardId, stop_after: Option<&str>) -> std::process::Output {
+fn split(
+    cluster: &common::Cluster,
+    shard: ShardId,
+    stop_after: Option<&str>,
+) -> std::process::Output {
     let shard = shard.to_string();
     let env: Vec<(&str, &str)> = stop_after
         .map(|s| ("SHARDKV_TEST_SPLIT_STOP_AFTER", s))
@@ -107,7 +114,11 @@ async fn leader_of(cluster: &common::Cluster, shard: ShardId) -> HostId {
         let mut best: Option<(u64, HostId)> = None;
         for h in hosts(cluster) {
             if let Ok(s) = admin.host_status(h).await {
-                for r in s.replicas.iter().filter(|r| r.shard == shard && r.is_leader) {
+                for r in s
+                    .replicas
+                    .iter()
+                    .filter(|r| r.shard == shard && r.is_leader)
+                {
                     if best.is_none_or(|(t, _)| r.term > t) {
                         best = Some((r.term, h));
                     }
@@ -132,9 +143,20 @@ async fn assert_split_everywhere(
 ) {
     let admin = cluster.admin();
     let map = admin.read_map().await.expect("map").map;
-    assert_eq!(&map.shard(parent).expect("parent").slots, lower, "the map's parent");
-    assert_eq!(&map.shard(child).expect("child").slots, upper, "the map's new shard");
-    assert!(map.split_of(parent).is_none(), "the split record is cleared");
+    assert_eq!(
+        &map.shard(parent).expect("parent").slots,
+        lower,
+        "the map's parent"
+    );
+    assert_eq!(
+        &map.shard(child).expect("child").slots,
+        upper,
+        "the map's new shard"
+    );
+    assert!(
+        map.split_of(parent).is_none(),
+        "the split record is cleared"
+    );
     let all = hosts(cluster);
     common::wait_replica_slots(&admin, &all, parent, lower, SETTLE).await;
     common::wait_replica_slots(&admin, &all, child, upper, SETTLE).await;
@@ -216,7 +238,12 @@ async fn kill_9_of_the_leader_and_the_driver_mid_split_leaves_it_all_or_nothing_
                 break (s.child, false);
             }
             // The whole split may fit between two looks at the map.
-            if let Some(new) = m.map.shards().keys().find(|s| !map.shards().contains_key(s)) {
+            if let Some(new) = m
+                .map
+                .shards()
+                .keys()
+                .find(|s| !map.shards().contains_key(s))
+            {
                 break (*new, true);
             }
         }
@@ -288,12 +315,19 @@ async fn a_split_stopped_after_recording_or_applying_is_finished_by_a_rerun_or_t
     );
     let recorded = admin.read_map().await.expect("map").map;
     let child1 = recorded.split_of(1).expect("the split is recorded").child;
-    assert!(recorded.shard(child1).is_none(), "not yet a shard of the map");
+    assert!(
+        recorded.shard(child1).is_none(),
+        "not yet a shard of the map"
+    );
     let leader = leader_of(&cluster, 1).await;
     cluster.kill9(leader);
     tokio::time::sleep(Duration::from_millis(700)).await;
     cluster.start(leader);
-    assert_eq!(split_ok(&cluster, 1), child1, "the re-run continues the split");
+    assert_eq!(
+        split_ok(&cluster, 1),
+        child1,
+        "the re-run continues the split"
+    );
     assert_split_everywhere(&cluster, 1, child1, (&lower1, &upper1)).await;
 
     // Stopped once applied: every replica has split, the map does not list the new shard
@@ -328,6 +362,13 @@ async fn a_split_stopped_after_recording_or_applying_is_finished_by_a_rerun_or_t
     }
     assert_split_everywhere(&cluster, 2, child2, (&lower2, &upper2)).await;
 
-    check_writes(&cluster, &stop, &acked, task, &[&lower1, &upper1, &lower2, &upper2]).await;
+    check_writes(
+        &cluster,
+        &stop,
+        &acked,
+        task,
+        &[&lower1, &upper1, &lower2, &upper2],
+    )
+    .await;
     cluster.check_alive();
 }
