@@ -205,91 +205,178 @@ async fn split_state(
     seen
 }
 
+/// How much longer every disk commit of the parent's followers takes while the split entry
+/// is to stay in flight: the leader cannot commit it before it is killed.
+const SLOW_FOLLOWER_COMMIT_MS: u64 = 3000;
+
+/// Starts `shardkv shard split SHARD` in the background.
+fn spawn_split(cluster: &common::Cluster, shard: ShardId) -> std::process::Child {
+    std::process::Command::new(common::BIN)
+        .arg("--config")
+        .arg(&cluster.cfg_path)
+        .args(["shard", "split", &shard.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start shard split")
+}
+
+/// Waits until the map records a split of `parent` (or already lists the new shard: the whole
+/// split may fit between two looks); answers the new shard and whether the map lists it.
+async fn recorded_split(
+    cluster: &common::Cluster,
+    before: &shardkv_transport::ClusterMap,
+    parent: ShardId,
+) -> (ShardId, bool) {
+    let admin = cluster.admin();
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if let Ok(m) = admin.read_map().await {
+            if let Some(s) = m.map.split_of(parent) {
+                return (s.child, false);
+            }
+            let shards = m.map.shards();
+            if let Some(new) = shards.keys().find(|s| !before.shards().contains_key(s)) {
+                return (*new, true);
+            }
+        }
+        assert!(Instant::now() < deadline, "the split is never recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the three replicas of `parent` agree about its split into `child` and
+/// answers whether they all applied it; fails if they go on disagreeing (applied on some
+/// and not on others).
+async fn all_or_nothing(
+    cluster: &common::Cluster,
+    parent: ShardId,
+    child: ShardId,
+    whole: &Slots,
+    (lower, upper): (&Slots, &Slots),
+) -> bool {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let seen = split_state(cluster, parent, child).await;
+        let everywhere = |(_, p, c): &(HostId, Option<Slots>, Option<Slots>)| {
+            p.as_ref() == Some(lower) && c.as_ref() == Some(upper)
+        };
+        let nowhere = |(_, p, c): &(HostId, Option<Slots>, Option<Slots>)| {
+            p.as_ref() == Some(whole) && c.is_none()
+        };
+        if seen.iter().all(everywhere) {
+            return true;
+        }
+        if seen.iter().all(nowhere) {
+            return false;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas of shard {parent} disagree about its split into {child}: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// kill -9 of `parent`'s leader and of the driver while the split entry is in flight, then
+/// the checks: all or nothing once the replicas agree, and a re-run finishes it everywhere.
+/// With `slow_followers` the followers' disks are slowed first (the split already recorded),
+/// so the entry is surely appended on the leader and not yet committed when it dies; without,
+/// the kill comes the moment the map records the split.
+async fn kill_mid_split(cluster: &mut common::Cluster, parent: ShardId, slow_followers: bool) {
+    let admin = cluster.admin();
+    let before = admin.read_map().await.expect("map").map;
+    let whole = before.shard(parent).expect("shard").slots.clone();
+    let (lower, upper) = halves_of(&before, parent);
+    let leader = leader_of(cluster, parent).await;
+    let followers: Vec<HostId> = hosts(cluster)
+        .into_iter()
+        .filter(|h| *h != leader)
+        .collect();
+    let slow = |ms| shardkv_transport::wire::FaultSpec {
+        commit_delay_ms: ms,
+        ..Default::default()
+    };
+
+    let (child, finished) = if slow_followers {
+        let stopped = split(cluster, parent, Some("recorded"));
+        assert_eq!(
+            stopped.status.code(),
+            Some(3),
+            "{}",
+            common::output_text(&stopped)
+        );
+        for &h in &followers {
+            let delay = slow(SLOW_FOLLOWER_COMMIT_MS);
+            admin.inject_fault(h, delay).await.expect("slow disk");
+        }
+        let mut driver = spawn_split(cluster, parent);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let on_leader = admin.host_status(leader).await.expect("leader status");
+        let r = on_leader
+            .replicas
+            .iter()
+            .find(|r| r.shard == parent)
+            .expect("replica");
+        eprintln!(
+            "shard {parent} on its leader, host {leader}, before the kill: last index {}, \
+             commit {}, slots {:?}",
+            r.last_index, r.commit, r.slots
+        );
+        driver.kill().expect("kill -9 the driver");
+        driver.wait().expect("reap the driver");
+        recorded_split(cluster, &before, parent).await
+    } else {
+        let mut driver = spawn_split(cluster, parent);
+        let recorded = recorded_split(cluster, &before, parent).await;
+        driver.kill().expect("kill -9 the driver");
+        driver.wait().expect("reap the driver");
+        recorded
+    };
+    cluster.kill9(leader);
+    for &h in &followers {
+        admin
+            .inject_fault(h, slow(0))
+            .await
+            .expect("disk back to speed");
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.start(leader);
+
+    let applied = all_or_nothing(cluster, parent, child, &whole, (&lower, &upper)).await;
+    eprintln!(
+        "shard {parent}: after kill -9 of host {leader} and the driver (slow followers: \
+         {slow_followers}), split applied everywhere: {applied}, nowhere: {}, map lists it: \
+         {finished}",
+        !applied
+    );
+    // A re-run continues the recorded split (one already finished would be split again).
+    if !finished {
+        let rerun = split_ok(cluster, parent);
+        assert_eq!(rerun, child, "the re-run finishes the recorded split");
+    }
+    assert_split_everywhere(cluster, parent, child, (&lower, &upper)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_the_leader_and_the_driver_mid_split_leaves_it_all_or_nothing_and_a_rerun_finishes_it(
 ) {
     let mut cluster = common::Cluster::new(3, 3, 3);
     cluster.start_all();
     cluster.wait_ready(&cluster.client()).await;
-    let admin = cluster.admin();
-    let map = admin.read_map().await.expect("map").map;
-    let whole = map.shard(1).expect("shard").slots.clone();
-    let (lower, upper) = halves_of(&map, 1);
+    let map = cluster.admin().read_map().await.expect("map").map;
+    let halves1 = halves_of(&map, 1);
+    let halves2 = halves_of(&map, 2);
     let stop = Arc::new(AtomicBool::new(false));
     let (acked, task) = writer(&cluster, stop.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // The driver in the background; the moment the map records the split it proposes the
-    // split entry, and then it and the shard's leader die.
-    let leader = leader_of(&cluster, 1).await;
-    let mut driver = std::process::Command::new(common::BIN)
-        .arg("--config")
-        .arg(&cluster.cfg_path)
-        .args(["shard", "split", "1"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start shard split");
-    let deadline = Instant::now() + SETTLE;
-    let (child, finished) = loop {
-        if let Ok(m) = admin.read_map().await {
-            if let Some(s) = m.map.split_of(1) {
-                break (s.child, false);
-            }
-            // The whole split may fit between two looks at the map.
-            if let Some(new) = m
-                .map
-                .shards()
-                .keys()
-                .find(|s| !map.shards().contains_key(s))
-            {
-                break (*new, true);
-            }
-        }
-        assert!(Instant::now() < deadline, "the split is never recorded");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
-    driver.kill().expect("kill -9 the driver");
-    driver.wait().expect("reap the driver");
-    cluster.kill9(leader);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    cluster.start(leader);
+    kill_mid_split(&mut cluster, 1, false).await;
+    kill_mid_split(&mut cluster, 2, true).await;
 
-    // All or nothing: once the replicas agree, all have split or none has.
-    let deadline = Instant::now() + SETTLE;
-    let applied = loop {
-        let seen = split_state(&cluster, 1, child).await;
-        let everywhere = |(_, p, c): &(HostId, Option<Slots>, Option<Slots>)| {
-            p.as_ref() == Some(&lower) && c.as_ref() == Some(&upper)
-        };
-        let nowhere = |(_, p, c): &(HostId, Option<Slots>, Option<Slots>)| {
-            p.as_ref() == Some(&whole) && c.is_none()
-        };
-        if seen.iter().all(everywhere) {
-            break true;
-        }
-        if seen.iter().all(nowhere) {
-            break false;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the replicas of shard 1 disagree about its split into {child}: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    eprintln!(
-        "after kill -9 of host {leader} and the driver: split applied: {applied}, recorded as \
-         finished: {finished}"
-    );
-
-    // A re-run continues the recorded split (one already finished would be split again).
-    if !finished {
-        let rerun = split_ok(&cluster, 1);
-        assert_eq!(rerun, child, "the re-run finishes the recorded split");
-    }
-    assert_split_everywhere(&cluster, 1, child, (&lower, &upper)).await;
-    check_writes(&cluster, &stop, &acked, task, &[&lower, &upper]).await;
+    let halves = [&halves1.0, &halves1.1, &halves2.0, &halves2.1];
+    check_writes(&cluster, &stop, &acked, task, &halves).await;
     cluster.check_alive();
 }
 
