@@ -32,7 +32,7 @@ const DROPS_PER_ROUND: u32 = 2;
 /// How often the fault injector tops every host's budget of lost acknowledgements up.
 const DROP_ROUND: Duration = Duration::from_millis(250);
 
-type Slots = Vec<(u16, u16)>;
+type Slots = common::SlotRanges;
 
 fn run_cli(cluster: &common::Cluster, args: &[&str]) -> std::process::Output {
     let out = tokio::task::block_in_place(|| cluster.cli(args, &[]));

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use shardkv_transport::{HostId, ShardId};
 
-type Slots = Vec<(u16, u16)>;
+type Slots = common::SlotRanges;
 type Acked = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
 
 /// How long replicas may take to agree after a restart (elections, catch-up).

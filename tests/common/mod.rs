@@ -477,10 +477,14 @@ pub fn split_child(out: &std::process::Output) -> shardkv_transport::ShardId {
         .unwrap_or_else(|| panic!("a new shard id on the last line: {}", output_text(out)))
 }
 
+/// Inclusive slot ranges, in order, as the map and a replica's status list them.
+#[allow(dead_code, reason = "used by the shard split tests")]
+pub type SlotRanges = Vec<(u16, u16)>;
+
 /// `slots` (inclusive ranges, in order) cut where a split of them cuts: the lower half stays
 /// with the shard, the upper half (from the middle slot on) goes to the new shard.
 #[allow(dead_code, reason = "used by the shard split tests")]
-pub fn split_halves(slots: &[(u16, u16)]) -> (Vec<(u16, u16)>, Vec<(u16, u16)>) {
+pub fn split_halves(slots: &[(u16, u16)]) -> (SlotRanges, SlotRanges) {
     let count: u32 = slots
         .iter()
         .map(|&(a, b)| u32::from(b) - u32::from(a) + 1)
@@ -530,7 +534,7 @@ pub async fn replica_slots(
     client: &Client,
     host: HostId,
     shard: shardkv_transport::ShardId,
-) -> Option<Vec<(u16, u16)>> {
+) -> Option<SlotRanges> {
     let status = client.host_status(host).await.ok()?;
     status
         .replicas
