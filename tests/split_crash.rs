@@ -2,9 +2,9 @@
 //! comes back with the new shard and the data of both halves; the parent's leader (and the
 //! driver) killed while the split entry is in flight leaves the split applied on every
 //! replica or on none, and a re-run of `shardkv shard split` finishes it everywhere; a driver
-//! stopped after recording the split (then re-run) or after the shard applied it (then left
-//! to the balancer) ends with the same split on every host. A writer runs throughout and every
-//! write it got acknowledged reads back.
+//! stopped after recording the split (then re-run) or after the shard applied it (then every
+//! host killed, and the split left to the balancer) ends with the same split on every host.
+//! A writer runs throughout and every write it got acknowledged reads back.
 // The driver's stop hook exists only in builds with debug assertions.
 #![cfg(debug_assertions)]
 
@@ -418,7 +418,7 @@ async fn a_split_stopped_after_recording_or_applying_is_finished_by_a_rerun_or_t
     assert_split_everywhere(&cluster, 1, child1, (&lower1, &upper1)).await;
 
     // Stopped once applied: every replica has split, the map does not list the new shard
-    // yet, and the meta leader's balancer finishes it.
+    // yet; every host is killed, and after the restart the meta leader's balancer finishes it.
     let stopped = split(&cluster, 2, Some("applied"));
     assert!(
         stopped.status.code() == Some(3) && common::output_text(&stopped).contains("test hook"),
@@ -434,6 +434,11 @@ async fn a_split_stopped_after_recording_or_applying_is_finished_by_a_rerun_or_t
         .expect("the split is still recorded")
         .child;
     assert_ne!(child2, child1);
+    // Every host dies before the map lists the new shard: each must bring its replica of it
+    // back from its own disk.
+    cluster.kill9_all();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.start_all();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let map = admin.read_map().await.expect("map").map;
