@@ -1,7 +1,8 @@
 //! Jepsen-style runs: concurrent clients do get/put/cas/delete on a small key set against
 //! 4 hosts x 3 shards x 3 replicas while a nemesis kills -9 and restarts hosts, pauses them
-//! (SIGSTOP), cuts a host's Raft links (the transport's test-only fault hook) and moves a
-//! replica (of a data shard or of the meta group) to the host that holds none of it.
+//! (SIGSTOP), cuts a host's Raft links (the transport's test-only fault hook), moves a
+//! replica (of a data shard, one made by a split, or the meta group) to the host that holds
+//! none of it, and splits a data shard with `shardkv shard split`.
 //! Every history is checked for linearizability; a violation fails the test and prints the
 //! minimal offending history of the key. Seeds are printed; SHARDKV_SEED replays one.
 //!
@@ -24,6 +25,8 @@ const CLIENTS: usize = 8;
 const KEYS: usize = 6;
 const HOSTS: u64 = 4;
 const SHARDS: u32 = 3;
+/// Splits per run at most: each adds three replicas to four hosts on a 2-core CI machine.
+const SPLITS_MAX: usize = 4;
 
 fn budget(default_secs: u64) -> Duration {
     let secs = std::env::var("SHARDKV_NEMESIS_SECS")
@@ -113,12 +116,13 @@ async fn run(duration: Duration) {
     let mut rng = StdRng::seed_from_u64(seed);
     let started = Instant::now();
     let mut faults = Vec::new();
+    let mut splits = 0;
     while started.elapsed() < duration {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(300..1200))).await;
         cluster.check_alive();
         let host = rng.gen_range(1..=HOSTS);
         let hold = Duration::from_millis(rng.gen_range(200..2000));
-        match rng.gen_range(0..5) {
+        match rng.gen_range(0..6) {
             0 => {
                 cluster.kill9(host);
                 tokio::time::sleep(hold).await;
@@ -158,8 +162,9 @@ async fn run(duration: Duration) {
             }
             3 => {
                 // A replica moves while clients work: learner, catch-up, joint change, leave.
-                let shard = rng.gen_range(0..=SHARDS);
                 let map = cluster.admin().read_map().await.expect("map").map;
+                let shards: Vec<u32> = map.shards().keys().copied().collect();
+                let shard = shards[rng.gen_range(0..shards.len())];
                 let holders: Vec<u64> = map
                     .replicas_of(shard)
                     .expect("shard")
@@ -180,6 +185,42 @@ async fn run(duration: Duration) {
                     String::from_utf8_lossy(&out.stderr)
                 );
                 faults.push(format!("move shard {shard} from host {from} to host {to}"));
+            }
+            4 if splits < SPLITS_MAX => {
+                // A data shard splits while clients work: its upper half of slots goes to a
+                // new shard on the same hosts, and clients follow the new map.
+                let map = cluster.admin().read_map().await.expect("map").map;
+                let splittable: Vec<u32> = map
+                    .shards()
+                    .iter()
+                    .filter(|(id, e)| {
+                        **id != shardkv_transport::cluster_map::META_SHARD
+                            && e.slots
+                                .iter()
+                                .map(|(a, b)| u32::from(b - a) + 1)
+                                .sum::<u32>()
+                                >= 2
+                    })
+                    .map(|(id, _)| *id)
+                    .collect();
+                let shard = splittable[rng.gen_range(0..splittable.len())];
+                let s = shard.to_string();
+                let out = tokio::task::block_in_place(|| cluster.cli(&["shard", "split", &s], &[]));
+                let text = common::output_text(&out);
+                // A map that refuses the split for a reason it names (a replica change under
+                // way) is legitimate; anything else is not.
+                let refused = text.contains("is already moving") || text.contains("has a learner");
+                assert!(
+                    out.status.success() || refused,
+                    "seed {seed}: splitting shard {shard}: {text}"
+                );
+                if out.status.success() {
+                    splits += 1;
+                    let child = common::split_child(&out);
+                    faults.push(format!("split shard {shard} into shard {child}"));
+                } else {
+                    faults.push(format!("split of shard {shard} refused"));
+                }
             }
             _ => {
                 // Two hosts down at once: some shards have no quorum; nothing may be
