@@ -399,8 +399,6 @@ impl Drop for Cluster {
     }
 }
 
-/// A key that lands in `shard`.
-#[allow(dead_code, reason = "used by the tests that target one shard")]
 /// `key` as the host at the other end of `conn` alone has applied it (a stale read).
 pub async fn stale_read_via(
     conn: &quinn::Connection,
@@ -433,6 +431,7 @@ pub fn proc_status_bytes(pid: u32, field: &str) -> u64 {
     kib * 1024
 }
 
+/// A key that lands in `shard` (of `shards` day-0 shards).
 pub fn key_in_shard(shard: u32, shards: u32) -> Vec<u8> {
     (0u64..)
         .map(|i| format!("probe-{i}").into_bytes())
