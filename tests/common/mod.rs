@@ -341,8 +341,13 @@ impl Cluster {
             .map_err(|e| format!("stale read on host {host}: {e}"))
     }
 
-    /// Waits until every shard accepts a write and a linearizable read.
+    /// Waits until the meta group answers a linearizable read of the map and every shard
+    /// accepts a write and a linearizable read.
     pub async fn wait_ready(&self, client: &Client) {
+        client
+            .read_map()
+            .await
+            .expect("the meta group elects a leader");
         for shard in 1..=self.cfg.cluster.shards {
             let key = key_in_shard(shard, self.cfg.cluster.shards);
             client
