@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
-use shardkv_transport::slot::{slot, Slot};
+use shardkv_transport::slot::slot;
 use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
 use shardkv_transport::{ClusterMap, HostId, Layout, ShardId};
 use tracing::{debug, error, info, warn};
@@ -109,35 +109,6 @@ impl RouterActor {
                 shard,
                 hosts: self.hosts_of(shard),
             })
-    }
-
-    /// The shard a key of `slot` goes to: `by_map` (the map's shard), unless another local
-    /// replica owns the slot. A split hands slots to a new shard in the parent's log before
-    /// the map records it, and a host's map lags the meta group's, so the state machines on
-    /// this host know better than the map; each still checks the key itself.
-    fn local_owner(&self, by_map: ShardId, slot: Slot) -> ShardId {
-        if let Some(r) = self.local.get(&by_map) {
-            if r.slots.contains(slot) {
-                return by_map;
-            }
-        }
-        self.local
-            .iter()
-            .find(|(_, r)| r.slots.contains(slot))
-            .map_or(by_map, |(shard, _)| *shard)
-    }
-
-    /// Whether `host` holds a replica of `shard` in the map (learners included), or is a
-    /// voter of a split the map records whose new shard is `shard`: the new shard's replicas
-    /// elect their leader as soon as the split is applied, before the map lists the shard.
-    fn is_member(&self, shard: ShardId, host: HostId) -> bool {
-        let map = &self.settings.map;
-        map.replicas_of(shard)
-            .is_some_and(|r| r.contains_key(&host))
-            || map
-                .splits()
-                .values()
-                .any(|s| s.child == shard && s.voters.contains(&host))
     }
 
     /// Whether a batch from `from`, stamped `incarnation`, may be delivered (see
@@ -292,7 +263,7 @@ fn stopped(shard: ShardId, e: &MailboxError) -> Response {
 }
 
 /// Resolves to what a local replica of `shard` answers to `request`.
-fn answer_from(
+pub(super) fn answer_from(
     shard: ShardId,
     request: impl std::future::Future<Output = Result<Response, MailboxError>> + 'static,
 ) -> ResponseFuture<Response> {
@@ -480,53 +451,6 @@ impl Handler<TransferShardLeader> for RouterActor {
     }
 }
 
-/// To the RouterActor: split `shard` through its replica here (see
-/// [`shardkv_transport::wire::AdminRequest::SplitShard`]).
-#[derive(Message)]
-#[rtype(result = "Response")]
-pub struct SplitLocalShard {
-    pub shard: ShardId,
-    pub split: shardkv_transport::wire::SplitSpec,
-}
-
-impl Handler<SplitLocalShard> for RouterActor {
-    type Result = ResponseFuture<Response>;
-
-    /// Only the split the map records is proposed: a spec naming another new shard, slot or
-    /// voters (a stale driver, an operator's mistake) never reaches the shard's log.
-    fn handle(&mut self, msg: SplitLocalShard, _: &mut Self::Context) -> Self::Result {
-        let shard = msg.shard;
-        let map = &self.settings.map;
-        let refusal = if map.epoch() < msg.split.epoch {
-            Some(Response::Unavailable(format!(
-                "this host's cluster map (epoch {}) predates the split (epoch {}); retry",
-                map.epoch(),
-                msg.split.epoch
-            )))
-        } else if map.shard(msg.split.child).is_some() && map.split_of(shard).is_none() {
-            // The map shows the new shard: the split was applied and recorded.
-            Some(Response::Ok)
-        } else if map.split_of(shard).map(|s| s.spec()) != Some(msg.split.clone()) {
-            Some(Response::Invalid(format!(
-                "the cluster map (epoch {}) records no split of shard {shard} into shard {} at \
-                 slot {}",
-                map.epoch(),
-                msg.split.child,
-                msg.split.at
-            )))
-        } else {
-            None
-        };
-        if let Some(resp) = refusal {
-            return Box::pin(async move { resp });
-        }
-        match self.local_replica(shard) {
-            Ok(replica) => answer_from(shard, replica.split.send(ProposeSplit(msg.split))),
-            Err(resp) => Box::pin(async move { resp }),
-        }
-    }
-}
-
 /// To the RouterActor: from now on deliver `shard`'s requests and Raft traffic to `replica`
 /// (a replica started while the host runs, for a shard it is being added to). Refused, and
 /// `replica` handed back so the caller can stop it, if the host already has one: two replicas
@@ -610,7 +534,9 @@ impl Handler<TransferAll> for RouterActor {
 }
 
 mod map;
+mod split;
 #[cfg(test)]
 mod tests;
 
 pub use map::{MapOp, SetMap};
+pub use split::SplitLocalShard;

@@ -265,18 +265,23 @@ impl ClusterMap {
     }
 
     fn host_entry_mut(&mut self, id: HostId) -> &mut HostEntry {
+        // ok: every caller first looks the host up (`live_host(id)?`, or a host holding a
+        // replica in the map), and no change in between removes it.
         self.hosts
             .get_mut(&id)
             .expect("callers check that the host exists before changing anything")
     }
 
     pub(super) fn shard_entry(&self, shard: ShardId) -> &ShardEntry {
+        // ok: every caller passes a key of `self.shards` or a shard checked with
+        // `known_shard`, and shards are never removed from a map.
         self.shards
             .get(&shard)
             .expect("callers pass shards found in the map")
     }
 
     pub(super) fn shard_entry_mut(&mut self, shard: ShardId) -> &mut ShardEntry {
+        // ok: as `shard_entry`: callers pass only shards known to exist.
         self.shards
             .get_mut(&shard)
             .expect("callers check that the shard exists before changing anything")
