@@ -276,12 +276,17 @@ fn kind_of(op: &Op) -> &'static str {
         Op::Put { .. } => "put",
         Op::Delete { .. } => "delete",
         Op::Cas { .. } => "cas",
+        Op::Update(_) => "update",
     }
 }
 
 fn result_of(resp: &Response) -> &'static str {
     match resp {
-        Response::Value(Some(_)) | Response::Ok | Response::CasOk | Response::Status(_) => "ok",
+        Response::Value(Some(_))
+        | Response::Ok
+        | Response::CasOk
+        | Response::Updated(_)
+        | Response::Status(_) => "ok",
         Response::Value(None) => "not_found",
         Response::CasFailed { .. } => "cas_failed",
         Response::NotLeader { .. } => "not_leader",

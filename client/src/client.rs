@@ -30,7 +30,8 @@ use shardkv_transport::endpoint::{call, client_endpoint, connect};
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 use shardkv_transport::wire::FaultSpec;
 use shardkv_transport::wire::{
-    check_limits, AdminRequest, HostStatus, Op, ReplicaChange, Request, RequestFrame, Response,
+    check_limits, AdminRequest, HostStatus, KeyUpdate, Op, ReplicaChange, Request, RequestFrame,
+    Response, UpdateOutcome,
 };
 use shardkv_transport::{HostId, Layout, ShardId, TransportError};
 use tokio::sync::OnceCell;
@@ -153,6 +154,19 @@ impl Client {
             Response::CasFailed { current } => Ok(Err(current)),
             other => Err(ClientError::Internal(format!(
                 "unexpected reply to cas: {other:?}"
+            ))),
+        }
+    }
+
+    /// Changes the keys of `updates`, which must all hash to one slot, atomically and in
+    /// order (see [`KeyUpdate`]): one outcome per key, or an error with nothing changed
+    /// (`Invalid` for a counter that is no integer or would overflow, `TooLarge` for an
+    /// append past the value limit). Applied exactly once even when retried.
+    pub async fn update(&self, updates: Vec<KeyUpdate>) -> Result<Vec<UpdateOutcome>, ClientError> {
+        match self.execute(Op::Update(updates)).await? {
+            Response::Updated(outcomes) => Ok(outcomes),
+            other => Err(ClientError::Internal(format!(
+                "unexpected reply to update: {other:?}"
             ))),
         }
     }

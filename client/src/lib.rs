@@ -21,5 +21,7 @@ pub use config::{ClientConfig, ConfigError};
 pub use error::ClientError;
 pub use map::MapVersion;
 pub use settings::{ClientSettings, DEADLINE_DEFAULT, DEADLINE_MAX};
-pub use shardkv_transport::wire::ReadConsistency;
+pub use shardkv_transport::wire::{
+    Change, Condition, KeyUpdate, ReadConsistency, UpdateOutcome, UPDATE_KEYS_MAX,
+};
 pub use shardkv_transport::{HostId, ShardId};

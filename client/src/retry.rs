@@ -169,12 +169,14 @@ impl Retry {
     pub(crate) fn on_reply(&mut self, resp: Response) -> Outcome {
         let target = self.target;
         match resp {
-            Response::Value(_) | Response::Ok | Response::CasOk | Response::CasFailed { .. } => {
-                Outcome::Done {
-                    resp,
-                    leader: (self.target_shard, target),
-                }
-            }
+            Response::Value(_)
+            | Response::Ok
+            | Response::CasOk
+            | Response::CasFailed { .. }
+            | Response::Updated(_) => Outcome::Done {
+                resp,
+                leader: (self.target_shard, target),
+            },
             Response::NotLeader {
                 shard,
                 leader: Some(l),

@@ -36,6 +36,7 @@ fn factory(dir: &std::path::Path) -> ReplicaFactory {
             heartbeat_ticks: 2,
             request_timeout: Duration::from_secs(3),
             preferred_leader: None,
+            value_bytes_max: 1024,
         },
         compaction: None,
         fatal,

@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
 
+mod limits;
 mod update;
+pub use limits::{check_limits, UPDATE_KEYS_MAX};
 pub use update::{
     Change, Condition, KeyUpdate, UpdateOutcome, UPDATE_NOT_AN_INTEGER, UPDATE_OVERFLOW,
 };
@@ -375,99 +377,6 @@ impl std::fmt::Display for LimitKind {
     }
 }
 
-/// Most keys one [`Op::Update`] may change (an MSET or a DEL of that many keys).
-pub const UPDATE_KEYS_MAX: usize = 1024;
-/// Bytes the log entry of an update spends per key beyond its key and value (lengths, enum
-/// tags, flags), counted against the request limit.
-const UPDATE_BYTES_PER_KEY: usize = 16;
-
-/// Checks key and value sizes against `value_bytes_max`, and that an update's keys share one
-/// slot. The client runs it to save a round trip; the host runs it once, in its router,
-/// before anything reaches a shard.
-pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
-    if let Op::Update(updates) = op {
-        return check_update(updates, value_bytes_max);
-    }
-    check_key(op.key())?;
-    let values: [Option<&Vec<u8>>; 2] = match op {
-        Op::Put { value, .. } => [Some(value), None],
-        Op::Cas { expected, new, .. } => [expected.as_ref(), new.as_ref()],
-        _ => [None, None],
-    };
-    for value in values.into_iter().flatten() {
-        check_value(value, value_bytes_max)?;
-    }
-    Ok(())
-}
-
-/// An update is bounded as a whole like a CAS (two values and a key), so its log entry
-/// fits every frame and Raft message limit a CAS fits.
-fn check_update(updates: &[KeyUpdate], value_bytes_max: usize) -> Result<(), Response> {
-    let Some(first) = updates.first() else {
-        return Err(Response::Invalid("an update needs at least one key".into()));
-    };
-    if updates.len() > UPDATE_KEYS_MAX {
-        return Err(Response::Invalid(format!(
-            "an update changes at most {UPDATE_KEYS_MAX} keys, not {}",
-            updates.len()
-        )));
-    }
-    let slot = crate::slot::slot(&first.key);
-    let mut total = 0usize;
-    for u in updates {
-        check_key(&u.key)?;
-        if crate::slot::slot(&u.key) != slot {
-            return Err(Response::Invalid(
-                "an update's keys must all hash to one slot".into(),
-            ));
-        }
-        let value = match &u.change {
-            Change::Set(v) | Change::Append(v) => {
-                check_value(v, value_bytes_max)?;
-                v.len()
-            }
-            Change::Delete | Change::IncrBy(_) => 0,
-        };
-        total += u.key.len() + value + UPDATE_BYTES_PER_KEY;
-    }
-    let limit = 2 * value_bytes_max + KEY_BYTES_MAX;
-    if total > limit {
-        return Err(Response::TooLarge {
-            what: LimitKind::Request,
-            len: total,
-            limit,
-        });
-    }
-    Ok(())
-}
-
-fn check_key(key: &[u8]) -> Result<(), Response> {
-    if key.is_empty() {
-        return Err(Response::Invalid(
-            "empty key: keys are 1..=480 bytes".into(),
-        ));
-    }
-    if key.len() > KEY_BYTES_MAX {
-        return Err(Response::TooLarge {
-            what: LimitKind::Key,
-            len: key.len(),
-            limit: KEY_BYTES_MAX,
-        });
-    }
-    Ok(())
-}
-
-fn check_value(value: &[u8], value_bytes_max: usize) -> Result<(), Response> {
-    if value.len() > value_bytes_max {
-        return Err(Response::TooLarge {
-            what: LimitKind::Value,
-            len: value.len(),
-            limit: value_bytes_max,
-        });
-    }
-    Ok(())
-}
-
 /// One Raft message of one shard, as raft-rs protobuf bytes.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct RaftEnvelope {
@@ -576,44 +485,5 @@ mod tests {
         });
         let frame = crate::frame::encode(&req).expect("the largest request encodes");
         assert!(frame.len() - 4 <= request_frame_bytes_max(VALUE_BYTES_MAX_CEILING));
-    }
-
-    #[test]
-    fn limits() {
-        let ok = Op::Put {
-            key: b"k".to_vec(),
-            value: vec![0; 10],
-        };
-        assert!(check_limits(&ok, 10).is_ok());
-        let big = Op::Put {
-            key: b"k".to_vec(),
-            value: vec![0; 11],
-        };
-        assert!(matches!(
-            check_limits(&big, 10),
-            Err(Response::TooLarge {
-                what: LimitKind::Value,
-                len: 11,
-                limit: 10
-            })
-        ));
-        let long_key = Op::Delete {
-            key: vec![b'a'; KEY_BYTES_MAX + 1],
-        };
-        assert!(matches!(
-            check_limits(&long_key, 10),
-            Err(Response::TooLarge {
-                what: LimitKind::Key,
-                ..
-            })
-        ));
-        let empty = Op::Get {
-            key: vec![],
-            consistency: ReadConsistency::Linearizable,
-        };
-        assert!(matches!(
-            check_limits(&empty, 10),
-            Err(Response::Invalid(_))
-        ));
     }
 }

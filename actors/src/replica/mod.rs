@@ -81,6 +81,9 @@ pub struct ReplicaSettings {
     pub request_timeout: Duration,
     /// The host that should lead this shard when healthy (None: whoever wins elections).
     pub preferred_leader: Option<HostId>,
+    /// The host's value limit, which an update's append must keep to; it goes into the
+    /// update's log entry (see [`crate::shard::Action::Update`]).
+    pub value_bytes_max: u64,
 }
 
 impl ReplicaSettings {

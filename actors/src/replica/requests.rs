@@ -88,6 +88,14 @@ impl ReplicaActor {
                 let action = Action::Cas { key, expected, new };
                 self.propose(req.client_id, req.seq, action, tx, ctx)
             }
+            Op::Update(updates) => {
+                let value_bytes_max = self.settings.value_bytes_max;
+                let action = Action::Update {
+                    updates,
+                    value_bytes_max,
+                };
+                self.propose(req.client_id, req.seq, action, tx, ctx)
+            }
         }
         rx
     }

@@ -3,7 +3,8 @@
 //!
 //! It reads only through an [`AppliedView`] and writes only into [`Effects`], so it does the
 //! same on every replica whatever its storage has committed yet, and is tested without LMDB.
-//! One function per command ([`put`], [`delete`], [`cas`], and the split in [`super::split`]);
+//! One function per command ([`put`], [`delete`], [`cas`], the update in [`super::update`]
+//! and the split in [`super::split`]);
 //! the session rules (dedup of a retried write, expiry of idle sessions) are in
 //! [`super::sessions`], judged by the log clock ([`LogClock`]) that the entries themselves
 //! advance. A write of a key whose slot the shard does not own (any more) is refused here,
@@ -22,6 +23,7 @@ use super::log_clock::LogClock;
 use super::owned::OwnedSlots;
 use super::sessions;
 use super::split::apply_split;
+use super::update::update;
 use super::view::AppliedView;
 use crate::error::ActorError;
 
@@ -179,6 +181,10 @@ fn apply_command(
         Action::Put { key, value } => put(key, value, effects),
         Action::Delete { key } => delete(key, effects),
         Action::Cas { key, expected, new } => cas(key, expected, new, view, effects)?,
+        Action::Update {
+            updates,
+            value_bytes_max,
+        } => update(updates, value_bytes_max, view, effects)?,
         // `plan` applies splits itself; one here would be a bug, answered as such.
         Action::Split(_) => Response::Internal("a split reached the write path".into()),
     };

@@ -7,7 +7,7 @@
 
 use raft::eraftpb::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
-use shardkv_transport::wire::SplitSpec;
+use shardkv_transport::wire::{KeyUpdate, SplitSpec};
 use shardkv_transport::ShardId;
 
 use crate::error::ActorError;
@@ -33,6 +33,10 @@ pub struct Command {
 /// - `Delete`: drop the row of `key`; an absent key is not an error.
 /// - `Cas`: replace the row of `key` by `new` (`None`: drop it) if and only if it holds
 ///   `expected` (`None`: no row) when the entry is applied.
+/// - `Update`: the keys' changes of an [`Op::Update`](shardkv_transport::wire::Op::Update),
+///   all or none. `value_bytes_max` is the proposing host's value limit, which an append's
+///   result must keep to: it travels in the entry so that every replica decides alike even
+///   while hosts are restarted with a new limit one by one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Action {
     Put {
@@ -55,6 +59,10 @@ pub enum Action {
     },
     /// Hand the slots `>= at` to a new shard (see [`SplitSpec`]); proposed with no session.
     Split(SplitSpec),
+    Update {
+        updates: Vec<KeyUpdate>,
+        value_bytes_max: u64,
+    },
 }
 
 impl Action {
@@ -62,6 +70,9 @@ impl Action {
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Action::Put { key, .. } | Action::Delete { key } | Action::Cas { key, .. } => Some(key),
+            // All of an update's keys share one slot (checked before it is proposed), so the
+            // first stands for them all.
+            Action::Update { updates, .. } => updates.first().map(|u| &u.key[..]),
             Action::Split(_) => None,
         }
     }

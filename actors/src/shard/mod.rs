@@ -15,7 +15,8 @@
 //! The parts, each in its own file:
 //! - `command`: the [`Command`] record in the Raft log.
 //! - `apply`: the pure core, one function per command, over a read view (`view`), writing
-//!   into the batch's effects (`effects`); `sessions`: the session rules (dedup, expiry);
+//!   into the batch's effects (`effects`); `update`: the atomic multi-key update of the
+//!   Redis commands; `sessions`: the session rules (dedup, expiry);
 //!   `log_clock`: the log time sessions expire by, which no leader's clock offset can move.
 //! - `owned`: the slots the shard owns; `split`: applying a split, which hands some to a
 //!   new shard.
@@ -34,6 +35,7 @@ mod owned;
 mod sessions;
 mod split;
 mod store_view;
+mod update;
 mod view;
 mod waiters;
 

@@ -16,7 +16,8 @@ pub struct KeyUpdate {
     pub change: Change,
     /// The change runs only if this holds for the key's value as of the earlier changes.
     pub condition: Condition,
-    /// Answer the key's value as it was before this change (GETSET, GETDEL, SET .. GET).
+    /// Answer the key's value as it was before this change (GETSET, GETDEL, SET .. GET);
+    /// at most one key of an update may ask.
     pub return_previous: bool,
 }
 
