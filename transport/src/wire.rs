@@ -8,6 +8,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::layout::Layout;
 
+mod update;
+pub use update::{
+    Change, Condition, KeyUpdate, UpdateOutcome, UPDATE_NOT_AN_INTEGER, UPDATE_OVERFLOW,
+};
+
 /// A host's id in `cluster.toml` (Raft reserves 0, so ids start at 1).
 pub type HostId = u64;
 /// A shard's id, 1-based.
@@ -119,6 +124,9 @@ pub enum Op {
         #[serde(with = "crate::bytes::option")]
         new: Option<Vec<u8>>,
     },
+    /// Change one or more keys of one slot atomically, in order (see [`KeyUpdate`]);
+    /// answered [`Response::Updated`]. Keys of different slots are refused as invalid.
+    Update(Vec<KeyUpdate>),
 }
 
 /// A request addressed to one host rather than routed by key. The transport answers it
@@ -272,12 +280,16 @@ impl Op {
             | Op::Put { key, .. }
             | Op::Delete { key }
             | Op::Cas { key, .. } => key,
+            Op::Update(updates) => updates.first().map_or(&[][..], |u| &u.key[..]),
         }
     }
 
     /// Whether the operation changes state (and so goes through the Raft log).
     pub fn is_write(&self) -> bool {
-        matches!(self, Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. })
+        matches!(
+            self,
+            Op::Put { .. } | Op::Delete { .. } | Op::Cas { .. } | Op::Update(_)
+        )
     }
 }
 
@@ -340,6 +352,8 @@ pub enum Response {
     /// `shard` no longer owns the key's slot: it split (or the slot moved) as of map `epoch`,
     /// so a map with a later epoch routes the key elsewhere. Nothing was applied.
     WrongShard { shard: ShardId, epoch: u64 },
+    /// An [`Op::Update`] was applied: one outcome per key, in order.
+    Updated(Vec<UpdateOutcome>),
 }
 
 /// Which limit a request exceeded.
@@ -361,10 +375,73 @@ impl std::fmt::Display for LimitKind {
     }
 }
 
-/// Checks key and value sizes against `value_bytes_max`. The client runs it to save a round
-/// trip; the host runs it once, in its router, before anything reaches a shard.
+/// Most keys one [`Op::Update`] may change (an MSET or a DEL of that many keys).
+pub const UPDATE_KEYS_MAX: usize = 1024;
+/// Bytes the log entry of an update spends per key beyond its key and value (lengths, enum
+/// tags, flags), counted against the request limit.
+const UPDATE_BYTES_PER_KEY: usize = 16;
+
+/// Checks key and value sizes against `value_bytes_max`, and that an update's keys share one
+/// slot. The client runs it to save a round trip; the host runs it once, in its router,
+/// before anything reaches a shard.
 pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
-    let key = op.key();
+    if let Op::Update(updates) = op {
+        return check_update(updates, value_bytes_max);
+    }
+    check_key(op.key())?;
+    let values: [Option<&Vec<u8>>; 2] = match op {
+        Op::Put { value, .. } => [Some(value), None],
+        Op::Cas { expected, new, .. } => [expected.as_ref(), new.as_ref()],
+        _ => [None, None],
+    };
+    for value in values.into_iter().flatten() {
+        check_value(value, value_bytes_max)?;
+    }
+    Ok(())
+}
+
+/// An update is bounded as a whole like a CAS (two values and a key), so its log entry
+/// fits every frame and Raft message limit a CAS fits.
+fn check_update(updates: &[KeyUpdate], value_bytes_max: usize) -> Result<(), Response> {
+    let Some(first) = updates.first() else {
+        return Err(Response::Invalid("an update needs at least one key".into()));
+    };
+    if updates.len() > UPDATE_KEYS_MAX {
+        return Err(Response::Invalid(format!(
+            "an update changes at most {UPDATE_KEYS_MAX} keys, not {}",
+            updates.len()
+        )));
+    }
+    let slot = crate::slot::slot(&first.key);
+    let mut total = 0usize;
+    for u in updates {
+        check_key(&u.key)?;
+        if crate::slot::slot(&u.key) != slot {
+            return Err(Response::Invalid(
+                "an update's keys must all hash to one slot".into(),
+            ));
+        }
+        let value = match &u.change {
+            Change::Set(v) | Change::Append(v) => {
+                check_value(v, value_bytes_max)?;
+                v.len()
+            }
+            Change::Delete | Change::IncrBy(_) => 0,
+        };
+        total += u.key.len() + value + UPDATE_BYTES_PER_KEY;
+    }
+    let limit = 2 * value_bytes_max + KEY_BYTES_MAX;
+    if total > limit {
+        return Err(Response::TooLarge {
+            what: LimitKind::Request,
+            len: total,
+            limit,
+        });
+    }
+    Ok(())
+}
+
+fn check_key(key: &[u8]) -> Result<(), Response> {
     if key.is_empty() {
         return Err(Response::Invalid(
             "empty key: keys are 1..=480 bytes".into(),
@@ -377,19 +454,16 @@ pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
             limit: KEY_BYTES_MAX,
         });
     }
-    let values: [Option<&Vec<u8>>; 2] = match op {
-        Op::Put { value, .. } => [Some(value), None],
-        Op::Cas { expected, new, .. } => [expected.as_ref(), new.as_ref()],
-        _ => [None, None],
-    };
-    for value in values.into_iter().flatten() {
-        if value.len() > value_bytes_max {
-            return Err(Response::TooLarge {
-                what: LimitKind::Value,
-                len: value.len(),
-                limit: value_bytes_max,
-            });
-        }
+    Ok(())
+}
+
+fn check_value(value: &[u8], value_bytes_max: usize) -> Result<(), Response> {
+    if value.len() > value_bytes_max {
+        return Err(Response::TooLarge {
+            what: LimitKind::Value,
+            len: value.len(),
+            limit: value_bytes_max,
+        });
     }
     Ok(())
 }
