@@ -119,8 +119,7 @@ impl ClusterConfig {
         let check = Checker { origin };
         let raft = validate::raft(&check, raw.raft.as_ref(), cluster.election_timeout)?;
         let storage = validate::storage(&check, raw.storage.as_ref())?;
-        let mut hosts =
-            validate::hosts(&check, base_dir, &cluster.tls, &cluster.hosts, &raw.host)?;
+        let mut hosts = validate::hosts(&check, base_dir, &cluster.tls, &cluster.hosts, &raw.host)?;
         let resp = resp::validate(&check, &resp_keys, &mut hosts)?;
         Ok(ClusterConfig {
             cluster,

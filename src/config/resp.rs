@@ -182,4 +182,3 @@ pub(super) fn render(doc: &mut toml::Table, settings: RespSettings, hosts: &[Hos
         }
     }
 }
-

@@ -473,9 +473,7 @@ fn check_certs_names_the_missing_file_and_the_command() {
 
 /// `minimal("")` with `resp` lines on the hosts (`127.0.0.1:610N`) and `resp_table` added.
 fn with_resp(ips: [&str; 3], resp_table: &str) -> String {
-    let mut text = format!(
-        "[cluster]\nname = \"t\"\nshards = 3\nreplicas = 3\n{resp_table}\n"
-    );
+    let mut text = format!("[cluster]\nname = \"t\"\nshards = 3\nreplicas = 3\n{resp_table}\n");
     for (i, ip) in ips.iter().enumerate() {
         let id = i + 1;
         text.push_str(&format!(
@@ -517,15 +515,18 @@ fn resp_table_sets_tls_and_forward() {
 #[test]
 fn plaintext_resp_is_refused_unless_every_resp_address_is_loopback() {
     assert_invalid(
-        &with_resp(["127.0.0.1", "10.0.0.2", "127.0.0.1"], "[resp]\ntls = false"),
+        &with_resp(
+            ["127.0.0.1", "10.0.0.2", "127.0.0.1"],
+            "[resp]\ntls = false",
+        ),
         "resp.tls",
         "host[1].resp 10.0.0.2:6102 is not a loopback address",
     );
     // With TLS any address is fine.
     parse(&with_resp(["127.0.0.1", "10.0.0.2", "127.0.0.1"], "")).expect("parses");
     // IPv6 loopback is loopback.
-    let text = with_resp(["127.0.0.1"; 3], "[resp]\ntls = false")
-        .replace("127.0.0.1:6103", "[::1]:6103");
+    let text =
+        with_resp(["127.0.0.1"; 3], "[resp]\ntls = false").replace("127.0.0.1:6103", "[::1]:6103");
     parse(&text).expect("::1 is loopback");
 }
 
