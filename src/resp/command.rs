@@ -125,17 +125,17 @@ impl Command {
                 }
             }
             "quit" => Command::Quit,
-            "command" => match rest.first().map(|s| lower(s)).as_deref() {
+            "command" => match rest.first().map(lower).as_deref() {
                 None | Some("docs") | Some("info") => Command::CommandDocs,
                 Some("count") => Command::CommandCount,
                 Some(other) => return Err(unknown_subcommand(other, "COMMAND")),
             },
-            "info" => Command::Info(rest.first().map(|s| lower(s))),
+            "info" => Command::Info(rest.first().map(lower)),
             "dbsize" => {
                 arity(rest.is_empty())?;
                 Command::DbSize
             }
-            "config" => match rest.first().map(|s| lower(s)).as_deref() {
+            "config" => match rest.first().map(lower).as_deref() {
                 Some("get") if rest.len() >= 2 => Command::ConfigGet,
                 Some("get") => {
                     return Err(Reply::err(
@@ -181,7 +181,7 @@ impl Command {
                 Command::MGet(rest.to_vec())
             }
             "mset" => {
-                arity(!rest.is_empty() && rest.len() % 2 == 0)?;
+                arity(!rest.is_empty() && rest.len().is_multiple_of(2))?;
                 same_slot(rest.iter().step_by(2))?;
                 Command::MSet(
                     rest.chunks_exact(2)
