@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
+use shardkv_transport::slot::Slot;
 use shardkv_transport::ShardId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::codec::FramedRead;
@@ -109,6 +110,17 @@ where
     }
 }
 
+/// Whether a command of `class` may start while `group` is in flight (see the module docs);
+/// `shard_of` maps a slot to its shard.
+fn joins(class: Class, group: Option<Group>, shard_of: impl Fn(Slot) -> Option<ShardId>) -> bool {
+    match (class, group) {
+        (Class::Local, _) | (_, None) => true,
+        (Class::Read(_), Some(Group::Reads)) => true,
+        (Class::Write(slot), Some(Group::Writes(Some(shard)))) => shard_of(slot) == Some(shard),
+        _ => false,
+    }
+}
+
 struct Connection {
     shared: Arc<Shared>,
     session: Session,
@@ -150,23 +162,17 @@ impl Connection {
 
     /// Starts `cmd`, or holds it until what is in flight has answered (see the module docs).
     fn admit(&mut self, cmd: Command) {
-        let class = cmd.class();
-        let joins = match (class, self.group) {
-            (Class::Local, _) | (_, None) => true,
-            (Class::Read(_), Some(Group::Reads)) => true,
-            (Class::Write(slot), Some(Group::Writes(Some(shard)))) => {
-                self.shard_of(slot) == Some(shard)
-            }
-            _ => false,
-        };
-        if joins {
+        let picture = self.shared.topology.picture();
+        if joins(cmd.class(), self.group, |slot| {
+            picture.map.shard_of_slot(slot)
+        }) {
             self.start(cmd);
         } else {
             self.held = Some(cmd);
         }
     }
 
-    fn shard_of(&self, slot: shardkv_transport::slot::Slot) -> Option<ShardId> {
+    fn shard_of(&self, slot: Slot) -> Option<ShardId> {
         self.shared.topology.picture().map.shard_of_slot(slot)
     }
 
@@ -216,5 +222,54 @@ impl Connection {
             }
             None => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Slots below 100 are shard 1's, the rest shard 2's.
+    fn shard_of(slot: Slot) -> Option<ShardId> {
+        Some(if slot < 100 { 1 } else { 2 })
+    }
+
+    #[test]
+    fn consecutive_reads_run_together() {
+        assert!(joins(Class::Read(5), None, shard_of));
+        assert!(joins(Class::Read(500), Some(Group::Reads), shard_of));
+    }
+
+    #[test]
+    fn writes_to_one_shard_run_together_and_to_another_wait() {
+        let writes_1 = Some(Group::Writes(Some(1)));
+        assert!(joins(Class::Write(5), writes_1, shard_of));
+        assert!(!joins(Class::Write(500), writes_1, shard_of));
+        assert!(
+            !joins(Class::Write(5), Some(Group::Writes(None)), shard_of),
+            "a slot the map has no shard for joins nothing"
+        );
+    }
+
+    #[test]
+    fn reads_and_writes_wait_for_each_other() {
+        assert!(!joins(
+            Class::Read(5),
+            Some(Group::Writes(Some(1))),
+            shard_of
+        ));
+        assert!(!joins(Class::Write(5), Some(Group::Reads), shard_of));
+    }
+
+    #[test]
+    fn wait_waits_for_everything_and_local_commands_for_nothing() {
+        assert!(!joins(Class::Barrier, Some(Group::Reads), shard_of));
+        assert!(!joins(
+            Class::Barrier,
+            Some(Group::Writes(Some(1))),
+            shard_of
+        ));
+        assert!(joins(Class::Barrier, None, shard_of));
+        assert!(joins(Class::Local, Some(Group::Writes(Some(1))), shard_of));
     }
 }
