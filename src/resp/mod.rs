@@ -3,7 +3,8 @@
 //! redis-cli, redis-benchmark and Redis Cluster clients use shardkv as they are.
 //!
 //! One concern per file: [`codec`] reads commands within bounds, [`command`] parses them,
-//! [`exec`] runs them through the host's router, [`reply`] encodes the answers, [`cluster`]
+//! [`exec`] runs them through the host's router, [`redirect`] turns
+//! answers for other hosts into `-MOVED`, [`reply`] encodes the answers, [`cluster`]
 //! and [`topology`] give the `CLUSTER` view and the redirections, [`connection`] pipelines
 //! one connection, [`listener`] accepts, with TLS. Writes go through Raft like every
 //! shardkv write and reads are linearizable unless the connection sent `READONLY`. A
@@ -18,6 +19,7 @@ pub mod exec;
 pub mod forward;
 pub mod info;
 pub mod listener;
+pub mod redirect;
 pub mod reply;
 pub mod topology;
 

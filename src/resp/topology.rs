@@ -223,3 +223,54 @@ impl Topology {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use shardkv_transport::Layout;
+
+    use super::*;
+
+    fn topology() -> Topology {
+        let layout = Layout {
+            shards: 3,
+            replicas: 3,
+            pins: vec![],
+            placement: vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 1]), (3, vec![3, 1, 2])],
+        };
+        let addrs: Vec<(HostId, String)> = (1..=3)
+            .map(|h| (h, format!("127.0.0.1:71{h:02}")))
+            .collect();
+        let map = ClusterMap::day0(&layout, &addrs).expect("a day-0 map");
+        let resp = [(1, 6101), (2, 6102)]
+            .into_iter()
+            .map(|(h, port)| (h, SocketAddr::from(([127, 0, 0, 1], port))))
+            .collect();
+        Topology::new("t".into(), 1, resp, false, map)
+    }
+
+    #[test]
+    fn an_unknown_leader_is_the_maps_preferred_one_until_one_is_noted() {
+        let t = topology();
+        assert_eq!(
+            t.picture().leader_of(2),
+            Some(2),
+            "the placement's first host"
+        );
+        t.note_leader(2, 3);
+        assert_eq!(t.picture().leader_of(2), Some(3));
+    }
+
+    #[test]
+    fn the_cluster_view_lists_data_shards_and_hosts_with_resp_only() {
+        let view = topology().cluster_view();
+        assert_eq!(view.nodes.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        let shards: Vec<ShardId> = view.shards.iter().map(|s| s.shard).collect();
+        assert_eq!(
+            shards,
+            [1, 2, 3],
+            "the meta group owns no slots and is left out"
+        );
+        assert_eq!(view.shards[0].hosts, [1, 2, 3]);
+        assert_eq!(view.myself, 1);
+    }
+}
