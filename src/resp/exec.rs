@@ -23,7 +23,7 @@ use shardkv_transport::slot::{slot, Slot};
 use shardkv_transport::wire::{
     Change, Condition, KeyUpdate, Op, ReadConsistency, Request, Response, UpdateOutcome,
 };
-use shardkv_transport::{HostId, ShardId};
+use shardkv_transport::ShardId;
 
 use super::command::{ClusterCommand, Command};
 use super::forward::Forwarder;
