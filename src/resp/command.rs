@@ -7,7 +7,7 @@
 
 use bytes::Bytes;
 use shardkv_transport::slot::{slot, Slot};
-use shardkv_transport::wire::Condition;
+use shardkv_transport::wire::{Condition, UPDATE_KEYS_MAX};
 
 use super::reply::{Protocol, Reply};
 
@@ -172,11 +172,13 @@ impl Command {
             }
             "exists" => {
                 arity(!rest.is_empty())?;
+                at_most_keys(rest.len())?;
                 same_slot(rest.iter())?;
                 Command::Exists(rest.to_vec())
             }
             "mget" => {
                 arity(!rest.is_empty())?;
+                at_most_keys(rest.len())?;
                 same_slot(rest.iter())?;
                 Command::MGet(rest.to_vec())
             }
@@ -267,6 +269,18 @@ fn integer(arg: &Bytes) -> Result<i64, Reply> {
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
         .ok_or_else(|| Reply::err("value is not an integer or out of range"))
+}
+
+/// Refuses a multi-key read of more keys than one update may write: each key is a read of
+/// its own, all in flight at once.
+fn at_most_keys(keys: usize) -> Result<(), Reply> {
+    if keys <= UPDATE_KEYS_MAX {
+        Ok(())
+    } else {
+        Err(Reply::err(format!(
+            "{keys} keys in one command; at most {UPDATE_KEYS_MAX}"
+        )))
+    }
 }
 
 /// `CROSSSLOT` unless every key hashes to one slot.

@@ -199,3 +199,11 @@ fn config_get_and_command_docs_are_answered_for_tools() {
     assert_eq!(parse("COMMAND COUNT"), Ok(Command::CommandCount));
     assert!(error_of("CONFIG SET save x").starts_with("ERR unknown subcommand 'set'"));
 }
+
+#[test]
+fn multi_key_reads_are_bounded_like_updates() {
+    let keys: Vec<String> = (0..=UPDATE_KEYS_MAX).map(|i| format!("{{t}}{i}")).collect();
+    let text = error_of(&format!("MGET {}", keys.join(" ")));
+    assert!(text.contains("at most 1024"), "{text}");
+    assert!(parse(&format!("MGET {}", keys[1..].join(" "))).is_ok());
+}
