@@ -89,11 +89,7 @@ pub async fn start(
         map,
     ));
     let client = host_client(cfg, me)?;
-    let forward = if cfg.resp.forward {
-        Some(Forwarder::new(host_client(cfg, me)?))
-    } else {
-        None
-    };
+    let forward = cfg.resp.forward.then(|| Forwarder::new(client.clone()));
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RespError::Bind { addr, source })?;
