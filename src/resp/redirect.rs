@@ -49,10 +49,12 @@ pub async fn settle(
         }
         Response::NoReplicaHere { shard, hosts } => {
             let picture = shared.topology.picture();
+            let me = shared.topology.host();
             match picture
                 .leader_of(*shard)
                 .filter(|l| hosts.contains(l))
-                .or_else(|| hosts.first().copied())
+                .or_else(|| hosts.iter().copied().find(|h| *h != me))
+                .filter(|h| *h != me)
             {
                 Some(h) => h,
                 None => return Err(error_reply(resp)),
