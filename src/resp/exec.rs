@@ -15,10 +15,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::Addr;
+use actix::Recipient;
 use bytes::Bytes;
 use shardkv_actors::messages::ClientRequest;
-use shardkv_actors::router::RouterActor;
 use shardkv_transport::slot::{slot, Slot};
 use shardkv_transport::wire::{
     Change, Condition, KeyUpdate, Op, ReadConsistency, Request, Response, UpdateOutcome,
@@ -34,7 +33,8 @@ use super::topology::Topology;
 
 /// What every connection of this host shares.
 pub struct Shared {
-    pub router: Addr<RouterActor>,
+    /// The host's router (a recipient, so tests can stand in for it).
+    pub router: Recipient<ClientRequest>,
     pub topology: Arc<Topology>,
     /// Set with `[resp] forward = true`.
     pub forward: Option<Forwarder>,

@@ -94,7 +94,7 @@ pub async fn start(
         .await
         .map_err(|source| RespError::Bind { addr, source })?;
     let shared = Arc::new(Shared {
-        router: router.clone(),
+        router: router.clone().recipient(),
         topology: topology.clone(),
         forward,
         addr,
