@@ -58,6 +58,7 @@ pub async fn accept(
         }
         let _ = stream.set_nodelay(true);
         let id = ids.fetch_add(1, Ordering::Relaxed);
+        debug!(%peer, client = id, "RESP connection accepted");
         let guard = ConnectionCount::new(shared.clone());
         let tls = tls.clone();
         tokio::spawn(async move {

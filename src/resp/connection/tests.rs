@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use super::*;
 use crate::resp::topology::Topology;
 
-/// Keys in a map; every write is recorded in arrival order.
+/// Keys in a map, changed as the shard state machine would.
 #[derive(Default)]
 struct FakeRouter {
     values: HashMap<Vec<u8>, Vec<u8>>,
