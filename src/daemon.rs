@@ -33,6 +33,7 @@ use crate::bootstrap::{settle_layout, BootstrapError, Settled};
 use crate::config::{ClusterConfig, ConfigError};
 use crate::map_watch::{map_at_start, MapWatcher};
 use crate::replicas::{ReplicaError, ReplicaFactory};
+use crate::resp::RespError;
 
 /// Why a host could not start or stopped abnormally.
 #[derive(thiserror::Error, Debug)]
@@ -47,6 +48,8 @@ pub enum DaemonError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Replica(#[from] ReplicaError),
+    #[error(transparent)]
+    Resp(#[from] RespError),
     #[error("runtime: {0}")]
     Runtime(String),
 }
@@ -258,6 +261,8 @@ async fn serve_host(
     if let Some(addr) = me.metrics {
         serve_metrics(addr)?;
     }
+    // The Redis protocol listener, if this host has a `resp` address.
+    let resp_tasks = crate::resp::start(&cfg, &me, router.clone(), map.clone()).await?;
     info!(host, addr = %me.host.addr, replicas, cluster = %cfg.cluster.name, "host serving");
 
     // systemd (Type=notify): the host serves now. Outside systemd this is a no-op.
@@ -296,6 +301,7 @@ async fn serve_host(
     info!(host, "stopped");
     endpoint.close(0u32.into(), b"host shutting down");
     accept.abort();
+    resp_tasks.iter().for_each(|t| t.abort());
     // Every acknowledged write is already durable; let in-flight commits finish briefly.
     tokio::select! {
         _ = tokio::time::sleep(Duration::from_millis(50)) => {}

@@ -20,6 +20,7 @@ pub mod map_watch;
 pub mod moves;
 pub mod replace;
 pub mod replicas;
+pub mod resp;
 pub mod splits;
 
 pub use config::ClusterConfig;

@@ -16,6 +16,7 @@
 //! them.
 
 mod render;
+mod resp;
 mod validate;
 
 use std::net::SocketAddr;
@@ -27,6 +28,8 @@ pub use shardkv_client::config::{
     replica_hosts, ClientConfig, ConfigError, HostAddr, ShardPin, TlsSettings, SHARDS_MAX,
 };
 use shardkv_transport::{HostId, ShardId};
+
+pub use resp::RespSettings;
 
 const _: () = assert!(SHARDS_MAX as usize <= shardkv_actors::SHARDS_PER_HOST_MAX);
 
@@ -55,6 +58,9 @@ pub struct ClusterConfig {
     pub storage: StorageSettings,
     /// What each host daemon needs, in file order: `hosts[i].host == cluster.hosts[i]`.
     pub hosts: Vec<HostConfig>,
+    /// `[resp]`: the Redis protocol listeners' settings (each host's address is
+    /// [`HostConfig::resp`]).
+    pub resp: RespSettings,
 }
 
 /// Raft timing; the base election timeout (raft-rs randomises within `[1, 2)` times it) is
@@ -88,6 +94,8 @@ pub struct HostConfig {
     pub data_dir: PathBuf,
     /// Optional HTTP `/metrics` listener.
     pub metrics: Option<SocketAddr>,
+    /// Optional Redis protocol (RESP) listener, TCP; see [`RespSettings`].
+    pub resp: Option<SocketAddr>,
     /// Host certificate (PEM); default `<tls.dir>/host-<id>.pem`.
     pub cert: PathBuf,
     /// Host private key (PEM); default `<tls.dir>/host-<id>.key`.
@@ -105,17 +113,20 @@ impl ClusterConfig {
     /// Parses and validates `text` as if it were the file `origin`, resolving relative paths
     /// against `base_dir`. For tests and configs built in memory.
     pub fn parse(text: &str, base_dir: &Path, origin: &Path) -> Result<Self, ConfigError> {
-        let raw = ClientConfig::read(text, origin)?;
+        let resp_keys = resp::take_keys(text, origin)?;
+        let raw = ClientConfig::read(&resp_keys.rest, origin)?;
         let cluster = ClientConfig::from_raw(&raw, base_dir, origin)?;
         let check = Checker { origin };
         let raft = validate::raft(&check, raw.raft.as_ref(), cluster.election_timeout)?;
         let storage = validate::storage(&check, raw.storage.as_ref())?;
-        let hosts = validate::hosts(&check, base_dir, &cluster.tls, &cluster.hosts, &raw.host)?;
+        let mut hosts = validate::hosts(&check, base_dir, &cluster.tls, &cluster.hosts, &raw.host)?;
+        let resp = resp::validate(&check, &resp_keys, &mut hosts)?;
         Ok(ClusterConfig {
             cluster,
             raft,
             storage,
             hosts,
+            resp,
         })
     }
 

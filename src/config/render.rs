@@ -68,7 +68,10 @@ impl ClusterConfig {
         };
         // ok: RawFile has only strings, integers, tables and arrays of tables, which TOML
         // can always represent; serialisation cannot fail.
-        toml::to_string(&raw)
-            .expect("RawFile holds only strings, integers, tables and arrays of tables")
+        let mut doc = toml::Table::try_from(&raw)
+            .expect("RawFile holds only strings, integers, tables and arrays of tables");
+        super::resp::render(&mut doc, self.resp, &self.hosts);
+        toml::to_string(&doc)
+            .expect("a table of strings, integers, booleans, tables and arrays of tables")
     }
 }

@@ -470,3 +470,116 @@ fn check_certs_names_the_missing_file_and_the_command() {
     let e = cfg.check_certs(Some(9)).expect_err("unknown host");
     assert!(matches!(e, ConfigError::UnknownHost { id: 9, .. }), "{e}");
 }
+
+/// `minimal("")` with `resp` lines on the hosts (`127.0.0.1:610N`) and `resp_table` added.
+fn with_resp(ips: [&str; 3], resp_table: &str) -> String {
+    let mut text = format!("[cluster]\nname = \"t\"\nshards = 3\nreplicas = 3\n{resp_table}\n");
+    for (i, ip) in ips.iter().enumerate() {
+        let id = i + 1;
+        text.push_str(&format!(
+            "[[host]]\nid = {id}\naddr = \"127.0.0.1:71{id:02}\"\n\
+             data_dir = \"data/host-{id}\"\nresp = \"{ip}:61{id:02}\"\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn resp_listeners_are_optional_and_default_to_tls_without_forwarding() {
+    let cfg = parse(&minimal("")).expect("parses");
+    assert!(cfg.hosts.iter().all(|h| h.resp.is_none()));
+    assert_eq!(cfg.resp, RespSettings::default());
+    assert!(cfg.resp.tls && !cfg.resp.forward);
+    let cfg = parse(&with_resp(["127.0.0.1"; 3], "")).expect("parses");
+    let h2 = cfg.host(2).expect("host 2");
+    assert_eq!(h2.resp, Some("127.0.0.1:6102".parse().expect("addr")));
+    assert!(cfg.resp.tls);
+}
+
+#[test]
+fn resp_table_sets_tls_and_forward() {
+    let cfg = parse(&with_resp(
+        ["127.0.0.1"; 3],
+        "[resp]\ntls = false\nforward = true",
+    ))
+    .expect("parses");
+    assert_eq!(
+        cfg.resp,
+        RespSettings {
+            tls: false,
+            forward: true
+        }
+    );
+}
+
+#[test]
+fn plaintext_resp_is_refused_unless_every_resp_address_is_loopback() {
+    assert_invalid(
+        &with_resp(
+            ["127.0.0.1", "10.0.0.2", "127.0.0.1"],
+            "[resp]\ntls = false",
+        ),
+        "resp.tls",
+        "host[1].resp 10.0.0.2:6102 is not a loopback address",
+    );
+    // With TLS any address is fine.
+    parse(&with_resp(["127.0.0.1", "10.0.0.2", "127.0.0.1"], "")).expect("parses");
+    // IPv6 loopback is loopback.
+    let text =
+        with_resp(["127.0.0.1"; 3], "[resp]\ntls = false").replace("127.0.0.1:6103", "[::1]:6103");
+    parse(&text).expect("::1 is loopback");
+}
+
+#[test]
+fn resp_addresses_are_validated_and_unique() {
+    assert_invalid(
+        &with_resp(["127.0.0.1"; 3], "").replace("127.0.0.1:6102", "localhost:6102"),
+        "host[1].resp",
+        "is not an IP:port address",
+    );
+    assert_invalid(
+        &with_resp(["127.0.0.1"; 3], "").replace("127.0.0.1:6103", "127.0.0.1:6101"),
+        "host[2].resp",
+        "already used by host[0].resp",
+    );
+    let text = with_resp(["127.0.0.1"; 3], "").replace(
+        "resp = \"127.0.0.1:6101\"",
+        "resp = \"127.0.0.1:6101\"\nmetrics = \"127.0.0.1:6102\"",
+    );
+    assert_invalid(&text, "host[1].resp", "already used by host[0].metrics");
+    assert_invalid(
+        &with_resp(["127.0.0.1"; 3], "").replace("\"127.0.0.1:6101\"", "6101"),
+        "host[0].resp",
+        "is not a string",
+    );
+}
+
+#[test]
+fn unknown_keys_of_the_resp_table_are_rejected() {
+    let e = parse(&with_resp(["127.0.0.1"; 3], "[resp]\nport = 1")).expect_err("unknown");
+    assert!(e.to_string().contains("port"), "{e}");
+}
+
+#[test]
+fn to_toml_round_trips_the_resp_keys() {
+    let cfg = parse(&with_resp(
+        ["127.0.0.1"; 3],
+        "[resp]\ntls = false\nforward = true",
+    ))
+    .expect("parses");
+    assert_eq!(parse(&cfg.to_toml()).expect("rendered text parses"), cfg);
+    let cfg = parse(&with_resp(["10.0.0.1", "10.0.0.2", "10.0.0.3"], "")).expect("parses");
+    assert_eq!(parse(&cfg.to_toml()).expect("rendered text parses"), cfg);
+}
+
+#[test]
+fn the_samples_commented_resp_lines_parse_once_uncommented() {
+    let text = SAMPLE.replace("# resp = ", "resp = ");
+    let cfg = parse(&text).expect("sample with resp lines parses");
+    let ports: Vec<u16> = cfg
+        .hosts
+        .iter()
+        .filter_map(|h| h.resp.map(|a| a.port()))
+        .collect();
+    assert_eq!(ports, [6101, 6102, 6103]);
+}

@@ -190,6 +190,8 @@ pub(super) fn hosts(
             host,
             data_dir,
             metrics,
+            // Set by the RESP keys' validation, which runs after this.
+            resp: None,
             cert,
             key,
         });

@@ -1,0 +1,53 @@
+//! [`Forwarder`]: with `[resp] forward = true`, a host runs a command for a shard it does
+//! not lead through a shardkv client (with the host's certificate) instead of answering
+//! `-MOVED`, for clients that do not follow Redis Cluster redirections.
+//!
+//! The client finds the shard's leader and retries like any shardkv client. It sends
+//! single-key gets, puts and deletes; the atomic updates behind `SETNX`, `INCR`, `MSET` and
+//! the like are not in the client's public operations, so those are refused with a message
+//! saying to send them to the shard's leader.
+
+use shardkv_client::{Client, ClientError};
+use shardkv_transport::wire::{Op, Response};
+
+/// Runs operations on whichever host leads their shard.
+pub struct Forwarder {
+    client: Client,
+}
+
+impl Forwarder {
+    /// A forwarder over `client` (the host's certificate).
+    pub fn new(client: Client) -> Forwarder {
+        Forwarder { client }
+    }
+
+    /// The answer of the shard's leader to `op`.
+    pub async fn forward(&self, op: Op) -> Response {
+        let result = match op {
+            Op::Get { key, .. } => self.client.get(&key).await.map(Response::Value),
+            Op::Put { key, value } => self.client.put(&key, &value).await.map(|()| Response::Ok),
+            Op::Delete { key } => self.client.delete(&key).await.map(|()| Response::Ok),
+            Op::Cas { key, expected, new } => self
+                .client
+                .cas(&key, expected.as_deref(), new.as_deref())
+                .await
+                .map(|r| match r {
+                    Ok(()) => Response::CasOk,
+                    Err(current) => Response::CasFailed { current },
+                }),
+            Op::Update(_) => {
+                return Response::Invalid(
+                    "this command cannot be forwarded yet (the shardkv client sends no atomic \
+                     updates); send it to the shard's leader (a Redis Cluster client does)"
+                        .into(),
+                )
+            }
+        };
+        result.unwrap_or_else(|e| match e {
+            ClientError::TooLarge { what, len, limit } => Response::TooLarge { what, len, limit },
+            ClientError::Invalid(m) => Response::Invalid(m),
+            ClientError::Timeout { .. } => Response::Unavailable(e.to_string()),
+            other => Response::Internal(other.to_string()),
+        })
+    }
+}

@@ -1,0 +1,85 @@
+//! Unit tests of what shardkv answers become for a Redis client.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use shardkv_transport::wire::{LimitKind, UpdateOutcome};
+use shardkv_transport::{ClusterMap, Layout};
+
+use super::*;
+
+/// Hosts 1..=3 holding shards 1..=3; hosts 1 and 2 have RESP addresses.
+fn topology() -> Topology {
+    let layout = Layout {
+        shards: 3,
+        replicas: 3,
+        pins: vec![],
+        placement: vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 1]), (3, vec![3, 1, 2])],
+    };
+    let addrs: Vec<(HostId, String)> = (1..=3)
+        .map(|h| (h, format!("127.0.0.1:71{h:02}")))
+        .collect();
+    let map = ClusterMap::day0(&layout, &addrs).expect("a day-0 map");
+    let resp: BTreeMap<HostId, SocketAddr> = [(1, 6101), (2, 6102)]
+        .into_iter()
+        .map(|(h, port)| (h, SocketAddr::from(([127, 0, 0, 1], port))))
+        .collect();
+    Topology::new("t".into(), 1, resp, false, map)
+}
+
+#[test]
+fn moved_names_the_slot_and_the_leaders_resp_address() {
+    assert_eq!(
+        moved(&topology(), 15495, 2),
+        Reply::Error("MOVED 15495 127.0.0.1:6102".into())
+    );
+}
+
+#[test]
+fn a_leader_without_a_resp_address_is_clusterdown_not_a_redirect() {
+    let Reply::Error(text) = moved(&topology(), 7, 3) else {
+        panic!("an error")
+    };
+    assert!(text.starts_with("CLUSTERDOWN "), "{text}");
+    assert!(text.contains("host 3"), "{text}");
+}
+
+#[test]
+fn final_answers_pass_and_the_rest_become_redis_errors() {
+    assert_eq!(answer(Response::Ok), Ok(Response::Ok));
+    let updated = Response::Updated(vec![UpdateOutcome::default()]);
+    assert_eq!(answer(updated.clone()), Ok(updated));
+    let cases = [
+        (
+            Response::NotLeader {
+                shard: 2,
+                leader: None,
+            },
+            "TRYAGAIN shard 2 is electing a leader",
+        ),
+        (
+            Response::Unavailable("no quorum".into()),
+            "TRYAGAIN no quorum",
+        ),
+        (
+            Response::WrongShard { shard: 1, epoch: 9 },
+            "TRYAGAIN shard 1 no longer owns the key as of map epoch 9",
+        ),
+        (
+            Response::Invalid("value is not an integer or out of range".into()),
+            "ERR value is not an integer or out of range",
+        ),
+        (Response::Internal("disk".into()), "ERR internal: disk"),
+        (
+            Response::TooLarge {
+                what: LimitKind::Value,
+                len: 10,
+                limit: 5,
+            },
+            "ERR value of 10 bytes exceeds the limit of 5 bytes",
+        ),
+    ];
+    for (resp, text) in cases {
+        assert_eq!(answer(resp), Err(Reply::Error(text.into())));
+    }
+}
