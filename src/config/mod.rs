@@ -113,14 +113,13 @@ impl ClusterConfig {
     /// Parses and validates `text` as if it were the file `origin`, resolving relative paths
     /// against `base_dir`. For tests and configs built in memory.
     pub fn parse(text: &str, base_dir: &Path, origin: &Path) -> Result<Self, ConfigError> {
-        let resp_keys = resp::take_keys(text, origin)?;
-        let raw = ClientConfig::read(&resp_keys.rest, origin)?;
+        let raw = ClientConfig::read(text, origin)?;
         let cluster = ClientConfig::from_raw(&raw, base_dir, origin)?;
         let check = Checker { origin };
         let raft = validate::raft(&check, raw.raft.as_ref(), cluster.election_timeout)?;
         let storage = validate::storage(&check, raw.storage.as_ref())?;
         let mut hosts = validate::hosts(&check, base_dir, &cluster.tls, &cluster.hosts, &raw.host)?;
-        let resp = resp::validate(&check, &resp_keys, &mut hosts)?;
+        let resp = resp::validate(&check, raw.resp.as_ref(), &raw.host, &mut hosts)?;
         Ok(ClusterConfig {
             cluster,
             raft,

@@ -48,6 +48,7 @@ impl ClusterConfig {
                     addr: h.host.addr.to_string(),
                     data_dir: path(&h.data_dir),
                     metrics: h.metrics.map(|m| m.to_string()),
+                    resp: h.resp.map(|r| r.to_string()),
                     cert: Some(path(&h.cert)),
                     key: Some(path(&h.key)),
                 })
@@ -65,13 +66,11 @@ impl ClusterConfig {
                         .collect(),
                 })
                 .collect(),
+            resp: Some(super::resp::raw(self.resp)),
         };
-        // ok: RawFile has only strings, integers, tables and arrays of tables, which TOML
+        // ok: RawFile has only strings, integers, booleans, tables and arrays of tables, which TOML
         // can always represent; serialisation cannot fail.
-        let mut doc = toml::Table::try_from(&raw)
-            .expect("RawFile holds only strings, integers, tables and arrays of tables");
-        super::resp::render(&mut doc, self.resp, &self.hosts);
-        toml::to_string(&doc)
-            .expect("a table of strings, integers, booleans, tables and arrays of tables")
+        toml::to_string(&raw)
+            .expect("RawFile holds only strings, integers, booleans, tables and arrays of tables")
     }
 }

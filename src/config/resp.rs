@@ -1,20 +1,16 @@
 //! The Redis protocol front end's part of `cluster.toml`: `[[host]] resp = "IP:port"` (the
 //! host's optional RESP listener) and the `[resp]` table (`tls`, `forward`).
 //!
-//! These keys are the daemon's alone (a shardkv client never dials a RESP listener), so they
-//! are read here and taken out of the text before the shared schema
-//! (`shardkv_client::config::file`, which rejects unknown fields) reads the rest. A file
-//! without them goes to the shared schema untouched, so its syntax errors keep their lines
-//! and columns.
+//! The shared schema (`shardkv_client::config::file`) reads these keys, so one file serves the
+//! daemon and every client; only the daemon, which opens the listeners, validates them here.
 //!
 //! Guarantee once validated: every `resp` address is a concrete `IP:port`, distinct from every
 //! other host's `resp` and from every `metrics` listener; `tls = false` only when every `resp`
 //! address is a loopback one, since plaintext RESP carries no authentication at all.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use shardkv_client::config::file::{RawHost, RawResp};
 use shardkv_client::config::{Checker, ConfigError};
 
 use super::HostConfig;
@@ -40,86 +36,12 @@ impl Default for RespSettings {
     }
 }
 
-/// `[resp]` as written.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-struct RawResp {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tls: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    forward: Option<bool>,
-}
-
-/// The RESP keys of a file, taken out of it, and the text the shared schema reads.
-pub(super) struct RespKeys {
-    /// The file's text without the RESP keys (the text itself if it had none).
-    pub rest: String,
-    raw: RawResp,
-    /// `[[host]] resp` of each host, in file order (shorter than the hosts if the file has
-    /// none past some index).
-    hosts: Vec<Option<String>>,
-}
-
-/// Takes the RESP keys out of `text`, the file `origin`. A file that is not valid TOML is
-/// reported by the shared schema's reader, as for a file without RESP keys.
-pub(super) fn take_keys(text: &str, origin: &Path) -> Result<RespKeys, ConfigError> {
-    let syntax = |detail: toml::de::Error| ConfigError::Syntax {
-        path: origin.to_path_buf(),
-        detail,
-    };
-    let mut doc: toml::Table = match text.parse() {
-        Ok(doc) => doc,
-        Err(e) => {
-            // The shared reader's message is the one every other syntax error shows.
-            shardkv_client::ClientConfig::read(text, origin)?;
-            return Err(syntax(e));
-        }
-    };
-    let check = Checker { origin };
-    let mut taken = false;
-    let raw = match doc.remove("resp") {
-        None => RawResp::default(),
-        Some(value) => {
-            taken = true;
-            value.try_into().map_err(syntax)?
-        }
-    };
-    let mut hosts = Vec::new();
-    if let Some(toml::Value::Array(list)) = doc.get_mut("host") {
-        for (i, host) in list.iter_mut().enumerate() {
-            let resp = match host.as_table_mut().and_then(|t| t.remove("resp")) {
-                None => None,
-                Some(toml::Value::String(addr)) => Some(addr),
-                Some(other) => {
-                    return Err(check.invalid(
-                        format!("host[{i}].resp"),
-                        format!("{other} is not a string"),
-                        "write it like resp = \"127.0.0.1:6101\"",
-                    ))
-                }
-            };
-            taken |= resp.is_some();
-            hosts.push(resp);
-        }
-    }
-    let rest = if taken {
-        toml::to_string(&doc).map_err(|e| {
-            check.invalid(
-                "resp",
-                format!("the file without its RESP keys cannot be written back: {e}"),
-                "check the [[host]] tables and the [resp] table",
-            )
-        })?
-    } else {
-        text.to_string()
-    };
-    Ok(RespKeys { rest, raw, hosts })
-}
-
-/// Validates the RESP keys and sets each host's [`HostConfig::resp`].
+/// Validates `[resp]` (`raw`) and each `[[host]] resp` of `raw_hosts`, setting the
+/// [`HostConfig::resp`] of `hosts` (the same hosts, in the same order).
 pub(super) fn validate(
     check: &Checker<'_>,
-    keys: &RespKeys,
+    raw: Option<&RawResp>,
+    raw_hosts: &[RawHost],
     hosts: &mut [HostConfig],
 ) -> Result<RespSettings, ConfigError> {
     let mut used = BTreeMap::new();
@@ -129,7 +51,7 @@ pub(super) fn validate(
         }
     }
     for (i, host) in hosts.iter_mut().enumerate() {
-        let Some(text) = keys.hosts.get(i).and_then(|t| t.as_deref()) else {
+        let Some(text) = raw_hosts.get(i).and_then(|h| h.resp.as_deref()) else {
             continue;
         };
         let field = format!("host[{i}].resp");
@@ -144,8 +66,8 @@ pub(super) fn validate(
         host.resp = Some(addr);
     }
     let settings = RespSettings {
-        tls: keys.raw.tls.unwrap_or(true),
-        forward: keys.raw.forward.unwrap_or(false),
+        tls: raw.and_then(|r| r.tls).unwrap_or(true),
+        forward: raw.and_then(|r| r.forward).unwrap_or(false),
     };
     if !settings.tls {
         let exposed = hosts
@@ -167,18 +89,10 @@ pub(super) fn validate(
     Ok(settings)
 }
 
-/// Adds the RESP keys of `settings` and `hosts` to `doc`, the rendered shared schema, so
-/// [`super::ClusterConfig::to_toml`] round-trips them.
-pub(super) fn render(doc: &mut toml::Table, settings: RespSettings, hosts: &[HostConfig]) {
-    let mut table = toml::Table::new();
-    table.insert("tls".into(), toml::Value::Boolean(settings.tls));
-    table.insert("forward".into(), toml::Value::Boolean(settings.forward));
-    doc.insert("resp".into(), toml::Value::Table(table));
-    if let Some(toml::Value::Array(list)) = doc.get_mut("host") {
-        for (raw, host) in list.iter_mut().zip(hosts) {
-            if let (Some(t), Some(addr)) = (raw.as_table_mut(), host.resp) {
-                t.insert("resp".into(), toml::Value::String(addr.to_string()));
-            }
-        }
+/// `settings` as the file writes them, for [`super::ClusterConfig::to_toml`].
+pub(super) fn raw(settings: RespSettings) -> RawResp {
+    RawResp {
+        tls: Some(settings.tls),
+        forward: Some(settings.forward),
     }
 }

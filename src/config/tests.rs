@@ -547,10 +547,13 @@ fn resp_addresses_are_validated_and_unique() {
         "resp = \"127.0.0.1:6101\"\nmetrics = \"127.0.0.1:6102\"",
     );
     assert_invalid(&text, "host[1].resp", "already used by host[0].metrics");
-    assert_invalid(
-        &with_resp(["127.0.0.1"; 3], "").replace("\"127.0.0.1:6101\"", "6101"),
-        "host[0].resp",
-        "is not a string",
+    // A wrong type is the shared schema's error, with the line, like any other field's.
+    let e = parse(&with_resp(["127.0.0.1"; 3], "").replace("\"127.0.0.1:6101\"", "6101"))
+        .expect_err("an integer");
+    let e = e.to_string();
+    assert!(
+        e.contains("resp = 6101") && e.contains("expected a string"),
+        "{e}"
     );
 }
 

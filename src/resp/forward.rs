@@ -2,10 +2,9 @@
 //! not lead through a shardkv client (with the host's certificate) instead of answering
 //! `-MOVED`, for clients that do not follow Redis Cluster redirections.
 //!
-//! The client finds the shard's leader and retries like any shardkv client. It sends
-//! single-key gets, puts and deletes; the atomic updates behind `SETNX`, `INCR`, `MSET` and
-//! the like are not in the client's public operations, so those are refused with a message
-//! saying to send them to the shard's leader.
+//! The client finds the shard's leader and retries like any shardkv client, in an
+//! exactly-once session: a forwarded `INCR` that the client retries after a lost reply is
+//! applied once. A forwarded read is linearizable (stricter than READONLY asks).
 
 use shardkv_client::{Client, ClientError};
 use shardkv_transport::wire::{Op, Response};
@@ -35,13 +34,7 @@ impl Forwarder {
                     Ok(()) => Response::CasOk,
                     Err(current) => Response::CasFailed { current },
                 }),
-            Op::Update(_) => {
-                return Response::Invalid(
-                    "this command cannot be forwarded yet (the shardkv client sends no atomic \
-                     updates); send it to the shard's leader (a Redis Cluster client does)"
-                        .into(),
-                )
-            }
+            Op::Update(updates) => self.client.update(updates).await.map(Response::Updated),
         };
         result.unwrap_or_else(|e| match e {
             ClientError::TooLarge { what, len, limit } => Response::TooLarge { what, len, limit },

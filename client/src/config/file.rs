@@ -28,6 +28,22 @@ pub struct RawFile {
     /// `[[shard]]` pins, in file order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shard: Vec<RawPin>,
+    /// `[resp]`: the hosts' Redis protocol listeners. The daemon validates it; a client reads
+    /// past it, so one file serves both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp: Option<RawResp>,
+}
+
+/// `[resp]`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResp {
+    /// TLS with client certificates (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+    /// Forward instead of redirecting (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<bool>,
 }
 
 /// `[cluster]`.
@@ -89,6 +105,9 @@ pub struct RawHost {
     pub data_dir: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// The host's Redis protocol listener (the daemon's; a client reads past it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -71,3 +71,18 @@ fn load_names_the_missing_file() {
     let e = ClientConfig::load(&missing).expect_err("missing file");
     assert!(e.to_string().contains("nope.toml"), "{e}");
 }
+
+#[test]
+fn a_client_reads_past_the_daemons_redis_protocol_keys() {
+    let with_resp = THREE_HOSTS
+        .replace(
+            "data_dir = \"d1\"\n",
+            "data_dir = \"d1\"\nresp = \"127.0.0.1:6101\"\n",
+        )
+        .replace(
+            "[[shard]]",
+            "[resp]\ntls = false\nforward = true\n[[shard]]",
+        );
+    let cfg = parse(&with_resp).expect("a client reads a file with resp keys");
+    assert_eq!(cfg, parse(THREE_HOSTS).expect("parses"));
+}
