@@ -223,8 +223,8 @@ pub struct RawOutcome {
 
 /// Writes `bytes` to a new connection to `addr` (a write refused because the server closed
 /// early is not an error: that is one of the answers under test), then reads until the server
-/// closes or `wait` passes.
-pub fn send_raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> RawOutcome {
+/// closes, what was read ends with `until` (if given), or `wait` passes.
+pub fn send_raw(addr: SocketAddr, bytes: &[u8], until: Option<&[u8]>, wait: Duration) -> RawOutcome {
     let mut s = TcpStream::connect(addr).expect("connect to the RESP listener");
     s.set_write_timeout(Some(Duration::from_secs(10)))
         .expect("write timeout");
@@ -243,7 +243,15 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> RawOutcome {
         s.set_read_timeout(Some(left)).expect("read timeout");
         match s.read(&mut buf) {
             Ok(0) => return RawOutcome { reply, closed: true },
-            Ok(n) => reply.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                reply.extend_from_slice(&buf[..n]);
+                if until.is_some_and(|end| reply.ends_with(end)) {
+                    return RawOutcome {
+                        reply,
+                        closed: false,
+                    };
+                }
+            }
             Err(e)
                 if matches!(
                     e.kind(),
