@@ -101,11 +101,18 @@ fn redis_cli_follows_moved_to_each_shards_leader(
                 moved += 1;
                 assert_eq!(
                     plain,
-                    format!("MOVED {} {}", slot(key.as_bytes()), cluster.resp_addr(leader)),
+                    format!(
+                        "MOVED {} {}",
+                        slot(key.as_bytes()),
+                        cluster.resp_addr(leader)
+                    ),
                     "host {from} redirects a SET of shard {shard} to its leader {leader}"
                 );
             }
-            assert_eq!(cluster.redis_cli_text(from, &["-c", "set", &key, &value]), "OK");
+            assert_eq!(
+                cluster.redis_cli_text(from, &["-c", "set", &key, &value]),
+                "OK"
+            );
             let other = from % 3 + 1;
             assert_eq!(
                 cluster.redis_cli_text(other, &["-c", "get", &key]),
@@ -135,7 +142,13 @@ fn redis_cli_commands_answer_as_redis_does(cluster: &Cluster) {
     assert_eq!(cli(&["get", "cli-counter"]), "", "a missing key is nil");
 
     assert_eq!(
-        cli(&["mset", "{user1000}.following", "7", "{user1000}.followers", "9"]),
+        cli(&[
+            "mset",
+            "{user1000}.following",
+            "7",
+            "{user1000}.followers",
+            "9"
+        ]),
         "OK"
     );
     assert_eq!(
@@ -258,7 +271,10 @@ async fn cluster_replies_describe_the_shards(
             seen.push((first, last, shard));
         }
         seen.sort_unstable();
-        assert_eq!(seen, ranges, "host {id}: CLUSTER SLOTS lists every range once");
+        assert_eq!(
+            seen, ranges,
+            "host {id}: CLUSTER SLOTS lists every range once"
+        );
 
         // CLUSTER NODES through redis-cli: one line per host, masters owning the slots.
         let nodes = cluster.redis_cli_text(id, &["cluster", "nodes"]);
@@ -281,7 +297,10 @@ async fn cluster_replies_describe_the_shards(
             let host = cluster.host_at_resp(addr);
             assert_eq!(l[7], "connected", "{l:?}");
             if led_hosts.contains(&host) {
-                assert!(l[2].contains("master"), "leader host {host} is a master: {l:?}");
+                assert!(
+                    l[2].contains("master"),
+                    "leader host {host} is a master: {l:?}"
+                );
             }
             for range in &l[8..] {
                 let (a, b) = range.split_once('-').unwrap_or((range, range));
@@ -303,7 +322,11 @@ async fn cluster_replies_describe_the_shards(
             .filter_map(|l| l.trim_end().split_once(':'))
             .collect();
         assert_eq!(fields.get("cluster_state"), Some(&"ok"), "{info}");
-        assert_eq!(fields.get("cluster_slots_assigned"), Some(&"16384"), "{info}");
+        assert_eq!(
+            fields.get("cluster_slots_assigned"),
+            Some(&"16384"),
+            "{info}"
+        );
         assert_eq!(fields.get("cluster_slots_ok"), Some(&"16384"), "{info}");
         assert_eq!(fields.get("cluster_known_nodes"), Some(&"3"), "{info}");
         assert_eq!(
@@ -384,7 +407,11 @@ async fn cluster_client_reads_its_writes_across_slots(cluster: &Cluster) {
         .expect_err("MSET over two slots is refused");
     assert_eq!(e.code(), Some("CROSSSLOT"), "{e}");
     let v: Option<String> = c.get("many-0").await.expect("GET");
-    assert_eq!(v.as_deref(), Some("value-of-many-0"), "a refused MSET wrote nothing");
+    assert_eq!(
+        v.as_deref(),
+        Some("value-of-many-0"),
+        "a refused MSET wrote nothing"
+    );
 }
 
 /// INCR from 8 tasks x 50 over one cluster connection: the state machine increments, so
@@ -407,7 +434,11 @@ async fn concurrent_incr_loses_no_increment(cluster: &Cluster) {
         replies.extend(t.await.expect("incrementing task"));
     }
     replies.sort_unstable();
-    assert_eq!(replies, (1..=400).collect::<Vec<i64>>(), "one reply per INCR");
+    assert_eq!(
+        replies,
+        (1..=400).collect::<Vec<i64>>(),
+        "one reply per INCR"
+    );
     let mut c = con.clone();
     let v: String = c.get("incr-counter").await.expect("GET");
     assert_eq!(v, "400");
@@ -527,7 +558,8 @@ async fn acknowledged_sets_survive_a_leader_kill(
                     .expect("lock")
                     .iter()
                     .filter(|(k, _, after)| {
-                        *after && shardkv_transport::slot::shard_of_key(k.as_bytes(), shards) == shard
+                        *after
+                            && shardkv_transport::slot::shard_of_key(k.as_bytes(), shards) == shard
                     })
                     .count();
                 if of_shard_after >= 30 || Instant::now() > deadline {
@@ -563,7 +595,11 @@ async fn acknowledged_sets_survive_a_leader_kill(
     let mut c = con.clone();
     for (k, v, _) in &acked {
         let got: Option<String> = c.get(k).await.expect("GET after the kill");
-        assert_eq!(got.as_deref(), Some(v.as_str()), "acknowledged SET {k} reads back");
+        assert_eq!(
+            got.as_deref(),
+            Some(v.as_str()),
+            "acknowledged SET {k} reads back"
+        );
     }
     let model: BTreeMap<Vec<u8>, Vec<u8>> = acked
         .iter()

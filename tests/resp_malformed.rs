@@ -48,15 +48,27 @@ async fn malformed_resp_gets_an_error_and_a_close_never_a_crash_or_unbounded_mem
             b"*2\r\n$3\r\nGET\r\n$9223372036854775807\r\n".to_vec(),
         ),
         ("a negative bulk length", b"*1\r\n$-5\r\n".to_vec()),
-        ("a null bulk string as an argument", b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec()),
+        (
+            "a null bulk string as an argument",
+            b"*2\r\n$3\r\nGET\r\n$-1\r\n".to_vec(),
+        ),
         ("a garbage bulk length", b"*1\r\n$abc\r\n".to_vec()),
         ("an element count of 2^31", b"*2147483648\r\n".to_vec()),
-        ("an element count of 2^64", b"*18446744073709551616\r\n".to_vec()),
+        (
+            "an element count of 2^64",
+            b"*18446744073709551616\r\n".to_vec(),
+        ),
         ("a garbage element count", b"*x1\r\n".to_vec()),
         ("a nesting bomb", nesting_bomb.into_bytes()),
-        ("an integer as an argument", b"*2\r\n$3\r\nGET\r\n:1\r\n".to_vec()),
+        (
+            "an integer as an argument",
+            b"*2\r\n$3\r\nGET\r\n:1\r\n".to_vec(),
+        ),
         ("inline garbage", b"hello there\r\n".to_vec()),
-        ("binary garbage", (0u8..=255).cycle().take(64 << 10).collect()),
+        (
+            "binary garbage",
+            (0u8..=255).cycle().take(64 << 10).collect(),
+        ),
         (
             "a length line that never ends",
             std::iter::once(b'*')

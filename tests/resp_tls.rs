@@ -16,7 +16,12 @@ use common::Cluster;
 fn tls_args(ca: &Path, cert: Option<(&Path, &Path)>) -> Vec<String> {
     let mut args = vec!["--tls".to_string(), "--cacert".into(), path_text(ca)];
     if let Some((cert, key)) = cert {
-        args.extend(["--cert".into(), path_text(cert), "--key".into(), path_text(key)]);
+        args.extend([
+            "--cert".into(),
+            path_text(cert),
+            "--key".into(),
+            path_text(key),
+        ]);
     }
     args
 }
@@ -68,9 +73,8 @@ async fn tls_listener_serves_only_clients_with_a_certificate_of_the_cluster_ca()
         args.extend_from_slice(cmd);
         redis_cli(addr, &args, None)
     };
-    let stdout = |out: &std::process::Output| {
-        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
-    };
+    let stdout =
+        |out: &std::process::Output| String::from_utf8_lossy(&out.stdout).trim_end().to_string();
     let out = run(&good, &["set", "tls-key", "over-tls"]);
     assert_eq!(stdout(&out), "OK", "{}", common::output_text(&out));
     let out = run(&good, &["-c", "get", "tls-key"]);
@@ -85,7 +89,10 @@ async fn tls_listener_serves_only_clients_with_a_certificate_of_the_cluster_ca()
     shardkv_ok(&other_cfg, &["certs", "client", "app"]);
     let other_cert: PathBuf = other.path().join("certs/client-app.pem");
     let other_key: PathBuf = other.path().join("certs/client-app.key");
-    assert!(other_cert.exists() && other_key.exists(), "the other CA's client files");
+    assert!(
+        other_cert.exists() && other_key.exists(),
+        "the other CA's client files"
+    );
 
     let refused: [(&str, Vec<String>); 3] = [
         ("no client certificate", tls_args(&ca, None)),
@@ -97,7 +104,10 @@ async fn tls_listener_serves_only_clients_with_a_certificate_of_the_cluster_ca()
     ];
     for (what, tls) in &refused {
         let out = run(tls, &["set", "tls-key", "overwritten"]);
-        eprintln!("{what}: redis-cli says {}", common::output_text(&out).trim_end());
+        eprintln!(
+            "{what}: redis-cli says {}",
+            common::output_text(&out).trim_end()
+        );
         assert_ne!(
             stdout(&out),
             "OK",

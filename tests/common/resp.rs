@@ -104,8 +104,10 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim_end().to_string()
     }
 
-    /// Waits until every data shard has a leader that every host agrees on and every host's
-    /// RESP listener answers `PING` (accepts, with TLS); returns the leaders.
+    /// Waits until every data shard is led by its preferred host (a fresh cluster hands
+    /// each shard over within a few seconds; a redirection test must not race that), every
+    /// host agrees on it, and every host's RESP listener answers `PING` (accepts, with TLS);
+    /// returns the leaders.
     pub async fn wait_resp_ready(&self, client: &Client) -> BTreeMap<ShardId, HostId> {
         let deadline = Instant::now() + Duration::from_secs(30);
         for h in self.cfg.hosts.iter().filter(|h| h.resp.is_some()) {
@@ -130,10 +132,20 @@ impl Cluster {
             }
         }
         loop {
-            if let Some(leaders) = self.agreed_leaders(client).await {
-                return leaders;
+            let preferred = client.read_map().await.map(|v| {
+                let mut leaders = v.map.preferred_leaders();
+                leaders.remove(&shardkv_transport::cluster_map::META_SHARD);
+                leaders
+            });
+            if let (Some(leaders), Ok(preferred)) = (self.agreed_leaders(client).await, preferred) {
+                if leaders == preferred {
+                    return leaders;
+                }
             }
-            assert!(Instant::now() < deadline, "every shard has one leader");
+            assert!(
+                Instant::now() < deadline,
+                "every shard is led by its preferred host"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -180,7 +192,8 @@ pub fn redis_cli(addr: SocketAddr, args: &[&str], stdin: Option<&str>) -> Output
         });
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
-        pipe.write_all(input.as_bytes()).expect("write redis-cli stdin");
+        pipe.write_all(input.as_bytes())
+            .expect("write redis-cli stdin");
     }
     let deadline = Instant::now() + REDIS_CLI_TIMEOUT;
     loop {
@@ -224,7 +237,12 @@ pub struct RawOutcome {
 /// Writes `bytes` to a new connection to `addr` (a write refused because the server closed
 /// early is not an error: that is one of the answers under test), then reads until the server
 /// closes, what was read ends with `until` (if given), or `wait` passes.
-pub fn send_raw(addr: SocketAddr, bytes: &[u8], until: Option<&[u8]>, wait: Duration) -> RawOutcome {
+pub fn send_raw(
+    addr: SocketAddr,
+    bytes: &[u8],
+    until: Option<&[u8]>,
+    wait: Duration,
+) -> RawOutcome {
     let mut s = TcpStream::connect(addr).expect("connect to the RESP listener");
     s.set_write_timeout(Some(Duration::from_secs(10)))
         .expect("write timeout");
@@ -242,7 +260,12 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8], until: Option<&[u8]>, wait: Dura
         }
         s.set_read_timeout(Some(left)).expect("read timeout");
         match s.read(&mut buf) {
-            Ok(0) => return RawOutcome { reply, closed: true },
+            Ok(0) => {
+                return RawOutcome {
+                    reply,
+                    closed: true,
+                }
+            }
             Ok(n) => {
                 reply.extend_from_slice(&buf[..n]);
                 if until.is_some_and(|end| reply.ends_with(end)) {
@@ -263,7 +286,12 @@ pub fn send_raw(addr: SocketAddr, bytes: &[u8], until: Option<&[u8]>, wait: Dura
                     closed: false,
                 }
             }
-            Err(_) => return RawOutcome { reply, closed: true },
+            Err(_) => {
+                return RawOutcome {
+                    reply,
+                    closed: true,
+                }
+            }
         }
     }
 }
