@@ -22,6 +22,16 @@
 #   shardkv: `shardkv bench --local 3x3` (3 hosts x 3 shards x 3 replicas on 127.0.0.101-103,
 #     QUIC + mTLS, fsync) for --mix put=100 and then --mix put=0,get=100 (preloads all keys).
 #     The binary is copied into the temp dir first, so a rebuild during the run can't change it.
+#   pipelined (the Redis protocol, a second table): redis-benchmark -t set,get -c 50 -P 16
+#     -n $PIPELINED_REQUESTS (default 200000) -d 100 -r 10000 --csv against a plaintext Redis
+#     node on 127.0.0.1 (appendonly yes + appendfsync always, then a fresh node with everysec;
+#     RDB off) and, with --cluster, against the RESP listeners of a 3 hosts x 3 shards x 3
+#     replicas shardkv cluster started with `shardkv up` on 127.0.0.101-103 (`[resp] tls =
+#     false`, loopback only; Raft between the hosts still over QUIC + mTLS, fsync). Every SET
+#     is a Raft write acknowledged after a majority's fsync; every GET a linearizable read.
+#     Plaintext RESP on both sides (so these figures do not compare with the TLS table above);
+#     50 connections, 16 commands in flight on each. Redis is still a single node without
+#     replication: the ceiling, not a peer.
 #
 # What makes the comparison unfair (read the numbers with this in mind):
 #   * Everything shares 2 cores, so the load generator competes with the servers for CPU, and
@@ -51,7 +61,8 @@
 #     the row when it is over 15%.
 #
 # Usage: bench/compare.sh    (needs root for apt-get unless the packages are already installed)
-# Env:   DURATION=15  CLIENTS="1 64"  SYSTEMS="etcd redis-always redis-everysec shardkv"
+# Env:   DURATION=15  CLIENTS="1 64"  SYSTEMS="etcd redis-always redis-everysec shardkv pipelined"
+#        PIPELINED_REQUESTS=200000
 #        SHARDKV=target/release/shardkv  BENCH_VENV=~/.cache/shardkv-bench/venv  KEEP_TMP=1
 # Output: the table on stdout and bench/results-<date>.md (Markdown). With KEEP_TMP=1 the temp dir
 # (raw JSON/CSV per cell, server logs) is kept. Takes ~5 minutes with DURATION=15.
@@ -61,7 +72,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-"1 64"}
-SYSTEMS=${SYSTEMS:-"etcd redis-always redis-everysec shardkv"}
+SYSTEMS=${SYSTEMS:-"etcd redis-always redis-everysec shardkv pipelined"}
+PIPELINED_REQUESTS=${PIPELINED_REQUESTS:-200000}
 SHARDKV=${SHARDKV:-$ROOT/target/release/shardkv}
 BENCH_VENV=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/shardkv-bench/venv}
 VALUE_SIZE=100
@@ -73,6 +85,8 @@ STAMP=$(date +%Y-%m-%d)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shardkv-compare.XXXXXX")
 ROWS=$WORK/rows.tsv    # system clients op ops_s p50_ms p99_ms errors gen_cores server_cores note
 : >"$ROWS"
+PROWS=$WORK/pipelined.tsv  # target op ops_s p50_ms (redis-benchmark -c 50 -P 16)
+: >"$PROWS"
 
 # ---------------------------------------------------------------- process bookkeeping
 PIDS=()      # every long-running process we started (servers, benches)
@@ -148,7 +162,7 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     "$BENCH_VENV/bin/pip" install -q grpcio >"$WORK/pip.log" 2>&1 || { cat "$WORK/pip.log" >&2; die "pip install grpcio failed"; }
   fi
 fi
-if [[ " $SYSTEMS " == *" shardkv "* ]]; then
+if [[ " $SYSTEMS " == *" shardkv "* || " $SYSTEMS " == *" pipelined "* ]]; then
   if [[ ! -x "$SHARDKV" && "$SHARDKV" == "$ROOT/target/release/shardkv" ]]; then
     log "building shardkv (cargo build --release; a few minutes on a fresh clone)"
     (cd "$ROOT" && cargo build --release -q) || die "cargo build --release failed"
@@ -376,6 +390,100 @@ EOF
   done
 }
 
+# ---------------------------------------------------------------- pipelined RESP
+udp_port_free() { ! ss -Huln "sport = :$1" | grep -q .; }
+
+pipelined_cell() {  # pipelined_cell TARGET REDIS-BENCHMARK-ARGS...: one SET and one GET row
+  local target=$1; shift
+  local out=$WORK/pipelined-$target.csv
+  log "pipelined: $target: redis-benchmark -t set,get -c 50 -P 16 -n $PIPELINED_REQUESTS"
+  redis-benchmark "$@" -t set,get -c 50 -P 16 -n "$PIPELINED_REQUESTS" -d "$VALUE_SIZE" \
+    -r "$KEYS" --csv >"$out" 2>"$WORK/pipelined-$target.err" ||
+    { cat "$WORK/pipelined-$target.err" >&2; die "redis-benchmark against $target failed"; }
+  python3 - "$out" "$target" >>"$PROWS" <<'EOF'
+import csv, sys
+lines = open(sys.argv[1]).read().splitlines()
+# --cluster prints the masters it found before the CSV header.
+start = next(i for i, l in enumerate(lines) if l.startswith('"test"'))
+for r in csv.DictReader(lines[start:]):
+    print("%s\t%s\t%.0f\t%.3f" % (sys.argv[2], r["test"].lower(), float(r["rps"]),
+          float(r["p50_latency_ms"])))
+EOF
+}
+
+pipelined_redis() {  # pipelined_redis always|everysec: a plaintext node, stopped by its PID
+  local mode=$1 port d pid
+  port=$(pick_ports 1)
+  d=$WORK/pipelined-redis-$mode; mkdir -p "$d"
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$d" --logfile "$d/redis.log" \
+    --appendonly yes --appendfsync "$mode" --save '' </dev/null >/dev/null 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  for _ in $(seq 1 50); do
+    redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null | grep -q PONG && break
+    alive "$pid" || die "redis died: $(tail -5 "$d/redis.log")"; sleep 0.2
+  done
+  redis-cli -h 127.0.0.1 -p "$port" ping | grep -q PONG || die "redis never answered"
+  pipelined_cell "redis-$mode" -h 127.0.0.1 -p "$port"
+  stop_pids "$pid"
+}
+
+pipelined_shardkv() {  # a `shardkv up` cluster with plaintext RESP listeners on loopback
+  local d=$WORK/pipelined-shardkv base i ok pid
+  mkdir -p "$d"
+  for _ in $(seq 1 50); do
+    base=$((20000 + RANDOM % 20000)); ok=1
+    for i in 1 2 3; do
+      udp_port_free $((base + i)) && port_free $((base + 10 + i)) || { ok=0; break; }
+    done
+    ((ok)) && break
+  done
+  ((ok)) || die "no free ports for the shardkv cluster"
+  {
+    printf '[cluster]\nname = "compare-resp"\nshards = 3\nreplicas = 3\n\n'
+    printf '[storage]\nmap_size = "4GiB"\n\n[resp]\ntls = false\n\n'
+    for i in 1 2 3; do
+      printf '[[host]]\nid = %d\naddr = "127.0.0.10%d:%d"\ndata_dir = "data/host-%d"\n' \
+        "$i" "$i" $((base + i)) "$i"
+      printf 'resp = "127.0.0.10%d:%d"\n\n' "$i" $((base + 10 + i))
+    done
+  } >"$d/cluster.toml"
+  # own session/process group, so we can stop `up` and the hosts it spawned, and only those
+  (cd "$d" && exec setsid "$WORK/shardkv" --config "$d/cluster.toml" up \
+    </dev/null >"$d/up.out" 2>"$d/up.log") &
+  pid=$!; PIDS+=("$pid"); PGIDS+=("$pid")
+  local cli=(redis-cli -h 127.0.0.101 -p $((base + 11)))
+  for _ in $(seq 1 150); do
+    "${cli[@]}" cluster info 2>/dev/null | grep -q 'cluster_state:ok' &&
+      "${cli[@]}" -c set compare-probe 1 2>/dev/null | grep -q OK && break
+    alive "$pid" || die "shardkv up died: $(tail -5 "$d/up.log")"; sleep 0.2
+  done
+  "${cli[@]}" cluster info | grep -q 'cluster_state:ok' || die "shardkv's RESP cluster never became ok"
+  # A fresh cluster hands each shard to its preferred host (one per host here) within a few
+  # seconds, and redis-benchmark --cluster reads the masters once: start after the hand-overs,
+  # once every host leads a shard and the masters stayed the same for 2 s (at most ~20 s).
+  local masters prev="" same=0
+  for _ in $(seq 1 100); do
+    masters=$("${cli[@]}" cluster nodes 2>/dev/null | awk '$3 ~ /master/ && NF > 8 {print $1, $9}' | sort)
+    if [[ -n "$masters" && "$masters" == "$prev" ]]; then same=$((same + 1)); else same=0; fi
+    prev=$masters
+    (($(wc -l <<<"$masters") == 3 && same >= 10)) && break
+    alive "$pid" || die "shardkv up died: $(tail -5 "$d/up.log")"; sleep 0.2
+  done
+  log "shardkv (RESP) up: pid $pid, RESP ports $((base + 11))-$((base + 13)); $(wc -l <<<"$masters") hosts lead shards"
+  pipelined_cell shardkv-resp --cluster -h 127.0.0.101 -p $((base + 11))
+  stop_group "$pid"
+  wait "$pid" 2>/dev/null || true
+}
+
+run_pipelined() {
+  local busy
+  busy=$(other_load)
+  [[ -z "$busy" ]] || log "pipelined: $busy"
+  pipelined_redis always
+  pipelined_redis everysec
+  pipelined_shardkv
+}
+
 # ---------------------------------------------------------------- run
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 MACHINE="$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), $NPROC cores ($CPU_MODEL), $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -r)"
@@ -392,6 +500,7 @@ for s in $SYSTEMS; do
     redis-always) run_redis always ;;
     redis-everysec) run_redis everysec ;;
     shardkv) run_shardkv ;;
+    pipelined) run_pipelined ;;
     *) die "unknown system $s" ;;
   esac
 done
@@ -399,7 +508,10 @@ done
 # ---------------------------------------------------------------- table
 ELAPSED=$(($(date +%s) - T_START))
 OUT_MD=$HERE/results-$STAMP.md
-python3 - "$ROWS" "$MACHINE" "$VERSIONS" "$DURATION" "$ELAPSED" >"$WORK/table.md" <<'EOF'
+if [[ ! -s "$ROWS" ]]; then  # only the pipelined systems ran
+  printf '# shardkv vs Redis (bench/compare.sh)\n\n- Machine: %s\n- Versions: %s\n- Whole run: %s s.\n' \
+    "$MACHINE" "$VERSIONS" "$ELAPSED" >"$WORK/table.md"
+else python3 - "$ROWS" "$MACHINE" "$VERSIONS" "$DURATION" "$ELAPSED" >"$WORK/table.md" <<'EOF'
 import sys
 rows_path, machine, versions, duration, elapsed = sys.argv[1:6]
 rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
@@ -460,6 +572,41 @@ print("Throughput ratio > 1 and latency ratios < 1 favour shardkv. "
       "shardkv's generator runs inside `shardkv bench` together with its cluster and is not split out; "
       "the note gives their joint average over the whole invocation (cluster start, preload, both client counts).")
 EOF
+fi
+if [[ -s "$PROWS" ]]; then
+  python3 - "$PROWS" "$PIPELINED_REQUESTS" >>"$WORK/table.md" <<'EOF'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+order = {"shardkv-resp": 0, "redis-always": 1, "redis-everysec": 2}
+rows.sort(key=lambda r: ({"set": 0, "get": 1}.get(r[1], 9), order.get(r[0], 9)))
+by = {(r[0], r[1]): float(r[2]) for r in rows}
+print()
+print("## Redis protocol, pipelined (redis-benchmark -t set,get -c 50 -P 16 -n %s -d 100 -r 10000)\n"
+      % sys.argv[2])
+print("shardkv: 3 hosts x 3 shards x 3 replicas, `redis-benchmark --cluster` against the RESP "
+      "listeners (plaintext on loopback); SET = a Raft write on a majority's disk, GET = a "
+      "linearizable read. Redis: one plaintext node with AOF.\n")
+print("| target | op | ops/s | p50 ms | vs redis-always |")
+print("|---|---|---:|---:|---:|")
+for r in rows:
+    base = by.get(("redis-always", r[1]))
+    ratio = ("%.2fx" % (float(r[2]) / base)) if base else "-"
+    print("| %s | %s | %s | %s | %s |" % (r[0], r[1], r[2], r[3], ratio))
+checks = []
+for op in ("set", "get"):
+    sk, rd = by.get(("shardkv-resp", op)), by.get(("redis-always", op))
+    if sk and rd:
+        checks.append(("%s >= half of Redis appendfsync=always" % op.upper(), "%.2fx" % (sk / rd),
+                       sk >= rd / 2))
+if checks:
+    print()
+    print("### Issue 13 targets (this run)\n")
+    print("| target | measured | met |")
+    print("|---|---|---|")
+    for t, m, ok in checks:
+        print("| %s | %s | %s |" % (t, m, "yes" if ok else "**no**"))
+EOF
+fi
 cp "$WORK/table.md" "$OUT_MD"
 echo
 cat "$WORK/table.md"

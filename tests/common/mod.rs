@@ -14,6 +14,9 @@ use shardkv::config::ClusterConfig;
 use shardkv::local::{HostProcesses, LoopbackSpec};
 use shardkv_transport::HostId;
 
+#[allow(dead_code, reason = "used by the Redis protocol tests only")]
+pub mod resp;
+
 /// Path of the binary under test.
 #[allow(dead_code, reason = "used by the tests that run the CLI")]
 pub const BIN: &str = env!("CARGO_BIN_EXE_shardkv");
