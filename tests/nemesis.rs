@@ -216,7 +216,7 @@ async fn run(duration: Duration) {
                 );
                 if out.status.success() {
                     splits += 1;
-                    let child = common::split_child(&out);
+                    let child = common::slots::split_child(&out);
                     faults.push(format!("split shard {shard} into shard {child}"));
                 } else {
                     faults.push(format!("split of shard {shard} refused"));

@@ -32,7 +32,7 @@ const DROPS_PER_ROUND: u32 = 2;
 /// How often the fault injector tops every host's budget of lost acknowledgements up.
 const DROP_ROUND: Duration = Duration::from_millis(250);
 
-type Slots = common::SlotRanges;
+type Slots = common::slots::SlotRanges;
 
 fn run_cli(cluster: &common::Cluster, args: &[&str]) -> std::process::Output {
     let out = tokio::task::block_in_place(|| cluster.cli(args, &[]));
@@ -251,26 +251,26 @@ async fn two_shards_split_under_load_with_lost_acknowledgements_and_every_write_
         .into_iter()
         .map(|s| {
             let slots = &before.shard(s).expect("shard").slots;
-            (s, common::split_halves(slots))
+            (s, common::slots::split_halves(slots))
         })
         .collect();
 
     // Checked keys in both halves of both shards that split, and in the one that does not.
     let mut keys = Vec::new();
     for (s, (lower, upper)) in &halves {
-        keys.extend(common::keys_in_slots(
+        keys.extend(common::slots::keys_in_slots(
             &format!("lo{s}"),
             lower,
             KEYS_PER_HALF,
         ));
-        keys.extend(common::keys_in_slots(
+        keys.extend(common::slots::keys_in_slots(
             &format!("hi{s}"),
             upper,
             KEYS_PER_HALF,
         ));
     }
     let third = before.shard(3).expect("shard 3").slots.clone();
-    keys.extend(common::keys_in_slots("s3", &third, KEYS_PER_HALF));
+    keys.extend(common::slots::keys_in_slots("s3", &third, KEYS_PER_HALF));
 
     let recorder = Recorder::new();
     let acked: Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>> = Arc::default();
@@ -292,7 +292,7 @@ async fn two_shards_split_under_load_with_lost_acknowledgements_and_every_write_
     // One counter in each half that moves to a new shard: their increments cross the split.
     let mut counters = Vec::new();
     for (i, (s, (_, upper))) in halves.iter().enumerate() {
-        let key = common::keys_in_slots(&format!("counter{s}"), upper, 1).remove(0);
+        let key = common::slots::keys_in_slots(&format!("counter{s}"), upper, 1).remove(0);
         let client = shardkv::Client::new(settings.clone()).expect("client");
         let task = counter(
             CLIENTS + i,
@@ -312,8 +312,8 @@ async fn two_shards_split_under_load_with_lost_acknowledgements_and_every_write_
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let first = common::split_child(&run_cli(&cluster, &["shard", "split", "1"]));
-    let second = common::split_child(&run_cli(&cluster, &["shard", "split", "2"]));
+    let first = common::slots::split_child(&run_cli(&cluster, &["shard", "split", "1"]));
+    let second = common::slots::split_child(&run_cli(&cluster, &["shard", "split", "2"]));
     tokio::time::sleep(Duration::from_secs(1)).await;
     faults_off.store(true, Ordering::SeqCst);
     injector.await.expect("fault injector");
@@ -354,8 +354,8 @@ async fn two_shards_split_under_load_with_lost_acknowledgements_and_every_write_
     for (parent, child) in children {
         let (lower, upper) = &halves[&parent];
         let within = Duration::from_secs(20);
-        common::wait_replica_slots(&admin, &hosts, parent, lower, within).await;
-        common::wait_replica_slots(&admin, &hosts, child, upper, within).await;
+        common::slots::wait_replica_slots(&admin, &hosts, parent, lower, within).await;
+        common::slots::wait_replica_slots(&admin, &hosts, child, upper, within).await;
     }
 
     let reader = shardkv::Client::new(settings).expect("client");
@@ -481,10 +481,10 @@ async fn a_write_retried_only_after_its_shard_split_is_answered_from_the_inherit
         .expect("shard")
         .slots
         .clone();
-    let (lower, upper) = common::split_halves(&slots);
+    let (lower, upper) = common::slots::split_halves(&slots);
     // One session's write lands in the half that moves, another's in the half that stays.
-    let moving = common::keys_in_slots("moving", &upper, 1).remove(0);
-    let staying = common::keys_in_slots("staying", &lower, 1).remove(0);
+    let moving = common::slots::keys_in_slots("moving", &upper, 1).remove(0);
+    let staying = common::slots::keys_in_slots("staying", &lower, 1).remove(0);
     let writes = [
         (0x5e55_0001, moving.clone()),
         (0x5e55_0002, staying.clone()),
@@ -515,11 +515,11 @@ async fn a_write_retried_only_after_its_shard_split_is_answered_from_the_inherit
         );
     }
 
-    let child = common::split_child(&run_cli(&cluster, &["shard", "split", "1"]));
+    let child = common::slots::split_child(&run_cli(&cluster, &["shard", "split", "1"]));
     let hosts: Vec<HostId> = cluster.cfg.hosts.iter().map(|h| h.host.id).collect();
     let within = Duration::from_secs(20);
-    common::wait_replica_slots(&admin, &hosts, child, &upper, within).await;
-    common::wait_replica_slots(&admin, &hosts, 1, &lower, within).await;
+    common::slots::wait_replica_slots(&admin, &hosts, child, &upper, within).await;
+    common::slots::wait_replica_slots(&admin, &hosts, 1, &lower, within).await;
 
     // Applied again, create-if-absent would fail and report "first": answered from the
     // session (copied into the new shard for the moving key), it succeeds.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use shardkv_transport::{HostId, ShardId};
 
-type Slots = common::SlotRanges;
+type Slots = common::slots::SlotRanges;
 type Acked = Arc<Mutex<BTreeMap<Vec<u8>, Vec<u8>>>>;
 
 /// How long replicas may take to agree after a restart (elections, catch-up).
@@ -103,7 +103,7 @@ fn split_ok(cluster: &common::Cluster, shard: ShardId) -> ShardId {
         "shard split {shard}: {}",
         common::output_text(&out)
     );
-    common::split_child(&out)
+    common::slots::split_child(&out)
 }
 
 /// The host leading `shard` now (highest term reported).
@@ -158,12 +158,12 @@ async fn assert_split_everywhere(
         "the split record is cleared"
     );
     let all = hosts(cluster);
-    common::wait_replica_slots(&admin, &all, parent, lower, SETTLE).await;
-    common::wait_replica_slots(&admin, &all, child, upper, SETTLE).await;
+    common::slots::wait_replica_slots(&admin, &all, parent, lower, SETTLE).await;
+    common::slots::wait_replica_slots(&admin, &all, child, upper, SETTLE).await;
 }
 
 fn halves_of(map: &shardkv_transport::ClusterMap, shard: ShardId) -> (Slots, Slots) {
-    common::split_halves(&map.shard(shard).expect("shard").slots)
+    common::slots::split_halves(&map.shard(shard).expect("shard").slots)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,8 +198,8 @@ async fn split_state(
     let admin = cluster.admin();
     let mut seen = Vec::new();
     for h in hosts(cluster) {
-        let p = common::replica_slots(&admin, h, parent).await;
-        let c = common::replica_slots(&admin, h, child).await;
+        let p = common::slots::replica_slots(&admin, h, parent).await;
+        let c = common::slots::replica_slots(&admin, h, child).await;
         seen.push((h, p, c));
     }
     seen
