@@ -262,7 +262,8 @@ async fn serve_host(
         serve_metrics(addr)?;
     }
     // The Redis protocol listener, if this host has a `resp` address.
-    let resp_tasks = crate::resp::start(&cfg, &me, router.clone(), map.clone()).await?;
+    let resp_tasks =
+        crate::resp::start(&cfg, &me, router.clone(), map.clone(), schema.clone()).await?;
     info!(host, addr = %me.host.addr, replicas, cluster = %cfg.cluster.name, "host serving");
 
     // systemd (Type=notify): the host serves now. Outside systemd this is a no-op.
@@ -426,12 +427,10 @@ impl Handler for HostHandler {
         if req.seq != 0 {
             req.client_id = scoped_session(&peer, req.client_id);
         }
-        let fut = self.router.send(ClientRequest(req));
+        let fut = ClientRequest::ask(&self.router.clone().recipient(), req);
         async move {
-            match fut.await {
-                Ok(resp) => resp,
-                Err(e) => Response::Internal(format!("router unreachable: {e}")),
-            }
+            fut.await
+                .unwrap_or_else(|| Response::Internal("router stopped before answering".into()))
         }
     }
 

@@ -50,10 +50,33 @@ pub struct Persist(pub WriteBatch);
 #[rtype(result = "Result<(), ActorError>")]
 pub struct PersistLazy(pub WriteBatch);
 
-/// To the RouterActor or a ReplicaActor: a client request; resolves to its reply.
+/// To the RouterActor or a ReplicaActor: a client request and where its reply goes.
+///
+/// Sent with [`ClientRequest::ask`], a `do_send`, which queues it at once whatever the mailbox
+/// holds, so requests reach the actor in the order they were sent: the order a RESP
+/// connection's pipelined writes keep in the log. (A `send` that finds a mailbox full is
+/// delivered when its future is next polled, possibly after a later one.) What is in flight
+/// is bounded where requests enter the host: admission per client identity for QUIC, commands
+/// per connection and connections per listener for RESP.
 #[derive(Message)]
-#[rtype(result = "Response")]
-pub struct ClientRequest(pub Request);
+#[rtype(result = "()")]
+pub struct ClientRequest {
+    pub request: Request,
+    pub reply: oneshot::Sender<Response>,
+}
+
+impl ClientRequest {
+    /// Queues `request` at `to` now; resolves to its reply, or `None` if the actor stopped
+    /// before answering.
+    pub fn ask(
+        to: &Recipient<ClientRequest>,
+        request: Request,
+    ) -> impl std::future::Future<Output = Option<Response>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        to.do_send(ClientRequest { request, reply });
+        async move { rx.await.ok() }
+    }
+}
 
 /// To the RouterActor: Raft messages from host `from`, whose identity the transport proved.
 #[derive(Message)]
@@ -181,3 +204,54 @@ pub struct ProposeSplit(pub shardkv_transport::wire::SplitSpec);
 #[derive(Message)]
 #[rtype(result = "bool")]
 pub struct TransferLeadership;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shardkv_transport::wire::Op;
+
+    /// Records the order client requests arrive in; its mailbox holds one message.
+    struct Recorder {
+        seen: Vec<u64>,
+    }
+
+    impl Actor for Recorder {
+        type Context = Context<Self>;
+        fn started(&mut self, ctx: &mut Self::Context) {
+            ctx.set_mailbox_capacity(1);
+        }
+    }
+
+    impl Handler<ClientRequest> for Recorder {
+        type Result = ();
+        fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) {
+            self.seen.push(msg.request.seq);
+            let seen = self.seen.iter().map(u64::to_string).collect::<Vec<_>>();
+            let _ = msg.reply.send(Response::Invalid(seen.join(",")));
+        }
+    }
+
+    #[actix_rt::test]
+    async fn requests_arrive_in_the_order_they_were_asked_past_a_full_mailbox() {
+        let to = Recorder { seen: Vec::new() }.start().recipient();
+        let asked: Vec<_> = (1..=50)
+            .map(|seq| {
+                let op = Op::Delete { key: vec![1] };
+                let request = Request {
+                    client_id: 1,
+                    seq,
+                    op,
+                };
+                ClientRequest::ask(&to, request)
+            })
+            .collect();
+        // Awaited last to first: a request held back by a full mailbox would be delivered
+        // when its future is polled, so out of order.
+        let mut last = None;
+        for answer in asked.into_iter().rev() {
+            last = last.or(answer.await);
+        }
+        let order: Vec<String> = (1..=50).map(|s: u64| s.to_string()).collect();
+        assert_eq!(last, Some(Response::Invalid(order.join(","))));
+    }
+}

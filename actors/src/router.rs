@@ -9,7 +9,7 @@ use actix::prelude::*;
 use protobuf::Message as _;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use shardkv_transport::slot::slot;
-use shardkv_transport::wire::{check_limits, HostStatus, Op, Response};
+use shardkv_transport::wire::{check_limits, HostStatus, Op, Request, Response};
 use shardkv_transport::{ClusterMap, HostId, Layout, ShardId};
 use tracing::{debug, error, info, warn};
 
@@ -166,14 +166,26 @@ impl Actor for RouterActor {
 }
 
 impl Handler<ClientRequest> for RouterActor {
-    type Result = ResponseFuture<Response>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) -> Self::Result {
-        if let Err(resp) = check_limits(&msg.0.op, self.settings.value_bytes_max) {
-            record(kind_of(&msg.0.op), &resp, std::time::Instant::now());
+    fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) {
+        let answer = self.route(msg.request);
+        actix::spawn(async move {
+            let _ = msg.reply.send(answer.await);
+        });
+    }
+}
+
+impl RouterActor {
+    /// Checks `request` and queues it at the local replica of its key's shard now, so
+    /// requests reach each replica in the order they reached the router; resolves to the
+    /// answer.
+    fn route(&mut self, request: Request) -> ResponseFuture<Response> {
+        if let Err(resp) = check_limits(&request.op, self.settings.value_bytes_max) {
+            record(kind_of(&request.op), &resp, std::time::Instant::now());
             return Box::pin(async move { resp });
         }
-        let slot = slot(msg.0.op.key());
+        let slot = slot(request.op.key());
         let Some(by_map) = self.settings.map.shard_of_slot(slot) else {
             let resp = Response::Internal("the cluster map owns no shard for this key".into());
             return Box::pin(async move { resp });
@@ -183,14 +195,13 @@ impl Handler<ClientRequest> for RouterActor {
             Ok(r) => r,
             Err(resp) => return Box::pin(async move { resp }),
         };
-        let kind = kind_of(&msg.0.op);
+        let kind = kind_of(&request.op);
         let started = std::time::Instant::now();
-        let fut = replica.requests.send(msg);
+        let fut = ClientRequest::ask(&replica.requests, request);
         Box::pin(async move {
-            let resp = match fut.await {
-                Ok(resp) => resp,
-                Err(e) => stopped(shard, &e),
-            };
+            let resp = fut
+                .await
+                .unwrap_or_else(|| stopped(shard, &"it stopped before answering"));
             record(kind, &resp, started);
             resp
         })
@@ -256,7 +267,7 @@ impl Handler<InboundRaft> for RouterActor {
 
 /// The answer when a local replica is stopped (its host is going down on a fatal error):
 /// another replica of the shard can serve, so the client must try elsewhere, not give up.
-fn stopped(shard: ShardId, e: &MailboxError) -> Response {
+pub(super) fn stopped(shard: ShardId, e: &dyn std::fmt::Display) -> Response {
     Response::Unavailable(format!(
         "replica of shard {shard} on this host is stopped ({e}); retry on another"
     ))

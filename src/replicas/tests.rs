@@ -71,7 +71,7 @@ async fn put(replica: &LocalReplica, key: &[u8]) {
             value: b"v".to_vec(),
         },
     };
-    let resp = replica.requests.send(ClientRequest(req)).await;
+    let resp = ClientRequest::ask(&replica.requests, req).await;
     assert_eq!(resp.expect("the replica runs"), Response::Ok);
 }
 
@@ -231,8 +231,7 @@ async fn destroying_a_replica_deletes_every_row_of_its_shard_and_no_other() {
     assert!(!snap_file.exists(), "its snapshot files are deleted");
     let kept_after: Vec<usize> = tables.iter().map(|t| rows_of(s, *t, 2)).collect();
     assert_eq!(kept_before, kept_after, "the other shard is untouched");
-    let get = ClientRequest(linearizable_get(&keys_of(2)[0]));
-    let resp = kept.requests.send(get).await;
+    let resp = ClientRequest::ask(&kept.requests, linearizable_get(&keys_of(2)[0])).await;
     assert_eq!(resp.expect("runs"), Response::Value(Some(b"v".to_vec())));
 }
 
@@ -257,7 +256,6 @@ async fn a_joining_replica_restarted_halfway_goes_on_from_what_its_shard_stored(
         vec![1],
         "the stored configuration"
     );
-    let get = ClientRequest(linearizable_get(&key));
-    let resp = again.requests.send(get).await;
+    let resp = ClientRequest::ask(&again.requests, linearizable_get(&key)).await;
     assert_eq!(resp.expect("runs"), Response::Value(Some(b"v".to_vec())));
 }

@@ -28,16 +28,14 @@ pub async fn settle(
     let mut resp = first.await;
     if matches!(resp, Response::WrongShard { .. }) {
         // The router's map or its replicas moved the slot meanwhile: one more try here.
-        let again = ClientRequest(Request {
+        let again = Request {
             client_id,
             seq: 0,
             op: op.clone(),
-        });
-        resp = shared
-            .router
-            .send(again)
+        };
+        resp = ClientRequest::ask(&shared.router, again)
             .await
-            .unwrap_or_else(|e| Response::Internal(format!("router unreachable: {e}")));
+            .unwrap_or_else(|| Response::Internal("router stopped before answering".into()));
     }
     let target = match &resp {
         Response::NotLeader {

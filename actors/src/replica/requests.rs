@@ -18,18 +18,21 @@ use crate::metrics::{metrics, ShardLabels};
 use crate::shard::{leader_stamp_ms, Action, Command};
 
 impl Handler<ClientRequest> for ReplicaActor {
-    type Result = ResponseFuture<Response>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ClientRequest, ctx: &mut Self::Context) -> Self::Result {
-        let rx = self.handle_request(msg.0, ctx);
+    /// Takes the request in mailbox order (a write's place in the log); its reply is awaited
+    /// off the actor, bounded by the request timeout.
+    fn handle(&mut self, msg: ClientRequest, ctx: &mut Self::Context) {
+        let rx = self.handle_request(msg.request, ctx);
         let timeout = self.settings.request_timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, rx).await {
+        actix::spawn(async move {
+            let resp = match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(resp)) => resp,
                 Ok(Err(_)) => Response::Unavailable("request dropped by the replica; retry".into()),
                 Err(_) => Response::Unavailable(format!("not committed within {timeout:?}; retry")),
-            }
-        })
+            };
+            let _ = msg.reply.send(resp);
+        });
     }
 }
 

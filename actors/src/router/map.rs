@@ -39,12 +39,17 @@ impl Handler<MapOp> for RouterActor {
             Ok(r) => r,
             Err(resp) => return Box::pin(async move { resp }),
         };
-        let request = ClientRequest(Request {
+        let request = Request {
             client_id: 0,
             seq: 0,
             op,
-        });
-        super::answer_from(META_SHARD, meta.requests.send(request))
+        };
+        let answer = ClientRequest::ask(&meta.requests, request);
+        Box::pin(async move {
+            answer
+                .await
+                .unwrap_or_else(|| super::stopped(META_SHARD, &"it stopped before answering"))
+        })
     }
 }
 

@@ -28,7 +28,7 @@ macro_rules! refuse {
         }
     )*};
 }
-refuse!(ClientRequest => MessageResult<ClientRequest>, StepRaft => (),
+refuse!(ClientRequest => (), StepRaft => (),
     TransferLeadership => bool, StepSnapshot => (),
     ChangeReplicas => MessageResult<ChangeReplicas>,
     ProposeSplit => MessageResult<ProposeSplit>,
@@ -43,9 +43,9 @@ impl Actor for Answering {
 }
 
 impl Handler<ClientRequest> for Answering {
-    type Result = MessageResult<ClientRequest>;
-    fn handle(&mut self, _: ClientRequest, _: &mut Self::Context) -> Self::Result {
-        MessageResult(Response::Ok)
+    type Result = ();
+    fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) {
+        let _ = msg.reply.send(Response::Ok);
     }
 }
 
@@ -131,15 +131,22 @@ fn router(dir: &std::path::Path, local: HashMap<ShardId, LocalReplica>) -> Addr<
     RouterActor::new(settings, local, storage.recipient()).start()
 }
 
-fn get() -> ClientRequest {
-    ClientRequest(Request {
+/// What `router` answers to `request`.
+async fn ask(router: &Addr<RouterActor>, request: Request) -> Response {
+    ClientRequest::ask(&router.clone().recipient(), request)
+        .await
+        .expect("router answers")
+}
+
+fn get() -> Request {
+    Request {
         client_id: 0,
         seq: 0,
         op: Op::Get {
             key: b"k".to_vec(),
             consistency: ReadConsistency::Linearizable,
         },
-    })
+    }
 }
 
 #[actix_rt::test]
@@ -150,7 +157,7 @@ async fn a_stopped_replica_is_answered_retryable_so_the_client_tries_another() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let router = router(dir.path(), HashMap::from([(1, local_replica(stopped))]));
-    let resp = router.send(get()).await.expect("router answers");
+    let resp = ask(&router, get()).await;
     assert!(matches!(resp, Response::Unavailable(_)), "{resp:?}");
 }
 
@@ -158,7 +165,7 @@ async fn a_stopped_replica_is_answered_retryable_so_the_client_tries_another() {
 async fn a_replica_added_at_runtime_serves_and_once_removed_the_shard_is_not_hosted() {
     let dir = tempfile::tempdir().expect("temp dir");
     let router = router(dir.path(), HashMap::new());
-    let resp = router.send(get()).await.expect("router answers");
+    let resp = ask(&router, get()).await;
     assert!(
         matches!(resp, Response::NoReplicaHere { shard: 1, .. }),
         "{resp:?}"
@@ -172,10 +179,7 @@ async fn a_replica_added_at_runtime_serves_and_once_removed_the_shard_is_not_hos
         .await
         .expect("router answers");
     assert!(added.is_ok());
-    assert_eq!(
-        router.send(get()).await.expect("router answers"),
-        Response::Ok
-    );
+    assert_eq!(ask(&router, get()).await, Response::Ok);
 
     let second = router
         .send(AddLocalReplica {
@@ -194,7 +198,7 @@ async fn a_replica_added_at_runtime_serves_and_once_removed_the_shard_is_not_hos
         .await
         .expect("router answers");
     assert!(removed.is_some());
-    let resp = router.send(get()).await.expect("router answers");
+    let resp = ask(&router, get()).await;
     assert!(
         matches!(resp, Response::NoReplicaHere { shard: 1, .. }),
         "{resp:?}"
@@ -287,9 +291,11 @@ impl Actor for Named {
 }
 
 impl Handler<ClientRequest> for Named {
-    type Result = MessageResult<ClientRequest>;
-    fn handle(&mut self, _: ClientRequest, _: &mut Self::Context) -> Self::Result {
-        MessageResult(Response::Invalid(format!("shard {}", self.0)))
+    type Result = ();
+    fn handle(&mut self, msg: ClientRequest, _: &mut Self::Context) {
+        let _ = msg
+            .reply
+            .send(Response::Invalid(format!("shard {}", self.0)));
     }
 }
 
@@ -325,13 +331,13 @@ async fn a_key_goes_to_the_local_replica_owning_its_slot_before_the_map_says_so(
     let child = local_replica(Named(9).start());
     child.slots.publish(vec![(s, 16383)]);
     let routed = router(dir.path(), HashMap::from([(1, parent), (9, child)]));
-    let resp = routed.send(get()).await.expect("router answers");
+    let resp = ask(&routed, get()).await;
     assert_eq!(resp, Response::Invalid("shard 9".into()));
 
     // No local replica owns it (the map's one is still joining): the map decides.
     let dir = tempfile::tempdir().expect("temp dir");
     let joining = local_replica(Named(1).start());
     let routed = router(dir.path(), HashMap::from([(1, joining)]));
-    let resp = routed.send(get()).await.expect("router answers");
+    let resp = ask(&routed, get()).await;
     assert_eq!(resp, Response::Invalid("shard 1".into()));
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use shardkv_actors::messages::ClientRequest;
+use shardkv_actors::schema::Schema;
 use shardkv_transport::wire::{Change, Condition, Op, Response, UpdateOutcome};
 use shardkv_transport::{ClusterMap, HostId, Layout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -28,17 +29,22 @@ impl Actor for FakeRouter {
 }
 
 impl Handler<ClientRequest> for FakeRouter {
-    type Result = MessageResult<ClientRequest>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ClientRequest, _: &mut Context<Self>) -> Self::Result {
-        let op = msg.0.op;
+    fn handle(&mut self, msg: ClientRequest, _: &mut Context<Self>) {
+        let _ = msg.reply.send(self.answer(msg.request.op));
+    }
+}
+
+impl FakeRouter {
+    fn answer(&mut self, op: Op) -> Response {
         if op.key().starts_with(b"elsewhere") {
-            return MessageResult(Response::NotLeader {
+            return Response::NotLeader {
                 shard: 2,
                 leader: Some(2),
-            });
+            };
         }
-        MessageResult(match op {
+        match op {
             Op::Get { key, .. } => Response::Value(self.values.get(&key).cloned()),
             Op::Put { key, value } => {
                 self.values.insert(key, value);
@@ -85,7 +91,7 @@ impl Handler<ClientRequest> for FakeRouter {
                 Response::Updated(outcomes)
             }
             other => Response::Invalid(format!("not faked: {other:?}")),
-        })
+        }
     }
 }
 
@@ -110,6 +116,14 @@ fn shared(router: Recipient<ClientRequest>) -> Arc<Shared> {
         addr: SocketAddr::from(([127, 0, 0, 1], 6101)),
         connections: AtomicUsize::new(0),
         started: Instant::now(),
+        // The open environment keeps its files once the directory is gone.
+        store: Schema::open(
+            tempfile::tempdir().expect("temp dir").path(),
+            1 << 24,
+            "t",
+            1,
+        )
+        .expect("a store"),
     })
 }
 
