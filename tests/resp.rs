@@ -39,6 +39,7 @@ async fn redis_clients_use_the_cluster_as_a_redis_cluster() {
     cluster.wait_ready(&client).await;
     let leaders = cluster.wait_resp_ready(&client).await;
 
+    db_size_counts_each_key_once_and_config_get_answers(&cluster).await;
     redis_cli_follows_moved_to_each_shards_leader(&cluster, &leaders);
     redis_cli_commands_answer_as_redis_does(&cluster);
     cluster_replies::describe_the_shards(&cluster, &client, &leaders).await;
@@ -83,6 +84,55 @@ async fn host_connection(cluster: &Cluster, id: HostId) -> redis::aio::Multiplex
         .get_multiplexed_async_connection()
         .await
         .expect("connect to a RESP listener")
+}
+
+/// The sum of every host's `DBSIZE` until it is `want` (a count may trail the latest writes
+/// by the few milliseconds they take to reach LMDB); panics with the last sum otherwise.
+async fn wait_db_size_sum(cluster: &Cluster, want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut sum = 0;
+        for h in &cluster.cfg.hosts {
+            let mut con = host_connection(cluster, h.host.id).await;
+            let n: i64 = redis::cmd("DBSIZE")
+                .query_async(&mut con)
+                .await
+                .expect("DBSIZE");
+            sum += n;
+        }
+        if sum == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hosts' DBSIZE add up to {sum}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Each host's `DBSIZE` counts the keys of the shards it leads, so the counts add up to the
+/// cluster's keys; `CONFIG GET` answers what redis-benchmark asks.
+async fn db_size_counts_each_key_once_and_config_get_answers(cluster: &Cluster) {
+    wait_db_size_sum(cluster, 0).await;
+    let mut con = cluster_connection(cluster).await;
+    for i in 0..30 {
+        let () = con.set(format!("dbsize-{i}"), i).await.expect("SET");
+    }
+    wait_db_size_sum(cluster, 30).await;
+    for i in 0..10 {
+        let _: i64 = con.del(format!("dbsize-{i}")).await.expect("DEL");
+    }
+    wait_db_size_sum(cluster, 20).await;
+    let mut one = host_connection(cluster, 1).await;
+    let settings: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("save")
+        .arg("appendonly")
+        .query_async(&mut one)
+        .await
+        .expect("CONFIG GET");
+    assert_eq!(settings, ["appendonly", "yes", "save", ""]);
 }
 
 /// Every host answers a SET of a key it does not lead with `-MOVED <slot> <leader>`, and

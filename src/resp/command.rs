@@ -33,9 +33,10 @@ pub enum Command {
     CommandDocs,
     CommandCount,
     Info(Option<String>),
+    /// `DBSIZE`: the keys of the shards this host leads.
     DbSize,
-    /// `CONFIG GET ..`: no setting is exposed.
-    ConfigGet,
+    /// `CONFIG GET pattern..`: the few settings clients ask for (lowercased patterns).
+    ConfigGet(Vec<String>),
     Get(Bytes),
     /// `SET k v [NX|XX] [GET]`.
     Set {
@@ -83,7 +84,7 @@ pub enum Class {
     Read(Slot),
     /// Writes keys of this slot.
     Write(Slot),
-    /// Runs once everything before it has answered (`WAIT`).
+    /// Runs once everything before it has answered (`WAIT`, `DBSIZE`).
     Barrier,
 }
 
@@ -136,7 +137,9 @@ impl Command {
                 Command::DbSize
             }
             "config" => match rest.first().map(lower).as_deref() {
-                Some("get") if rest.len() >= 2 => Command::ConfigGet,
+                Some("get") if rest.len() >= 2 => {
+                    Command::ConfigGet(rest[1..].iter().map(lower).collect())
+                }
                 Some("get") => {
                     return Err(Reply::err(
                         "wrong number of arguments for 'config|get' command",
@@ -249,7 +252,7 @@ impl Command {
             | Command::Append(key, _) => Class::Write(slot(key)),
             Command::Del(keys) => Class::Write(first_slot(keys)),
             Command::MSet(pairs) => Class::Write(pairs.first().map_or(0, |(k, _)| slot(k))),
-            Command::Wait => Class::Barrier,
+            Command::Wait | Command::DbSize => Class::Barrier,
             _ => Class::Local,
         }
     }

@@ -18,6 +18,7 @@ use std::time::Instant;
 use actix::Recipient;
 use bytes::Bytes;
 use shardkv_actors::messages::ClientRequest;
+use shardkv_actors::schema::{count_rows_in_slots, Schema};
 use shardkv_transport::slot::{slot, Slot};
 use shardkv_transport::wire::{
     Change, Condition, KeyUpdate, Op, ReadConsistency, Request, Response, UpdateOutcome,
@@ -44,6 +45,8 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// When the listener started (for `INFO`).
     pub started: Instant,
+    /// The host's LMDB, whose rows `DBSIZE` counts.
+    pub store: Schema,
 }
 
 /// One connection's state, changed by the commands that set it, in command order.
@@ -189,8 +192,36 @@ pub fn start(cmd: Command, session: &mut Session, shared: &Arc<Shared>) -> Runni
             );
             update(shared, session, vec![up], number)
         }
+        Command::DbSize => db_size(shared),
         other => ready(local(other, session, shared)),
     }
+}
+
+/// `DBSIZE`: the keys of the shards this host leads, the way a Redis Cluster master counts
+/// the keys of its slots (so the counts of all masters add up to the cluster's keys). Counted
+/// in the host's LMDB off the runtime's threads; the latest few milliseconds of writes may
+/// still be on their way there.
+fn db_size(shared: &Arc<Shared>) -> Running {
+    let picture = shared.topology.picture();
+    let me = shared.topology.host();
+    let slots: Vec<(Slot, Slot)> = picture
+        .map
+        .shards()
+        .iter()
+        .filter(|(shard, _)| picture.leader_of(**shard) == Some(me))
+        .flat_map(|(_, entry)| entry.slots.iter().copied())
+        .collect();
+    let store = shared.store.clone();
+    Box::pin(async move {
+        let counted =
+            tokio::task::spawn_blocking(move || count_rows_in_slots(&store, &slots)).await;
+        let reply = match counted {
+            Ok(Ok(keys)) => Reply::Integer(i64::try_from(keys).unwrap_or(i64::MAX)),
+            Ok(Err(e)) => Reply::err(format!("DBSIZE could not read the store: {e}")),
+            Err(e) => Reply::err(format!("DBSIZE stopped: {e}")),
+        };
+        Outcome { reply, wrote: None }
+    })
 }
 
 /// Answers a command that touches no data.
@@ -218,8 +249,7 @@ fn local(cmd: Command, session: &mut Session, shared: &Arc<Shared>) -> Reply {
         Command::CommandDocs => Reply::Array(Vec::new()),
         Command::CommandCount => Reply::Integer(info::COMMANDS_SERVED),
         Command::Info(section) => Reply::text(info::info(section.as_deref(), shared)),
-        Command::DbSize => Reply::err("DBSIZE is not supported yet"),
-        Command::ConfigGet => Reply::Map(Vec::new()),
+        Command::ConfigGet(patterns) => info::config_get(&patterns),
         Command::ReadOnly => {
             session.readonly = true;
             Reply::ok()
@@ -273,15 +303,18 @@ fn number(outcomes: &[UpdateOutcome]) -> Reply {
 
 /// Sends `op` to the router now; the future resolves to its answer.
 fn send(shared: &Shared, session: &Session, op: Op) -> impl Future<Output = Response> + Send {
-    let request = shared.router.send(ClientRequest(Request {
-        client_id: session.id,
-        seq: 0,
-        op,
-    }));
+    let request = ClientRequest::ask(
+        &shared.router,
+        Request {
+            client_id: session.id,
+            seq: 0,
+            op,
+        },
+    );
     async move {
         request
             .await
-            .unwrap_or_else(|e| Response::Internal(format!("router unreachable: {e}")))
+            .unwrap_or_else(|| Response::Internal("router stopped before answering".into()))
     }
 }
 

@@ -67,3 +67,74 @@ pub fn info(section: Option<&str>, shared: &Shared) -> String {
     }
     out
 }
+
+/// The settings `CONFIG GET` answers, by their Redis names: what clients and redis-benchmark
+/// ask to describe the server. Every write is on a majority's disk before it is answered, so
+/// durability is Redis' `appendfsync always`; there are no RDB snapshots to schedule.
+const SETTINGS: &[(&str, &str)] = &[
+    ("appendfsync", "always"),
+    ("appendonly", "yes"),
+    ("cluster-enabled", "yes"),
+    ("databases", "1"),
+    ("save", ""),
+];
+
+/// The `CONFIG GET` reply: each setting whose name one of `patterns` (lowercase globs with
+/// `*` and `?`) matches, once.
+pub fn config_get(patterns: &[String]) -> Reply {
+    let matched = SETTINGS
+        .iter()
+        .filter(|(name, _)| patterns.iter().any(|p| glob(p.as_bytes(), name.as_bytes())));
+    Reply::Map(
+        matched
+            .map(|(name, value)| (Reply::text(*name), Reply::text(*value)))
+            .collect(),
+    )
+}
+
+/// Whether `pattern` (`*`: any run, `?`: any one byte, anything else itself) matches all of
+/// `name`.
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|skip| glob(rest, &name[skip..])),
+        Some((&p, rest)) => match name.split_first() {
+            Some((&n, tail)) if p == b'?' || p == n => glob(rest, tail),
+            _ => false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(reply: Reply) -> Vec<String> {
+        match reply {
+            Reply::Map(pairs) => pairs
+                .into_iter()
+                .map(|(name, _)| format!("{name:?}"))
+                .collect(),
+            other => panic!("a map, not {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_get_answers_the_settings_its_patterns_match() {
+        assert_eq!(names(config_get(&["save".into()])).len(), 1);
+        assert_eq!(names(config_get(&["append*".into()])).len(), 2);
+        assert_eq!(names(config_get(&["*".into()])).len(), SETTINGS.len());
+        assert_eq!(names(config_get(&["sav?".into(), "save".into()])).len(), 1);
+        assert!(names(config_get(&["maxmemory".into()])).is_empty());
+    }
+
+    #[test]
+    fn glob_matches_stars_and_question_marks() {
+        assert!(glob(b"a*c", b"abbc"));
+        assert!(glob(b"a*c", b"ac"));
+        assert!(!glob(b"a*c", b"abd"));
+        assert!(glob(b"?ave", b"save"));
+        assert!(!glob(b"save", b"saves"));
+        assert!(glob(b"**", b""));
+    }
+}

@@ -30,6 +30,7 @@ use std::time::Instant;
 
 use actix::Addr;
 use shardkv_actors::router::RouterActor;
+use shardkv_actors::schema::Schema;
 use shardkv_client::{Client, ClientError, ClientSettings};
 use shardkv_transport::{ClusterMap, TlsFiles, TransportError};
 use tracing::info;
@@ -63,6 +64,7 @@ pub async fn start(
     me: &HostConfig,
     router: Addr<RouterActor>,
     map: ClusterMap,
+    store: Schema,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, RespError> {
     let Some(addr) = me.resp else {
         return Ok(Vec::new());
@@ -100,6 +102,7 @@ pub async fn start(
         addr,
         connections: AtomicUsize::new(0),
         started: Instant::now(),
+        store,
     });
     let limits = Limits::for_values(cfg.cluster.value_bytes_max);
     info!(%addr, tls = cfg.resp.tls, forward = cfg.resp.forward, "Redis protocol (RESP) listener serving");

@@ -22,6 +22,7 @@
 //! `raft_state`, [`session_record`] the `sessions` rows, [`meta`] the data dir's identity and
 //! what it was bootstrapped with, [`map_record`] the cluster map a meta replica applied.
 
+use std::ops::Bound;
 use std::path::Path;
 
 use heed::types::Bytes;
@@ -247,6 +248,25 @@ pub fn kv_ranges(shard: ShardId, slots: &[(Slot, Slot)]) -> Vec<TableRange> {
         .collect()
 }
 
+/// How many user rows the slots `slots` (inclusive ranges) hold as of the last committed
+/// write transaction: a scan of the rows, so its cost grows with them (Redis' `DBSIZE`).
+pub fn count_rows_in_slots(schema: &Schema, slots: &[(Slot, Slot)]) -> heed::Result<u64> {
+    let rtxn = schema.env.read_txn()?;
+    let mut rows = 0;
+    // Any shard but the meta group's: user rows are keyed by slot alone.
+    for (_, lo, hi) in kv_ranges(META_SHARD + 1, slots) {
+        let range = (
+            Bound::Included(lo.as_slice()),
+            Bound::Excluded(hi.as_slice()),
+        );
+        for row in schema.kv.range(&rtxn, &range)? {
+            row?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
+}
+
 /// Where `shard`'s data lies when it owns `slots`: its rows, its sessions and its Raft log.
 /// A snapshot install replaces exactly these (it overwrites the `raft_state` rows it
 /// carries); destroying a replica deletes these and its `raft_state` rows too
@@ -379,5 +399,37 @@ mod tests {
         assert!(log_key(1, u64::MAX) < log_key(2, 0));
         assert!(log_key(1, 255) < log_key(1, 256));
         assert_eq!(log_key_index(&log_key(3, 77)), Some(77));
+    }
+
+    #[test]
+    fn rows_are_counted_in_the_slots_asked_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Schema::open(dir.path(), 1 << 26, "a", 1).unwrap();
+        let mut wtxn = schema.env.write_txn().unwrap();
+        let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+        for k in &keys {
+            schema
+                .kv
+                .put(&mut wtxn, &kv_key(2, k.as_bytes()), b"v")
+                .unwrap();
+        }
+        // The meta group's rows are no user rows of any slot.
+        schema
+            .kv
+            .put(&mut wtxn, &kv_key(META_SHARD, b"map"), b"m")
+            .unwrap();
+        wtxn.commit().unwrap();
+        let all = [(0, shardkv_transport::slot::SLOT_COUNT - 1)];
+        assert_eq!(count_rows_in_slots(&schema, &all).unwrap(), 200);
+        let low = [(0, 8191)];
+        let in_low = keys.iter().filter(|k| slot(k.as_bytes()) <= 8191).count();
+        assert_eq!(count_rows_in_slots(&schema, &low).unwrap(), in_low as u64);
+        let one = slot(b"key-7");
+        let in_one = keys.iter().filter(|k| slot(k.as_bytes()) == one).count();
+        assert_eq!(
+            count_rows_in_slots(&schema, &[(one, one)]).unwrap(),
+            in_one as u64
+        );
+        assert_eq!(count_rows_in_slots(&schema, &[]).unwrap(), 0);
     }
 }

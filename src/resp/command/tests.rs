@@ -193,7 +193,10 @@ fn cluster_subcommands_parse_and_others_are_refused() {
 
 #[test]
 fn config_get_and_command_docs_are_answered_for_tools() {
-    assert_eq!(parse("CONFIG GET save"), Ok(Command::ConfigGet));
+    assert_eq!(
+        parse("CONFIG GET Save append*"),
+        Ok(Command::ConfigGet(vec!["save".into(), "append*".into()]))
+    );
     assert_eq!(parse("COMMAND DOCS"), Ok(Command::CommandDocs));
     assert_eq!(parse("COMMAND"), Ok(Command::CommandDocs));
     assert_eq!(parse("COMMAND COUNT"), Ok(Command::CommandCount));
