@@ -45,6 +45,7 @@ async fn redis_clients_use_the_cluster_as_a_redis_cluster() {
     cluster_replies::describe_the_shards(&cluster, &client, &leaders).await;
     cluster_client_reads_its_writes_across_slots(&cluster).await;
     concurrent_incr_loses_no_increment(&cluster).await;
+    mget_sees_all_or_none_of_a_concurrent_mset(&cluster).await;
     values_cross_between_resp_and_the_shardkv_client(&cluster, &client).await;
     readonly_reads_a_follower_and_readwrite_redirects_again(&cluster, &client, &leaders).await;
     acknowledged_sets_survive_a_leader_kill(&mut cluster, &client, &leaders).await;
@@ -334,6 +335,36 @@ async fn concurrent_incr_loses_no_increment(cluster: &Cluster) {
     let mut c = con.clone();
     let v: String = c.get("incr-counter").await.expect("GET");
     assert_eq!(v, "400");
+}
+
+/// `MGET` reads its keys at one applied state, as Redis does: while another connection
+/// rewrites two keys of one hash tag together with `MSET`, every `MGET` sees them equal.
+async fn mget_sees_all_or_none_of_a_concurrent_mset(cluster: &Cluster) {
+    let keys = ["{pair}left", "{pair}right"];
+    let mut writer = cluster_connection(cluster).await;
+    let mut reader = cluster_connection(cluster).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writing = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let () = writer
+                    .mset(&[(keys[0], i), (keys[1], i)])
+                    .await
+                    .expect("MSET");
+            }
+            i
+        })
+    };
+    for _ in 0..300 {
+        let pair: Vec<Option<u64>> = reader.mget(&keys).await.expect("MGET");
+        assert_eq!(pair[0], pair[1], "MGET saw half of an MSET");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writing.await.expect("writer");
+    assert!(written > 1, "the writer wrote while MGET read");
 }
 
 /// A value SET over RESP reads back through the shardkv client and `shardkv get`; one put

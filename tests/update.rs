@@ -1,6 +1,6 @@
 //! Atomic updates through the client against real hosts: counters that lose no increment under
 //! concurrency, a failing change that leaves every key of its update as it was, conditional
-//! sets with the previous value back, multi-key writes of one slot, and the limits.
+//! sets with the previous value back, multi-key writes and reads of one slot, and the limits.
 
 mod common;
 
@@ -91,6 +91,13 @@ async fn updates_are_atomic_and_counters_lose_nothing() {
         c.get(b"{acct}balance").await.expect("get"),
         Some(b"10".to_vec())
     );
+    // A multi-key read of one slot answers in the keys' order.
+    let keys = [&b"{acct}balance"[..], b"{acct}name", b"{acct}balance"];
+    let values = c
+        .get_many(keys.iter().map(|k| k.to_vec()).collect())
+        .await
+        .expect("get_many");
+    assert_eq!(values, [Some(b"10".to_vec()), None, Some(b"10".to_vec())]);
 
     // Keys of two slots are refused before anything is sent.
     let err = c

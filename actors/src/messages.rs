@@ -55,9 +55,11 @@ pub struct PersistLazy(pub WriteBatch);
 /// Sent with [`ClientRequest::ask`], a `do_send`, which queues it at once whatever the mailbox
 /// holds, so requests reach the actor in the order they were sent: the order a RESP
 /// connection's pipelined writes keep in the log. (A `send` that finds a mailbox full is
-/// delivered when its future is next polled, possibly after a later one.) What is in flight
-/// is bounded where requests enter the host: admission per client identity for QUIC, commands
-/// per connection and connections per listener for RESP.
+/// delivered when its future is next polled, possibly after a later one; its future holds
+/// the message meanwhile, so waiting bounded no memory either.) What is in flight is bounded
+/// where requests enter the host: admission per client identity for QUIC; for RESP, commands
+/// per connection (an `MGET` counting once, with up to 1024 reads) and connections per
+/// listener.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ClientRequest {
@@ -164,13 +166,21 @@ pub struct AwaitApply {
     pub reply: oneshot::Sender<Response>,
 }
 
-/// To a ShardActor: read `key` once everything up to `index` is applied (0: now).
+/// To a ShardActor: read `keys` once everything up to `index` is applied (0: now).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ReadAt {
     pub index: u64,
-    pub key: Vec<u8>,
+    pub keys: ReadKeys,
     pub reply: oneshot::Sender<Response>,
+}
+
+/// What a read reads: one key (answered `Response::Value`), or several of one slot read at
+/// one applied state (answered `Response::Values`: Redis' `MGET`, which is atomic).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadKeys {
+    One(Vec<u8>),
+    Many(Vec<Vec<u8>>),
 }
 
 /// To a ShardActor: this replica lost leadership; fail every waiting write with `reply`

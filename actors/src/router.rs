@@ -288,6 +288,7 @@ fn kind_of(op: &Op) -> &'static str {
         Op::Delete { .. } => "delete",
         Op::Cas { .. } => "cas",
         Op::Update(_) => "update",
+        Op::GetMany { .. } => "get_many",
     }
 }
 
@@ -297,6 +298,7 @@ fn result_of(resp: &Response) -> &'static str {
         | Response::Ok
         | Response::CasOk
         | Response::Updated(_)
+        | Response::Values(_)
         | Response::Status(_) => "ok",
         Response::Value(None) => "not_found",
         Response::CasFailed { .. } => "cas_failed",

@@ -158,6 +158,21 @@ impl Client {
         }
     }
 
+    /// Reads `keys`, which must all hash to one slot, at one applied state: the values in
+    /// the keys' order (`None`: absent). Linearizable unless the settings say otherwise.
+    pub async fn get_many(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Option<Vec<u8>>>, ClientError> {
+        let op = Op::GetMany {
+            keys,
+            consistency: self.inner.settings.consistency,
+        };
+        match self.execute(op).await? {
+            Response::Values(values) => Ok(values.into_iter().map(|v| v.0).collect()),
+            other => Err(ClientError::Internal(format!(
+                "unexpected reply to get_many: {other:?}"
+            ))),
+        }
+    }
+
     /// Changes the keys of `updates`, which must all hash to one slot, atomically and in
     /// order (see [`KeyUpdate`]): one outcome per key, or an error with nothing changed
     /// (`Invalid` for a counter that is no integer or would overflow, `TooLarge` for an

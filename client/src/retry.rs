@@ -173,7 +173,8 @@ impl Retry {
             | Response::Ok
             | Response::CasOk
             | Response::CasFailed { .. }
-            | Response::Updated(_) => Outcome::Done {
+            | Response::Updated(_)
+            | Response::Values(_) => Outcome::Done {
                 resp,
                 leader: (self.target_shard, target),
             },

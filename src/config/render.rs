@@ -66,7 +66,7 @@ impl ClusterConfig {
                         .collect(),
                 })
                 .collect(),
-            resp: Some(super::resp::raw(self.resp)),
+            resp: super::resp::raw(self.resp, &self.hosts),
         };
         // ok: RawFile has only strings, integers, booleans, tables and arrays of tables, which TOML
         // can always represent; serialisation cannot fail.

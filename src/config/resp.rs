@@ -89,10 +89,12 @@ pub(super) fn validate(
     Ok(settings)
 }
 
-/// `settings` as the file writes them, for [`super::ClusterConfig::to_toml`].
-pub(super) fn raw(settings: RespSettings) -> RawResp {
-    RawResp {
+/// `settings` as the file writes them, for [`super::ClusterConfig::to_toml`]: no table when
+/// no host has a listener and the settings are the defaults, as in a file without them.
+pub(super) fn raw(settings: RespSettings, hosts: &[HostConfig]) -> Option<RawResp> {
+    let used = hosts.iter().any(|h| h.resp.is_some()) || settings != RespSettings::default();
+    used.then_some(RawResp {
         tls: Some(settings.tls),
         forward: Some(settings.forward),
-    }
+    })
 }

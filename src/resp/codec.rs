@@ -225,14 +225,17 @@ fn header(buf: &[u8], pos: usize, kind: u8) -> Result<Option<(i64, usize)>, Requ
         }));
     }
     let rest = &buf[pos + 1..];
+    // The digits and their CR LF must fit in HEADER_BYTES_MAX: once that many bytes are there
+    // without a whole line, it is too long (waiting for more would let the buffer grow).
     let window = &rest[..rest.len().min(HEADER_BYTES_MAX)];
-    let Some(cr) = window.iter().position(|&b| b == b'\r') else {
+    let line_end = window
+        .iter()
+        .position(|&b| b == b'\r')
+        .and_then(|cr| window.get(cr + 1).map(|&lf| (cr, lf)));
+    let Some((cr, lf)) = line_end else {
         if window.len() == HEADER_BYTES_MAX {
             return Err(protocol("a length line too long"));
         }
-        return Ok(None);
-    };
-    let Some(&lf) = window.get(cr + 1) else {
         return Ok(None);
     };
     let number = std::str::from_utf8(&window[..cr])

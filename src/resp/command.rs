@@ -6,8 +6,9 @@
 //! those words.
 
 use bytes::Bytes;
+use shardkv_actors::shard::parse_integer;
 use shardkv_transport::slot::{slot, Slot};
-use shardkv_transport::wire::{Condition, UPDATE_KEYS_MAX};
+use shardkv_transport::wire::{Condition, GET_MANY_KEYS_MAX};
 
 use super::reply::{Protocol, Reply};
 
@@ -29,7 +30,9 @@ pub enum Command {
     /// `SELECT 0` (the only database).
     Select,
     Quit,
-    /// `COMMAND`, `COMMAND DOCS ..`, `COMMAND INFO ..`: no command metadata is served.
+    /// `COMMAND` (no names: every command) and `COMMAND INFO names..` (lowercase names).
+    CommandInfo(Vec<String>),
+    /// `COMMAND DOCS ..`: no documentation is served.
     CommandDocs,
     CommandCount,
     Info(Option<String>),
@@ -127,7 +130,9 @@ impl Command {
             }
             "quit" => Command::Quit,
             "command" => match rest.first().map(lower).as_deref() {
-                None | Some("docs") | Some("info") => Command::CommandDocs,
+                None => Command::CommandInfo(Vec::new()),
+                Some("info") => Command::CommandInfo(rest[1..].iter().map(lower).collect()),
+                Some("docs") => Command::CommandDocs,
                 Some("count") => Command::CommandCount,
                 Some(other) => return Err(unknown_subcommand(other, "COMMAND")),
             },
@@ -267,21 +272,18 @@ fn lower(arg: &Bytes) -> String {
 }
 
 /// A decimal `i64`, or Redis' error for one that is not.
+/// An integer argument, read as Redis reads one (and as the state machine reads values).
 fn integer(arg: &Bytes) -> Result<i64, Reply> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or_else(|| Reply::err("value is not an integer or out of range"))
+    parse_integer(arg).ok_or_else(|| Reply::err("value is not an integer or out of range"))
 }
 
-/// Refuses a multi-key read of more keys than one update may write: each key is a read of
-/// its own, all in flight at once.
+/// Refuses a multi-key read of more keys than one read may carry.
 fn at_most_keys(keys: usize) -> Result<(), Reply> {
-    if keys <= UPDATE_KEYS_MAX {
+    if keys <= GET_MANY_KEYS_MAX {
         Ok(())
     } else {
         Err(Reply::err(format!(
-            "{keys} keys in one command; at most {UPDATE_KEYS_MAX}"
+            "{keys} keys in one command; at most {GET_MANY_KEYS_MAX}"
         )))
     }
 }

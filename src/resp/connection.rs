@@ -3,8 +3,10 @@
 //! order, flushed once per batch of ready replies.
 //!
 //! Ordering rule: consecutive reads run together; consecutive writes to one shard run
-//! together (each is in the shard's mailbox in command order, so its log keeps that order);
-//! a read after a write, a write after a read or to another shard, and `WAIT` are held until
+//! together (each is in the shard's mailbox in command order, so its log keeps that order),
+//! except with `[resp] forward = true`, where a write may be forwarded to the leader over a
+//! connection of its own and so runs alone; a read after a write, a write after a read or to
+//! another shard, and `WAIT` and `DBSIZE` (which run alone, in order) are held until
 //! everything before them has answered, and no further command is read meanwhile. Local
 //! commands (`PING`, `HELLO`, `CLUSTER ..`) are answered at once, in order, since they read
 //! or change only the connection's state. At most [`IN_FLIGHT_MAX`] commands run at once.
@@ -31,6 +33,9 @@ use super::reply::{Protocol, Reply};
 pub const IN_FLIGHT_MAX: usize = 256;
 /// Replies buffered before they are written even if more are ready.
 const OUT_BYTES_MAX: usize = 1 << 20;
+/// How long a client may leave its replies unread before the connection is closed: one
+/// that never reads would otherwise hold its slot and its replies for good.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What the data commands in flight are, to decide whether the next may join them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +43,8 @@ enum Group {
     Reads,
     /// Writes to this shard (`None`: the map has no shard for the slot; joins nothing).
     Writes(Option<ShardId>),
+    /// A command that runs alone (`WAIT`, `DBSIZE`).
+    Barrier,
 }
 
 type Pending = Pin<Box<dyn Future<Output = (Outcome, Protocol)> + Send>>;
@@ -88,9 +95,19 @@ where
                 write_half.write_all(&conn.out).await?;
                 write_half.flush().await
             };
-            if let Err(e) = written.await {
-                debug!(client = id, error = %e, "RESP connection lost while writing");
-                return;
+            match tokio::time::timeout(WRITE_TIMEOUT, written).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(client = id, error = %e, "RESP connection lost while writing");
+                    return;
+                }
+                Err(_) => {
+                    debug!(
+                        client = id,
+                        "RESP client read no reply for {WRITE_TIMEOUT:?}; closed"
+                    );
+                    return;
+                }
             }
             conn.out.clear();
         }
@@ -111,12 +128,19 @@ where
 }
 
 /// Whether a command of `class` may start while `group` is in flight (see the module docs);
-/// `shard_of` maps a slot to its shard.
-fn joins(class: Class, group: Option<Group>, shard_of: impl Fn(Slot) -> Option<ShardId>) -> bool {
+/// `shard_of` maps a slot to its shard; `forwarding`: writes may be forwarded.
+fn joins(
+    class: Class,
+    group: Option<Group>,
+    forwarding: bool,
+    shard_of: impl Fn(Slot) -> Option<ShardId>,
+) -> bool {
     match (class, group) {
         (Class::Local, _) | (_, None) => true,
         (Class::Read(_), Some(Group::Reads)) => true,
-        (Class::Write(slot), Some(Group::Writes(Some(shard)))) => shard_of(slot) == Some(shard),
+        (Class::Write(slot), Some(Group::Writes(Some(shard)))) => {
+            !forwarding && shard_of(slot) == Some(shard)
+        }
         _ => false,
     }
 }
@@ -163,7 +187,8 @@ impl Connection {
     /// Starts `cmd`, or holds it until what is in flight has answered (see the module docs).
     fn admit(&mut self, cmd: Command) {
         let picture = self.shared.topology.picture();
-        if joins(cmd.class(), self.group, |slot| {
+        let forwarding = self.shared.forward.is_some();
+        if joins(cmd.class(), self.group, forwarding, |slot| {
             picture.map.shard_of_slot(slot)
         }) {
             self.start(cmd);
@@ -180,7 +205,8 @@ impl Connection {
         match cmd.class() {
             Class::Read(_) => self.group = Some(Group::Reads),
             Class::Write(slot) => self.group = Some(Group::Writes(self.shard_of(slot))),
-            Class::Local | Class::Barrier => {}
+            Class::Barrier => self.group = Some(Group::Barrier),
+            Class::Local => {}
         }
         let quit = cmd == Command::Quit;
         let running = exec::start(cmd, &mut self.session, &self.shared);

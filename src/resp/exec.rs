@@ -1,6 +1,7 @@
 //! Runs a parsed [`Command`]: local ones at once against the connection's [`Session`] and
 //! the host's [`Topology`], data ones through the host's router as one shardkv operation
-//! each (an `MGET` or `EXISTS` as concurrent reads), their answers turned into Redis replies.
+//! each (an `MGET` or `EXISTS` as one read of its keys at one applied state), their answers
+//! turned into Redis replies.
 //!
 //! A data command is sent to the router when it is started, not when its future is first
 //! polled: commands of one connection reach a replica's mailbox in the order they were read,
@@ -26,6 +27,7 @@ use shardkv_transport::wire::{
 use shardkv_transport::ShardId;
 
 use super::command::{ClusterCommand, Command};
+use super::command_table;
 use super::forward::Forwarder;
 use super::info;
 use super::redirect::{settle, unexpected};
@@ -99,18 +101,22 @@ pub fn start(cmd: Command, session: &mut Session, shared: &Arc<Shared>) -> Runni
         key: key.to_vec(),
         consistency,
     };
+    let get_many = |keys: Vec<Bytes>| Op::GetMany {
+        keys: keys.into_iter().map(|k| k.to_vec()).collect(),
+        consistency,
+    };
     match cmd {
-        Command::Get(key) => read(shared, session, vec![get(key)], |mut v| {
+        Command::Get(key) => read(shared, session, get(key), |mut v| {
             Reply::value(v.pop().flatten())
         }),
-        Command::StrLen(key) => read(shared, session, vec![get(key)], |v| {
+        Command::StrLen(key) => read(shared, session, get(key), |v| {
             Reply::Integer(
                 v.first()
                     .and_then(|v| v.as_ref())
                     .map_or(0, |v| v.len() as i64),
             )
         }),
-        Command::Type(key) => read(shared, session, vec![get(key)], |v| {
+        Command::Type(key) => read(shared, session, get(key), |v| {
             let kind = if v.first().is_some_and(Option::is_some) {
                 "string"
             } else {
@@ -118,10 +124,10 @@ pub fn start(cmd: Command, session: &mut Session, shared: &Arc<Shared>) -> Runni
             };
             Reply::Status(kind.into())
         }),
-        Command::MGet(keys) => read(shared, session, keys.into_iter().map(get).collect(), |v| {
+        Command::MGet(keys) => read(shared, session, get_many(keys), |v| {
             Reply::Array(v.into_iter().map(Reply::value).collect())
         }),
-        Command::Exists(keys) => read(shared, session, keys.into_iter().map(get).collect(), |v| {
+        Command::Exists(keys) => read(shared, session, get_many(keys), |v| {
             Reply::Integer(v.iter().filter(|v| v.is_some()).count() as i64)
         }),
         Command::Set {
@@ -213,6 +219,12 @@ fn db_size(shared: &Arc<Shared>) -> Running {
         .collect();
     let store = shared.store.clone();
     Box::pin(async move {
+        // One scan at a time on a host: each is a read transaction as long as the scan, which
+        // keeps LMDB from reusing the pages writes free meanwhile.
+        static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+        let Ok(_scanning) = SCANS.acquire().await else {
+            return outcome(Reply::err("DBSIZE: the host is stopping"), None);
+        };
         let counted =
             tokio::task::spawn_blocking(move || count_rows_in_slots(&store, &slots)).await;
         let reply = match counted {
@@ -246,8 +258,9 @@ fn local(cmd: Command, session: &mut Session, shared: &Arc<Shared>) -> Reply {
         Command::ClientGetName => session.name.clone().map_or(Reply::Null, Reply::Bulk),
         Command::ClientId => Reply::Integer(i64::try_from(session.id).unwrap_or(i64::MAX)),
         Command::ClientSetInfo | Command::Select | Command::Quit => Reply::ok(),
-        Command::CommandDocs => Reply::Array(Vec::new()),
-        Command::CommandCount => Reply::Integer(info::COMMANDS_SERVED),
+        Command::CommandInfo(names) => command_table::info(&names),
+        Command::CommandDocs => Reply::Map(Vec::new()),
+        Command::CommandCount => Reply::Integer(command_table::count()),
         Command::Info(section) => Reply::text(info::info(section.as_deref(), shared)),
         Command::ConfigGet(patterns) => info::config_get(&patterns),
         Command::ReadOnly => {
@@ -318,30 +331,25 @@ fn send(shared: &Shared, session: &Session, op: Op) -> impl Future<Output = Resp
     }
 }
 
-/// Reads, all sent now and awaited together; `done` builds the reply from the values.
+/// A read of one key (`Op::Get`) or of several at one applied state (`Op::GetMany`), sent
+/// now; `done` builds the reply from the values, in the keys' order.
 fn read(
     shared: &Arc<Shared>,
     session: &Session,
-    ops: Vec<Op>,
+    op: Op,
     done: impl FnOnce(Vec<Option<Vec<u8>>>) -> Reply + Send + 'static,
 ) -> Running {
-    let sent: Vec<_> = ops
-        .into_iter()
-        .map(|op| {
-            let first = send(shared, session, op.clone());
-            settle(shared.clone(), session.id, op, first)
-        })
-        .collect();
+    let first = send(shared, session, op.clone());
+    let fut = settle(shared.clone(), session.id, op, first);
     Box::pin(async move {
-        let mut values = Vec::with_capacity(sent.len());
-        for resp in futures::future::join_all(sent).await {
-            match resp {
-                Ok(Response::Value(v)) => values.push(v),
-                Ok(other) => return outcome(unexpected(&other), None),
-                Err(reply) => return outcome(reply, None),
+        match fut.await {
+            Ok(Response::Value(v)) => outcome(done(vec![v]), None),
+            Ok(Response::Values(values)) => {
+                outcome(done(values.into_iter().map(|v| v.0).collect()), None)
             }
+            Ok(other) => outcome(unexpected(&other), None),
+            Err(reply) => outcome(reply, None),
         }
-        outcome(done(values), None)
     })
 }
 

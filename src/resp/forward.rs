@@ -7,7 +7,7 @@
 //! applied once. A forwarded read is linearizable (stricter than READONLY asks).
 
 use shardkv_client::{Client, ClientError};
-use shardkv_transport::wire::{Op, Response};
+use shardkv_transport::wire::{Op, ReadValue, Response};
 
 /// Runs operations on whichever host leads their shard.
 pub struct Forwarder {
@@ -35,6 +35,11 @@ impl Forwarder {
                     Err(current) => Response::CasFailed { current },
                 }),
             Op::Update(updates) => self.client.update(updates).await.map(Response::Updated),
+            Op::GetMany { keys, .. } => self
+                .client
+                .get_many(keys)
+                .await
+                .map(|values| Response::Values(values.into_iter().map(ReadValue).collect())),
         };
         result.unwrap_or_else(|e| match e {
             ClientError::TooLarge { what, len, limit } => Response::TooLarge { what, len, limit },

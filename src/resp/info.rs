@@ -10,10 +10,6 @@ use super::reply::Reply;
 /// The Redis version whose behaviour the front end follows.
 pub const REDIS_VERSION: &str = "7.2.0";
 
-/// How many commands are served (`COMMAND COUNT`): every name [`super::command::Command`]
-/// parses, subcommand families counted once.
-pub const COMMANDS_SERVED: i64 = 31;
-
 /// The `HELLO` reply for `session` (after the command changed it).
 pub fn hello(session: &Session) -> Reply {
     Reply::Map(vec![
@@ -33,8 +29,8 @@ pub fn hello(session: &Session) -> Reply {
     ])
 }
 
-/// The `INFO` text: every section, or the one named. The keyspace section is empty: no key
-/// count is kept.
+/// The `INFO` text: every section, or the one named. The keyspace section is empty: counting
+/// keys scans them, which `DBSIZE` does when asked and `INFO` does not.
 pub fn info(section: Option<&str>, shared: &Shared) -> String {
     let all = matches!(section, None | Some("default" | "all" | "everything"));
     let wants = |name: &str| all || section == Some(name);
@@ -92,17 +88,41 @@ pub fn config_get(patterns: &[String]) -> Reply {
     )
 }
 
+/// Longest `CONFIG GET` pattern looked at: far longer than any setting's name, so a longer
+/// one matches nothing and a client cannot make matching costly.
+const PATTERN_BYTES_MAX: usize = 128;
+
 /// Whether `pattern` (`*`: any run, `?`: any one byte, anything else itself) matches all of
-/// `name`.
+/// `name`. Iterative, going back only to the last `*`: time O(pattern x name), no recursion.
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((b'*', rest)) => (0..=name.len()).any(|skip| glob(rest, &name[skip..])),
-        Some((&p, rest)) => match name.split_first() {
-            Some((&n, tail)) if p == b'?' || p == n => glob(rest, tail),
-            _ => false,
-        },
+    if pattern.len() > PATTERN_BYTES_MAX {
+        return false;
     }
+    let (mut p, mut n) = (0, 0);
+    // After the last `*` seen: the pattern position past it, and the name position it took.
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p + 1, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                // Let the last `*` take one more byte and try again from there.
+                Some((after, taken)) => {
+                    star = Some((after, taken + 1));
+                    p = after;
+                    n = taken + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
@@ -136,5 +156,15 @@ mod tests {
         assert!(glob(b"?ave", b"save"));
         assert!(!glob(b"save", b"saves"));
         assert!(glob(b"**", b""));
+        assert!(glob(b"*a*b", b"xxaxxb"));
+        assert!(!glob(b"*a*b", b"xxaxxc"));
+    }
+
+    #[test]
+    fn hostile_patterns_cost_little_and_match_nothing() {
+        let stars = "*".repeat(1 << 20);
+        assert!(!glob(stars.as_bytes(), b"save"));
+        let backtracking = format!("{}b", "*a".repeat(25));
+        assert!(!glob(backtracking.as_bytes(), "a".repeat(60).as_bytes()));
     }
 }

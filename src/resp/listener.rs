@@ -24,6 +24,10 @@ use super::exec::Shared;
 pub const CONNECTIONS_MAX: usize = 10_000;
 /// How long a client may take to complete its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes under way at once; more connections are closed as they arrive. Far
+/// below [`CONNECTIONS_MAX`], so peers without a certificate that open connections and stall
+/// their handshakes cannot take the slots of clients that have one.
+const HANDSHAKES_MAX: usize = 256;
 
 /// The TLS acceptor of the RESP listener: the QUIC endpoint's server configuration (same CA,
 /// same host certificate, client certificates required and verified), without ALPN, which
@@ -42,6 +46,7 @@ pub async fn accept(
     limits: Limits,
 ) {
     let ids = AtomicU64::new(1);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -56,6 +61,16 @@ pub async fn accept(
             warn!(%peer, limit = CONNECTIONS_MAX, "RESP connection refused: too many open");
             continue;
         }
+        let handshaking = match tls {
+            None => None,
+            Some(_) => match handshakes.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    warn!(%peer, limit = HANDSHAKES_MAX, "RESP connection refused: too many TLS handshakes under way");
+                    continue;
+                }
+            },
+        };
         let _ = stream.set_nodelay(true);
         let id = ids.fetch_add(1, Ordering::Relaxed);
         debug!(%peer, client = id, "RESP connection accepted");
@@ -66,7 +81,9 @@ pub async fn accept(
             match tls {
                 None => connection::serve(stream, shared, id, limits).await,
                 Some(acceptor) => {
-                    if let Some(stream) = handshake(&acceptor, stream, peer).await {
+                    let stream = handshake(&acceptor, stream, peer).await;
+                    drop(handshaking);
+                    if let Some(stream) = stream {
                         connection::serve(stream, shared, id, limits).await;
                     }
                 }

@@ -3,6 +3,7 @@
 //! redis-cli, redis-benchmark and Redis Cluster clients use shardkv as they are.
 //!
 //! One concern per file: [`codec`] reads commands within bounds, [`command`] parses them,
+//! [`command_table`] describes them to `COMMAND`,
 //! [`exec`] runs them through the host's router, [`redirect`] turns
 //! answers for other hosts into `-MOVED`, [`reply`] encodes the answers, [`cluster`]
 //! and [`topology`] give the `CLUSTER` view and the redirections, [`connection`] pipelines
@@ -14,6 +15,7 @@
 pub mod cluster;
 pub mod codec;
 pub mod command;
+pub mod command_table;
 pub mod connection;
 pub mod exec;
 pub mod forward;
@@ -90,8 +92,13 @@ pub async fn start(
         cfg.resp.tls,
         map,
     ));
-    let client = host_client(cfg, me)?;
-    let forward = cfg.resp.forward.then(|| Forwarder::new(client.clone()));
+    // Status polls give up after one refresh period; forwarded commands wait as long as any
+    // client's, so a slow commit is not retried as if it were lost.
+    let client = host_client(cfg, me, Some(topology::REFRESH_EVERY))?;
+    let forward = match cfg.resp.forward {
+        true => Some(Forwarder::new(host_client(cfg, me, None)?)),
+        false => None,
+    };
     let tcp = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| RespError::Bind { addr, source })?;
@@ -112,11 +119,18 @@ pub async fn start(
     ])
 }
 
-/// A shardkv client with the host's own certificate, as the map watcher has.
-fn host_client(cfg: &ClusterConfig, me: &HostConfig) -> Result<Client, ClientError> {
+/// A shardkv client with the host's own certificate, as the map watcher has, waiting
+/// `attempt_timeout` for each answer (default: the client's own).
+fn host_client(
+    cfg: &ClusterConfig,
+    me: &HostConfig,
+    attempt_timeout: Option<std::time::Duration>,
+) -> Result<Client, ClientError> {
     let mut settings = ClientSettings::from_config(&cfg.cluster, CLI_CLIENT);
     settings.tls.cert = me.cert.clone();
     settings.tls.key = me.key.clone();
-    settings.attempt_timeout = topology::REFRESH_EVERY;
+    if let Some(timeout) = attempt_timeout {
+        settings.attempt_timeout = timeout;
+    }
     Client::new(settings)
 }

@@ -25,6 +25,7 @@ pub async fn settle(
     first: impl Future<Output = Response>,
 ) -> Result<Response, Reply> {
     let key_slot = slot(op.key());
+    let write = op.is_write();
     let mut resp = first.await;
     if matches!(resp, Response::WrongShard { .. }) {
         // The router's map or its replicas moved the slot meanwhile: one more try here.
@@ -55,13 +56,13 @@ pub async fn settle(
                 .filter(|h| *h != me)
             {
                 Some(h) => h,
-                None => return Err(error_reply(resp)),
+                None => return Err(error_reply(resp, write)),
             }
         }
-        _ => return answer(resp),
+        _ => return answer(resp, write),
     };
     if let Some(forwarder) = &shared.forward {
-        return answer(forwarder.forward(op).await);
+        return answer(forwarder.forward(op).await, write);
     }
     Err(moved(&shared.topology, key_slot, target))
 }
@@ -69,7 +70,9 @@ pub async fn settle(
 /// `-MOVED slot ip:port` to `host`'s RESP address.
 fn moved(topology: &Topology, key_slot: Slot, host: HostId) -> Reply {
     match topology.resp_addr(host) {
-        Some(addr) => Reply::Error(format!("MOVED {key_slot} {addr}")),
+        // `ip:port` with a bare IPv6 address, as Redis writes it and clients split it (on
+        // the last colon), and as `CLUSTER NODES` lists the host.
+        Some(addr) => Reply::Error(format!("MOVED {key_slot} {}:{}", addr.ip(), addr.port())),
         None => Reply::Error(format!(
             "CLUSTERDOWN slot {key_slot} is served by host {host}, which has no resp address \
              in cluster.toml"
@@ -77,19 +80,24 @@ fn moved(topology: &Topology, key_slot: Slot, host: HostId) -> Reply {
     }
 }
 
-/// A final answer: a value or acknowledgement, or the error reply it means.
-fn answer(resp: Response) -> Result<Response, Reply> {
+/// A final answer: a value or acknowledgement, or the error reply it means (`write`: the
+/// answer is to a write).
+fn answer(resp: Response, write: bool) -> Result<Response, Reply> {
     match resp {
         Response::Value(_)
         | Response::Ok
         | Response::CasOk
         | Response::CasFailed { .. }
-        | Response::Updated(_) => Ok(resp),
-        other => Err(error_reply(other)),
+        | Response::Updated(_)
+        | Response::Values(_) => Ok(resp),
+        other => Err(error_reply(other, write)),
     }
 }
 
-fn error_reply(resp: Response) -> Reply {
+/// The Redis error for `resp`. `TRYAGAIN` makes cluster clients retry on their own, so it is
+/// answered only where nothing was applied, or for a read: a write that timed out or was
+/// dropped with its leader may still commit, and a retried `INCR` would count twice.
+fn error_reply(resp: Response, write: bool) -> Reply {
     match resp {
         Response::NotLeader { shard, leader: _ } => {
             Reply::Error(format!("TRYAGAIN shard {shard} is electing a leader"))
@@ -99,6 +107,9 @@ fn error_reply(resp: Response) -> Reply {
         }
         Response::WrongShard { shard, epoch } => Reply::Error(format!(
             "TRYAGAIN shard {shard} no longer owns the key as of map epoch {epoch}"
+        )),
+        Response::Unavailable(m) if write => Reply::err(format!(
+            "outcome unknown, the write may or may not have been applied: {m}"
         )),
         Response::Unavailable(m) => Reply::Error(format!("TRYAGAIN {m}")),
         Response::TooLarge { what, len, limit } => Reply::err(format!(

@@ -91,8 +91,8 @@ impl Reply {
 
     fn to_resp2(&self) -> Frame2 {
         match self {
-            Reply::Status(s) => Frame2::SimpleString(Bytes::from(s.clone())),
-            Reply::Error(e) => Frame2::Error(e.clone().into()),
+            Reply::Status(s) => Frame2::SimpleString(Bytes::from(one_line(s))),
+            Reply::Error(e) => Frame2::Error(one_line(e).into()),
             Reply::Integer(n) => Frame2::Integer(*n),
             Reply::Bulk(b) => Frame2::BulkString(b.clone()),
             Reply::Null => Frame2::Null,
@@ -109,11 +109,11 @@ impl Reply {
     fn to_resp3(&self) -> Frame3 {
         match self {
             Reply::Status(s) => Frame3::SimpleString {
-                data: Bytes::from(s.clone()),
+                data: Bytes::from(one_line(s)),
                 attributes: None,
             },
             Reply::Error(e) => Frame3::SimpleError {
-                data: e.clone().into(),
+                data: one_line(e).into(),
                 attributes: None,
             },
             Reply::Integer(n) => Frame3::Number {
@@ -141,6 +141,13 @@ impl Reply {
             }
         }
     }
+}
+
+/// `text` fit for a status or error line, which ends at the first CR or LF: each becomes a
+/// space (as Redis does), so text a client sent (an unknown command's name) cannot end the
+/// line early and pass for replies of its own.
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
 }
 
 #[cfg(test)]
@@ -198,5 +205,15 @@ mod tests {
         let mut out = BytesMut::new();
         value.encode(Protocol::Resp2, &mut out);
         assert_eq!(&out[..], b"$4\r\n\x00\xff\r\n\r\n");
+    }
+
+    #[test]
+    fn a_line_break_in_status_or_error_text_cannot_forge_a_reply() {
+        let forged = Reply::err("unknown command 'x\r\n+OK\r\n'");
+        for p in [Protocol::Resp2, Protocol::Resp3] {
+            assert_eq!(encoded(&forged, p), "-ERR unknown command 'x  +OK  '\r\n");
+            let status = Reply::Status("a\nb".into());
+            assert_eq!(encoded(&status, p), "+a b\r\n");
+        }
     }
 }

@@ -148,7 +148,9 @@ impl Topology {
                 shard,
                 slots: s.slots.clone(),
                 master: picture.leader_of(shard),
-                hosts: s.replicas.keys().copied().collect(),
+                // Voters only: a learner may still be catching up, and a READONLY client
+                // reading there would miss keys that exist.
+                hosts: s.voters().collect(),
             })
             .collect();
         ClusterView {

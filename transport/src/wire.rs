@@ -10,7 +10,7 @@ use crate::layout::Layout;
 
 mod limits;
 mod update;
-pub use limits::{check_limits, UPDATE_KEYS_MAX};
+pub use limits::{check_limits, GET_MANY_KEYS_MAX, UPDATE_KEYS_MAX};
 pub use update::{
     Change, Condition, KeyUpdate, UpdateOutcome, UPDATE_NOT_AN_INTEGER, UPDATE_OVERFLOW,
 };
@@ -129,6 +129,12 @@ pub enum Op {
     /// Change one or more keys of one slot atomically, in order (see [`KeyUpdate`]);
     /// answered [`Response::Updated`]. Keys of different slots are refused as invalid.
     Update(Vec<KeyUpdate>),
+    /// Read several keys of one slot at one applied state (Redis' `MGET`), answered
+    /// [`Response::Values`] in the keys' order. Keys of different slots are refused.
+    GetMany {
+        keys: Vec<Vec<u8>>,
+        consistency: ReadConsistency,
+    },
 }
 
 /// A request addressed to one host rather than routed by key. The transport answers it
@@ -283,6 +289,7 @@ impl Op {
             | Op::Delete { key }
             | Op::Cas { key, .. } => key,
             Op::Update(updates) => updates.first().map_or(&[][..], |u| &u.key[..]),
+            Op::GetMany { keys, .. } => keys.first().map_or(&[][..], |k| &k[..]),
         }
     }
 
@@ -356,7 +363,13 @@ pub enum Response {
     WrongShard { shard: ShardId, epoch: u64 },
     /// An [`Op::Update`] was applied: one outcome per key, in order.
     Updated(Vec<UpdateOutcome>),
+    /// The values of an [`Op::GetMany`], in its keys' order.
+    Values(Vec<ReadValue>),
 }
+
+/// One value of a [`Response::Values`] (`None`: the key has no value).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReadValue(#[serde(with = "crate::bytes::option")] pub Option<Vec<u8>>);
 
 /// Which limit a request exceeded.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +378,8 @@ pub enum LimitKind {
     Value,
     /// A whole request frame (a value at the host's limit plus what surrounds it).
     Request,
+    /// A reply of several values (an [`Op::GetMany`]), bounded like one value.
+    Reply,
 }
 
 impl std::fmt::Display for LimitKind {
@@ -373,6 +388,7 @@ impl std::fmt::Display for LimitKind {
             LimitKind::Key => f.write_str("key"),
             LimitKind::Value => f.write_str("value"),
             LimitKind::Request => f.write_str("request"),
+            LimitKind::Reply => f.write_str("reply"),
         }
     }
 }

@@ -10,13 +10,15 @@ use std::time::Instant;
 use shardkv_transport::wire::Response;
 use tokio::sync::oneshot;
 
+use crate::messages::ReadKeys;
+
 /// One read waiting for its round to be confirmed.
 #[derive(Debug)]
 pub struct PendingRead {
     /// When the read arrived: a round serving it was asked no earlier, so a lease derived
     /// from its confirmation may start here.
     pub issued: Instant,
-    pub key: Vec<u8>,
+    pub keys: ReadKeys,
     pub reply: oneshot::Sender<Response>,
     /// Past this the client has been told to retry; the read is forgotten.
     pub deadline: Instant,
@@ -106,7 +108,7 @@ mod tests {
         let (reply, rx) = oneshot::channel();
         let read = PendingRead {
             issued: Instant::now(),
-            key: key.as_bytes().to_vec(),
+            keys: ReadKeys::One(key.as_bytes().to_vec()),
             reply,
             deadline,
         };
@@ -118,7 +120,13 @@ mod tests {
     }
 
     fn keys(reads: &[PendingRead]) -> Vec<&[u8]> {
-        reads.iter().map(|r| r.key.as_slice()).collect()
+        reads
+            .iter()
+            .map(|r| match &r.keys {
+                ReadKeys::One(key) => key.as_slice(),
+                ReadKeys::Many(_) => panic!("the tests read one key at a time"),
+            })
+            .collect()
     }
 
     #[test]

@@ -209,7 +209,7 @@ impl ReplicaActor {
                 self.lease.renew(read.issued);
                 self.links.read_at.do_send(ReadAt {
                     index: rs.index,
-                    key: read.key,
+                    keys: read.keys,
                     reply: read.reply,
                 });
             }

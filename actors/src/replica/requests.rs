@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::membership::is_joint;
 use super::reads::PendingRead;
 use super::ReplicaActor;
-use crate::messages::{AwaitApply, ClientRequest, ProposeSplit, ReadAt};
+use crate::messages::{AwaitApply, ClientRequest, ProposeSplit, ReadAt, ReadKeys};
 use crate::metrics::{metrics, ShardLabels};
 use crate::shard::{leader_stamp_ms, Action, Command};
 
@@ -80,7 +80,10 @@ impl ReplicaActor {
     ) -> oneshot::Receiver<Response> {
         let (tx, rx) = oneshot::channel();
         match req.op {
-            Op::Get { key, consistency } => self.read(key, consistency, tx, ctx),
+            Op::Get { key, consistency } => self.read(ReadKeys::One(key), consistency, tx, ctx),
+            Op::GetMany { keys, consistency } => {
+                self.read(ReadKeys::Many(keys), consistency, tx, ctx)
+            }
             Op::Put { key, value } => {
                 self.propose(req.client_id, req.seq, Action::Put { key, value }, tx, ctx)
             }
@@ -105,7 +108,7 @@ impl ReplicaActor {
 
     fn read(
         &mut self,
-        key: Vec<u8>,
+        keys: ReadKeys,
         consistency: ReadConsistency,
         reply: oneshot::Sender<Response>,
         ctx: &mut Context<Self>,
@@ -113,7 +116,7 @@ impl ReplicaActor {
         if consistency == ReadConsistency::Stale {
             self.links.read_at.do_send(ReadAt {
                 index: 0,
-                key,
+                keys,
                 reply,
             });
             return;
@@ -129,13 +132,13 @@ impl ReplicaActor {
         {
             // Everything acknowledged so far is committed at or below this index.
             let index = self.node.raft.raft_log.committed;
-            self.links.read_at.do_send(ReadAt { index, key, reply });
+            self.links.read_at.do_send(ReadAt { index, keys, reply });
             return;
         }
         // Joins the next ReadIndex round (asked when the mailbox has drained).
         self.reads.push(PendingRead {
             issued: now,
-            key,
+            keys,
             reply,
             deadline: now + self.settings.request_timeout,
         });

@@ -4,7 +4,7 @@
 
 use actix::prelude::*;
 use raft::eraftpb::Entry;
-use shardkv_transport::wire::Response;
+use shardkv_transport::wire::{LimitKind, ReadValue, Response, VALUE_BYTES_MAX_CEILING};
 use shardkv_transport::{HostId, ShardId};
 use tracing::{debug, warn};
 
@@ -20,7 +20,7 @@ use super::waiters::{ReadWaiter, ReadWaiters, WriteWaiters};
 use crate::error::ActorError;
 use crate::fatal::{Fatal, FatalReporter};
 use crate::messages::{
-    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, PersistLazy, ReadAt,
+    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, PersistLazy, ReadAt, ReadKeys,
     WriteBatch, WriteOp,
 };
 use crate::schema::log_clock_record::{log_clock_op, stored_log_clock};
@@ -212,17 +212,46 @@ impl ShardActor {
     }
 
     /// Serves a read of `key` as of the applied index, if the shard owns its slot there.
-    fn read(&self, key: &[u8]) -> Response {
-        if !owns_key(self.shard, &self.owned, key) {
+    /// Reads `keys` as of what is applied now; all of several keys in one go, so at one
+    /// applied state.
+    fn read(&self, keys: &ReadKeys) -> Response {
+        let many = match keys {
+            ReadKeys::One(key) => std::slice::from_ref(key),
+            ReadKeys::Many(keys) => keys.as_slice(),
+        };
+        if !many
+            .iter()
+            .all(|key| owns_key(self.shard, &self.owned, key))
+        {
             return Response::WrongShard {
                 shard: self.shard,
                 epoch: self.owned.epoch,
             };
         }
-        match self.view().value(key) {
-            Ok(v) => Response::Value(v),
-            Err(e) => Response::Internal(format!("read failed: {e}")),
+        let view = self.view();
+        let mut values = Vec::with_capacity(many.len());
+        let mut bytes = 0usize;
+        for key in many {
+            match view.value(key) {
+                Ok(v) => {
+                    bytes += v.as_ref().map_or(0, Vec::len);
+                    values.push(v);
+                }
+                Err(e) => return Response::Internal(format!("read failed: {e}")),
+            }
         }
+        if let ReadKeys::One(_) = keys {
+            return Response::Value(values.pop().flatten());
+        }
+        // A reply travels in one frame, which holds one value at the ceiling.
+        if bytes > VALUE_BYTES_MAX_CEILING {
+            return Response::TooLarge {
+                what: LimitKind::Reply,
+                len: bytes,
+                limit: VALUE_BYTES_MAX_CEILING,
+            };
+        }
+        Response::Values(values.into_iter().map(ReadValue).collect())
     }
 
     /// Everything up to `last` is applied: answer the writes and reads waiting on it.
@@ -235,7 +264,7 @@ impl ShardActor {
         self.published.publish(last);
         self.writes.complete(replies, last);
         for read in self.reads.take_ready(last) {
-            let _ = read.reply.send(self.read(&read.key));
+            let _ = read.reply.send(self.read(&read.keys));
         }
     }
 
@@ -465,10 +494,10 @@ impl Handler<ReadAt> for ShardActor {
 
     fn handle(&mut self, msg: ReadAt, _: &mut Self::Context) {
         if msg.index <= self.applied {
-            let _ = msg.reply.send(self.read(&msg.key));
+            let _ = msg.reply.send(self.read(&msg.keys));
         } else {
             let read = ReadWaiter {
-                key: msg.key,
+                keys: msg.keys,
                 reply: msg.reply,
             };
             self.reads.wait(msg.index, read);

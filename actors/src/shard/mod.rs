@@ -47,3 +47,4 @@ pub use log_clock::{leader_stamp_ms, ClockAnchor, LogClock};
 pub use owned::{OwnedSlots, PublishedSlots};
 pub use sessions::SESSION_TTL_MS;
 pub use split::{SplitApplied, SplitNotices};
+pub use update::parse_integer;

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use shardkv_transport::slot::slot;
 use shardkv_transport::wire::{
     Change, Condition, KeyUpdate, LimitKind, Response, UpdateOutcome, UPDATE_NOT_AN_INTEGER,
     UPDATE_OVERFLOW,
@@ -55,6 +56,16 @@ pub fn update(
     view: &impl AppliedView,
     effects: &mut Effects,
 ) -> Result<Response, ActorError> {
+    // The router refuses updates across slots; the apply refuses them too, since the shard's
+    // ownership of the keys was checked on the first key alone.
+    if let Some(first) = updates.first() {
+        let first_slot = slot(&first.key);
+        if updates.iter().any(|u| slot(&u.key) != first_slot) {
+            return Ok(Response::Invalid(
+                "an update's keys must all hash to one slot".into(),
+            ));
+        }
+    }
     let mut scratch = Scratch {
         values: HashMap::new(),
         order: Vec::new(),

@@ -11,6 +11,7 @@ use shardkv_transport::wire::Response;
 use tokio::sync::oneshot;
 
 use super::apply::EntryReply;
+use crate::messages::ReadKeys;
 
 /// What a write waiting on a lost proposal is told.
 fn lost_proposal() -> Response {
@@ -71,7 +72,7 @@ impl WriteWaiters {
 /// A read waiting for the applied index.
 #[derive(Debug)]
 pub struct ReadWaiter {
-    pub key: Vec<u8>,
+    pub keys: ReadKeys,
     pub reply: oneshot::Sender<Response>,
 }
 
@@ -150,11 +151,18 @@ mod tests {
         let mut reads = ReadWaiters::default();
         for (index, key) in [(3, "c"), (1, "a"), (2, "b"), (1, "a2")] {
             let (reply, _) = oneshot::channel();
-            let key = key.as_bytes().to_vec();
-            reads.wait(index, ReadWaiter { key, reply });
+            let keys = ReadKeys::One(key.as_bytes().to_vec());
+            reads.wait(index, ReadWaiter { keys, reply });
         }
-        let keys =
-            |ready: Vec<ReadWaiter>| -> Vec<Vec<u8>> { ready.into_iter().map(|r| r.key).collect() };
+        let keys = |ready: Vec<ReadWaiter>| -> Vec<Vec<u8>> {
+            ready
+                .into_iter()
+                .map(|r| match r.keys {
+                    ReadKeys::One(key) => key,
+                    ReadKeys::Many(_) => panic!("the test reads one key at a time"),
+                })
+                .collect()
+        };
         assert_eq!(keys(reads.take_ready(0)), Vec::<Vec<u8>>::new());
         assert_eq!(
             keys(reads.take_ready(2)),

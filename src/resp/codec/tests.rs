@@ -100,6 +100,9 @@ fn malformed_lengths_and_terminators_are_refused() {
     refused(b"*1\n$4\r\n", "invalid multibulk length");
     refused(b"*1\r\n$4\r\nPINGxx", "not ended by CRLF");
     refused(b"*11111111111111111111111111111111111111", "too long");
+    // A CR as the last byte the header may have, and no LF: too long, not "wait for more".
+    refused(b"*AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r", "too long");
+    refused(b"*1\r\n$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r", "too long");
 }
 
 #[test]

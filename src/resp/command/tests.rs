@@ -198,14 +198,18 @@ fn config_get_and_command_docs_are_answered_for_tools() {
         Ok(Command::ConfigGet(vec!["save".into(), "append*".into()]))
     );
     assert_eq!(parse("COMMAND DOCS"), Ok(Command::CommandDocs));
-    assert_eq!(parse("COMMAND"), Ok(Command::CommandDocs));
+    assert_eq!(parse("COMMAND"), Ok(Command::CommandInfo(vec![])));
+    assert_eq!(
+        parse("COMMAND INFO Get mset"),
+        Ok(Command::CommandInfo(vec!["get".into(), "mset".into()]))
+    );
     assert_eq!(parse("COMMAND COUNT"), Ok(Command::CommandCount));
     assert!(error_of("CONFIG SET save x").starts_with("ERR unknown subcommand 'set'"));
 }
 
 #[test]
 fn multi_key_reads_are_bounded_like_updates() {
-    let keys: Vec<String> = (0..=UPDATE_KEYS_MAX).map(|i| format!("{{t}}{i}")).collect();
+    let keys: Vec<String> = (0..=GET_MANY_KEYS_MAX).map(|i| format!("{{t}}{i}")).collect();
     let text = error_of(&format!("MGET {}", keys.join(" ")));
     assert!(text.contains("at most 1024"), "{text}");
     assert!(parse(&format!("MGET {}", keys[1..].join(" "))).is_ok());

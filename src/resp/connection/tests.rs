@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use shardkv_actors::messages::ClientRequest;
 use shardkv_actors::schema::Schema;
-use shardkv_transport::wire::{Change, Condition, Op, Response, UpdateOutcome};
+use shardkv_transport::wire::{Change, Condition, Op, ReadValue, Response, UpdateOutcome};
 use shardkv_transport::{ClusterMap, HostId, Layout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
@@ -46,6 +46,11 @@ impl FakeRouter {
         }
         match op {
             Op::Get { key, .. } => Response::Value(self.values.get(&key).cloned()),
+            Op::GetMany { keys, .. } => Response::Values(
+                keys.iter()
+                    .map(|k| ReadValue(self.values.get(k).cloned()))
+                    .collect(),
+            ),
             Op::Put { key, value } => {
                 self.values.insert(key, value);
                 Response::Ok
@@ -289,17 +294,17 @@ fn shard_of(slot: Slot) -> Option<ShardId> {
 
 #[test]
 fn consecutive_reads_run_together() {
-    assert!(joins(Class::Read(5), None, shard_of));
-    assert!(joins(Class::Read(500), Some(Group::Reads), shard_of));
+    assert!(joins(Class::Read(5), None, false, shard_of));
+    assert!(joins(Class::Read(500), Some(Group::Reads), false, shard_of));
 }
 
 #[test]
 fn writes_to_one_shard_run_together_and_to_another_wait() {
     let writes_1 = Some(Group::Writes(Some(1)));
-    assert!(joins(Class::Write(5), writes_1, shard_of));
-    assert!(!joins(Class::Write(500), writes_1, shard_of));
+    assert!(joins(Class::Write(5), writes_1, false, shard_of));
+    assert!(!joins(Class::Write(500), writes_1, false, shard_of));
     assert!(
-        !joins(Class::Write(5), Some(Group::Writes(None)), shard_of),
+        !joins(Class::Write(5), Some(Group::Writes(None)), false, shard_of),
         "a slot the map has no shard for joins nothing"
     );
 }
@@ -309,19 +314,50 @@ fn reads_and_writes_wait_for_each_other() {
     assert!(!joins(
         Class::Read(5),
         Some(Group::Writes(Some(1))),
+        false,
         shard_of
     ));
-    assert!(!joins(Class::Write(5), Some(Group::Reads), shard_of));
+    assert!(!joins(Class::Write(5), Some(Group::Reads), false, shard_of));
 }
 
 #[test]
 fn wait_waits_for_everything_and_local_commands_for_nothing() {
-    assert!(!joins(Class::Barrier, Some(Group::Reads), shard_of));
+    assert!(!joins(Class::Barrier, Some(Group::Reads), false, shard_of));
     assert!(!joins(
         Class::Barrier,
         Some(Group::Writes(Some(1))),
+        false,
         shard_of
     ));
-    assert!(joins(Class::Barrier, None, shard_of));
-    assert!(joins(Class::Local, Some(Group::Writes(Some(1))), shard_of));
+    assert!(joins(Class::Barrier, None, false, shard_of));
+    assert!(joins(
+        Class::Local,
+        Some(Group::Writes(Some(1))),
+        false,
+        shard_of
+    ));
+    // Nothing joins a barrier in flight: one DBSIZE scan at a time, in order.
+    assert!(!joins(
+        Class::Barrier,
+        Some(Group::Barrier),
+        false,
+        shard_of
+    ));
+    assert!(!joins(
+        Class::Read(5),
+        Some(Group::Barrier),
+        false,
+        shard_of
+    ));
+    assert!(joins(Class::Local, Some(Group::Barrier), false, shard_of));
+}
+
+#[test]
+fn a_forwarding_host_runs_each_write_alone() {
+    // A forwarded write travels over a connection of its own, so only one at a time keeps
+    // the connection's order.
+    let writes_1 = Some(Group::Writes(Some(1)));
+    assert!(!joins(Class::Write(5), writes_1, true, shard_of));
+    assert!(joins(Class::Write(5), None, true, shard_of));
+    assert!(joins(Class::Read(5), Some(Group::Reads), true, shard_of));
 }

@@ -46,9 +46,9 @@ fn a_leader_without_a_resp_address_is_clusterdown_not_a_redirect() {
 
 #[test]
 fn final_answers_pass_and_the_rest_become_redis_errors() {
-    assert_eq!(answer(Response::Ok), Ok(Response::Ok));
+    assert_eq!(answer(Response::Ok, true), Ok(Response::Ok));
     let updated = Response::Updated(vec![UpdateOutcome::default()]);
-    assert_eq!(answer(updated.clone()), Ok(updated));
+    assert_eq!(answer(updated.clone(), true), Ok(updated));
     let cases = [
         (
             Response::NotLeader {
@@ -80,6 +80,23 @@ fn final_answers_pass_and_the_rest_become_redis_errors() {
         ),
     ];
     for (resp, text) in cases {
-        assert_eq!(answer(resp), Err(Reply::Error(text.into())));
+        assert_eq!(answer(resp, false), Err(Reply::Error(text.into())));
     }
+}
+
+#[test]
+fn a_write_of_unknown_outcome_is_no_tryagain_that_clients_would_retry_on_their_own() {
+    let timed_out = Response::Unavailable("not committed within 3s; retry".into());
+    let Err(Reply::Error(text)) = answer(timed_out, true) else {
+        panic!("an error reply")
+    };
+    assert!(text.starts_with("ERR outcome unknown"), "{text}");
+    let no_leader = Response::NotLeader {
+        shard: 2,
+        leader: None,
+    };
+    let Err(Reply::Error(text)) = answer(no_leader, true) else {
+        panic!("an error reply")
+    };
+    assert!(text.starts_with("TRYAGAIN "), "{text}");
 }

@@ -7,6 +7,8 @@ use super::{Change, KeyUpdate, LimitKind, Op, Response, KEY_BYTES_MAX};
 
 /// Most keys one [`Op::Update`] may change (an MSET or a DEL of that many keys).
 pub const UPDATE_KEYS_MAX: usize = 1024;
+/// Most keys one [`Op::GetMany`] may read (an MGET of that many keys).
+pub const GET_MANY_KEYS_MAX: usize = 1024;
 /// Bytes the log entry of an update spends per key beyond its key and value (lengths, enum
 /// tags, flags), counted against the request limit.
 const UPDATE_BYTES_PER_KEY: usize = 16;
@@ -17,6 +19,9 @@ const UPDATE_BYTES_PER_KEY: usize = 16;
 pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
     if let Op::Update(updates) = op {
         return check_update(updates, value_bytes_max);
+    }
+    if let Op::GetMany { keys, .. } = op {
+        return check_get_many(keys);
     }
     check_key(op.key())?;
     let values: [Option<&Vec<u8>>; 2] = match op {
@@ -73,6 +78,31 @@ fn check_update(updates: &[KeyUpdate], value_bytes_max: usize) -> Result<(), Res
             len: total,
             limit,
         });
+    }
+    Ok(())
+}
+
+/// The keys of a multi-key read: 1..=[`GET_MANY_KEYS_MAX`] of them, one slot, each valid.
+fn check_get_many(keys: &[Vec<u8>]) -> Result<(), Response> {
+    let Some(first) = keys.first() else {
+        return Err(Response::Invalid(
+            "a multi-key read needs at least one key".into(),
+        ));
+    };
+    if keys.len() > GET_MANY_KEYS_MAX {
+        return Err(Response::Invalid(format!(
+            "a multi-key read reads at most {GET_MANY_KEYS_MAX} keys, not {}",
+            keys.len()
+        )));
+    }
+    let slot = crate::slot::slot(first);
+    for key in keys {
+        check_key(key)?;
+        if crate::slot::slot(key) != slot {
+            return Err(Response::Invalid(
+                "a multi-key read's keys must all hash to one slot".into(),
+            ));
+        }
     }
     Ok(())
 }
@@ -236,5 +266,27 @@ mod tests {
         });
         let frame = crate::frame::encode(&req).expect("the largest update encodes");
         assert!(frame.len() - 4 <= request_frame_bytes_max(VALUE_BYTES_MAX_CEILING));
+    }
+
+    #[test]
+    fn a_multi_key_read_needs_one_to_the_maximum_of_keys_of_one_slot() {
+        let read = |keys: Vec<Vec<u8>>| Op::GetMany {
+            keys,
+            consistency: ReadConsistency::Linearizable,
+        };
+        assert!(check_limits(&read(vec![b"{t}a".to_vec(), b"{t}b".to_vec()]), 10).is_ok());
+        assert!(matches!(
+            check_limits(&read(vec![]), 10),
+            Err(Response::Invalid(_))
+        ));
+        assert!(matches!(
+            check_limits(&read(vec![b"a".to_vec(), b"b".to_vec()]), 10),
+            Err(Response::Invalid(why)) if why.contains("one slot")
+        ));
+        let too_many = (0..=GET_MANY_KEYS_MAX).map(|i| format!("{{t}}{i}").into_bytes());
+        assert!(matches!(
+            check_limits(&read(too_many.collect()), 10),
+            Err(Response::Invalid(why)) if why.contains("at most 1024 keys")
+        ));
     }
 }

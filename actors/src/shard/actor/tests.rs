@@ -374,7 +374,7 @@ async fn a_split_is_on_disk_before_the_child_is_announced_and_reads_of_its_slots
     let (tx, rx) = tokio::sync::oneshot::channel();
     shard.do_send(ReadAt {
         index: 2,
-        key: handed_key,
+        keys: ReadKeys::One(handed_key),
         reply: tx,
     });
     assert_eq!(

@@ -6,9 +6,14 @@ use crate::shard::view::MemoryView;
 const SHARD: shardkv_transport::ShardId = 1;
 const LIMIT: u64 = 16;
 
+/// The key the tests call `name`: all in one slot (one hash tag), as an update's keys are.
+fn tagged(name: &str) -> Vec<u8> {
+    format!("{{t}}{name}").into_bytes()
+}
+
 fn key_update(key: &str, change: Change) -> KeyUpdate {
     KeyUpdate {
-        key: key.as_bytes().to_vec(),
+        key: tagged(key),
         change,
         condition: Condition::Always,
         return_previous: false,
@@ -22,8 +27,7 @@ fn set(key: &str, value: &str) -> KeyUpdate {
 fn view_with(pairs: &[(&str, &str)]) -> MemoryView {
     let mut view = MemoryView::default();
     for (k, v) in pairs {
-        view.values
-            .insert(k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        view.values.insert(tagged(k), v.as_bytes().to_vec());
     }
     view
 }
@@ -45,7 +49,7 @@ fn outcomes(response: Response) -> Vec<UpdateOutcome> {
 fn written(effects: &Effects, key: &str) -> Option<Option<String>> {
     effects
         .values
-        .get(key.as_bytes())
+        .get(&tagged(key))
         .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
 }
 
@@ -192,7 +196,7 @@ fn append_past_the_value_limit_fails_and_changes_nothing() {
 fn an_update_sees_earlier_entries_of_the_same_batch() {
     let view = MemoryView::default();
     let mut effects = Effects::new(SHARD);
-    effects.put_value(b"n".to_vec(), b"9".to_vec());
+    effects.put_value(tagged("n"), b"9".to_vec());
     let response = update(
         vec![key_update("n", Change::IncrBy(1))],
         LIMIT,
@@ -224,4 +228,14 @@ fn integers_are_parsed_the_way_redis_parses_them() {
     ] {
         assert_eq!(parse_integer(text.as_bytes()), want, "{text:?}");
     }
+}
+
+#[test]
+fn keys_of_two_slots_are_refused_at_apply_too() {
+    let view = MemoryView::default();
+    let mut other_slot = set("b", "2");
+    other_slot.key = b"b".to_vec();
+    let (response, effects) = run(vec![set("a", "1"), other_slot], &view);
+    assert!(matches!(response, Response::Invalid(why) if why.contains("one slot")));
+    assert!(effects.batch.ops.is_empty());
 }
