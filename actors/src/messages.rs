@@ -58,8 +58,7 @@ pub struct PersistLazy(pub WriteBatch);
 /// delivered when its future is next polled, possibly after a later one; its future holds
 /// the message meanwhile, so waiting bounded no memory either.) What is in flight is bounded
 /// where requests enter the host: admission per client identity for QUIC; for RESP, commands
-/// per connection (an `MGET` counting once, with up to 1024 reads) and connections per
-/// listener.
+/// per connection and connections per listener.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ClientRequest {

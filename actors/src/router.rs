@@ -303,6 +303,7 @@ fn result_of(resp: &Response) -> &'static str {
         Response::Value(None) => "not_found",
         Response::CasFailed { .. } => "cas_failed",
         Response::NotLeader { .. } => "not_leader",
+        Response::LeaderLost { .. } => "leader_lost",
         Response::NoReplicaHere { .. } => "no_replica",
         Response::WrongShard { .. } => "wrong_shard",
         Response::TooLarge { .. } => "too_large",

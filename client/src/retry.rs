@@ -168,6 +168,8 @@ impl Retry {
     /// What `resp`, the answer of the target, means.
     pub(crate) fn on_reply(&mut self, resp: Response) -> Outcome {
         let target = self.target;
+        // `LeaderLost` (a write whose leader stepped down before it committed) is retried like
+        // `NotLeader`, which the session makes safe: a retry of an applied write is recognised.
         match resp {
             Response::Value(_)
             | Response::Ok
@@ -179,6 +181,10 @@ impl Retry {
                 leader: (self.target_shard, target),
             },
             Response::NotLeader {
+                shard,
+                leader: Some(l),
+            }
+            | Response::LeaderLost {
                 shard,
                 leader: Some(l),
             } if l != target => {
@@ -208,7 +214,7 @@ impl Retry {
                     pause,
                 })
             }
-            Response::NotLeader { shard, .. } => {
+            Response::NotLeader { shard, .. } | Response::LeaderLost { shard, .. } => {
                 self.last = format!("shard {shard} has no leader yet");
                 let refresh = if shard != self.route.shard {
                     Refresh::Background

@@ -271,7 +271,6 @@ fn lower(arg: &Bytes) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
 }
 
-/// A decimal `i64`, or Redis' error for one that is not.
 /// An integer argument, read as Redis reads one (and as the state machine reads values).
 fn integer(arg: &Bytes) -> Result<i64, Reply> {
     parse_integer(arg).ok_or_else(|| Reply::err("value is not an integer or out of range"))
@@ -311,8 +310,9 @@ fn parse_set(key: Bytes, value: Bytes, options: &[Bytes]) -> Result<Command, Rep
     let mut get = false;
     for option in options {
         match lower(option).as_str() {
-            "nx" if condition == Condition::Always => condition = Condition::IfAbsent,
-            "xx" if condition == Condition::Always => condition = Condition::IfPresent,
+            // Repeating a flag is allowed (as in Redis); NX with XX is not.
+            "nx" if condition != Condition::IfPresent => condition = Condition::IfAbsent,
+            "xx" if condition != Condition::IfAbsent => condition = Condition::IfPresent,
             "get" => get = true,
             "ex" | "px" | "exat" | "pxat" | "keepttl" => {
                 return Err(Reply::err(

@@ -70,7 +70,7 @@ const TABLE: &[Entry] = &[
     one_key("setnx", 3, WRITE_FAST),
     one_key("getset", 3, WRITE_FAST),
     one_key("getdel", 2, &["write", "fast"]),
-    one_key("append", 3, WRITE),
+    one_key("append", 3, WRITE_FAST),
     one_key("incr", 2, WRITE_FAST),
     one_key("incrby", 3, WRITE_FAST),
     one_key("decr", 2, WRITE_FAST),

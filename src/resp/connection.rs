@@ -35,7 +35,9 @@ pub const IN_FLIGHT_MAX: usize = 256;
 const OUT_BYTES_MAX: usize = 1 << 20;
 /// How long a client may leave its replies unread before the connection is closed: one
 /// that never reads would otherwise hold its slot and its replies for good.
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+const WRITE_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+/// Replies are written in pieces of this size, each within [`WRITE_STALL_MAX`].
+const WRITE_CHUNK_BYTES: usize = 64 << 10;
 
 /// What the data commands in flight are, to decide whether the next may join them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,22 +93,26 @@ where
             }
         }
         if !conn.out.is_empty() {
-            let written = async {
-                write_half.write_all(&conn.out).await?;
-                write_half.flush().await
-            };
-            match tokio::time::timeout(WRITE_TIMEOUT, written).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    debug!(client = id, error = %e, "RESP connection lost while writing");
-                    return;
-                }
-                Err(_) => {
-                    debug!(
-                        client = id,
-                        "RESP client read no reply for {WRITE_TIMEOUT:?}; closed"
-                    );
-                    return;
+            // Bounded by progress, not by size: a client reading a large reply slowly is
+            // served; one that stops reading is closed.
+            for chunk in conn.out.chunks(WRITE_CHUNK_BYTES) {
+                let written = async {
+                    write_half.write_all(chunk).await?;
+                    write_half.flush().await
+                };
+                match tokio::time::timeout(WRITE_STALL_MAX, written).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        debug!(client = id, error = %e, "RESP connection lost while writing");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(
+                            client = id,
+                            "RESP client read nothing for {WRITE_STALL_MAX:?}; closed"
+                        );
+                        return;
+                    }
                 }
             }
             conn.out.clear();

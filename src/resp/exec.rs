@@ -222,11 +222,16 @@ fn db_size(shared: &Arc<Shared>) -> Running {
         // One scan at a time on a host: each is a read transaction as long as the scan, which
         // keeps LMDB from reusing the pages writes free meanwhile.
         static SCANS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
-        let Ok(_scanning) = SCANS.acquire().await else {
+        let Ok(scanning) = SCANS.acquire().await else {
             return outcome(Reply::err("DBSIZE: the host is stopping"), None);
         };
-        let counted =
-            tokio::task::spawn_blocking(move || count_rows_in_slots(&store, &slots)).await;
+        // The permit goes with the scan: a client that leaves does not stop it.
+        let counted = tokio::task::spawn_blocking(move || {
+            let rows = count_rows_in_slots(&store, &slots);
+            drop(scanning);
+            rows
+        })
+        .await;
         let reply = match counted {
             Ok(Ok(keys)) => Reply::Integer(i64::try_from(keys).unwrap_or(i64::MAX)),
             Ok(Err(e)) => Reply::err(format!("DBSIZE could not read the store: {e}")),

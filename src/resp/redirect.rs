@@ -111,6 +111,10 @@ fn error_reply(resp: Response, write: bool) -> Reply {
         Response::Unavailable(m) if write => Reply::err(format!(
             "outcome unknown, the write may or may not have been applied: {m}"
         )),
+        Response::LeaderLost { shard, .. } => Reply::err(format!(
+            "outcome unknown, the write may or may not have been applied: the leader of \
+             shard {shard} stepped down before it committed"
+        )),
         Response::Unavailable(m) => Reply::Error(format!("TRYAGAIN {m}")),
         Response::TooLarge { what, len, limit } => Reply::err(format!(
             "{what} of {len} bytes exceeds the limit of {limit} bytes"

@@ -40,7 +40,8 @@ pub const fn request_frame_bytes_max(value_bytes_max: usize) -> usize {
 }
 
 /// Largest reply frame: one value (a read, or the current value of a failed CAS) at the
-/// ceiling. A host's status (about 60 bytes per replica, at most `SHARDS_PER_HOST_MAX`
+/// ceiling, or the values of a multi-key read bounded like one (with
+/// [`REPLY_BYTES_PER_VALUE`] each). A host's status (about 60 bytes per replica, at most `SHARDS_PER_HOST_MAX`
 /// replicas) is far smaller.
 pub const RESPONSE_FRAME_BYTES_MAX: usize = VALUE_BYTES_MAX_CEILING + ENVELOPE_BYTES_MAX;
 
@@ -365,7 +366,19 @@ pub enum Response {
     Updated(Vec<UpdateOutcome>),
     /// The values of an [`Op::GetMany`], in its keys' order.
     Values(Vec<ReadValue>),
+    /// The write was proposed, then this replica lost its leadership before the write
+    /// committed: it may still commit under the next leader (`leader`, if known), or not.
+    /// A client with a session retries safely (its retry is recognised); one without must
+    /// not assume either outcome. (A write refused before it was proposed is `NotLeader`.)
+    LeaderLost {
+        shard: ShardId,
+        leader: Option<HostId>,
+    },
 }
+
+/// Bytes a [`Response::Values`] spends per value beyond the value's own (an option tag and
+/// a length), counted against its bound so the reply fits a response frame.
+pub const REPLY_BYTES_PER_VALUE: usize = 8;
 
 /// One value of a [`Response::Values`] (`None`: the key has no value).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -485,6 +498,15 @@ mod tests {
                 .map(RaftEnvelope::framed_bytes_max)
                 .sum::<usize>();
         assert!(payload <= bound, "{payload} > {bound}");
+    }
+
+    #[test]
+    fn the_largest_multi_key_reply_fits_its_response_frame() {
+        // The most values, together at the bound the shard answers TooLarge past.
+        let each = VALUE_BYTES_MAX_CEILING / GET_MANY_KEYS_MAX - REPLY_BYTES_PER_VALUE;
+        let values = vec![ReadValue(Some(vec![7; each])); GET_MANY_KEYS_MAX];
+        let frame = crate::frame::encode(&Response::Values(values)).expect("encodes");
+        assert!(frame.len() - 4 <= RESPONSE_FRAME_BYTES_MAX);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use actix::prelude::*;
 use raft::eraftpb::{Message as RaftMessage, MessageType};
 use raft::ReadState;
 use raft::StateRole;
+use shardkv_transport::wire::Response;
 use tracing::{info, warn};
 
 use super::ReplicaActor;
@@ -319,7 +320,12 @@ impl ReplicaActor {
             let resp = self.not_leader();
             self.reads.fail_all(&resp);
             self.fail_change_waiter(&resp);
-            self.links.fail_waiters.do_send(FailWaiters(resp));
+            // Proposed writes may still commit under the next leader: not a plain refusal.
+            let lost = match resp {
+                Response::NotLeader { shard, leader } => Response::LeaderLost { shard, leader },
+                other => other,
+            };
+            self.links.fail_waiters.do_send(FailWaiters(lost));
         }
         if role != self.role {
             self.lease.reset();

@@ -4,7 +4,9 @@
 
 use actix::prelude::*;
 use raft::eraftpb::Entry;
-use shardkv_transport::wire::{LimitKind, ReadValue, Response, VALUE_BYTES_MAX_CEILING};
+use shardkv_transport::wire::{
+    LimitKind, ReadValue, Response, REPLY_BYTES_PER_VALUE, VALUE_BYTES_MAX_CEILING,
+};
 use shardkv_transport::{HostId, ShardId};
 use tracing::{debug, warn};
 
@@ -211,9 +213,8 @@ impl ShardActor {
         self.storage.do_send(PersistLazy(WriteBatch { ops }));
     }
 
-    /// Serves a read of `key` as of the applied index, if the shard owns its slot there.
-    /// Reads `keys` as of what is applied now; all of several keys in one go, so at one
-    /// applied state.
+    /// Serves a read of `keys` as of the applied index, if the shard owns their slot there:
+    /// all of several keys in one go, so at one applied state.
     fn read(&self, keys: &ReadKeys) -> Response {
         let many = match keys {
             ReadKeys::One(key) => std::slice::from_ref(key),
@@ -229,29 +230,33 @@ impl ShardActor {
             };
         }
         let view = self.view();
+        if let ReadKeys::One(key) = keys {
+            return match view.value(key) {
+                Ok(v) => Response::Value(v),
+                Err(e) => Response::Internal(format!("read failed: {e}")),
+            };
+        }
+        // A reply travels in one frame, which holds one value at the ceiling: stop reading
+        // as soon as the values pass that, before they cost more memory.
         let mut values = Vec::with_capacity(many.len());
         let mut bytes = 0usize;
         for key in many {
             match view.value(key) {
                 Ok(v) => {
-                    bytes += v.as_ref().map_or(0, Vec::len);
-                    values.push(v);
+                    bytes += v.as_ref().map_or(0, Vec::len) + REPLY_BYTES_PER_VALUE;
+                    if bytes > VALUE_BYTES_MAX_CEILING {
+                        return Response::TooLarge {
+                            what: LimitKind::Reply,
+                            len: bytes,
+                            limit: VALUE_BYTES_MAX_CEILING,
+                        };
+                    }
+                    values.push(ReadValue(v));
                 }
                 Err(e) => return Response::Internal(format!("read failed: {e}")),
             }
         }
-        if let ReadKeys::One(_) = keys {
-            return Response::Value(values.pop().flatten());
-        }
-        // A reply travels in one frame, which holds one value at the ceiling.
-        if bytes > VALUE_BYTES_MAX_CEILING {
-            return Response::TooLarge {
-                what: LimitKind::Reply,
-                len: bytes,
-                limit: VALUE_BYTES_MAX_CEILING,
-            };
-        }
-        Response::Values(values.into_iter().map(ReadValue).collect())
+        Response::Values(values)
     }
 
     /// Everything up to `last` is applied: answer the writes and reads waiting on it.

@@ -88,6 +88,14 @@ fn set_takes_nx_xx_and_get_and_refuses_ttls() {
         })
     ));
     assert_eq!(error_of("set k v nx xx"), "ERR syntax error");
+    assert_eq!(error_of("set k v xx get nx"), "ERR syntax error");
+    assert!(matches!(
+        parse("set k v nx NX"),
+        Ok(Command::Set {
+            condition: Condition::IfAbsent,
+            ..
+        })
+    ));
     assert_eq!(error_of("set k v bogus"), "ERR syntax error");
     for ttl in ["EX 10", "PX 10", "EXAT 1", "PXAT 1", "KEEPTTL"] {
         assert_eq!(
@@ -209,7 +217,9 @@ fn config_get_and_command_docs_are_answered_for_tools() {
 
 #[test]
 fn multi_key_reads_are_bounded_like_updates() {
-    let keys: Vec<String> = (0..=GET_MANY_KEYS_MAX).map(|i| format!("{{t}}{i}")).collect();
+    let keys: Vec<String> = (0..=GET_MANY_KEYS_MAX)
+        .map(|i| format!("{{t}}{i}"))
+        .collect();
     let text = error_of(&format!("MGET {}", keys.join(" ")));
     assert!(text.contains("at most 1024"), "{text}");
     assert!(parse(&format!("MGET {}", keys[1..].join(" "))).is_ok());

@@ -91,6 +91,14 @@ fn a_write_of_unknown_outcome_is_no_tryagain_that_clients_would_retry_on_their_o
         panic!("an error reply")
     };
     assert!(text.starts_with("ERR outcome unknown"), "{text}");
+    let stepped_down = Response::LeaderLost {
+        shard: 2,
+        leader: Some(3),
+    };
+    let Err(Reply::Error(text)) = answer(stepped_down, true) else {
+        panic!("an error reply")
+    };
+    assert!(text.starts_with("ERR outcome unknown"), "no MOVED: {text}");
     let no_leader = Response::NotLeader {
         shard: 2,
         leader: None,

@@ -21,7 +21,7 @@ pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
         return check_update(updates, value_bytes_max);
     }
     if let Op::GetMany { keys, .. } = op {
-        return check_get_many(keys);
+        return check_get_many(keys, value_bytes_max);
     }
     check_key(op.key())?;
     let values: [Option<&Vec<u8>>; 2] = match op {
@@ -82,8 +82,9 @@ fn check_update(updates: &[KeyUpdate], value_bytes_max: usize) -> Result<(), Res
     Ok(())
 }
 
-/// The keys of a multi-key read: 1..=[`GET_MANY_KEYS_MAX`] of them, one slot, each valid.
-fn check_get_many(keys: &[Vec<u8>]) -> Result<(), Response> {
+/// The keys of a multi-key read: 1..=[`GET_MANY_KEYS_MAX`] of them, one slot, each valid,
+/// and all together within an update's bound, so the request fits its frame.
+fn check_get_many(keys: &[Vec<u8>], value_bytes_max: usize) -> Result<(), Response> {
     let Some(first) = keys.first() else {
         return Err(Response::Invalid(
             "a multi-key read needs at least one key".into(),
@@ -96,6 +97,7 @@ fn check_get_many(keys: &[Vec<u8>]) -> Result<(), Response> {
         )));
     }
     let slot = crate::slot::slot(first);
+    let mut total = 0usize;
     for key in keys {
         check_key(key)?;
         if crate::slot::slot(key) != slot {
@@ -103,6 +105,15 @@ fn check_get_many(keys: &[Vec<u8>]) -> Result<(), Response> {
                 "a multi-key read's keys must all hash to one slot".into(),
             ));
         }
+        total += key.len() + UPDATE_BYTES_PER_KEY;
+    }
+    let limit = 2 * value_bytes_max + KEY_BYTES_MAX;
+    if total > limit {
+        return Err(Response::TooLarge {
+            what: LimitKind::Request,
+            len: total,
+            limit,
+        });
     }
     Ok(())
 }
@@ -285,8 +296,17 @@ mod tests {
         ));
         let too_many = (0..=GET_MANY_KEYS_MAX).map(|i| format!("{{t}}{i}").into_bytes());
         assert!(matches!(
-            check_limits(&read(too_many.collect()), 10),
+            check_limits(&read(too_many.collect()), 1 << 20),
             Err(Response::Invalid(why)) if why.contains("at most 1024 keys")
+        ));
+        // Within the key count, but more key bytes than a request of this value limit holds.
+        let long_keys = (0..100).map(|i| format!("{{t}}{i}-{}", "k".repeat(400)).into_bytes());
+        assert!(matches!(
+            check_limits(&read(long_keys.collect()), 4096),
+            Err(Response::TooLarge {
+                what: LimitKind::Request,
+                ..
+            })
         ));
     }
 }
