@@ -41,6 +41,7 @@ async fn redis_clients_use_the_cluster_as_a_redis_cluster() {
 
     db_size_counts_each_key_once_and_config_get_answers(&cluster).await;
     redis_cli_follows_moved_to_each_shards_leader(&cluster, &leaders);
+    metrics_count_commands_by_reply(&cluster);
     redis_cli_commands_answer_as_redis_does(&cluster);
     cluster_replies::describe_the_shards(&cluster, &client, &leaders).await;
     cluster_client_reads_its_writes_across_slots(&cluster).await;
@@ -134,6 +135,30 @@ async fn db_size_counts_each_key_once_and_config_get_answers(cluster: &Cluster) 
         .await
         .expect("CONFIG GET");
     assert_eq!(settings, ["appendonly", "yes", "save", ""]);
+}
+
+/// Each host's `/metrics` counts RESP commands by their reply: after the redirections above,
+/// some SETs were answered `moved` and some `ok`, and connections were counted.
+fn metrics_count_commands_by_reply(cluster: &Cluster) {
+    let sum = |command: &str, result: &str| -> f64 {
+        let want = format!("command=\"{command}\",result=\"{result}\"");
+        cluster
+            .cfg
+            .hosts
+            .iter()
+            .map(|h| common::http_get(h.metrics.expect("a metrics listener"), "/metrics"))
+            .flat_map(|body| {
+                body.lines()
+                    .filter(|l| l.starts_with("shardkv_resp_commands_total{") && l.contains(&want))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    };
+    assert!(sum("set", "moved") >= 1.0, "a SET was redirected");
+    assert!(sum("set", "ok") >= 1.0, "a SET was applied");
+    let body = common::http_get(cluster.cfg.hosts[0].metrics.expect("metrics"), "/metrics");
+    assert!(body.contains("shardkv_resp_connections"), "{body}");
 }
 
 /// Every host answers a SET of a key it does not lead with `-MOVED <slot> <leader>`, and

@@ -33,6 +33,14 @@ pub struct PeerLabels {
 }
 
 /// Labels naming a shard.
+/// A Redis-protocol command by name and by what its reply was (`ok`, `moved`, `tryagain`,
+/// `crossslot`, `clusterdown`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RespLabels {
+    pub command: &'static str,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabels {
     pub shard: u32,
@@ -56,6 +64,8 @@ pub struct Metrics {
     pub storage_commit_batches: Histogram,
     pub peer_connected: Family<PeerLabels, Gauge>,
     pub raft_batches_refused: Counter,
+    pub resp_commands: Family<RespLabels, Counter>,
+    pub resp_connections: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -83,6 +93,8 @@ pub fn metrics() -> &'static Metrics {
         storage_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         peer_connected: Family::default(),
         raft_batches_refused: Counter::default(),
+        resp_commands: Family::default(),
+        resp_connections: Gauge::default(),
     })
 }
 
@@ -171,6 +183,16 @@ pub fn registry() -> Registry {
         "peer_connected",
         "1 while the outbound link to a peer host is up",
         m.peer_connected.clone(),
+    );
+    r.register(
+        "resp_commands",
+        "Redis-protocol commands answered, by command and reply",
+        m.resp_commands.clone(),
+    );
+    r.register(
+        "resp_connections",
+        "Redis-protocol connections open",
+        m.resp_connections.clone(),
     );
     r
 }

@@ -244,6 +244,43 @@ impl Command {
         Ok(cmd)
     }
 
+    /// The command's name in lowercase, for metrics: `client`, `cluster`, `command` for their
+    /// subcommands; INCR, DECR and DECRBY count as `incrby`, UNLINK as `del`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping(_) => "ping",
+            Command::Echo(_) => "echo",
+            Command::Hello { .. } => "hello",
+            Command::ClientSetName(_)
+            | Command::ClientGetName
+            | Command::ClientId
+            | Command::ClientSetInfo => "client",
+            Command::Select => "select",
+            Command::Quit => "quit",
+            Command::CommandInfo(_) | Command::CommandDocs | Command::CommandCount => "command",
+            Command::Info(_) => "info",
+            Command::DbSize => "dbsize",
+            Command::ConfigGet(_) => "config",
+            Command::Get(_) => "get",
+            Command::Set { .. } => "set",
+            Command::SetNx(..) => "setnx",
+            Command::GetSet(..) => "getset",
+            Command::GetDel(_) => "getdel",
+            Command::Del(_) => "del",
+            Command::Exists(_) => "exists",
+            Command::MGet(_) => "mget",
+            Command::MSet(_) => "mset",
+            Command::IncrBy(..) => "incrby",
+            Command::Append(..) => "append",
+            Command::StrLen(_) => "strlen",
+            Command::Type(_) => "type",
+            Command::Wait => "wait",
+            Command::ReadOnly => "readonly",
+            Command::ReadWrite => "readwrite",
+            Command::Cluster(_) => "cluster",
+        }
+    }
+
     /// How the command orders against its neighbours (see [`Class`]).
     pub fn class(&self) -> Class {
         match self {

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures::stream::FuturesOrdered;
 use futures::{FutureExt, StreamExt};
+use shardkv_actors::metrics::{metrics, RespLabels};
 use shardkv_transport::slot::Slot;
 use shardkv_transport::ShardId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -151,6 +152,15 @@ fn joins(
     }
 }
 
+/// Counts a reply to a command named `command` in the host's metrics.
+fn count(command: &'static str, reply: &Reply) {
+    let labels = RespLabels {
+        command,
+        result: reply.kind(),
+    };
+    metrics().resp_commands.get_or_create(&labels).inc();
+}
+
 struct Connection {
     shared: Arc<Shared>,
     session: Session,
@@ -175,7 +185,10 @@ impl Connection {
         match frame {
             Some(Ok(args)) => match Command::parse(&args) {
                 Ok(cmd) => self.admit(cmd),
-                Err(reply) => self.push_ready(reply),
+                Err(reply) => {
+                    count("unparsed", &reply);
+                    self.push_ready(reply);
+                }
             },
             Some(Err(RequestError::Protocol(text))) => {
                 debug!(client = self.session.id, %text, "RESP protocol error; closing");
@@ -215,10 +228,13 @@ impl Connection {
             Class::Local => {}
         }
         let quit = cmd == Command::Quit;
+        let name = cmd.name();
         let running = exec::start(cmd, &mut self.session, &self.shared);
         let protocol = self.session.protocol;
-        self.inflight
-            .push_back(Box::pin(running.map(move |o| (o, protocol))));
+        self.inflight.push_back(Box::pin(running.map(move |o| {
+            count(name, &o.reply);
+            (o, protocol)
+        })));
         if quit {
             self.closing = true;
         }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shardkv_actors::metrics::metrics;
 use shardkv_transport::{TlsFiles, TransportError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -119,6 +120,7 @@ struct ConnectionCount {
 impl ConnectionCount {
     fn new(shared: Arc<Shared>) -> Self {
         shared.connections.fetch_add(1, Ordering::Relaxed);
+        metrics().resp_connections.inc();
         ConnectionCount { shared }
     }
 }
@@ -126,5 +128,6 @@ impl ConnectionCount {
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
         self.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics().resp_connections.dec();
     }
 }

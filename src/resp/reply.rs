@@ -69,6 +69,22 @@ impl Reply {
         matches!(self, Reply::Error(_))
     }
 
+    /// What the reply was, for metrics: `ok`, or the error's Redis code in lowercase for the
+    /// ones clients act on (`moved`, `tryagain`, `crossslot`, `clusterdown`), else `error`.
+    pub fn kind(&self) -> &'static str {
+        let Reply::Error(text) = self else {
+            return "ok";
+        };
+        let code = text.split(' ').next().unwrap_or_default();
+        match code {
+            "MOVED" => "moved",
+            "TRYAGAIN" => "tryagain",
+            "CROSSSLOT" => "crossslot",
+            "CLUSTERDOWN" => "clusterdown",
+            _ => "error",
+        }
+    }
+
     /// Appends the encoding of this reply in `protocol` to `out`.
     pub fn encode(&self, protocol: Protocol, out: &mut BytesMut) {
         // The encoders fail only on a frame they cannot represent (an attribute on a RESP2
@@ -215,5 +231,22 @@ mod tests {
             let status = Reply::Status("a\nb".into());
             assert_eq!(encoded(&status, p), "+a b\r\n");
         }
+    }
+
+    #[test]
+    fn the_kind_of_a_reply_names_the_errors_clients_act_on() {
+        assert_eq!(Reply::ok().kind(), "ok");
+        assert_eq!(Reply::Null.kind(), "ok");
+        assert_eq!(
+            Reply::Error("MOVED 7 127.0.0.1:6102".into()).kind(),
+            "moved"
+        );
+        assert_eq!(Reply::Error("TRYAGAIN shard 2".into()).kind(), "tryagain");
+        assert_eq!(Reply::Error("CROSSSLOT keys".into()).kind(), "crossslot");
+        assert_eq!(
+            Reply::Error("CLUSTERDOWN slot".into()).kind(),
+            "clusterdown"
+        );
+        assert_eq!(Reply::err("syntax error").kind(), "error");
     }
 }
