@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::resp::RespTable;
 use common::Cluster;
 use futures::{StreamExt, TryStreamExt};
 use redis::AsyncCommands;
@@ -25,19 +24,7 @@ use shardkv_transport::{HostId, ShardId};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_clients_use_the_cluster_as_a_redis_cluster() {
-    let mut cluster = Cluster::with_resp(
-        3,
-        3,
-        3,
-        RespTable {
-            tls: false,
-            forward: false,
-        },
-    );
-    cluster.start_all();
-    let client = cluster.client();
-    cluster.wait_ready(&client).await;
-    let leaders = cluster.wait_resp_ready(&client).await;
+    let (mut cluster, client, leaders) = Cluster::started_with_resp(3, 3, 3, false, false).await;
 
     db_size_counts_each_key_once_and_config_get_answers(&cluster).await;
     redis_cli_follows_moved_to_each_shards_leader(&cluster, &leaders);

@@ -4,24 +4,11 @@
 
 mod common;
 
-use common::resp::RespTable;
 use common::Cluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarding_host_serves_every_shard_to_a_plain_client() {
-    let mut cluster = Cluster::with_resp(
-        3,
-        3,
-        3,
-        RespTable {
-            tls: false,
-            forward: true,
-        },
-    );
-    cluster.start_all();
-    let client = cluster.client();
-    cluster.wait_ready(&client).await;
-    let leaders = cluster.wait_resp_ready(&client).await;
+    let (mut cluster, client, leaders) = Cluster::started_with_resp(3, 3, 3, false, true).await;
     // A host that does not lead every shard, so some commands must be forwarded.
     let entry = [1, 2, 3]
         .into_iter()

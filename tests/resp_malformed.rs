@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::resp::{send_raw, RespTable};
+use common::resp::send_raw;
 use common::Cluster;
 
 /// How much the host's resident memory may grow over the whole drill.
@@ -20,19 +20,7 @@ const WAIT: Duration = Duration::from_secs(5);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_resp_gets_an_error_and_a_close_never_a_crash_or_unbounded_memory() {
-    let mut cluster = Cluster::with_resp(
-        1,
-        1,
-        1,
-        RespTable {
-            tls: false,
-            forward: false,
-        },
-    );
-    cluster.start_all();
-    let client = cluster.client();
-    cluster.wait_ready(&client).await;
-    cluster.wait_resp_ready(&client).await;
+    let (mut cluster, client, _) = Cluster::started_with_resp(1, 1, 1, false, false).await;
     let addr = cluster.resp_addr(1);
     let pid = cluster.pid(1);
     let rss_before = common::proc_status_bytes(pid, "VmRSS");

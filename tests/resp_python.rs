@@ -8,7 +8,6 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::resp::RespTable;
 use common::Cluster;
 
 /// The Python that Debian's python3-redis is installed for (`.ci/run` installs it).
@@ -34,19 +33,7 @@ print("ok")
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_py_cluster_client_works_unchanged() {
-    let mut cluster = Cluster::with_resp(
-        3,
-        3,
-        3,
-        RespTable {
-            tls: false,
-            forward: false,
-        },
-    );
-    cluster.start_all();
-    let client = cluster.client();
-    cluster.wait_ready(&client).await;
-    cluster.wait_resp_ready(&client).await;
+    let (mut cluster, client, _) = Cluster::started_with_resp(3, 3, 3, false, false).await;
 
     let addr = cluster.resp_addr(2);
     let mut python = Command::new(PYTHON)

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::resp::{redis_cli, RespTable};
+use common::resp::redis_cli;
 use common::Cluster;
 
 /// `--tls` flags for redis-cli: the cluster CA to check the host with, and a client
@@ -48,19 +48,7 @@ fn shardkv_ok(cfg: &Path, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_serves_only_clients_with_a_certificate_of_the_cluster_ca() {
-    let mut cluster = Cluster::with_resp(
-        1,
-        1,
-        1,
-        RespTable {
-            tls: true,
-            forward: false,
-        },
-    );
-    cluster.start_all();
-    let client = cluster.client();
-    cluster.wait_ready(&client).await;
-    cluster.wait_resp_ready(&client).await;
+    let (mut cluster, _client, _) = Cluster::started_with_resp(1, 1, 1, true, false).await;
     let addr = cluster.resp_addr(1);
     let ca = cluster.cfg.cluster.tls.ca.clone();
 

@@ -226,28 +226,33 @@ impl Topology {
     }
 }
 
+/// A topology for unit tests, seen from host 1: hosts 1..=3 on 127.0.0.1:7101..7103, each
+/// shard `h` of 1..=3 placed on host `h` first; the hosts of `resp` listen on 127.0.0.1:610h.
+#[cfg(test)]
+pub(crate) fn test_topology(resp: &[HostId]) -> Topology {
+    let layout = shardkv_transport::Layout {
+        shards: 3,
+        replicas: 3,
+        pins: vec![],
+        placement: vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 1]), (3, vec![3, 1, 2])],
+    };
+    let addrs: Vec<(HostId, String)> = (1..=3)
+        .map(|h| (h, format!("127.0.0.1:71{h:02}")))
+        .collect();
+    let map = ClusterMap::day0(&layout, &addrs).expect("a day-0 map");
+    let resp = resp
+        .iter()
+        .map(|&h| (h, SocketAddr::from(([127, 0, 0, 1], 6100 + h as u16))))
+        .collect();
+    Topology::new("t".into(), 1, resp, false, map)
+}
+
 #[cfg(test)]
 mod tests {
-    use shardkv_transport::Layout;
-
     use super::*;
 
     fn topology() -> Topology {
-        let layout = Layout {
-            shards: 3,
-            replicas: 3,
-            pins: vec![],
-            placement: vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 1]), (3, vec![3, 1, 2])],
-        };
-        let addrs: Vec<(HostId, String)> = (1..=3)
-            .map(|h| (h, format!("127.0.0.1:71{h:02}")))
-            .collect();
-        let map = ClusterMap::day0(&layout, &addrs).expect("a day-0 map");
-        let resp = [(1, 6101), (2, 6102)]
-            .into_iter()
-            .map(|(h, port)| (h, SocketAddr::from(([127, 0, 0, 1], port))))
-            .collect();
-        Topology::new("t".into(), 1, resp, false, map)
+        test_topology(&[1, 2])
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub struct RespTable {
 const REDIS_CLI_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Cluster {
+    /// A cluster of [`Cluster::with_resp`], started and ready: every shard led by its
+    /// preferred host and every RESP listener answering ([`Cluster::wait_resp_ready`]).
+    /// Returns it, a shardkv client of it, and the shards' leaders.
+    pub async fn started_with_resp(
+        hosts: u64,
+        shards: u32,
+        replicas: u32,
+        tls: bool,
+        forward: bool,
+    ) -> (Cluster, Client, BTreeMap<ShardId, HostId>) {
+        let mut cluster = Cluster::with_resp(hosts, shards, replicas, RespTable { tls, forward });
+        cluster.start_all();
+        let client = cluster.client();
+        cluster.wait_ready(&client).await;
+        let leaders = cluster.wait_resp_ready(&client).await;
+        (cluster, client, leaders)
+    }
+
     /// Like [`Cluster::new`], with a `resp` listener on a free TCP port of every host's own
     /// loopback address and the `[resp]` table `table`.
     pub fn with_resp(hosts: u64, shards: u32, replicas: u32, table: RespTable) -> Cluster {

@@ -3,7 +3,7 @@
 //! `elsewhere`), so the pipeline, the replies and the redirections are checked without
 //! Raft or LMDB.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
@@ -12,11 +12,10 @@ use actix::prelude::*;
 use shardkv_actors::messages::ClientRequest;
 use shardkv_actors::schema::Schema;
 use shardkv_transport::wire::{Change, Condition, Op, ReadValue, Response, UpdateOutcome};
-use shardkv_transport::{ClusterMap, HostId, Layout};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 use super::*;
-use crate::resp::topology::Topology;
+use crate::resp::topology::test_topology;
 
 /// Keys in a map, changed as the shard state machine would.
 #[derive(Default)]
@@ -101,22 +100,9 @@ impl FakeRouter {
 }
 
 fn shared(router: Recipient<ClientRequest>) -> Arc<Shared> {
-    let layout = Layout {
-        shards: 3,
-        replicas: 3,
-        pins: vec![],
-        placement: vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 1]), (3, vec![3, 1, 2])],
-    };
-    let addrs: Vec<(HostId, String)> = (1..=3)
-        .map(|h| (h, format!("127.0.0.1:71{h:02}")))
-        .collect();
-    let map = ClusterMap::day0(&layout, &addrs).expect("a day-0 map");
-    let resp: BTreeMap<HostId, SocketAddr> = (1..=3)
-        .map(|h| (h, SocketAddr::from(([127, 0, 0, 1], 6100 + h as u16))))
-        .collect();
     Arc::new(Shared {
         router,
-        topology: Arc::new(Topology::new("t".into(), 1, resp, false, map)),
+        topology: Arc::new(test_topology(&[1, 2, 3])),
         forward: None,
         addr: SocketAddr::from(([127, 0, 0, 1], 6101)),
         connections: AtomicUsize::new(0),

@@ -1,30 +1,12 @@
 //! Unit tests of what shardkv answers become for a Redis client.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
 use shardkv_transport::wire::{LimitKind, UpdateOutcome};
-use shardkv_transport::{ClusterMap, Layout};
 
 use super::*;
 
 /// Hosts 1..=3 holding shards 1..=3; hosts 1 and 2 have RESP addresses.
 fn topology() -> Topology {
-    let layout = Layout {
-        shards: 3,
-        replicas: 3,
-        pins: vec![],
-        placement: vec![(1, vec![1, 2, 3]), (2, vec![2, 3, 1]), (3, vec![3, 1, 2])],
-    };
-    let addrs: Vec<(HostId, String)> = (1..=3)
-        .map(|h| (h, format!("127.0.0.1:71{h:02}")))
-        .collect();
-    let map = ClusterMap::day0(&layout, &addrs).expect("a day-0 map");
-    let resp: BTreeMap<HostId, SocketAddr> = [(1, 6101), (2, 6102)]
-        .into_iter()
-        .map(|(h, port)| (h, SocketAddr::from(([127, 0, 0, 1], port))))
-        .collect();
-    Topology::new("t".into(), 1, resp, false, map)
+    super::super::topology::test_topology(&[1, 2])
 }
 
 #[test]

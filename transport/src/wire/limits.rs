@@ -9,8 +9,8 @@ use super::{Change, KeyUpdate, LimitKind, Op, Response, KEY_BYTES_MAX};
 pub const UPDATE_KEYS_MAX: usize = 1024;
 /// Most keys one [`Op::GetMany`] may read (an MGET of that many keys).
 pub const GET_MANY_KEYS_MAX: usize = 1024;
-/// Bytes the log entry of an update spends per key beyond its key and value (lengths, enum
-/// tags, flags), counted against the request limit.
+/// Bytes the encoding of a multi-key request spends per key beyond its key and value
+/// (lengths, enum tags, flags), counted against the request limit.
 const UPDATE_BYTES_PER_KEY: usize = 16;
 
 /// Checks key and value sizes against `value_bytes_max`, and that an update's keys share one
@@ -39,29 +39,13 @@ pub fn check_limits(op: &Op, value_bytes_max: usize) -> Result<(), Response> {
 /// limits, and all together within a CAS's bound. At most one asks for its previous value,
 /// so the reply, like a get's, carries at most one value.
 fn check_update(updates: &[KeyUpdate], value_bytes_max: usize) -> Result<(), Response> {
-    let Some(first) = updates.first() else {
-        return Err(Response::Invalid("an update needs at least one key".into()));
-    };
-    if updates.len() > UPDATE_KEYS_MAX {
-        return Err(Response::Invalid(format!(
-            "an update changes at most {UPDATE_KEYS_MAX} keys, not {}",
-            updates.len()
-        )));
-    }
     if updates.iter().filter(|u| u.return_previous).count() > 1 {
         return Err(Response::Invalid(
             "at most one key of an update may ask for its previous value".into(),
         ));
     }
-    let slot = crate::slot::slot(&first.key);
-    let mut total = 0usize;
+    let mut keys = Vec::with_capacity(updates.len());
     for u in updates {
-        check_key(&u.key)?;
-        if crate::slot::slot(&u.key) != slot {
-            return Err(Response::Invalid(
-                "an update's keys must all hash to one slot".into(),
-            ));
-        }
         let value = match &u.change {
             Change::Set(v) | Change::Append(v) => {
                 check_value(v, value_bytes_max)?;
@@ -69,43 +53,51 @@ fn check_update(updates: &[KeyUpdate], value_bytes_max: usize) -> Result<(), Res
             }
             Change::Delete | Change::IncrBy(_) => 0,
         };
-        total += u.key.len() + value + UPDATE_BYTES_PER_KEY;
+        keys.push((&u.key[..], value));
     }
-    let limit = 2 * value_bytes_max + KEY_BYTES_MAX;
-    if total > limit {
-        return Err(Response::TooLarge {
-            what: LimitKind::Request,
-            len: total,
-            limit,
-        });
-    }
-    Ok(())
+    check_keys_of_one_slot("an update", &keys, UPDATE_KEYS_MAX, value_bytes_max)
 }
 
-/// The keys of a multi-key read: 1..=[`GET_MANY_KEYS_MAX`] of them, one slot, each valid,
-/// and all together within an update's bound, so the request fits its frame.
+/// The keys of a multi-key read: as an update's, with no values.
 fn check_get_many(keys: &[Vec<u8>], value_bytes_max: usize) -> Result<(), Response> {
-    let Some(first) = keys.first() else {
-        return Err(Response::Invalid(
-            "a multi-key read needs at least one key".into(),
-        ));
+    let keys: Vec<(&[u8], usize)> = keys.iter().map(|k| (&k[..], 0)).collect();
+    check_keys_of_one_slot(
+        "a multi-key read",
+        &keys,
+        GET_MANY_KEYS_MAX,
+        value_bytes_max,
+    )
+}
+
+/// Checks the `(key, value length)` pairs of a multi-key request (`what`, for messages):
+/// 1..=`most` keys, each valid, all of one slot, and keys, values and their encoding
+/// together within a CAS's bound (a key and two values), so the request fits every frame
+/// and log entry a CAS fits.
+fn check_keys_of_one_slot(
+    what: &str,
+    keys: &[(&[u8], usize)],
+    most: usize,
+    value_bytes_max: usize,
+) -> Result<(), Response> {
+    let Some(&(first, _)) = keys.first() else {
+        return Err(Response::Invalid(format!("{what} needs at least one key")));
     };
-    if keys.len() > GET_MANY_KEYS_MAX {
+    if keys.len() > most {
         return Err(Response::Invalid(format!(
-            "a multi-key read reads at most {GET_MANY_KEYS_MAX} keys, not {}",
+            "{what} has at most {most} keys, not {}",
             keys.len()
         )));
     }
     let slot = crate::slot::slot(first);
     let mut total = 0usize;
-    for key in keys {
+    for &(key, value) in keys {
         check_key(key)?;
         if crate::slot::slot(key) != slot {
-            return Err(Response::Invalid(
-                "a multi-key read's keys must all hash to one slot".into(),
-            ));
+            return Err(Response::Invalid(format!(
+                "{what}'s keys must all hash to one slot"
+            )));
         }
-        total += key.len() + UPDATE_BYTES_PER_KEY;
+        total += key.len() + value + UPDATE_BYTES_PER_KEY;
     }
     let limit = 2 * value_bytes_max + KEY_BYTES_MAX;
     if total > limit {
