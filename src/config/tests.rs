@@ -585,4 +585,6 @@ fn the_samples_commented_resp_lines_parse_once_uncommented() {
         .filter_map(|h| h.resp.map(|a| a.port()))
         .collect();
     assert_eq!(ports, [6101, 6102, 6103]);
+    // Plaintext, so plain `redis-cli -c -p 6101` works: allowed, every address is loopback.
+    assert!(!cfg.resp.tls);
 }
