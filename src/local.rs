@@ -37,23 +37,66 @@ pub enum LocalError {
     Certs(#[from] crate::certs::CertError),
 }
 
-/// A free UDP port on `ip` (QUIC listens on UDP). Another process may take it before a host
-/// binds it; loopback clusters accept that small race.
-pub fn free_udp_port(ip: [u8; 4]) -> Result<u16, LocalError> {
-    let s =
-        UdpSocket::bind(SocketAddr::from((ip, 0))).map_err(|e| LocalError::Io(e.to_string()))?;
-    Ok(s.local_addr()
-        .map_err(|e| LocalError::Io(e.to_string()))?
-        .port())
+/// Where loopback clusters take their ports: below Linux's default ephemeral range
+/// (32768–60999, `net.ipv4.ip_local_port_range`), so a socket bound to port 0 — a client's
+/// QUIC endpoint, a host dialing out — can never be handed a port a host was given but has
+/// not bound yet, or one it lost for a moment while it restarts.
+const LOOPBACK_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// Ports this process already handed out, so two hosts of one process never get the same one
+/// before either has bound it.
+static HANDED_OUT: std::sync::Mutex<Vec<(Protocol, u16)>> = std::sync::Mutex::new(Vec::new());
+
+/// Which socket a port is for: UDP and TCP ports are separate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Protocol {
+    Udp,
+    Tcp,
 }
 
-/// A free TCP port on `ip` (for a metrics listener); the same race as [`free_udp_port`].
+/// A free UDP port on `ip` (QUIC listens on UDP), from [`LOOPBACK_PORTS`]. Another process
+/// may still bind it before the host does; nothing that binds port 0 will.
+pub fn free_udp_port(ip: [u8; 4]) -> Result<u16, LocalError> {
+    free_port(ip, Protocol::Udp)
+}
+
+/// A free TCP port on `ip` (a metrics or RESP listener), chosen as [`free_udp_port`] does.
 pub fn free_tcp_port(ip: [u8; 4]) -> Result<u16, LocalError> {
-    let s = std::net::TcpListener::bind(SocketAddr::from((ip, 0)))
-        .map_err(|e| LocalError::Io(e.to_string()))?;
-    Ok(s.local_addr()
-        .map_err(|e| LocalError::Io(e.to_string()))?
-        .port())
+    free_port(ip, Protocol::Tcp)
+}
+
+/// Tries ports of [`LOOPBACK_PORTS`] from a random start until one binds on `ip`.
+fn free_port(ip: [u8; 4], protocol: Protocol) -> Result<u16, LocalError> {
+    use rand::Rng;
+    let span = LOOPBACK_PORTS.end - LOOPBACK_PORTS.start;
+    free_port_from(ip, protocol, rand::thread_rng().gen_range(0..span))
+}
+
+/// Tries ports of [`LOOPBACK_PORTS`] from its `first`th on.
+fn free_port_from(ip: [u8; 4], protocol: Protocol, first: u16) -> Result<u16, LocalError> {
+    let span = LOOPBACK_PORTS.end - LOOPBACK_PORTS.start;
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .map_err(|_| LocalError::Io("the port list's lock was poisoned".into()))?;
+    for step in 0..span {
+        let port = LOOPBACK_PORTS.start + (first + step) % span;
+        if handed_out.contains(&(protocol, port)) {
+            continue;
+        }
+        let addr = SocketAddr::from((ip, port));
+        let bound = match protocol {
+            Protocol::Udp => UdpSocket::bind(addr).map(drop),
+            Protocol::Tcp => std::net::TcpListener::bind(addr).map(drop),
+        };
+        if bound.is_ok() {
+            handed_out.push((protocol, port));
+            return Ok(port);
+        }
+    }
+    Err(LocalError::Io(format!(
+        "no free {protocol:?} port on {} in {LOOPBACK_PORTS:?}",
+        std::net::Ipv4Addr::from(ip)
+    )))
 }
 
 /// A cluster on loopback: host `id` listens on `127.0.0.<first_octet + id>` on a free port.
@@ -343,5 +386,48 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's ephemeral range, where sockets bound to port 0 land.
+    fn ephemeral_range() -> (u16, u16) {
+        let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap_or_else(|_| "32768 60999".into());
+        let mut bounds = text.split_whitespace().map(|n| n.parse().unwrap_or(0));
+        (bounds.next().unwrap_or(0), bounds.next().unwrap_or(0))
+    }
+
+    #[test]
+    fn loopback_ports_stay_out_of_the_ephemeral_range_and_are_never_handed_out_twice() {
+        let (low, high) = ephemeral_range();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let udp = free_udp_port([127, 0, 0, 1]).expect("a UDP port");
+            let tcp = free_tcp_port([127, 0, 0, 1]).expect("a TCP port");
+            for port in [udp, tcp] {
+                assert!(LOOPBACK_PORTS.contains(&port), "{port}");
+                assert!(!(low..=high).contains(&port), "{port} is ephemeral");
+            }
+            assert!(seen.insert((Protocol::Udp, udp)), "UDP {udp} twice");
+            assert!(seen.insert((Protocol::Tcp, tcp)), "TCP {tcp} twice");
+        }
+    }
+
+    #[test]
+    fn a_port_in_use_is_skipped() {
+        let ip = [127, 0, 0, 1];
+        let span = LOOPBACK_PORTS.end - LOOPBACK_PORTS.start;
+        let (first, _held) = (0..span)
+            .find_map(|k| {
+                let addr = SocketAddr::from((ip, LOOPBACK_PORTS.start + k));
+                UdpSocket::bind(addr).ok().map(|socket| (k, socket))
+            })
+            .expect("some port of the range is free");
+        let port = free_port_from(ip, Protocol::Udp, first).expect("a UDP port");
+        assert_ne!(port, LOOPBACK_PORTS.start + first);
     }
 }
