@@ -66,6 +66,18 @@ pub struct BenchArgs {
     /// Random seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// `per-client`: every client its own QUIC endpoint and connections, as independent
+    /// application processes are; `shared`: one client (one connection per host) that all
+    /// workers share, as the tasks of one process would.
+    #[arg(long, value_enum, default_value_t = Connections::PerClient)]
+    connections: Connections,
+}
+
+/// How `shardkv bench`'s workers reach the cluster.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Connections {
+    PerClient,
+    Shared,
 }
 
 fn parse_shape(s: &str) -> anyhow::Result<(u32, u32)> {
@@ -92,7 +104,10 @@ fn clients(cfg: &ClusterConfig, n: usize, args: &BenchArgs) -> anyhow::Result<Ve
     } else if args.lease {
         settings.consistency = ReadConsistency::Lease;
     }
-    (0..n).map(|_| Ok(Client::new(settings.clone())?)).collect()
+    match args.connections {
+        Connections::PerClient => (0..n).map(|_| Ok(Client::new(settings.clone())?)).collect(),
+        Connections::Shared => Ok(vec![Client::new(settings)?; n]),
+    }
 }
 
 fn progress(total: Option<u64>, label: &str) -> Option<ProgressBar> {
