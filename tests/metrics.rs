@@ -2,35 +2,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-
-/// Sums every sample of `name` whose labels contain all of `labels`.
-fn sample(body: &str, name: &str, labels: &[&str]) -> f64 {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn scrape_all(cluster: &common::Cluster) -> HashMap<u64, String> {
-    cluster
-        .cfg
-        .hosts
-        .iter()
-        .map(|h| {
-            (
-                h.host.id,
-                common::http_get(h.metrics.expect("metrics addr"), "/metrics"),
-            )
-        })
-        .collect()
-}
-
-fn total(scrapes: &HashMap<u64, String>, name: &str, labels: &[&str]) -> f64 {
-    scrapes.values().map(|b| sample(b, name, labels)).sum()
-}
+use common::metrics::{sample, scrape_all, total};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_counters_move_with_traffic() {

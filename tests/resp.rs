@@ -127,24 +127,14 @@ async fn db_size_counts_each_key_once_and_config_get_answers(cluster: &Cluster) 
 /// Each host's `/metrics` counts RESP commands by their reply: after the redirections above,
 /// some SETs were answered `moved` and some `ok`, and connections were counted.
 fn metrics_count_commands_by_reply(cluster: &Cluster) {
+    let scrapes = common::metrics::scrape_all(cluster);
     let sum = |command: &str, result: &str| -> f64 {
         let want = format!("command=\"{command}\",result=\"{result}\"");
-        cluster
-            .cfg
-            .hosts
-            .iter()
-            .map(|h| common::http_get(h.metrics.expect("a metrics listener"), "/metrics"))
-            .flat_map(|body| {
-                body.lines()
-                    .filter(|l| l.starts_with("shardkv_resp_commands_total{") && l.contains(&want))
-                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .sum()
+        common::metrics::total(&scrapes, "shardkv_resp_commands_total", &[&want])
     };
     assert!(sum("set", "moved") >= 1.0, "a SET was redirected");
     assert!(sum("set", "ok") >= 1.0, "a SET was applied");
-    let body = common::http_get(cluster.cfg.hosts[0].metrics.expect("metrics"), "/metrics");
+    let body = &scrapes[&1];
     assert!(body.contains("shardkv_resp_connections"), "{body}");
 }
 

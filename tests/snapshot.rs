@@ -129,7 +129,8 @@ async fn a_host_behind_the_compacted_log_catches_up_by_snapshot() {
                 .contains("snapshot sent")
         });
     assert!(sent, "a leader streamed the snapshot");
-    let metrics3 = common::http_get(cluster.cfg.hosts[2].metrics.expect("metrics"), "/metrics");
+    let metrics3 =
+        common::metrics::http_get(cluster.cfg.hosts[2].metrics.expect("metrics"), "/metrics");
     assert!(
         metrics3.contains("shardkv_snapshots_installed_total{shard=\"1\"} 1"),
         "the install is counted: {}",

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub storage_commit_seconds: Histogram,
     pub storage_commit_batches: Histogram,
     pub peer_connected: Family<PeerLabels, Gauge>,
+    pub raft_messages_sent: Family<PeerLabels, Counter>,
+    pub raft_hibernating: Family<ShardLabels, Gauge>,
+    pub raft_ticks: Family<ShardLabels, Counter>,
     pub raft_batches_refused: Counter,
     pub resp_commands: Family<RespLabels, Counter>,
     pub resp_connections: Gauge,
@@ -92,6 +95,9 @@ pub fn metrics() -> &'static Metrics {
         storage_commit_seconds: latency_histogram(),
         storage_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         peer_connected: Family::default(),
+        raft_messages_sent: Family::default(),
+        raft_hibernating: Family::default(),
+        raft_ticks: Family::default(),
         raft_batches_refused: Counter::default(),
         resp_commands: Family::default(),
         resp_connections: Gauge::default(),
@@ -158,6 +164,22 @@ pub fn registry() -> Registry {
         "raft_is_leader",
         "1 if the local replica leads the shard",
         m.raft_is_leader.clone(),
+    );
+    r.register(
+        "raft_hibernating",
+        "1 while the local replica sleeps: its group was idle, so it neither ticks nor \
+         heartbeats until a request, a Raft message or the loss of its leader's link wakes it",
+        m.raft_hibernating.clone(),
+    );
+    r.register(
+        "raft_ticks",
+        "Raft clock ticks of the local replica (none while it hibernates)",
+        m.raft_ticks.clone(),
+    );
+    r.register(
+        "raft_messages_sent",
+        "Raft messages sent to a peer host (every shard's, heartbeats included)",
+        m.raft_messages_sent.clone(),
     );
     r.register(
         "raft_term",

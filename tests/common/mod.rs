@@ -5,7 +5,6 @@
 //! Every test binary compiles this module and uses a different part of it, so the items that
 //! not every binary uses carry a narrow `allow(dead_code)`.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,6 +13,8 @@ use shardkv::config::ClusterConfig;
 use shardkv::local::{HostProcesses, LoopbackSpec};
 use shardkv_transport::HostId;
 
+#[allow(dead_code, reason = "used by the tests that read metrics")]
+pub mod metrics;
 #[allow(dead_code, reason = "used by the Redis protocol tests only")]
 pub mod resp;
 #[allow(
@@ -36,25 +37,6 @@ const STOP_GRACE: Duration = Duration::from_secs(15);
 #[allow(dead_code, reason = "used by the tests that write their own config")]
 pub fn free_port(ip: [u8; 4]) -> u16 {
     shardkv::local::free_udp_port(ip).expect("a free port on loopback")
-}
-
-/// GET `path` from `addr` over plain HTTP/1.0; returns the body.
-#[allow(dead_code, reason = "used by the metrics tests")]
-pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send request");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read response");
-    assert!(
-        out.starts_with("HTTP/1.") && out.contains(" 200 "),
-        "response: {out}"
-    );
-    out.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
 }
 
 /// A cluster under test; every host still running is killed when it drops.

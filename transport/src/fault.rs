@@ -10,6 +10,9 @@
 
 use crate::wire::HostId;
 
+/// Whether this build has the hooks (so polling them can be skipped where it costs).
+pub const ENABLED: bool = cfg!(all(feature = "fault-injection", debug_assertions));
+
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 mod state {
     use std::collections::HashSet;

@@ -28,11 +28,27 @@ struct PeerLink {
     close: Recipient<ClosePeerLink>,
 }
 
+/// Link losses a replica may fall behind on before it is told it missed some (and wakes as if
+/// its leader's link were among them).
+const LOST_LINKS_BUFFERED: usize = 64;
+
 /// See the module docs. Every method takes the lock for one lookup or one change only, and
 /// never while sending anything that could wait.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct PeerLinks {
     links: Arc<RwLock<HashMap<HostId, PeerLink>>>,
+    /// Hosts whose link was lost (connection closed or timed out, or cut by a test fault), for
+    /// hibernating replicas, which hear nothing else from a leader that is gone.
+    lost: tokio::sync::broadcast::Sender<HostId>,
+}
+
+impl Default for PeerLinks {
+    fn default() -> Self {
+        PeerLinks {
+            links: Arc::default(),
+            lost: tokio::sync::broadcast::channel(LOST_LINKS_BUFFERED).0,
+        }
+    }
 }
 
 impl PeerLinks {
@@ -81,6 +97,17 @@ impl PeerLinks {
     /// for the peer) is never left waiting on a link that is gone.
     pub fn with<R>(&self, host: HostId, f: impl FnOnce(&Recipient<SendRaft>) -> R) -> Option<R> {
         self.read().get(&host).map(|link| f(&link.raft))
+    }
+
+    /// Hosts whose link is lost from now on, as they are lost (see
+    /// [`crate::replica::hibernate`]).
+    pub fn subscribe_lost(&self) -> tokio::sync::broadcast::Receiver<HostId> {
+        self.lost.subscribe()
+    }
+
+    /// What a link reports its losses through.
+    pub(super) fn lost_sender(&self) -> tokio::sync::broadcast::Sender<HostId> {
+        self.lost.clone()
     }
 
     /// Takes the link to `host` out of the directory and ends it (its queue is dropped: Raft
@@ -177,6 +204,7 @@ impl PeerDialer {
             self.endpoint.clone(),
             self.snap_dir.clone(),
             self.incarnation,
+            self.links.lost_sender(),
         )
         .start();
         if self.links.insert(peer, &actor) {

@@ -26,7 +26,7 @@ use raft::eraftpb::MessageType;
 use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch, send_snapshot};
 use shardkv_transport::wire::{RaftBatch, RaftEnvelope};
 use shardkv_transport::HostId;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::messages::{SendRaft, SnapshotReport};
@@ -37,6 +37,8 @@ use queue::QueuedBytes;
 const QUEUE_MESSAGES_MAX: usize = 65_536;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How often an idle link looks whether a test fault cut it (only in builds with the hooks).
+const FAULT_POLL: Duration = Duration::from_millis(200);
 
 /// The actor; see the module docs.
 pub struct PeerActor {
@@ -50,22 +52,26 @@ pub struct PeerActor {
     snap_dir: PathBuf,
     /// This host's data dir incarnation, stamped on every batch.
     incarnation: u64,
+    /// Where the link reports that it was lost (see [`links::PeerLinks::subscribe_lost`]).
+    lost: broadcast::Sender<HostId>,
 }
 
 impl PeerActor {
     /// A link to host `peer` at `addr`, dialled from `endpoint`; batches carry this host's
-    /// `incarnation`.
+    /// `incarnation`; losing the link is reported to `lost`.
     pub fn new(
         peer: HostId,
         addr: SocketAddr,
         endpoint: Endpoint,
         snap_dir: PathBuf,
         incarnation: u64,
+        lost: broadcast::Sender<HostId>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_MESSAGES_MAX);
         PeerActor {
             peer,
             incarnation,
+            lost,
             snap_dir,
             queue: tx,
             queued: QueuedBytes::default(),
@@ -83,10 +89,13 @@ impl Actor for PeerActor {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         if let Some(rx) = self.rx.take() {
             let link = link_loop(
-                self.peer,
-                self.addr,
-                self.endpoint.clone(),
-                self.incarnation,
+                Link {
+                    peer: self.peer,
+                    addr: self.addr,
+                    endpoint: self.endpoint.clone(),
+                    incarnation: self.incarnation,
+                    lost: self.lost.clone(),
+                },
                 rx,
                 self.queued.clone(),
             );
@@ -209,20 +218,34 @@ impl PeerActor {
     }
 }
 
-async fn link_loop(
+/// Who a link is to, and what it needs to dial and report.
+struct Link {
     peer: HostId,
     addr: SocketAddr,
     endpoint: Endpoint,
     incarnation: u64,
-    mut rx: mpsc::Receiver<RaftEnvelope>,
-    queued: QueuedBytes,
-) {
+    lost: broadcast::Sender<HostId>,
+}
+
+impl Link {
+    /// Tells the hibernating replicas; nobody listening is fine.
+    fn report_lost(&self) {
+        let _ = self.lost.send(self.peer);
+    }
+}
+
+async fn link_loop(link: Link, mut rx: mpsc::Receiver<RaftEnvelope>, queued: QueuedBytes) {
+    let peer = link.peer;
     let mut backoff = BACKOFF_MIN;
     let mut was_up = false;
+    let sent = crate::metrics::metrics()
+        .raft_messages_sent
+        .get_or_create(&crate::metrics::PeerLabels { peer })
+        .clone();
     loop {
-        let stream = match connect(&endpoint, addr, peer).await {
+        let up = match connect(&link.endpoint, link.addr, peer).await {
             Ok(conn) => match open_raft_stream(&conn).await {
-                Ok(s) => Some(s),
+                Ok(s) => Some((conn, s)),
                 Err(e) => {
                     debug!(peer, error = %e, "cannot open Raft stream");
                     None
@@ -233,7 +256,7 @@ async fn link_loop(
                 None
             }
         };
-        let Some(mut stream) = stream else {
+        let Some((conn, mut stream)) = up else {
             if was_up {
                 info!(peer, "peer down");
                 was_up = false;
@@ -246,7 +269,7 @@ async fn link_loop(
             backoff = (backoff * 2).min(BACKOFF_MAX);
             continue;
         };
-        info!(peer, %addr, "peer up");
+        info!(peer, addr = %link.addr, "peer up");
         let gauge = crate::metrics::metrics()
             .peer_connected
             .get_or_create(&crate::metrics::PeerLabels { peer })
@@ -256,15 +279,33 @@ async fn link_loop(
         backoff = BACKOFF_MIN;
         // A message that did not fit the previous batch; it starts the next one.
         let mut held: Option<RaftEnvelope> = None;
+        // Whether a test fault cuts this link (reported once when it starts).
+        let mut was_cut = false;
         loop {
             let first = match held.take() {
                 Some(m) => m,
-                None => match rx.recv().await {
-                    Some(m) => {
-                        queued.release(m.message.len());
-                        m
+                None => tokio::select! {
+                    m = rx.recv() => match m {
+                        Some(m) => {
+                            queued.release(m.message.len());
+                            m
+                        }
+                        None => return, // The actor stopped.
+                    },
+                    // With every shard asleep nothing is sent, so a dead or paused peer is
+                    // noticed here, by QUIC's idle timeout.
+                    reason = conn.closed() => {
+                        info!(peer, %reason, "peer link lost; reconnecting");
+                        break;
                     }
-                    None => return, // The actor stopped.
+                    () = tokio::time::sleep(FAULT_POLL), if shardkv_transport::fault::ENABLED => {
+                        let cut = shardkv_transport::fault::partitioned(peer);
+                        if cut && !was_cut {
+                            link.report_lost();
+                        }
+                        was_cut = cut;
+                        continue;
+                    }
                 },
             };
             let mut builder = BatchBuilder::default();
@@ -290,17 +331,26 @@ async fn link_loop(
                 }
             }
             let batch = RaftBatch {
-                incarnation,
+                incarnation: link.incarnation,
                 ..builder.take()
             };
             if shardkv_transport::fault::partitioned(peer) {
-                continue; // Test fault: this link is cut.
+                // Test fault: this link is cut.
+                if !was_cut {
+                    link.report_lost();
+                }
+                was_cut = true;
+                continue;
             }
+            was_cut = false;
+            let count = batch.messages.len() as u64;
             if let Err(e) = send_raft_batch(&mut stream, &batch).await {
                 info!(peer, error = %e, "peer link lost; reconnecting");
-                gauge.set(0);
                 break;
             }
+            sent.inc_by(count);
         }
+        gauge.set(0);
+        link.report_lost();
     }
 }

@@ -40,9 +40,12 @@ impl Handler<StepRaft> for ReplicaActor {
             );
             return;
         }
+        let signal = self.before_step(&msg.0, ctx);
+        let (from, term) = (msg.0.from, msg.0.term);
         if let Err(e) = self.node.step(msg.0) {
             debug!(shard = self.shard, error = %e, "step refused");
         }
+        self.after_step(signal, from, term, ctx);
         self.schedule_drive(ctx);
     }
 }
@@ -51,6 +54,7 @@ impl Handler<StepSnapshot> for ReplicaActor {
     type Result = ();
 
     fn handle(&mut self, msg: StepSnapshot, ctx: &mut Self::Context) {
+        self.wake(ctx);
         let meta = msg.message.get_snapshot().get_metadata();
         self.snapshots.arrived((meta.index, meta.term), msg.path);
         if let Err(e) = self.node.step(msg.message) {
@@ -73,6 +77,7 @@ impl Handler<SnapshotReport> for ReplicaActor {
     type Result = ();
 
     fn handle(&mut self, msg: SnapshotReport, ctx: &mut Self::Context) {
+        self.wake(ctx);
         let status = if msg.ok {
             raft::SnapshotStatus::Finish
         } else {
@@ -139,6 +144,7 @@ impl Handler<TransferLeadership> for ReplicaActor {
     /// Hands leadership to the most up-to-date active voter, once per stop; answers whether a
     /// hand-off is still worth waiting for.
     fn handle(&mut self, _: TransferLeadership, ctx: &mut Self::Context) -> bool {
+        self.busy(ctx);
         if !self.is_leader() {
             return false;
         }

@@ -121,6 +121,7 @@ impl Handler<ChangeReplicas> for ReplicaActor {
     type Result = ResponseFuture<Response>;
 
     fn handle(&mut self, msg: ChangeReplicas, ctx: &mut Self::Context) -> Self::Result {
+        self.busy(ctx);
         let (tx, rx) = oneshot::channel();
         self.propose_change(&msg.changes, tx, ctx);
         let timeout = self.settings.request_timeout;

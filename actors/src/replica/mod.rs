@@ -11,11 +11,14 @@
 //! [`placement::LeaderPlacement`] (hand-back, shutdown and slow-disk hand-off),
 //! [`placement::SlowDisk`] (whether this host's disk keeps up),
 //! [`snapshots::SnapshotFiles`] (snapshot files in and out) and
-//! [`votes::StartupVoteRefusal`]. Message handlers are in `handlers.rs`, client requests in
+//! [`votes::StartupVoteRefusal`]; [`hibernate::Hibernation`] stops its clock while the group is
+//! idle (`idle.rs` is the actor's side of it). Message handlers are in `handlers.rs`, client requests in
 //! `requests.rs`, leadership moved on request in `transfer.rs`, stopping a replica while the
 //! host runs on in `stop.rs`.
 
 mod handlers;
+pub mod hibernate;
+mod idle;
 pub mod lease;
 pub mod membership;
 pub mod persist;
@@ -43,6 +46,7 @@ use crate::messages::{
 use crate::peer::links::PeerLinks;
 use crate::raft_storage::LmdbRaftStorage;
 use crate::shard::{AppliedIndex, PublishedSlots};
+use hibernate::Hibernation;
 use lease::{lease_for, Lease};
 use persist::PersistPipeline;
 pub(crate) use persist::PERSISTS_IN_FLIGHT_MAX;
@@ -140,6 +144,11 @@ pub struct ReplicaActor {
     conf_applied_through: u64,
     /// The replica change proposed here and not yet committed (one at a time).
     change_waiter: Option<membership::ChangeWaiter>,
+    hibernation: Hibernation,
+    /// The running Raft clock; `None` while hibernating.
+    ticks: Option<SpawnHandle>,
+    /// Counts this replica's ticks (`shardkv_raft_ticks_total`).
+    ticks_counter: prometheus_client::metrics::counter::Counter,
 }
 
 impl ReplicaActor {
@@ -179,6 +188,8 @@ impl ReplicaActor {
             .map_err(|e| crate::error::ActorError::Raft(e.to_string()))?;
         let now = Instant::now();
         let election_timeout = settings.election_timeout();
+        // A group quiet for an election timeout goes to sleep.
+        let settings_idle_ticks = settings.election_ticks;
         Ok(ReplicaActor {
             shard,
             host,
@@ -198,6 +209,12 @@ impl ReplicaActor {
             me: None,
             conf_applied_through,
             change_waiter: None,
+            hibernation: Hibernation::new(settings_idle_ticks),
+            ticks: None,
+            ticks_counter: crate::metrics::metrics()
+                .raft_ticks
+                .get_or_create(&crate::metrics::ShardLabels { shard })
+                .clone(),
         })
     }
 
@@ -232,22 +249,8 @@ impl Actor for ReplicaActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::MAILBOX_CAPACITY);
         self.me = Some(ctx.address().recipient());
-        // Ticks never catch up: after a stall (SIGSTOP, a long fsync, an overloaded host)
-        // one tick fires, then the schedule restarts from now. A burst of missed ticks would
-        // make this replica's election timer run faster than real time, so it could vote for
-        // a new leader while the old one still holds a lease it was granted in real time.
-        let mut interval = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.settings.tick,
-            self.settings.tick,
-        );
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ctx.add_stream(futures::stream::unfold(
-            interval,
-            |mut interval| async move {
-                interval.tick().await;
-                Some((Tick, interval))
-            },
-        ));
+        self.start_ticking(ctx);
+        self.watch_lost_links(ctx);
         // A single-replica group elects itself at once instead of waiting a timeout.
         if self.node.raft.prs().conf().voters().ids().len() == 1 {
             let _ = self.node.campaign();
@@ -262,10 +265,12 @@ struct Tick;
 
 impl StreamHandler<Tick> for ReplicaActor {
     fn handle(&mut self, _: Tick, ctx: &mut Self::Context) {
+        self.ticks_counter.inc();
         self.node.tick();
         self.reads.expire(Instant::now());
         self.hand_away_from_slow_disk();
         self.balance_leadership();
+        self.hibernate_tick(ctx);
         self.schedule_drive(ctx);
     }
 }

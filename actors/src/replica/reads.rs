@@ -49,6 +49,11 @@ impl ReadQueue {
         !self.waiting.is_empty()
     }
 
+    /// Whether no read waits or is in a round.
+    pub fn is_empty(&self) -> bool {
+        self.reads.is_empty() && self.waiting.is_empty() && self.rounds.is_empty()
+    }
+
     /// Opens a round for every read still waiting; returns the context to hand to raft-rs'
     /// `read_index`, or `None` when no live read waits.
     pub fn start_round(&mut self) -> Option<Vec<u8>> {

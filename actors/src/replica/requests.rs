@@ -121,6 +121,8 @@ impl ReplicaActor {
             });
             return;
         }
+        // Wakes a follower too: its leader may be gone unnoticed.
+        self.busy(ctx);
         if !self.is_leader() {
             let _ = reply.send(self.not_leader());
             return;
@@ -153,6 +155,7 @@ impl ReplicaActor {
         reply: oneshot::Sender<Response>,
         ctx: &mut Context<Self>,
     ) {
+        self.busy(ctx);
         if !self.is_leader() {
             let _ = reply.send(self.not_leader());
             return;

@@ -55,6 +55,7 @@ impl Handler<TransferLeaderTo> for ReplicaActor {
     type Result = MessageResult<TransferLeaderTo>;
 
     fn handle(&mut self, msg: TransferLeaderTo, ctx: &mut Self::Context) -> Self::Result {
+        self.busy(ctx);
         let to = msg.to;
         let voters = self.conf_state().voters;
         let decision = decide_transfer(self.node.raft.leader_id, self.is_leader(), &voters, to);
@@ -132,8 +133,10 @@ pub struct SetPreferredLeader {
 impl Handler<SetPreferredLeader> for ReplicaActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SetPreferredLeader, _: &mut Self::Context) {
+    fn handle(&mut self, msg: SetPreferredLeader, ctx: &mut Self::Context) {
         if self.placement.set_preferred(msg.host) {
+            // A leader that is no longer the preferred one hands back on its ticks.
+            self.busy(ctx);
             info!(
                 shard = self.shard,
                 preferred = msg.host,
