@@ -67,7 +67,8 @@
 #
 # Usage: bench/compare.sh    (needs root for apt-get unless the packages are already installed)
 # Env:   DURATION=15  CLIENTS="1 64"
-#        SYSTEMS="etcd redis-always redis-everysec shardkv shardkv-shared pipelined"
+#        SYSTEMS="etcd redis-always redis-everysec shardkv shardkv-shared pipelined idle"
+#        IDLE_SHARDS=1000  IDLE_SECONDS=30
 #        PIPELINED_REQUESTS=200000
 #        SHARDKV=target/release/shardkv  BENCH_VENV=~/.cache/shardkv-bench/venv  KEEP_TMP=1
 # Output: the table on stdout and bench/results-<date>.md (Markdown). With KEEP_TMP=1 the temp dir
@@ -78,7 +79,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-"1 64"}
-SYSTEMS=${SYSTEMS:-"etcd redis-always redis-everysec shardkv shardkv-shared pipelined"}
+SYSTEMS=${SYSTEMS:-"etcd redis-always redis-everysec shardkv shardkv-shared pipelined idle"}
 PIPELINED_REQUESTS=${PIPELINED_REQUESTS:-200000}
 SHARDKV=${SHARDKV:-$ROOT/target/release/shardkv}
 BENCH_VENV=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/shardkv-bench/venv}
@@ -93,6 +94,8 @@ ROWS=$WORK/rows.tsv    # system clients op ops_s p50_ms p99_ms errors gen_cores 
 : >"$ROWS"
 PROWS=$WORK/pipelined.tsv  # target op ops_s p50_ms (redis-benchmark -c 50 -P 16)
 : >"$PROWS"
+IROWS=$WORK/idle.tsv  # host shards cpu_percent note (idle shards, bench/idle.sh)
+: >"$IROWS"
 
 # ---------------------------------------------------------------- process bookkeeping
 PIDS=()      # every long-running process we started (servers, benches)
@@ -149,6 +152,7 @@ command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 command -v redis-server >/dev/null || need_pkgs+=(redis-server)
 command -v redis-benchmark >/dev/null || need_pkgs+=(redis-tools)
 command -v openssl >/dev/null || need_pkgs+=(openssl)
+command -v curl >/dev/null || need_pkgs+=(curl)
 command -v python3 >/dev/null || need_pkgs+=(python3 python3-venv)
 if ((${#need_pkgs[@]})); then
   log "installing ${need_pkgs[*]}"
@@ -168,7 +172,7 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     "$BENCH_VENV/bin/pip" install -q grpcio >"$WORK/pip.log" 2>&1 || { cat "$WORK/pip.log" >&2; die "pip install grpcio failed"; }
   fi
 fi
-if [[ " $SYSTEMS " == *" shardkv "* || " $SYSTEMS " == *" pipelined "* ]]; then
+if [[ " $SYSTEMS " =~ \ (shardkv|shardkv-shared|pipelined|idle)\  ]]; then
   if [[ ! -x "$SHARDKV" && "$SHARDKV" == "$ROOT/target/release/shardkv" ]]; then
     log "building shardkv (cargo build --release; a few minutes on a fresh clone)"
     (cd "$ROOT" && cargo build --release -q) || die "cargo build --release failed"
@@ -400,6 +404,9 @@ EOF
 # The pipelined Redis-protocol cells (run_pipelined) live beside this script.
 # shellcheck source=bench/pipelined.sh
 source "$(dirname "${BASH_SOURCE[0]}")/pipelined.sh"
+# The idle-shards cell (run_idle) too.
+# shellcheck source=bench/idle.sh
+source "$(dirname "${BASH_SOURCE[0]}")/idle.sh"
 
 # ---------------------------------------------------------------- run
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
@@ -419,6 +426,7 @@ for s in $SYSTEMS; do
     shardkv) run_shardkv per-client ;;
     shardkv-shared) run_shardkv shared ;;
     pipelined) run_pipelined ;;
+    idle) run_idle ;;
     *) die "unknown system $s" ;;
   esac
 done
@@ -427,7 +435,7 @@ done
 ELAPSED=$(($(date +%s) - T_START))
 OUT_MD=$HERE/results-$STAMP.md
 if [[ ! -s "$ROWS" ]]; then  # only the pipelined systems ran
-  printf '# shardkv vs Redis (bench/compare.sh)\n\n- Machine: %s\n- Versions: %s\n- Whole run: %s s.\n' \
+  printf '# shardkv benchmarks (bench/compare.sh)\n\n- Machine: %s\n- Versions: %s\n- Whole run: %s s.\n' \
     "$MACHINE" "$VERSIONS" "$ELAPSED" >"$WORK/table.md"
 else python3 - "$ROWS" "$MACHINE" "$VERSIONS" "$DURATION" "$ELAPSED" >"$WORK/table.md" <<'EOF'
 import sys
@@ -522,6 +530,27 @@ if checks:
     print("|---|---|---|")
     for t, m, ok in checks:
         print("| %s | %s | %s |" % (t, m, "yes" if ok else "**no**"))
+EOF
+fi
+if [[ -s "$IROWS" ]]; then
+  python3 - "$IROWS" "$IDLE_SECONDS" >>"$WORK/table.md" <<'EOF'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print()
+print("## Idle shards (bench/idle.sh: 3 hosts x %s shards x 3 replicas, nothing asked, CPU over %s s)\n"
+      % (rows[0][1], sys.argv[2]))
+print("| host | replicas | CPU, % of one core | state |")
+print("|---|---:|---:|---|")
+for r in rows:
+    print("| %s | %s | %s | %s |" % (r[0], r[1], r[2], r[3]))
+asleep = [float(r[2]) for r in rows if r[3].startswith("hibernate = true")]
+worst = max(asleep) if asleep else float("nan")
+print()
+print("### Issue 14 target (this run)\n")
+print("| target | measured | met |")
+print("|---|---|---|")
+print("| %s idle shards per host: < 2%% of one core per host | %.2f%% (busiest host, hibernating) | %s |"
+      % (rows[0][1], worst, "yes" if worst < 2 else "**no**"))
 EOF
 fi
 cp "$WORK/table.md" "$OUT_MD"

@@ -165,6 +165,7 @@ async fn serve_host(
             request_timeout: (cfg.cluster.election_timeout * 3).max(Duration::from_secs(3)),
             preferred_leader: None,
             value_bytes_max: u64::try_from(cfg.cluster.value_bytes_max).unwrap_or(u64::MAX),
+            hibernate: cfg.raft.hibernate,
         },
         compaction: Some(Compaction {
             after: cfg.raft.snapshot_after,

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::metrics::{sample, scrape, scrape_all, total};
 use common::Cluster;
+use shardkv_transport::wire::{Op, ReadConsistency, Request, RequestFrame, Response};
 use shardkv_transport::HostId;
 
 /// How long a cluster may take to fall asleep: an election timeout of quiet, plus leaders
@@ -59,6 +60,35 @@ async fn wait_all_asleep(cluster: &Cluster, hosts: &[HostId]) {
     }
 }
 
+/// Every data shard's term on every host: it must not move while groups sleep and wake
+/// (an election on waking would be a leader deposed for nothing).
+fn terms(cluster: &Cluster) -> Vec<(HostId, String, f64)> {
+    let mut out = Vec::new();
+    for (id, body) in scrape_all(cluster) {
+        for shard in shards_on(&body) {
+            let label = format!("shard=\"{shard}\"");
+            out.push((id, shard, sample(&body, "shardkv_raft_term", &[&label])));
+        }
+    }
+    out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    out
+}
+
+/// A linearizable get sent to the host at the other end of `conn`, whether it leads or not.
+async fn linearizable_get(conn: &quinn::Connection, key: &[u8]) -> Response {
+    let req = RequestFrame::Data(Request {
+        client_id: 0,
+        seq: 0,
+        op: Op::Get {
+            key: key.to_vec(),
+            consistency: ReadConsistency::Linearizable,
+        },
+    });
+    shardkv_transport::endpoint::call(conn, &req)
+        .await
+        .expect("the host answers")
+}
+
 /// Shard -> the hosts in `hosts` whose replica of it says it leads.
 fn leaders(cluster: &Cluster, hosts: &[HostId]) -> HashMap<String, Vec<HostId>> {
     let mut out: HashMap<String, Vec<HostId>> = HashMap::new();
@@ -86,10 +116,12 @@ async fn idle_groups_go_quiet_and_a_request_wakes_them() {
     }
     wait_all_asleep(&cluster, &[1, 2, 3]).await;
 
+    let terms_asleep = terms(&cluster);
+
     // Asleep means still: not one tick (so no heartbeat) while nothing happens.
     let before = data_ticks(&cluster);
     assert!(before > 0.0, "the replicas ticked before they slept");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         data_ticks(&cluster),
         before,
@@ -110,12 +142,48 @@ async fn idle_groups_go_quiet_and_a_request_wakes_them() {
             Some(b"after".to_vec())
         );
     }
-    assert!(
-        data_ticks(&cluster) > before,
-        "the requests woke the groups"
-    );
-    // And quiet again, it sleeps again.
+    // Woken, a replica ticks: its first tick is one tick after the wake-up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while data_ticks(&cluster) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the requests did not wake the groups"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Linearizable reads at the followers only wake them (their leader may be gone), and
+    // they wake their leader, so no follower's election timer runs out on a leader that
+    // sleeps: no election follows.
     wait_all_asleep(&cluster, &[1, 2, 3]).await;
+    let led = leaders(&cluster, &[1, 2, 3]);
+    for host in [1, 2, 3] {
+        let conn = cluster
+            .try_raw_connection("cli", usize::try_from(host - 1).expect("index"))
+            .await
+            .expect("a connection to the host");
+        for shard in 1..=4 {
+            if led
+                .get(&shard.to_string())
+                .is_some_and(|l| l.contains(&host))
+            {
+                continue;
+            }
+            let key = common::key_in_shard(shard, 4);
+            match linearizable_get(&conn, &key).await {
+                Response::NotLeader { .. } => {}
+                other => panic!("host {host} does not lead shard {shard}: {other:?}"),
+            }
+        }
+    }
+    // Past every follower's longest election timeout (twice the base), then quiet again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // And quiet again, it sleeps again, in the same terms.
+    wait_all_asleep(&cluster, &[1, 2, 3]).await;
+    assert_eq!(
+        terms(&cluster),
+        terms_asleep,
+        "an election while sleeping and waking"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

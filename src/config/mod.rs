@@ -75,6 +75,10 @@ pub struct RaftSettings {
     pub heartbeat: Duration,
     /// Applied entries between snapshots; at least 1.
     pub snapshot_after: u64,
+    /// Whether idle shards stop ticking (see `shardkv_actors::replica::hibernate`); default
+    /// on. Off, an idle shard whose leader dies fails over within an election timeout instead
+    /// of QUIC's idle timeout, and every shard costs CPU whether used or not.
+    pub hibernate: bool,
 }
 
 /// LMDB environment settings.

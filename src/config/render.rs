@@ -31,6 +31,7 @@ impl ClusterConfig {
                 ),
                 heartbeat: Some(humantime::format_duration(self.raft.heartbeat).to_string()),
                 snapshot_after: Some(i64::try_from(self.raft.snapshot_after).unwrap_or(i64::MAX)),
+                hibernate: Some(self.raft.hibernate),
             }),
             tls: Some(RawTls {
                 ca: Some(path(&self.cluster.tls.ca)),

@@ -56,6 +56,10 @@ fn committed_sample_parses_with_defaults() {
     assert_eq!(cfg.cluster.election_timeout, Duration::from_secs(1));
     assert_eq!(cfg.raft.heartbeat, Duration::from_millis(100));
     assert_eq!(cfg.raft.snapshot_after, 10_000);
+    assert!(
+        cfg.raft.hibernate,
+        "idle shards hibernate unless told not to"
+    );
     assert_eq!(cfg.raft_ticks(), (10, 1));
     assert_eq!(cfg.storage.map_size, 64 << 30);
     assert_eq!(cfg.hosts.len(), 3);
@@ -195,10 +199,11 @@ fn to_toml_round_trips() {
     let text = format!(
         "[cluster]\nname = \"t\"\nshards = 3\nreplicas = 2\nmax_value_bytes = 4096\n\
          [raft]\ntick = \"50ms\"\nelection_timeout = \"1s 500ms\"\nheartbeat = \"150ms\"\n\
-         [storage]\nmap_size = \"1GiB\"\n{}[[shard]]\nid = 1\nhosts = [3, 2]\n",
+         hibernate = false\n[storage]\nmap_size = \"1GiB\"\n{}[[shard]]\nid = 1\nhosts = [3, 2]\n",
         hosts_toml(3)
     );
     let cfg = parse(&text).expect("parses");
+    assert!(!cfg.raft.hibernate);
     let again = parse(&cfg.to_toml()).expect("rendered text parses");
     assert_eq!(cfg, again);
     let sample = parse(SAMPLE).expect("sample");

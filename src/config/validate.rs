@@ -85,6 +85,7 @@ pub(super) fn raft(
         tick,
         heartbeat,
         snapshot_after,
+        hibernate: raw.hibernate.unwrap_or(true),
     })
 }
 

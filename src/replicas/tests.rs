@@ -37,6 +37,7 @@ fn factory(dir: &std::path::Path) -> ReplicaFactory {
             request_timeout: Duration::from_secs(3),
             preferred_leader: None,
             value_bytes_max: 1024,
+            hibernate: true,
         },
         compaction: None,
         fatal,

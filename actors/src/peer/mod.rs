@@ -276,7 +276,7 @@ async fn link_loop(link: Link, mut rx: mpsc::Receiver<RaftEnvelope>, queued: Que
             .clone();
         gauge.set(1);
         was_up = true;
-        backoff = BACKOFF_MIN;
+        let up_at = std::time::Instant::now();
         // A message that did not fit the previous batch; it starts the next one.
         let mut held: Option<RaftEnvelope> = None;
         // Whether a test fault cuts this link (reported once when it starts).
@@ -352,5 +352,13 @@ async fn link_loop(link: Link, mut rx: mpsc::Receiver<RaftEnvelope>, queued: Que
         }
         gauge.set(0);
         link.report_lost();
+        // A link that keeps dropping right after it came up (a peer that accepts and then
+        // closes) is redialled with backoff, not in a loop.
+        if up_at.elapsed() >= BACKOFF_MAX {
+            backoff = BACKOFF_MIN;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
     }
 }

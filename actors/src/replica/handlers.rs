@@ -40,12 +40,11 @@ impl Handler<StepRaft> for ReplicaActor {
             );
             return;
         }
-        let signal = self.before_step(&msg.0, ctx);
-        let (from, term) = (msg.0.from, msg.0.term);
+        let seen = self.before_step(&msg.0, ctx);
         if let Err(e) = self.node.step(msg.0) {
             debug!(shard = self.shard, error = %e, "step refused");
         }
-        self.after_step(signal, from, term, ctx);
+        self.after_step(seen, ctx);
         self.schedule_drive(ctx);
     }
 }
@@ -54,7 +53,7 @@ impl Handler<StepSnapshot> for ReplicaActor {
     type Result = ();
 
     fn handle(&mut self, msg: StepSnapshot, ctx: &mut Self::Context) {
-        self.wake(ctx);
+        self.busy(ctx);
         let meta = msg.message.get_snapshot().get_metadata();
         self.snapshots.arrived((meta.index, meta.term), msg.path);
         if let Err(e) = self.node.step(msg.message) {
@@ -77,7 +76,7 @@ impl Handler<SnapshotReport> for ReplicaActor {
     type Result = ();
 
     fn handle(&mut self, msg: SnapshotReport, ctx: &mut Self::Context) {
-        self.wake(ctx);
+        self.busy(ctx);
         let status = if msg.ok {
             raft::SnapshotStatus::Finish
         } else {

@@ -15,12 +15,17 @@
 //!    not answer (down, partitioned) keeps the leader awake; it retries after the next idle
 //!    stretch.
 //!
-//! A sleeping replica wakes, and ticks again, on anything but those two kinds of message: any
-//! other Raft message (a candidate's vote request wakes the leader, whose next heartbeat
-//! settles the candidate), a request that needs the leader, an admin request, or the loss of
-//! the Raft link to its leader's host ([`crate::peer::links::PeerLinks::subscribe_lost`];
-//! QUIC's idle timeout notices a dead or paused host within seconds), after which its
-//! election timer runs again and a new leader is elected if the old one is gone.
+//! A sleeping replica wakes, and ticks again, on any Raft message from a member of its group
+//! but those two and the routine ones of an idle group (a plain heartbeat from its leader, any
+//! heartbeat's answer, in its term): a candidate's vote request wakes the leader, whose next
+//! heartbeat settles the candidate. It also wakes on a step that changed its term, role or
+//! leader, a request, an admin request, or the loss of the Raft link to its leader's host
+//! ([`crate::peer::links::PeerLinks::subscribe_lost`]; QUIC's idle timeout notices a dead or
+//! paused host within seconds), after which its election timer runs again and a new leader is
+//! elected if the old one is gone. A follower that wakes for any reason but a message from its
+//! leader sends the leader a wake-up ([`WAKE_CONTEXT`]) so that the leader heartbeats again
+//! before the follower's election timer runs out: without it, two followers woken together
+//! (a request each) could elect a new leader while the old one slept.
 //!
 //! Sleeping is safe because it only stops clocks. A follower that does not tick keeps
 //! refusing votes to other candidates (raft-rs' check-quorum lease) for as long as it sleeps,
@@ -36,6 +41,10 @@ use raft::eraftpb::{Message, MessageType};
 /// rounds of [`super::reads::ReadQueue`] have 8-byte contexts, so the two never mix.
 pub const HIBERNATE_CONTEXT: &[u8] = b"shardkv/hibernate/";
 
+/// The context of a follower's wake-up to its sleeping leader: a heartbeat answer, which
+/// raft-rs takes as a sign of life and otherwise ignores (no read round has this context).
+pub const WAKE_CONTEXT: &[u8] = b"shardkv/wake";
+
 /// What an inbound Raft message means for hibernation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -43,26 +52,40 @@ pub enum Signal {
     SleepRequest,
     /// A follower's answer to that heartbeat, for round `round`.
     SleepAnswer { round: u64 },
-    /// Anything else: activity.
+    /// What an idle group still exchanges: a heartbeat without context, any heartbeat's
+    /// answer. It wakes no one when it comes in the replica's term.
+    Routine,
+    /// Anything else: activity (a wake-up among it).
     Activity,
 }
 
 impl Signal {
     /// Classifies `m`.
     pub fn of(m: &Message) -> Self {
-        let Some(round) = m
-            .get_context()
+        let context = m.get_context();
+        let round = context
             .strip_prefix(HIBERNATE_CONTEXT)
             .and_then(|r| <[u8; 8]>::try_from(r).ok())
-            .map(u64::from_be_bytes)
-        else {
-            return Signal::Activity;
-        };
-        match m.get_msg_type() {
-            MessageType::MsgHeartbeat => Signal::SleepRequest,
-            MessageType::MsgHeartbeatResponse => Signal::SleepAnswer { round },
+            .map(u64::from_be_bytes);
+        match (m.get_msg_type(), round) {
+            (MessageType::MsgHeartbeat, Some(_)) => Signal::SleepRequest,
+            (MessageType::MsgHeartbeatResponse, Some(round)) => Signal::SleepAnswer { round },
+            (MessageType::MsgHeartbeat, None) if context.is_empty() => Signal::Routine,
+            (MessageType::MsgHeartbeatResponse, None) if context != WAKE_CONTEXT => Signal::Routine,
             _ => Signal::Activity,
         }
+    }
+
+    /// A follower's wake-up to its leader `to` in `term`, carrying its `commit`.
+    pub fn wake_up(from: u64, to: u64, term: u64, commit: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeatResponse);
+        m.from = from;
+        m.to = to;
+        m.term = term;
+        m.commit = commit;
+        m.set_context(WAKE_CONTEXT.to_vec().into());
+        m
     }
 }
 
@@ -84,6 +107,8 @@ enum Phase {
 /// One replica's hibernation state; see the module docs.
 #[derive(Debug)]
 pub struct Hibernation {
+    /// Off (`[raft] hibernate = false`): never asks to sleep (it still sleeps when told).
+    enabled: bool,
     phase: Phase,
     last_round: u64,
     idle_ticks_needed: usize,
@@ -101,9 +126,11 @@ pub enum LeaderTick {
 }
 
 impl Hibernation {
-    /// Awake; a leader asks its group to sleep after `idle_ticks_needed` idle ticks.
-    pub fn new(idle_ticks_needed: usize) -> Self {
+    /// Awake; a leader asks its group to sleep after `idle_ticks_needed` idle ticks, if
+    /// `enabled`.
+    pub fn new(enabled: bool, idle_ticks_needed: usize) -> Self {
         Hibernation {
+            enabled,
             phase: Phase::Awake { idle_ticks: 0 },
             last_round: 0,
             idle_ticks_needed: idle_ticks_needed.max(1),
@@ -116,9 +143,10 @@ impl Hibernation {
     }
 
     /// A leader's tick: `idle` says whether it has nothing in flight; `members` are the other
-    /// replicas of its group (voters and learners).
+    /// voters of its group. Learners never campaign, so their clocks do not matter; raft-rs
+    /// heartbeats them with the round too, unless the leader is the only voter.
     pub fn leader_tick(&mut self, idle: bool, members: BTreeSet<u64>) -> LeaderTick {
-        if !idle {
+        if !idle || !self.enabled {
             self.phase = Phase::Awake { idle_ticks: 0 };
             return LeaderTick::Stay;
         }
@@ -188,6 +216,13 @@ impl Hibernation {
         was_asleep
     }
 
+    /// The replica's role changed: a round it was asking is void.
+    pub fn forget_round(&mut self) {
+        if matches!(self.phase, Phase::Asking { .. }) {
+            self.phase = Phase::Awake { idle_ticks: 0 };
+        }
+    }
+
     /// Work arrived (a request, an admin change): awake, the idle count starts over and a
     /// round being asked is dropped. Whether it was asleep.
     pub fn busy(&mut self) -> bool {
@@ -224,7 +259,7 @@ mod tests {
 
     #[test]
     fn a_leader_asks_after_the_idle_ticks_and_sleeps_once_every_member_answered() {
-        let mut h = Hibernation::new(3);
+        let mut h = Hibernation::new(true, 3);
         assert_eq!(h.leader_tick(true, members(&[2, 3])), LeaderTick::Stay);
         assert_eq!(h.leader_tick(true, members(&[2, 3])), LeaderTick::Stay);
         let LeaderTick::Ask(context) = h.leader_tick(true, members(&[2, 3])) else {
@@ -246,7 +281,7 @@ mod tests {
 
     #[test]
     fn messages_keep_the_idle_count_and_work_restarts_it() {
-        let mut h = Hibernation::new(3);
+        let mut h = Hibernation::new(true, 3);
         assert_eq!(h.leader_tick(true, members(&[2])), LeaderTick::Stay);
         assert_eq!(h.leader_tick(true, members(&[2])), LeaderTick::Stay);
         assert!(!h.wake(), "a heartbeat's answer while awake");
@@ -269,7 +304,7 @@ mod tests {
 
     #[test]
     fn activity_resets_the_idle_count_and_cancels_a_round() {
-        let mut h = Hibernation::new(2);
+        let mut h = Hibernation::new(true, 2);
         assert_eq!(h.leader_tick(true, members(&[2])), LeaderTick::Stay);
         assert_eq!(h.leader_tick(false, members(&[2])), LeaderTick::Stay);
         assert_eq!(h.leader_tick(true, members(&[2])), LeaderTick::Stay);
@@ -285,7 +320,7 @@ mod tests {
 
     #[test]
     fn a_round_nobody_completes_runs_out_and_a_new_one_is_asked() {
-        let mut h = Hibernation::new(2);
+        let mut h = Hibernation::new(true, 2);
         let first = ask(&mut h, &[2, 3]);
         let round_of = |c: &[u8]| match Signal::of(&message(MessageType::MsgHeartbeatResponse, c)) {
             Signal::SleepAnswer { round } => round,
@@ -300,8 +335,31 @@ mod tests {
     }
 
     #[test]
+    fn a_role_change_voids_the_round_being_asked() {
+        let mut h = Hibernation::new(true, 1);
+        let context = ask(&mut h, &[2]);
+        h.forget_round();
+        let Signal::SleepAnswer { round } =
+            Signal::of(&message(MessageType::MsgHeartbeatResponse, &context))
+        else {
+            panic!("the answer is not recognised");
+        };
+        assert!(!h.answered(2, round));
+    }
+
+    #[test]
+    fn a_leader_that_may_not_hibernate_never_asks() {
+        let mut h = Hibernation::new(false, 1);
+        for _ in 0..10 {
+            assert_eq!(h.leader_tick(true, members(&[2])), LeaderTick::Stay);
+            assert_eq!(h.leader_tick(true, BTreeSet::new()), LeaderTick::Stay);
+        }
+        assert!(!h.is_asleep());
+    }
+
+    #[test]
     fn a_single_replica_sleeps_without_asking() {
-        let mut h = Hibernation::new(1);
+        let mut h = Hibernation::new(true, 1);
         assert_eq!(h.leader_tick(true, BTreeSet::new()), LeaderTick::Sleep);
         assert!(h.is_asleep());
     }
@@ -319,12 +377,36 @@ mod tests {
             Signal::SleepAnswer { round: 7 }
         );
         for (kind, context) in [
-            (MessageType::MsgAppend, context.clone()),
-            (MessageType::MsgHeartbeat, 7u64.to_be_bytes().to_vec()),
             (MessageType::MsgHeartbeat, Vec::new()),
-            (MessageType::MsgHeartbeat, HIBERNATE_CONTEXT.to_vec()),
-            (MessageType::MsgRequestPreVote, context),
+            (MessageType::MsgHeartbeatResponse, Vec::new()),
+            (
+                MessageType::MsgHeartbeatResponse,
+                7u64.to_be_bytes().to_vec(),
+            ),
         ] {
+            assert_eq!(
+                Signal::of(&message(kind, &context)),
+                Signal::Routine,
+                "{kind:?}"
+            );
+        }
+        let wake_up = Signal::wake_up(2, 1, 5, 9);
+        assert_eq!(
+            (wake_up.from, wake_up.to, wake_up.term, wake_up.commit),
+            (2, 1, 5, 9)
+        );
+        for m in [
+            wake_up,
+            message(MessageType::MsgAppend, &context),
+            // A read round's heartbeat: the leader is busy, followers must be awake.
+            message(MessageType::MsgHeartbeat, &7u64.to_be_bytes()),
+            message(MessageType::MsgHeartbeat, HIBERNATE_CONTEXT),
+            message(MessageType::MsgRequestPreVote, &context),
+        ] {
+            let kind = m.get_msg_type();
+            assert_eq!(Signal::of(&m), Signal::Activity, "{kind:?}");
+        }
+        for (kind, context) in [(MessageType::MsgAppendResponse, Vec::new())] {
             assert_eq!(
                 Signal::of(&message(kind, &context)),
                 Signal::Activity,

@@ -13,6 +13,7 @@ use tracing::debug;
 use super::hibernate::{LeaderTick, Signal};
 use super::membership::is_joint;
 use super::{ReplicaActor, Tick};
+use crate::messages::SendRaft;
 use crate::metrics::{metrics, ShardLabels};
 
 impl ReplicaActor {
@@ -62,8 +63,10 @@ impl ReplicaActor {
             .node
             .raft
             .prs()
+            .conf()
+            .voters()
+            .ids()
             .iter()
-            .map(|(id, _)| *id)
             .filter(|id| *id != self.host)
             .collect();
         match self.hibernation.leader_tick(quiet, members) {
@@ -107,62 +110,104 @@ impl ReplicaActor {
         debug!(shard = self.shard, host = self.host, "hibernating");
     }
 
-    /// A message for the group: the clock runs again if it had stopped.
-    pub(super) fn wake(&mut self, ctx: &mut Context<Self>) {
+    /// A message from `from`, or a lost link (`None`): the clock runs again if it had
+    /// stopped.
+    pub(super) fn wake(&mut self, from: Option<HostId>, ctx: &mut Context<Self>) {
         let was_asleep = self.hibernation.wake();
-        self.restart_clock(was_asleep, ctx);
+        self.restart_clock(was_asleep, from, ctx);
     }
 
     /// Work for the group (a request, an admin change): awake, and quiet only after a whole
     /// idle stretch from now.
     pub(super) fn busy(&mut self, ctx: &mut Context<Self>) {
         let was_asleep = self.hibernation.busy();
-        self.restart_clock(was_asleep, ctx);
+        self.restart_clock(was_asleep, None, ctx);
     }
 
-    fn restart_clock(&mut self, was_asleep: bool, ctx: &mut Context<Self>) {
-        if was_asleep {
-            self.start_ticking(ctx);
-            self.hibernating_gauge(false);
-            debug!(shard = self.shard, host = self.host, "awake");
+    /// After a sleep: a leader's check-quorum starts over from fresh answers (the flags still
+    /// say who answered before it slept); a follower woken by anything but its leader wakes
+    /// the leader (see [`super::hibernate`]).
+    fn restart_clock(&mut self, was_asleep: bool, cause: Option<HostId>, ctx: &mut Context<Self>) {
+        if !was_asleep {
+            return;
+        }
+        self.start_ticking(ctx);
+        self.hibernating_gauge(false);
+        debug!(shard = self.shard, host = self.host, "awake");
+        let host = self.host;
+        let raft = &mut self.node.raft;
+        match raft.state {
+            StateRole::Leader => {
+                raft.election_elapsed = 0;
+                for (id, pr) in raft.mut_prs().iter_mut() {
+                    if *id != host {
+                        pr.recent_active = false;
+                    }
+                }
+            }
+            StateRole::Follower if raft.leader_id != 0 && cause != Some(raft.leader_id) => {
+                let leader = raft.leader_id;
+                let wake_up = Signal::wake_up(host, leader, raft.term, raft.raft_log.committed);
+                self.links.peers.with(leader, |peer| {
+                    peer.do_send(SendRaft {
+                        shard: self.shard,
+                        message: wake_up,
+                        report: None,
+                    })
+                });
+            }
+            _ => {}
         }
     }
 
-    /// Before stepping `m`: whether it is activity, which wakes the replica. Hibernation's own
-    /// heartbeats and their answers are not.
-    pub(super) fn before_step(&mut self, m: &RaftMessage, ctx: &mut Context<Self>) -> Signal {
+    /// Before stepping `m`: wakes the replica for activity from a member of its group (a
+    /// replica removed without knowing it keeps asking for votes; that must not keep the
+    /// group awake). Returns the signal and what [`Self::after_step`] compares against.
+    pub(super) fn before_step(&mut self, m: &RaftMessage, ctx: &mut Context<Self>) -> StepSeen {
         let signal = Signal::of(m);
-        if signal == Signal::Activity {
-            self.wake(ctx);
+        if signal == Signal::Activity && self.node.raft.prs().get(m.from).is_some() {
+            self.wake(Some(m.from), ctx);
         }
-        signal
+        StepSeen {
+            signal,
+            from: m.from,
+            term: m.term,
+            before: self.raft_standing(),
+        }
     }
 
-    /// After stepping a message from `from` of `term` that was `signal`: a follower told to
-    /// sleep by its leader sleeps; a leader sleeps once every member has answered.
-    pub(super) fn after_step(
-        &mut self,
-        signal: Signal,
-        from: HostId,
-        term: u64,
-        ctx: &mut Context<Self>,
-    ) {
+    /// After stepping: a step that changed the replica's term, role or leader wakes it; a
+    /// follower told to sleep by its leader sleeps; a leader sleeps once every voter has
+    /// answered its round in its term.
+    pub(super) fn after_step(&mut self, seen: StepSeen, ctx: &mut Context<Self>) {
+        if self.raft_standing() != seen.before {
+            self.hibernation.forget_round();
+            self.wake(Some(seen.from), ctx);
+        }
         let raft = &self.node.raft;
-        match signal {
+        let in_term = raft.term == seen.term;
+        match seen.signal {
             Signal::SleepRequest
-                if raft.state == StateRole::Follower
-                    && raft.leader_id == from
-                    && raft.term == term =>
+                if in_term && raft.state == StateRole::Follower && raft.leader_id == seen.from =>
             {
                 self.sleep(ctx)
             }
             Signal::SleepAnswer { round }
-                if self.hibernation.answered(from, round) && self.is_quiet() =>
+                if in_term
+                    && raft.state == StateRole::Leader
+                    && self.hibernation.answered(seen.from, round)
+                    && self.is_quiet() =>
             {
                 self.sleep(ctx)
             }
             _ => {}
         }
+    }
+
+    /// Term, role and leader: what a step that matters changes.
+    fn raft_standing(&self) -> (u64, StateRole, HostId) {
+        let raft = &self.node.raft;
+        (raft.term, raft.state, raft.leader_id)
     }
 
     fn hibernating_gauge(&self, asleep: bool) {
@@ -171,6 +216,14 @@ impl ReplicaActor {
             .get_or_create(&ShardLabels { shard: self.shard })
             .set(i64::from(asleep));
     }
+}
+
+/// What [`ReplicaActor::before_step`] saw of a message, for [`ReplicaActor::after_step`].
+pub(super) struct StepSeen {
+    signal: Signal,
+    from: HostId,
+    term: u64,
+    before: (u64, StateRole, HostId),
 }
 
 /// Internal: the host's Raft link to this host was lost (`None`: some losses were missed).
@@ -182,7 +235,7 @@ impl StreamHandler<LinkLost> for ReplicaActor {
     fn handle(&mut self, LinkLost(host): LinkLost, ctx: &mut Self::Context) {
         let leader = self.node.raft.leader_id;
         if self.hibernation.is_asleep() && host.is_none_or(|h| h == leader) {
-            self.wake(ctx);
+            self.wake(None, ctx);
         }
     }
 

@@ -88,6 +88,8 @@ pub struct ReplicaSettings {
     /// The host's value limit, which an update's append must keep to; it goes into the
     /// update's log entry (see [`crate::shard::Action::Update`]).
     pub value_bytes_max: u64,
+    /// Whether the group may sleep while idle (see [`hibernate`]).
+    pub hibernate: bool,
 }
 
 impl ReplicaSettings {
@@ -188,8 +190,8 @@ impl ReplicaActor {
             .map_err(|e| crate::error::ActorError::Raft(e.to_string()))?;
         let now = Instant::now();
         let election_timeout = settings.election_timeout();
-        // A group quiet for an election timeout goes to sleep.
-        let settings_idle_ticks = settings.election_ticks;
+        // A group quiet for an election timeout goes to sleep, if it may.
+        let hibernation = Hibernation::new(settings.hibernate, settings.election_ticks);
         Ok(ReplicaActor {
             shard,
             host,
@@ -209,7 +211,7 @@ impl ReplicaActor {
             me: None,
             conf_applied_through,
             change_waiter: None,
-            hibernation: Hibernation::new(settings_idle_ticks),
+            hibernation,
             ticks: None,
             ticks_counter: crate::metrics::metrics()
                 .raft_ticks

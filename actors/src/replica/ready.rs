@@ -328,6 +328,7 @@ impl ReplicaActor {
             self.links.fail_waiters.do_send(FailWaiters(lost));
         }
         if role != self.role {
+            self.hibernation.forget_round();
             self.lease.reset();
             self.placement
                 .role_changed(std::time::Instant::now(), role == StateRole::Leader);

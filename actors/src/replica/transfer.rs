@@ -135,8 +135,11 @@ impl Handler<SetPreferredLeader> for ReplicaActor {
 
     fn handle(&mut self, msg: SetPreferredLeader, ctx: &mut Self::Context) {
         if self.placement.set_preferred(msg.host) {
-            // A leader that is no longer the preferred one hands back on its ticks.
-            self.busy(ctx);
+            // A leader that is no longer the preferred one hands back on its ticks (a
+            // follower has nothing to do about it).
+            if self.is_leader() {
+                self.busy(ctx);
+            }
             info!(
                 shard = self.shard,
                 preferred = msg.host,

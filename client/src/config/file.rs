@@ -70,6 +70,8 @@ pub struct RawRaft {
     pub heartbeat: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_after: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernate: Option<bool>,
 }
 
 /// `[tls]`.
