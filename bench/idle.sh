@@ -1,6 +1,6 @@
 # bench/idle.sh — the idle-shards cell of bench/compare.sh, which sources this file and
-# provides its settings and helpers (WORK, IROWS, log, die, alive, stop_group, port_free,
-# udp_port_free, ...). Not meant to run on its own: `SYSTEMS=idle bash bench/compare.sh`.
+# provides its settings and helpers (WORK, IROWS, log, die, alive, stop_group, cluster_ports
+# of bench/pipelined.sh, ...). Not meant to run on its own: `SYSTEMS=idle bash bench/compare.sh`.
 #
 # A `shardkv up` cluster of 3 hosts x $IDLE_SHARDS shards x 3 replicas on 127.0.0.111-113
 # (so every host holds a replica of every shard), left alone, twice: with `[raft] hibernate =
@@ -29,16 +29,9 @@ run_idle() {
 }
 
 idle_cell() {  # idle_cell true|false: one cluster, [raft] hibernate = $1
-  local hibernate=$1 d=$WORK/idle-$1 base i ok pid hosts=() host asleep deadline t0 t1 started
+  local hibernate=$1 d=$WORK/idle-$1 base i pid hosts=() host asleep deadline t0 t1 started
   mkdir -p "$d"
-  for _ in $(seq 1 50); do
-    base=$((20000 + RANDOM % 12000)); ok=1
-    for i in 1 2 3; do
-      udp_port_free $((base + i)) && port_free $((base + 10 + i)) || { ok=0; break; }
-    done
-    ((ok)) && break
-  done
-  ((ok)) || die "no free ports for the idle cluster"
+  base=$(cluster_ports)
   {
     printf '[cluster]\nname = "compare-idle"\nshards = %d\nreplicas = 3\n\n' "$IDLE_SHARDS"
     printf '[raft]\nhibernate = %s\n\n[storage]\nmap_size = "8GiB"\n\n' "$hibernate"

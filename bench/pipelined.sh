@@ -4,6 +4,18 @@
 
 udp_port_free() { ! ss -Huln "sport = :$1" | grep -q .; }
 
+cluster_ports() {  # a base port for a 3-host cluster: UDP base+1..3 (QUIC), TCP base+11..13 free
+  local base i ok
+  for _ in $(seq 1 50); do
+    base=$((20000 + RANDOM % 12000)); ok=1
+    for i in 1 2 3; do
+      udp_port_free $((base + i)) && port_free $((base + 10 + i)) || { ok=0; break; }
+    done
+    ((ok)) && { echo "$base"; return; }
+  done
+  die "no free ports for a 3-host shardkv cluster"
+}
+
 pipelined_cell() {  # pipelined_cell TARGET REDIS-BENCHMARK-ARGS...: one SET and one GET row
   local target=$1; shift
   local out=$WORK/pipelined-$target.csv
@@ -39,16 +51,9 @@ pipelined_redis() {  # pipelined_redis always|everysec: a plaintext node, stoppe
 }
 
 pipelined_shardkv() {  # a `shardkv up` cluster with plaintext RESP listeners on loopback
-  local d=$WORK/pipelined-shardkv base i ok pid
+  local d=$WORK/pipelined-shardkv base i pid
   mkdir -p "$d"
-  for _ in $(seq 1 50); do
-    base=$((20000 + RANDOM % 20000)); ok=1
-    for i in 1 2 3; do
-      udp_port_free $((base + i)) && port_free $((base + 10 + i)) || { ok=0; break; }
-    done
-    ((ok)) && break
-  done
-  ((ok)) || die "no free ports for the shardkv cluster"
+  base=$(cluster_ports)
   {
     printf '[cluster]\nname = "compare-resp"\nshards = 3\nreplicas = 3\n\n'
     printf '[storage]\nmap_size = "4GiB"\n\n[resp]\ntls = false\n\n'
