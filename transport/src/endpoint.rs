@@ -4,7 +4,8 @@
 //!   frame). Admin requests are answered here; fault hooks only for host certificates.
 //! - Host -> host: one long-lived unidirectional stream per direction carrying [`RaftBatch`]
 //!   frames. It is accepted only from a host certificate, and every message in it must come from
-//!   the host id that certificate names (checked by the [`Handler`]).
+//!   the host id that certificate names (checked by the [`Handler`]). Snapshots take a
+//!   unidirectional stream each ([`crate::snapshot_stream`]).
 //!
 //! What a peer can make a host buffer is bounded: QUIC flow control per stream and per
 //! connection ([`STREAM_RECEIVE_WINDOW_BYTES`], [`CONNECTION_RECEIVE_WINDOW_BYTES`]), open
@@ -14,7 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +27,12 @@ use crate::admission::{Admission, RequestSlot};
 use crate::error::TransportError;
 use crate::frame::{encode, read_frame, read_frame_len, read_payload, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
+use crate::snapshot_stream;
+use crate::stream_end::end_after_frame;
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
     request_frame_bytes_max, AdminRequest, HostId, LimitKind, RaftBatch, Request, RequestFrame,
-    Response, ShardId, SnapshotFrame, StreamHeader, RAFT_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
-    SNAPSHOT_CHUNK_BYTES,
+    Response, ShardId, StreamHeader, RAFT_FRAME_BYTES_MAX, RESPONSE_FRAME_BYTES_MAX,
 };
 
 /// QUIC application close code: the peer's role may not do what it tried.
@@ -227,7 +229,10 @@ pub async fn call(conn: &Connection, req: &RequestFrame) -> Result<Response, Tra
         .map_err(|e| explain(conn, e))?;
     send.finish().map_err(|e| explain(conn, e))?;
     match read_frame::<_, Response>(&mut recv, RESPONSE_FRAME_BYTES_MAX).await {
-        Ok(Some(resp)) => Ok(resp),
+        Ok(Some(resp)) => {
+            end_after_frame(recv);
+            Ok(resp)
+        }
         Ok(None) => Err(explain(conn, "stream closed before a reply")),
         Err(TransportError::Io(e)) => Err(explain(conn, e)),
         Err(e) => Err(e),
@@ -239,80 +244,6 @@ pub async fn open_raft_stream(conn: &Connection) -> Result<quinn::SendStream, Tr
     let mut stream = conn.open_uni().await.map_err(|e| explain(conn, e))?;
     write_frame(&mut stream, &StreamHeader::Raft).await?;
     Ok(stream)
-}
-
-/// Streams the snapshot file at `path` for `MsgSnapshot` `message` of `shard` on a stream of
-/// its own, in chunks, so neither side ever holds it in one frame.
-pub async fn send_snapshot(
-    conn: &Connection,
-    shard: ShardId,
-    incarnation: u64,
-    message: Vec<u8>,
-    path: &Path,
-) -> Result<u64, TransportError> {
-    use tokio::io::AsyncReadExt;
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| TransportError::Io(format!("{}: {e}", path.display())))?;
-    let bytes = file.metadata().await.map_err(TransportError::io)?.len();
-    let mut stream = conn.open_uni().await.map_err(|e| explain(conn, e))?;
-    write_frame(
-        &mut stream,
-        &StreamHeader::Snapshot {
-            shard,
-            incarnation,
-            message,
-            bytes,
-        },
-    )
-    .await?;
-    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
-    loop {
-        let n = file.read(&mut buf).await.map_err(TransportError::io)?;
-        if n == 0 {
-            break;
-        }
-        write_frame(&mut stream, &SnapshotFrame::Chunk(buf[..n].to_vec())).await?;
-    }
-    write_frame(&mut stream, &SnapshotFrame::End).await?;
-    stream.finish().map_err(TransportError::io)?;
-    // Wait until the peer has read everything (or the stream failed) before reporting.
-    let _ = stream.stopped().await;
-    Ok(bytes)
-}
-
-async fn receive_snapshot(
-    recv: &mut quinn::RecvStream,
-    path: &Path,
-    bytes: u64,
-) -> Result<(), TransportError> {
-    use tokio::io::AsyncWriteExt;
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| TransportError::Io(format!("{}: {e}", path.display())))?;
-    let mut got = 0u64;
-    loop {
-        match read_frame::<_, SnapshotFrame>(recv, SNAPSHOT_CHUNK_BYTES + 64).await? {
-            Some(SnapshotFrame::Chunk(data)) => {
-                got += data.len() as u64;
-                if got > bytes {
-                    return Err(TransportError::Decode(format!(
-                        "snapshot larger than announced ({bytes} bytes)"
-                    )));
-                }
-                file.write_all(&data).await.map_err(TransportError::io)?;
-            }
-            Some(SnapshotFrame::End) => break,
-            None => return Err(TransportError::Truncated),
-        }
-    }
-    if got != bytes {
-        return Err(TransportError::Decode(format!(
-            "snapshot has {got} bytes, {bytes} announced"
-        )));
-    }
-    file.sync_all().await.map_err(TransportError::io)?;
-    Ok(())
 }
 
 /// Writes one batch on a Raft stream.
@@ -437,8 +368,6 @@ async fn read_request(
         Ok(Err(e)) => return Err(Response::Invalid(format!("bad request frame: {e}"))),
         Err(_) => return Err(Response::Invalid("request frame not sent in time".into())),
     };
-    // One frame per stream: anything sent after it would sit in quinn's buffers, uncounted.
-    let _ = recv.stop(VarInt::from_u32(0));
     Ok(Some((frame, slot)))
 }
 
@@ -451,12 +380,18 @@ async fn serve_request<H: Handler>(
 ) {
     // The slot is held until the reply is written: the request's bytes live until then.
     let (resp, write, _slot) = match read_request(&mut recv, &peer, &limits).await {
-        Ok(Some((RequestFrame::Data(req), slot))) => {
-            let write = req.op.is_write();
-            (handler.request(peer, req).await, write, Some(slot))
-        }
-        Ok(Some((RequestFrame::Admin(req), slot))) => {
-            (serve_admin(req, &peer, &*handler).await, false, Some(slot))
+        Ok(Some((frame, slot))) => {
+            // One frame per stream: anything sent after it would sit in quinn's buffers.
+            end_after_frame(recv);
+            match frame {
+                RequestFrame::Data(req) => {
+                    let write = req.op.is_write();
+                    (handler.request(peer, req).await, write, Some(slot))
+                }
+                RequestFrame::Admin(req) => {
+                    (serve_admin(req, &peer, &*handler).await, false, Some(slot))
+                }
+            }
         }
         Ok(None) => return,
         Err(refusal) => {
@@ -555,7 +490,7 @@ async fn serve_raft_stream<H: Handler>(
             bytes,
         })) => {
             let path = handler.snapshot_path(from, shard);
-            match receive_snapshot(&mut recv, &path, bytes).await {
+            match snapshot_stream::receive(&mut recv, &path, bytes).await {
                 Ok(()) if crate::fault::partitioned(from) => {
                     let _ = tokio::fs::remove_file(&path).await;
                 }

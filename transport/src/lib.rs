@@ -14,6 +14,8 @@ pub mod frame;
 pub mod identity;
 pub mod layout;
 pub mod slot;
+pub mod snapshot_stream;
+pub mod stream_end;
 pub mod tls;
 pub mod wire;
 

@@ -23,7 +23,8 @@ use actix::prelude::*;
 use protobuf::Message as _;
 use quinn::Endpoint;
 use raft::eraftpb::MessageType;
-use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch, send_snapshot};
+use shardkv_transport::endpoint::{connect, open_raft_stream, send_raft_batch};
+use shardkv_transport::snapshot_stream;
 use shardkv_transport::wire::{RaftBatch, RaftEnvelope};
 use shardkv_transport::HostId;
 use tokio::sync::{broadcast, mpsc};
@@ -188,7 +189,7 @@ impl PeerActor {
                 let conn = connect(&endpoint, addr, peer)
                     .await
                     .map_err(|e| e.to_string())?;
-                let bytes = send_snapshot(&conn, shard, incarnation, message, &path)
+                let bytes = snapshot_stream::send(&conn, shard, incarnation, message, &path)
                     .await
                     .map_err(|e| e.to_string())?;
                 conn.close(0u32.into(), b"snapshot sent");

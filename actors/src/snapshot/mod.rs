@@ -5,7 +5,7 @@
 //! snapshot is of, and the log clock at its index), then [`Record::Owned`] (the slots the
 //! shard owns at that index: the rows that follow are those of these slots), then one record
 //! per row. Files are
-//! streamed to followers in chunks (see the transport's `send_snapshot`), checked record by
+//! streamed to followers in chunks (see the transport's `snapshot_stream`), checked record by
 //! record off the actor threads, and loaded into LMDB by the storage writer thread in one
 //! transaction ([`load`]); no step holds a whole snapshot in memory.
 //!

@@ -1,0 +1,56 @@
+//! A request and its reply close their stream quietly: each side reads up to the other's FIN
+//! instead of stopping the stream, so no STOP_SENDING (and no answering RESET_STREAM) travels
+//! per request. At 64 clients those frames had cost about 0.7 extra datagrams per request on
+//! each side.
+
+mod common;
+
+use common::Cluster;
+use shardkv_transport::wire::{Op, ReadConsistency, Request, RequestFrame, Response};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_replies_end_their_streams_without_stop_sending() {
+    let mut cluster = Cluster::new(1, 1, 1);
+    cluster.start_all();
+    let client = cluster.client();
+    cluster.wait_ready(&client).await;
+    let key = common::key_in_shard(1, 1);
+    client.put(&key, b"value").await.expect("put");
+
+    let conn = cluster.raw_connection("cli", 0).await;
+    let requests = 50u64;
+    for seq in 0..requests {
+        let req = RequestFrame::Data(Request {
+            client_id: 0,
+            seq,
+            op: Op::Get {
+                key: key.clone(),
+                consistency: ReadConsistency::Linearizable,
+            },
+        });
+        let resp = shardkv_transport::endpoint::call(&conn, &req)
+            .await
+            .expect("the host answers");
+        assert_eq!(resp, Response::Value(Some(b"value".to_vec())));
+    }
+    // Let any frame the last replies caused arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stats = conn.stats();
+    assert!(
+        stats.frame_rx.stream >= requests,
+        "every reply arrived in STREAM frames: {stats:?}"
+    );
+    assert_eq!(
+        stats.frame_tx.stop_sending, 0,
+        "the client stopped reply streams: {stats:?}"
+    );
+    assert_eq!(
+        stats.frame_rx.stop_sending, 0,
+        "the host stopped request streams: {stats:?}"
+    );
+    assert_eq!(
+        stats.frame_tx.reset_stream + stats.frame_rx.reset_stream,
+        0,
+        "a stream was reset: {stats:?}"
+    );
+}
