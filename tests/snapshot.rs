@@ -11,32 +11,6 @@ use shardkv_actors::schema::{kv_key, Schema};
 
 const SNAPSHOT_AFTER: u64 = 100;
 
-async fn wait_caught_up(cluster: &common::Cluster, client: &shardkv::Client, host: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // shard -> its leader's commit index
-        let mut commit = HashMap::new();
-        for h in &cluster.cfg.hosts {
-            if let Ok(s) = client.host_status(h.host.id).await {
-                for r in s.replicas.iter().filter(|r| r.is_leader) {
-                    commit.insert(r.shard, r.commit);
-                }
-            }
-        }
-        if let Ok(s) = client.host_status(host).await {
-            let caught_up = s
-                .replicas
-                .iter()
-                .all(|r| commit.get(&r.shard).is_some_and(|c| r.applied >= *c));
-            if caught_up {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "host {host} did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Names of the files in a snapshot directory.
 fn snapshot_files(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -88,7 +62,9 @@ async fn a_host_behind_the_compacted_log_catches_up_by_snapshot() {
         std::fs::write(j, b"half a snapshot").expect("write junk");
     }
     cluster.start(3);
-    wait_caught_up(&cluster, &client, 3).await;
+    cluster
+        .wait_caught_up_within(&client, 3, Duration::from_secs(60))
+        .await;
     for j in &junk {
         assert!(!j.exists(), "{} left from a previous run", j.display());
     }
@@ -170,7 +146,9 @@ async fn a_host_behind_the_compacted_log_catches_up_by_snapshot() {
     // With host 1 gone, hosts 2 and 3 are the quorum: every read goes through host 3's state
     // or its confirmation.
     cluster.start(3);
-    wait_caught_up(&cluster, &client, 3).await;
+    cluster
+        .wait_caught_up_within(&client, 3, Duration::from_secs(60))
+        .await;
     cluster.kill9(1);
     for (k, want) in &model {
         let got = client

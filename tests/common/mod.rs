@@ -216,11 +216,14 @@ impl Cluster {
     pub async fn wait_caught_up_within(&self, client: &Client, id: HostId, within: Duration) {
         let deadline = std::time::Instant::now() + within;
         loop {
+            // Per shard, the (term, commit) of its newest leader: a deposed leader that has
+            // not heard of the new term yet (a host just resumed, say) still says it leads.
             let mut commit = std::collections::HashMap::new();
             for h in self.cfg.hosts.iter().map(|h| h.host.id) {
                 if let Ok(s) = client.host_status(h).await {
                     for r in s.replicas.iter().filter(|r| r.is_leader) {
-                        commit.insert(r.shard, r.commit);
+                        let newest = commit.entry(r.shard).or_insert((r.term, r.commit));
+                        *newest = (*newest).max((r.term, r.commit));
                     }
                 }
             }
@@ -228,7 +231,7 @@ impl Cluster {
                 let caught_up = s.replicas.iter().all(|r| {
                     commit
                         .get(&r.shard)
-                        .is_some_and(|&leader_commit| r.applied >= leader_commit)
+                        .is_some_and(|&(_, leader_commit)| r.applied >= leader_commit)
                 });
                 if caught_up && !s.replicas.is_empty() {
                     return;
