@@ -28,7 +28,7 @@ use crate::error::TransportError;
 use crate::frame::{encode, read_frame, read_frame_len, read_payload, write_frame};
 use crate::identity::{host_server_name, PeerIdentity};
 use crate::snapshot_stream;
-use crate::stream_end::end_after_frame;
+use crate::stream_end::{end_after_frame, end_while};
 use crate::tls::{self, TlsFiles};
 use crate::wire::{
     request_frame_bytes_max, AdminRequest, HostId, LimitKind, RaftBatch, Request, RequestFrame,
@@ -372,40 +372,46 @@ async fn read_request(
 }
 
 async fn serve_request<H: Handler>(
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     peer: PeerIdentity,
     handler: Arc<H>,
     limits: Arc<RequestLimits>,
 ) {
-    // The slot is held until the reply is written: the request's bytes live until then.
-    let (resp, write, _slot) = match read_request(&mut recv, &peer, &limits).await {
-        Ok(Some((frame, slot))) => {
-            // One frame per stream: anything sent after it would sit in quinn's buffers.
-            end_after_frame(recv);
-            match frame {
-                RequestFrame::Data(req) => {
-                    let write = req.op.is_write();
-                    (handler.request(peer, req).await, write, Some(slot))
-                }
-                RequestFrame::Admin(req) => {
-                    (serve_admin(req, &peer, &*handler).await, false, Some(slot))
-                }
-            }
+    match read_request(&mut recv, &peer, &limits).await {
+        Ok(Some((frame, _slot))) => {
+            // The slot is held until the reply is written and the stream ended: the request's
+            // bytes live until then. One frame per stream: anything sent after it would sit in
+            // quinn's buffers.
+            end_while(recv, async {
+                let (resp, write) = match frame {
+                    RequestFrame::Data(req) => {
+                        let write = req.op.is_write();
+                        (handler.request(peer.clone(), req).await, write)
+                    }
+                    RequestFrame::Admin(req) => (serve_admin(req, &peer, &*handler).await, false),
+                };
+                send_reply(send, &resp, write).await;
+            })
+            .await;
         }
-        Ok(None) => return,
+        Ok(None) => {}
         Err(refusal) => {
             // Whatever else the client sends on this stream is discarded, not buffered.
             let _ = recv.stop(VarInt::from_u32(0));
-            (refusal, false, None)
+            send_reply(send, &refusal, false).await;
         }
-    };
+    }
+}
+
+/// Writes the reply `resp` (to a write when `write`) on `send` and finishes the stream.
+async fn send_reply(mut send: quinn::SendStream, resp: &Response, write: bool) {
     if write && crate::fault::take_reply_drop() {
         // Test fault: the write was applied, its acknowledgement is lost.
         let _ = send.reset(VarInt::from_u32(0));
         return;
     }
-    let frame = match encode(&resp) {
+    let frame = match encode(resp) {
         Ok(frame) => frame,
         Err(e) => return debug!(error = %e, "could not encode reply"),
     };

@@ -15,7 +15,7 @@ pub mod identity;
 pub mod layout;
 pub mod slot;
 pub mod snapshot_stream;
-pub mod stream_end;
+mod stream_end;
 pub mod tls;
 pub mod wire;
 

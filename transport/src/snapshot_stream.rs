@@ -46,14 +46,14 @@ pub async fn send(
     }
     write_frame(&mut stream, &SnapshotFrame::End).await?;
     stream.finish().map_err(TransportError::io)?;
-    // Wait until the peer has read everything (or the stream failed) before reporting.
+    // Wait until the peer has acknowledged everything (or the stream failed) before reporting.
     let _ = stream.stopped().await;
     Ok(bytes)
 }
 
 /// Receives the snapshot announced as `bytes` long into a new file at `path`, synced before
 /// it is reported whole.
-pub async fn receive(
+pub(crate) async fn receive(
     recv: &mut quinn::RecvStream,
     path: &Path,
     bytes: u64,
