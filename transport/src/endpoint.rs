@@ -383,11 +383,11 @@ async fn serve_request<H: Handler>(
             // The slot is held until the reply is written and the stream ended: the request's
             // bytes live until then. One frame per stream: anything sent after it would sit in
             // quinn's buffers.
-            end_while(recv, async {
+            end_while(recv, async move {
                 let (resp, write) = match frame {
                     RequestFrame::Data(req) => {
                         let write = req.op.is_write();
-                        (handler.request(peer.clone(), req).await, write)
+                        (handler.request(peer, req).await, write)
                     }
                     RequestFrame::Admin(req) => (serve_admin(req, &peer, &*handler).await, false),
                 };

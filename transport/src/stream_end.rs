@@ -29,6 +29,11 @@ const FIN_WAIT: Duration = Duration::from_millis(200);
 /// bytes follow the frame, or when no FIN came [`FIN_WAIT`] after `work` was done. The caller
 /// holds the request's admission slot across this, so the wait is counted as the request's.
 pub(crate) async fn end_while<F: Future>(mut recv: RecvStream, work: F) -> F::Output {
+    // Most FINs ride with their frame: one look settles those without registering a waker.
+    if let Poll::Ready(finished) = look_for_fin(&mut recv) {
+        settle(&mut recv, finished);
+        return work.await;
+    }
     let mut work = pin!(work);
     let first = {
         let mut next = pin!(recv.read_chunk(1, true));
@@ -63,14 +68,19 @@ enum First<T> {
 /// is already here, is stopped at once when more bytes followed the frame, and otherwise is
 /// handed to a task that waits up to [`FIN_WAIT`] for the FIN.
 pub(crate) fn end_after_frame(mut recv: RecvStream) {
-    let mut cx = Context::from_waker(Waker::noop());
-    let next = pin!(recv.read_chunk(1, true)).poll(&mut cx);
-    match next {
-        Poll::Ready(next) => settle(&mut recv, next.map(|chunk| chunk.is_none())),
+    match look_for_fin(&mut recv) {
+        Poll::Ready(finished) => settle(&mut recv, finished),
         Poll::Pending => {
             tokio::spawn(wait_for_fin(recv));
         }
     }
+}
+
+/// Whether the stream's next read finds its end, if that is known without waiting.
+fn look_for_fin(recv: &mut RecvStream) -> Poll<Result<bool, ReadError>> {
+    let mut cx = Context::from_waker(Waker::noop());
+    let next = pin!(recv.read_chunk(1, true)).poll(&mut cx);
+    next.map(|next| next.map(|chunk| chunk.is_none()))
 }
 
 /// Waits up to [`FIN_WAIT`] for `recv`'s FIN; stops the stream if anything else comes first.
