@@ -22,16 +22,22 @@ fn get(key: &[u8], seq: u64) -> RequestFrame {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_and_replies_end_their_streams_without_stop_sending() {
+/// A one-host cluster whose one shard holds `b"value"` under the returned key, and a raw
+/// client connection to it.
+async fn one_host_holding_a_value() -> (Cluster, Vec<u8>, quinn::Connection) {
     let mut cluster = Cluster::new(1, 1, 1);
     cluster.start_all();
     let client = cluster.client();
     cluster.wait_ready(&client).await;
     let key = common::key_in_shard(1, 1);
     client.put(&key, b"value").await.expect("put");
-
     let conn = cluster.raw_connection("cli", 0).await;
+    (cluster, key, conn)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_replies_end_their_streams_without_stop_sending() {
+    let (_cluster, key, conn) = one_host_holding_a_value().await;
     let requests = 50u64;
     for seq in 0..requests {
         let req = get(&key, seq);
@@ -66,14 +72,7 @@ async fn requests_and_replies_end_their_streams_without_stop_sending() {
 /// them and the client is told to send no more) and still answers the frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_after_a_request_frame_stop_its_stream() {
-    let mut cluster = Cluster::new(1, 1, 1);
-    cluster.start_all();
-    let client = cluster.client();
-    cluster.wait_ready(&client).await;
-    let key = common::key_in_shard(1, 1);
-    client.put(&key, b"value").await.expect("put");
-
-    let conn = cluster.raw_connection("cli", 0).await;
+    let (mut cluster, key, conn) = one_host_holding_a_value().await;
     let (mut send, mut recv) = conn.open_bi().await.expect("stream");
     let mut bytes = encode(&get(&key, 0)).expect("encode");
     bytes.extend_from_slice(&[0u8; 64]);
