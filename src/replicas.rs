@@ -107,7 +107,14 @@ impl ReplicaFactory {
         replica: LocalReplica,
     ) -> Result<(), ReplicaError> {
         stop_and_wait(shard, &replica.stop).await?;
-        stop_and_wait(shard, &replica.stop_shard).await
+        stop_and_wait(shard, &replica.stop_shard).await?;
+        // A replica started again over this data reads it from LMDB, which takes what the
+        // replica logged a little later: an empty batch is taken after every batch before it.
+        self.storage
+            .send(Persist(WriteBatch::default()))
+            .await
+            .map_err(|_| ReplicaError::StorageGone)?
+            .map_err(ReplicaError::from)
     }
 
     /// Stops `replica` of `shard` (taken out of the router first, so nothing new reaches it)

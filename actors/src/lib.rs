@@ -1,6 +1,7 @@
 //! The actors of one shardkv host and its LMDB schema.
 //!
-//! - [`storage::StorageActor`]: the one LMDB writer, committing many shards' writes together.
+//! - [`storage::StorageActor`]: where the host's writes become durable: the write-ahead log
+//!   ([`wal`]) with one fsync per group, and LMDB behind it.
 //! - [`replica::ReplicaActor`]: one per local replica, drives raft-rs.
 //! - [`shard::ShardActor`]: one per local replica, the state machine over LMDB.
 //! - [`router::RouterActor`]: one per host, routes client requests and inbound Raft traffic.
@@ -25,6 +26,7 @@ pub mod snapshot;
 pub mod storage;
 #[cfg(test)]
 mod test_fixtures;
+pub mod wal;
 
 pub use error::ActorError;
 

@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::error::ActorError;
 use crate::schema::TableId;
 
-/// One write to LMDB.
-#[derive(Debug, Clone)]
+/// One write to LMDB. Serializable: the write-ahead log ([`crate::wal`]) stores them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum WriteOp {
     /// Insert or overwrite `key` with `value`.
     Put(TableId, Vec<u8>, Vec<u8>),
@@ -36,16 +36,34 @@ pub struct WriteBatch {
     pub ops: Vec<WriteOp>,
 }
 
-/// To the StorageActor: make `batch` durable (fsynced) in one transaction with whatever else
-/// is pending. Resolves once it is on disk.
+/// To the StorageActor: make `batch` durable, in the write-ahead log and in LMDB (see
+/// [`crate::storage`]). Resolves once both hold it: LMDB readers see it from then on.
 #[derive(Message)]
 #[rtype(result = "Result<(), ActorError>")]
 pub struct Persist(pub WriteBatch);
 
+/// To the StorageActor: make a replica's Raft writes (entries, hard state) durable. Resolves
+/// once the write-ahead log has synced them, with a [`Visible`] that resolves once LMDB holds
+/// them too.
+#[derive(Message)]
+#[rtype(result = "Result<Visible, ActorError>")]
+pub struct PersistLog(pub WriteBatch);
+
+/// Resolves once LMDB holds a batch already durable in the write-ahead log: until then, LMDB
+/// readers do not see it.
+pub struct Visible(pub oneshot::Receiver<Result<(), ActorError>>);
+
+impl Visible {
+    /// Waits until LMDB holds the batch (or storage failed).
+    pub async fn wait(self) -> Result<(), ActorError> {
+        self.0.await.unwrap_or(Err(ActorError::StorageGone))
+    }
+}
+
 /// To the StorageActor: like [`Persist`], for writes nobody is waiting on and that can be
-/// redone after a crash (applying committed entries, compacting the log). They ride along
-/// with the next [`Persist`] instead of costing an fsync of their own, or are committed
-/// after [`crate::storage::LAZY_DELAY`] if none comes. Resolves once on disk.
+/// redone after a crash (applying committed entries, compacting the log). They go to LMDB
+/// only, in a commit shared with others within [`crate::storage::LMDB_GROUP_DELAY`].
+/// Resolves once LMDB holds them (durable with the commit after).
 #[derive(Message)]
 #[rtype(result = "Result<(), ActorError>")]
 pub struct PersistLazy(pub WriteBatch);

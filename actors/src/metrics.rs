@@ -60,6 +60,9 @@ pub struct Metrics {
     pub raft_is_leader: Family<ShardLabels, Gauge>,
     pub raft_term: Family<ShardLabels, Gauge>,
     pub storage_commits: Counter,
+    pub wal_syncs: Counter,
+    pub wal_sync_seconds: Histogram,
+    pub wal_sync_batches: Histogram,
     pub storage_commit_seconds: Histogram,
     pub storage_commit_batches: Histogram,
     pub peer_connected: Family<PeerLabels, Gauge>,
@@ -92,6 +95,9 @@ pub fn metrics() -> &'static Metrics {
         raft_is_leader: Family::default(),
         raft_term: Family::default(),
         storage_commits: Counter::default(),
+        wal_syncs: Counter::default(),
+        wal_sync_seconds: latency_histogram(),
+        wal_sync_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         storage_commit_seconds: latency_histogram(),
         storage_commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
         peer_connected: Family::default(),
@@ -188,12 +194,27 @@ pub fn registry() -> Registry {
     );
     r.register(
         "storage_commits",
-        "LMDB write transactions committed (fsyncs)",
+        "LMDB write transactions committed (one fdatasync each; the meta page is flushed by the next)",
         m.storage_commits.clone(),
     );
     r.register(
+        "wal_syncs",
+        "Write-ahead log group syncs (one fdatasync each)",
+        m.wal_syncs.clone(),
+    );
+    r.register(
+        "wal_sync_seconds",
+        "Latency of one write-ahead log group write and fdatasync",
+        m.wal_sync_seconds.clone(),
+    );
+    r.register(
+        "wal_sync_batches",
+        "Write batches carried by one write-ahead log sync",
+        m.wal_sync_batches.clone(),
+    );
+    r.register(
         "storage_commit_seconds",
-        "Latency of one LMDB group commit including fsync",
+        "Latency of one LMDB group commit including its fdatasync",
         m.storage_commit_seconds.clone(),
     );
     r.register(

@@ -4,9 +4,10 @@
 //!
 //! Reads go straight to LMDB through read transactions (the record layouts are
 //! [`crate::schema::raft_records`]'s); writes are produced as `WriteOp`s by the encoders there
-//! and made durable by the StorageActor *before* raft-rs is told they are persisted. Entries on
-//! their way to disk sit in a staging area that reads consult first, because raft-rs stops
-//! holding them itself as soon as they are handed to storage (`advance_append_async`).
+//! and made durable by the StorageActor (in its write-ahead log) *before* raft-rs is told they
+//! are persisted. Entries not yet in LMDB sit in a staging area that reads consult first,
+//! because raft-rs stops holding them itself as soon as they are handed to storage
+//! (`advance_append_async`), and LMDB takes them a little after they are durable.
 //! Snapshots come from the shard's [`ShardSnapshots`].
 
 use std::collections::VecDeque;
@@ -27,7 +28,7 @@ use crate::snapshot::{BuildSlots, ShardSnapshots};
 pub struct LmdbRaftStorage {
     schema: Schema,
     shard: ShardId,
-    /// Entries handed to storage and not yet known durable, contiguous by index. They
+    /// Entries handed to storage and not yet known to be in LMDB, contiguous by index. They
     /// supersede whatever LMDB holds at the same or later indexes (an in-flight append may be
     /// replacing a conflicting suffix there).
     staged: VecDeque<Entry>,
@@ -85,9 +86,9 @@ impl LmdbRaftStorage {
         self.staged.extend(entries);
     }
 
-    /// Forgets the staged entries of every Ready numbered up to `number`: storage commits in
-    /// order, so they are all durable now. Entries staged later (including ones that replaced
-    /// a conflicting suffix of an earlier Ready) stay until their own Ready is durable.
+    /// Forgets the staged entries of every Ready numbered up to `number`: LMDB takes batches
+    /// in order, so it holds them all now. Entries staged later (including ones that replaced
+    /// a conflicting suffix of an earlier Ready) stay until LMDB holds their own Ready.
     pub fn unstage(&mut self, number: u64) {
         while self.staged_numbers.front().is_some_and(|n| *n <= number) {
             self.staged_numbers.pop_front();

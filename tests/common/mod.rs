@@ -204,6 +204,11 @@ impl Cluster {
         }
     }
 
+    /// Some host that exited on its own since the last look (it is reaped), if any.
+    pub fn reap_exited(&mut self) -> Option<(HostId, std::process::ExitStatus)> {
+        self.hosts.exited()
+    }
+
     /// Waits until every local replica of host `id` has applied what its shard's leader had
     /// committed.
     pub async fn wait_caught_up(&self, client: &Client, id: HostId) {

@@ -1,4 +1,5 @@
-//! Fault injection for tests: partitions between hosts, lost acknowledgements and a slow disk.
+//! Fault injection for tests: partitions between hosts, lost acknowledgements, a slow disk and
+//! crashes at chosen steps of the write path.
 //!
 //! The hooks are compiled in only with the `fault-injection` feature and only in builds with
 //! debug assertions. The workspace enables the feature for its own tests (as a dev-dependency
@@ -24,6 +25,7 @@ mod state {
     pub static PARTITIONED: Mutex<Option<HashSet<HostId>>> = Mutex::new(None);
     pub static DROP_REPLIES: AtomicU32 = AtomicU32::new(0);
     pub static COMMIT_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+    pub static CRASH_AT: Mutex<Option<crate::wire::CrashPoint>> = Mutex::new(None);
 
     pub fn partitioned(peer: HostId) -> bool {
         let g = PARTITIONED.lock().unwrap_or_else(|p| p.into_inner());
@@ -44,6 +46,7 @@ pub fn apply(spec: &crate::wire::FaultSpec) {
     *g = Some(spec.partition_from.iter().copied().collect());
     state::DROP_REPLIES.store(spec.drop_replies, std::sync::atomic::Ordering::SeqCst);
     state::COMMIT_DELAY_MS.store(spec.commit_delay_ms, std::sync::atomic::Ordering::SeqCst);
+    *state::CRASH_AT.lock().unwrap_or_else(|p| p.into_inner()) = spec.crash_at;
     tracing::warn!(?spec, "fault injection active");
 }
 
@@ -72,9 +75,9 @@ pub fn take_reply_drop() -> bool {
     }
 }
 
-/// How much longer every LMDB group commit must take (a slow disk), if at all. The storage
-/// writer sleeps this long before committing, on its own thread, so the host sees exactly
-/// what an fsync of that length would do to it.
+/// How much longer every write-ahead log sync must take (a slow disk), if at all. The log
+/// writer sleeps this long before syncing, on its own thread, so the host sees exactly what
+/// an fsync of that length would do to it.
 pub fn commit_delay() -> Option<std::time::Duration> {
     #[cfg(all(feature = "fault-injection", debug_assertions))]
     {
@@ -84,5 +87,21 @@ pub fn commit_delay() -> Option<std::time::Duration> {
     #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     {
         None
+    }
+}
+
+/// Aborts the process if a crash was asked for at `point` (see [`crate::wire::FaultSpec`]).
+pub fn crash_point(point: crate::wire::CrashPoint) {
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    {
+        let at = *state::CRASH_AT.lock().unwrap_or_else(|p| p.into_inner());
+        if at == Some(point) {
+            eprintln!("fault injection: crashing at {point:?}");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
+    {
+        let _ = point;
     }
 }

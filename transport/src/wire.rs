@@ -236,9 +236,22 @@ pub struct FaultSpec {
     pub partition_from: Vec<HostId>,
     /// Apply the next this-many client writes but drop their replies (lost acknowledgements).
     pub drop_replies: u32,
-    /// Make every LMDB group commit of this host take this many milliseconds longer (a slow
-    /// disk: an fsync of seconds); 0 for none.
+    /// Make every write-ahead log sync of this host take this many milliseconds longer (a
+    /// slow disk: an fsync of seconds); 0 for none.
     pub commit_delay_ms: u64,
+    /// Abort the host's process the next time its write path reaches this point (a crash at
+    /// that step, as kill -9 would leave the disk).
+    pub crash_at: Option<CrashPoint>,
+}
+
+/// A step of a host's write path where [`FaultSpec::crash_at`] can crash it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// A write-ahead log group is synced; nobody has heard yet that it is durable.
+    LogSynced,
+    /// An LMDB commit returned; nobody has heard yet that LMDB holds it, and the log
+    /// segments it made releasable are still there.
+    LmdbCommitted,
 }
 
 /// One replica as its host reports it.

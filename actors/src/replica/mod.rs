@@ -41,7 +41,7 @@ use tracing::debug;
 
 use crate::fatal::{Fatal, FatalReporter};
 use crate::messages::{
-    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, Persist, ReadAt, SnapshotReport,
+    ApplyEntries, AwaitApply, FailWaiters, InstallSnapshot, PersistLog, ReadAt, SnapshotReport,
 };
 use crate::peer::links::PeerLinks;
 use crate::raft_storage::LmdbRaftStorage;
@@ -101,7 +101,7 @@ impl ReplicaSettings {
 
 /// Where a replica sends things; handed over by the daemon.
 pub struct ReplicaLinks {
-    pub storage: Recipient<Persist>,
+    pub storage: Recipient<PersistLog>,
     pub apply: Recipient<ApplyEntries>,
     pub await_apply: Recipient<AwaitApply>,
     pub read_at: Recipient<ReadAt>,

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use super::ReplicaActor;
 use crate::messages::{
-    ApplyEntries, FailWaiters, InstallSnapshot, Persist, ReadAt, SendRaft, WriteBatch,
+    ApplyEntries, FailWaiters, InstallSnapshot, PersistLog, ReadAt, SendRaft, Visible, WriteBatch,
 };
 use crate::metrics::{metrics, ShardLabels};
 use crate::schema::raft_records;
@@ -179,13 +179,16 @@ impl ReplicaActor {
             self.on_persisted(number, promises, ctx);
         } else {
             let must_wait = self.persist.sent(std::time::Instant::now());
-            let persist = self.links.storage.send(Persist(batch));
+            let persist = self.links.storage.send(PersistLog(batch));
             let done = persist.into_actor(self).map(move |res, act, ctx| {
                 let now = std::time::Instant::now();
                 let took = act.persist.finished(now);
                 act.disk.persisted(now, took);
                 match res {
-                    Ok(Ok(())) => act.on_persisted(number, promises, ctx),
+                    Ok(Ok(visible)) => {
+                        act.on_persisted(number, promises, ctx);
+                        act.unstage_once_visible(number, visible, ctx);
+                    }
                     Ok(Err(e)) => act.stop_fatally(ctx, "persist failed", &e),
                     Err(e) => act.stop_fatally(ctx, "storage unreachable", &e),
                 }
@@ -219,7 +222,6 @@ impl ReplicaActor {
 
     /// The Ready numbered `number` (and every one before it) is durable.
     fn on_persisted(&mut self, number: u64, promises: Vec<RaftMessage>, ctx: &mut Context<Self>) {
-        self.node.mut_store().unstage(number);
         self.send(promises);
         self.node.on_persist_ready(number);
         if let Some(index) = self.snapshots.persisted(number) {
@@ -228,6 +230,20 @@ impl ReplicaActor {
         }
         self.start_read_round();
         self.schedule_drive(ctx);
+    }
+
+    /// Once LMDB holds the Ready numbered `number` (and so every one before it: LMDB takes
+    /// batches in order), its entries leave the staging area: reads find them in LMDB.
+    fn unstage_once_visible(&mut self, number: u64, visible: Visible, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            visible
+                .wait()
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(()) => act.node.mut_store().unstage(number),
+                    Err(e) => act.stop_fatally(ctx, "persist failed", &e),
+                }),
+        );
     }
 
     /// Asks one ReadIndex round for every read that arrived since the last one. raft-rs

@@ -67,7 +67,7 @@ pub fn store_layout(schema: &Schema, layout: &Layout) -> Result<(), ActorError> 
     })?;
     let mut wtxn = schema.env.write_txn()?;
     schema.meta.put(&mut wtxn, LAYOUT, &bytes)?;
-    wtxn.commit()?;
+    schema.commit_synced(wtxn)?;
     Ok(())
 }
 
@@ -114,7 +114,7 @@ pub fn is_retired(schema: &Schema, shard: ShardId) -> Result<bool, ActorError> {
 pub fn store_awaiting_replace(schema: &Schema) -> Result<(), ActorError> {
     let mut wtxn = schema.env.write_txn()?;
     schema.meta.put(&mut wtxn, AWAITING_REPLACE, &[])?;
-    wtxn.commit()?;
+    schema.commit_synced(wtxn)?;
     Ok(())
 }
 

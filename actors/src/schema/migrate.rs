@@ -130,7 +130,7 @@ fn move_rows_to_slot_keys(schema: &Schema, shards: u32) -> Result<u64, ActorErro
             schema.kv.put(&mut wtxn, &kv_key(shard, key), v)?;
             old.delete(&mut wtxn, k)?;
         }
-        wtxn.commit()?;
+        schema.commit_synced(wtxn)?;
         moved += chunk.len() as u64;
     }
 }

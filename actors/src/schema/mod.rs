@@ -23,10 +23,10 @@
 //! what it was bootstrapped with, [`map_record`] the cluster map a meta replica applied.
 
 use std::ops::Bound;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions};
 use shardkv_transport::cluster_map::META_SHARD;
 use shardkv_transport::slot::{slot, Slot};
 use shardkv_transport::{HostId, ShardId};
@@ -46,7 +46,7 @@ pub mod session_record;
 pub type Table = Database<Bytes, Bytes>;
 
 /// Which table a write goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum TableId {
     RaftLog,
     RaftState,
@@ -88,6 +88,8 @@ pub struct Schema {
     pub meta: Table,
     /// This data dir's incarnation (see [`meta`]).
     pub incarnation: u64,
+    /// Where the write-ahead log lives (see [`crate::wal`]).
+    pub wal_dir: PathBuf,
 }
 
 impl Schema {
@@ -105,9 +107,14 @@ impl Schema {
         let map_size = usize::try_from(map_size)
             .map_err(|_| ActorError::Storage("map_size does not fit in memory space".into()))?;
         // SAFETY (heed's contract): the Env is opened once per process for this path and the
-        // file is not modified by anything else while open.
+        // file is not modified by anything else while open. NO_META_SYNC keeps LMDB's
+        // integrity on a system crash but may undo the last commit: the storage actor's
+        // writes are durable in the write-ahead log first (`storage::lmdb_writer`), and
+        // writes outside it go through `commit_synced`.
         let env = unsafe {
-            EnvOpenOptions::new()
+            let mut options = EnvOpenOptions::new();
+            options.flags(EnvFlags::NO_META_SYNC);
+            options
                 .map_size(map_size)
                 .max_dbs(8)
                 .max_readers(1024)
@@ -143,7 +150,8 @@ impl Schema {
         }
         let incarnation = meta::ensure_incarnation(&meta, &mut wtxn)?;
         wtxn.commit()?;
-        Ok(Schema {
+        env.force_sync()?;
+        let schema = Schema {
             env,
             raft_log,
             raft_state,
@@ -151,7 +159,22 @@ impl Schema {
             sessions,
             meta,
             incarnation,
-        })
+            wal_dir: dir.join(crate::wal::DIR),
+        };
+        // What the log holds past LMDB's checkpoint is durable and acknowledged: LMDB gets
+        // it before anyone reads.
+        crate::wal::recover(&schema, &schema.wal_dir)?;
+        Ok(schema)
+    }
+
+    /// Commits `wtxn` and syncs it to disk before returning. The Env does not sync its meta
+    /// page on commit (the storage actor's writes are durable in the write-ahead log first),
+    /// so a write outside the storage actor that must be durable on return, as at startup,
+    /// comes through here.
+    pub fn commit_synced(&self, wtxn: heed::RwTxn<'_>) -> Result<(), ActorError> {
+        wtxn.commit()?;
+        self.env.force_sync()?;
+        Ok(())
     }
 
     /// The table behind an id.

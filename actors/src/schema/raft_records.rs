@@ -1,6 +1,6 @@
 //! The layout of one shard's Raft rows: log entries in `raft_log`, and in `raft_state` the
 //! hard state, conf state, applied index and truncation point. Encoders produce [`WriteOp`]s
-//! (made durable by the StorageActor, in the same group commit as whatever rides along);
+//! (made durable by the StorageActor: in its write-ahead log, then in LMDB, in order);
 //! readers decode what LMDB holds. Keeping both sides of each record here is what keeps them
 //! in agreement across restarts and versions.
 //!
@@ -142,7 +142,7 @@ pub fn bootstrap(
             .raft_state
             .put(&mut wtxn, &key, &encode_owned(shard, owned)?)?;
     }
-    wtxn.commit()?;
+    schema.commit_synced(wtxn)?;
     Ok(true)
 }
 
