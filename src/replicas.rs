@@ -106,15 +106,8 @@ impl ReplicaFactory {
         shard: ShardId,
         replica: LocalReplica,
     ) -> Result<(), ReplicaError> {
-        stop_and_wait(shard, &replica.stop).await?;
-        stop_and_wait(shard, &replica.stop_shard).await?;
-        // A replica started again over this data reads it from LMDB, which takes what the
-        // replica logged a little later: an empty batch is taken after every batch before it.
-        self.storage
-            .send(Persist(WriteBatch::default()))
-            .await
-            .map_err(|_| ReplicaError::StorageGone)?
-            .map_err(ReplicaError::from)
+        stop_and_wait(shard, &replica.stop, &self.storage).await?;
+        stop_and_wait(shard, &replica.stop_shard, &self.storage).await
     }
 
     /// Stops `replica` of `shard` (taken out of the router first, so nothing new reaches it)
@@ -124,14 +117,10 @@ impl ReplicaFactory {
     pub async fn destroy(&self, shard: ShardId, replica: LocalReplica) -> Result<(), ReplicaError> {
         // The replica first: it stops handing entries to the state machine, then the state
         // machine stops. What either handed to storage before is queued ahead of the delete.
-        stop_and_wait(shard, &replica.stop).await?;
-        stop_and_wait(shard, &replica.stop_shard).await?;
         // Its rows are those of the slots it owns, stored with its last applied batch: read
-        // once every batch it queued is on disk (an empty batch commits after them).
-        self.storage
-            .send(Persist(WriteBatch::default()))
-            .await
-            .map_err(|_| ReplicaError::StorageGone)??;
+        // once both actors stopped, when LMDB holds every batch they queued.
+        stop_and_wait(shard, &replica.stop, &self.storage).await?;
+        stop_and_wait(shard, &replica.stop_shard, &self.storage).await?;
         let owned = owned_record::stored_owned(&self.schema, shard)?;
         let mut ops = delete_ranges(shard_all_ranges(shard, &owned.ranges));
         ops.push(meta::retired_op(shard));
@@ -220,7 +209,15 @@ impl ReplicaFactory {
 }
 
 /// Asks an actor of `shard`'s replica to stop and waits until it has.
-async fn stop_and_wait(shard: ShardId, actor: &Recipient<StopReplica>) -> Result<(), ReplicaError> {
+/// Stops `actor` and waits until it is gone and LMDB holds everything it handed to storage:
+/// LMDB takes logged batches a little after they are durable, and whoever reads the shard's
+/// data next (a replica started again over it, a deletion of its rows) reads LMDB. An empty
+/// batch is taken after every batch sent before it.
+async fn stop_and_wait(
+    shard: ShardId,
+    actor: &Recipient<StopReplica>,
+    storage: &Addr<StorageActor>,
+) -> Result<(), ReplicaError> {
     // An actor already gone (it stopped on a fatal error) has nothing more to write.
     let _ = actor.send(StopReplica).await;
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -230,6 +227,10 @@ async fn stop_and_wait(shard: ShardId, actor: &Recipient<StopReplica>) -> Result
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    storage
+        .send(Persist(WriteBatch::default()))
+        .await
+        .map_err(|_| ReplicaError::StorageGone)??;
     Ok(())
 }
 

@@ -61,9 +61,9 @@ impl Visible {
 }
 
 /// To the StorageActor: like [`Persist`], for writes nobody is waiting on and that can be
-/// redone after a crash (applying committed entries, compacting the log). They go to LMDB
-/// only, in a commit shared with others within [`crate::storage::LMDB_GROUP_DELAY`].
-/// Resolves once LMDB holds them (durable with the commit after).
+/// redone after a crash (applying committed entries, compacting the log). Logged with no
+/// sync of their own, and taken into LMDB in a commit shared with others within
+/// [`crate::storage::LMDB_GROUP_DELAY`]. Resolves once LMDB holds them.
 #[derive(Message)]
 #[rtype(result = "Result<(), ActorError>")]
 pub struct PersistLazy(pub WriteBatch);

@@ -211,6 +211,13 @@ async fn destroying_a_replica_deletes_every_row_of_its_shard_and_no_other() {
         .join(shardkv_actors::snapshot::file_name(1, 4, 1));
     std::fs::create_dir_all(&f.snap_dir).expect("snap dir");
     std::fs::write(&snap_file, b"a snapshot of shard 1").expect("writes");
+    // LMDB takes the logged writes a little after they are acknowledged: an empty batch is
+    // taken after all of them.
+    f.storage
+        .send(Persist(WriteBatch::default()))
+        .await
+        .expect("storage runs")
+        .expect("commits");
     let s = &f.schema;
     let tables = [
         TableId::Kv,
@@ -247,8 +254,12 @@ async fn a_joining_replica_restarted_halfway_goes_on_from_what_its_shard_stored(
     wait_leader(&first).await;
     let key = keys_of(1).remove(0);
     put(&first, &key).await;
-    stop_and_wait(1, &first.stop).await.expect("stops");
-    stop_and_wait(1, &first.stop_shard).await.expect("stops");
+    stop_and_wait(1, &first.stop, &f.storage)
+        .await
+        .expect("stops");
+    stop_and_wait(1, &first.stop_shard, &f.storage)
+        .await
+        .expect("stops");
 
     let again = f.start_joining(1).expect("starts");
     wait_leader(&again).await;

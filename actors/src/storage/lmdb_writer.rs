@@ -36,7 +36,7 @@ pub const LMDB_GROUP_DELAY: Duration = Duration::from_millis(30);
 /// What the LMDB writer is handed.
 pub(super) struct LmdbJob {
     pub batch: Arc<WriteBatch>,
-    /// The log record that holds the batch (None: not logged, a lazy batch or a load).
+    /// The log record that holds the batch (None: a snapshot load, which is not logged).
     pub seq: Option<u64>,
     /// Someone waits for LMDB to hold it: commit without waiting for others.
     pub urgent: bool,

@@ -12,19 +12,22 @@
 //!   log and in LMDB before the reply. A snapshot load is not logged (its file may be gone
 //!   when a replay would need it): it commits alone in LMDB and is synced.
 //! - [`PersistLazy`]: applying committed entries, compacting the Raft log; a crash only means
-//!   redoing them from the Raft log. LMDB only; the reply says LMDB holds it.
+//!   redoing them from the Raft log. Logged with no sync of its own (the next synced group
+//!   carries it); the reply says LMDB holds it.
 //!
 //! Two threads do the work, so neither waits for the other's disk time: the log writer
 //! ([`wal_writer`]) and the LMDB writer ([`lmdb_writer`]), which takes every batch in
 //! arrival order in few large commits. Before, every group was one LMDB commit on the
 //! client's path: ~48 random pages and two fsyncs for ~50 Raft appends.
 //!
-//! Crash consistency rests on three rules. LMDB applies batches in arrival order, so each
-//! commit holds a prefix of them, and records the last log record it holds; recovery
-//! replays the log after that record, which is then exact. Log segments are deleted only
-//! up to a checkpoint LMDB holds durably. A state machine's applied index in LMDB never
-//! passes its Raft log there: raft-rs applies only entries persisted here, so the apply
-//! batch arrives after the entries' own.
+//! Crash consistency rests on four rules. Every batch but a snapshot load is a log record,
+//! numbered in arrival order, and LMDB applies them in that order: each LMDB commit holds a
+//! prefix of the log and records the last record it holds, and recovery replays the log after
+//! that record, which is then exact. The log is one file written in order, so a synced
+//! record proves every earlier one durable. Log segments are released only up to a
+//! checkpoint LMDB holds durably. And a state machine's applied index never passes its Raft
+//! log: raft-rs applies only entries persisted here, so the apply batch comes after the
+//! entries' own.
 //!
 //! A failed write is final. Every sender assumes that a batch it is told is durable comes
 //! with every batch it sent before; after a failure (map full, ENOSPC, EIO) that no longer
@@ -169,15 +172,22 @@ impl StorageActor {
         &mut self,
         batch: Arc<WriteBatch>,
     ) -> (u64, oneshot::Receiver<Result<(), ActorError>>) {
+        let (done, rx) = oneshot::channel();
+        (self.log_next_as(batch, Some(done)), rx)
+    }
+
+    /// Logs `batch` as the next record, answering `done` (if any) once it is durable; answers
+    /// its sequence number.
+    fn log_next_as(&mut self, batch: Arc<WriteBatch>, done: Option<Waiter>) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (done, rx) = oneshot::channel();
-        if let Err(std_mpsc::SendError(WalJob::Append { done, .. })) =
-            self.wal.send(WalJob::Append { seq, batch, done })
+        if let Err(std_mpsc::SendError(WalJob::Append {
+            done: Some(done), ..
+        })) = self.wal.send(WalJob::Append { seq, batch, done })
         {
             answer(done, Err(ActorError::StorageGone));
         }
-        (seq, rx)
+        seq
     }
 }
 
@@ -251,7 +261,11 @@ impl Handler<PersistLazy> for StorageActor {
         if let Err(e) = self.halt.check() {
             return Box::pin(async move { Err(e) });
         }
-        Box::pin(outcome(self.hand_to_lmdb(Arc::new(msg.0), None, false)))
+        // Logged too, so that every LMDB commit holds a prefix of the log: a later logged
+        // batch is never replayed without the lazy ones before it.
+        let batch = Arc::new(msg.0);
+        let seq = self.log_next_as(batch.clone(), None);
+        Box::pin(outcome(self.hand_to_lmdb(batch, Some(seq), false)))
     }
 }
 

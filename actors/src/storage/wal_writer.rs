@@ -1,5 +1,6 @@
 //! The log writer thread: everything that queued while one sync ran goes into the next,
-//! one record per batch, one fdatasync for them all (group commit).
+//! one record per batch, one fdatasync for them all (group commit). Records of lazy batches
+//! wait, unsynced, for the next group that someone waits on.
 
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -14,11 +15,13 @@ use crate::wal::Wal;
 
 /// What the log writer is handed.
 pub(super) enum WalJob {
-    /// Log `batch` as record `seq` (the next one); `done` hears once it is durable.
+    /// Log `batch` as record `seq` (the next one); `done` hears once it is durable. Without
+    /// `done` (a lazy batch), the record costs no sync of its own: it is written with the
+    /// next group that has a waiter, whose sync makes it durable too.
     Append {
         seq: u64,
         batch: Arc<WriteBatch>,
-        done: Waiter,
+        done: Option<Waiter>,
     },
     /// LMDB durably holds every record up to this one: their segments may go.
     Release(u64),
@@ -40,7 +43,7 @@ pub(super) fn run(mut wal: Wal, jobs: std_mpsc::Receiver<WalJob>, halt: Arc<Halt
         }
         if !group.is_empty() {
             let res = write_group(&mut wal, &group, &halt);
-            for (_, _, done) in group.drain(..) {
+            for done in group.drain(..).filter_map(|(_, _, done)| done) {
                 answer(done, res.clone());
             }
         }
@@ -55,10 +58,17 @@ pub(super) fn run(mut wal: Wal, jobs: std_mpsc::Receiver<WalJob>, halt: Arc<Halt
 
 fn write_group(
     wal: &mut Wal,
-    group: &[(u64, Arc<WriteBatch>, Waiter)],
+    group: &[(u64, Arc<WriteBatch>, Option<Waiter>)],
     halt: &Halt,
 ) -> Result<(), ActorError> {
     halt.check()?;
+    if group.iter().all(|(_, _, done)| done.is_none()) {
+        // Lazy records only: appended now, written and synced with the next group.
+        return group
+            .iter()
+            .try_for_each(|(seq, batch, _)| wal.append(*seq, &batch.ops))
+            .map_err(|e| halt.halt(&e));
+    }
     let started = Instant::now();
     if let Some(delay) = shardkv_transport::fault::commit_delay() {
         std::thread::sleep(delay);

@@ -2,22 +2,22 @@
 //!
 //! An LMDB commit rewrites every B-tree page it touches (copy on write) and costs an fsync of
 //! those pages plus one of its meta page: measured, about 48 random 4 KiB pages per group of
-//! ~50 Raft appends. The log instead appends each group's writes (Raft entries, hard states,
-//! the host's control writes) as one record to a segment file and fdatasyncs it: a few
-//! sequential pages, one flush. LMDB still holds everything, the Raft log included, and is
+//! ~50 Raft appends. The log instead appends each of the host's write batches (Raft entries
+//! and hard states, applies, control writes; all but snapshot loads) as one record to a
+//! segment file, and one fdatasync makes a whole group durable: a few sequential pages. LMDB still holds everything, the Raft log included, and is
 //! brought up to date in the background by larger, rarer commits (see
 //! `storage::lmdb_writer`), each recording the last log record it includes
 //! ([`checkpoint`]). A commit's meta page is flushed by the next commit, so once a commit
 //! returns, the checkpoint of the one before it is durable in LMDB and the segments wholly
-//! at or below it are deleted.
+//! at or below it are released.
 //!
 //! Recovery ([`recover`], when the data dir is opened) replays into LMDB, in order, every
 //! record after LMDB's checkpoint, syncs, and starts a fresh log. Replaying a suffix in order
 //! is exact because LMDB commits take the host's writes in the order they arrived: a
 //! commit holds a prefix of them, so everything after its checkpoint came later.
 //!
-//! Segment files are `wal/<first sequence number, 20 digits>.wal`; records follow each
-//! other with no padding:
+//! Segment files are `wal/<first sequence number, 20 digits>.wal` (released ones kept for
+//! reuse are `.spare`); records follow each other with no padding:
 //!
 //! ```text
 //! payload length u32 LE | crc32c u32 LE of the next two fields | sequence u64 LE | payload
@@ -25,8 +25,10 @@
 //!
 //! The payload is the batch's `WriteOp`s in postcard. Sequence numbers are consecutive
 //! across segments. A record that is cut short, fails its checksum or breaks the sequence
-//! ends the log if it is in the newest segment (a write the crash interrupted, never
-//! acknowledged); anywhere else it is corruption, and the host refuses to start.
+//! ends the segment: in the newest one it is a write the crash interrupted (never
+//! acknowledged), or what a reused segment held before. In an older segment it must be the
+//! latter, so the next segment must go on from the last good record; anything else is
+//! corruption, and the host refuses to start.
 
 mod recover;
 mod segments;
@@ -43,7 +45,7 @@ pub use segments::Wal;
 pub const DIR: &str = "wal";
 
 /// A segment is closed and a new one started past this size.
-pub const SEGMENT_BYTES: u64 = 32 << 20;
+pub const SEGMENT_BYTES: u64 = 4 << 20;
 
 /// Bytes before a record's payload.
 const HEADER_BYTES: usize = 16;

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
+use super::segments::SPARE_EXTENSION;
 use super::{decode_segment, Record, Tail};
 use crate::error::ActorError;
 use crate::messages::WriteOp;
@@ -48,8 +49,9 @@ fn corrupt(detail: String) -> ActorError {
     }
 }
 
-/// The segment files in `dir`, oldest first, by the number their name gives.
-fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ActorError> {
+/// The segment files in `dir`, oldest first, by the number their name gives; with `spares`,
+/// the released ones kept for reuse too.
+fn files(dir: &Path, spares: bool) -> Result<Vec<(u64, PathBuf)>, ActorError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -65,12 +67,18 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ActorError> {
         let entry = entry
             .map_err(|e| ActorError::Storage(format!("cannot list {}: {e}", dir.display())))?;
         let name = entry.file_name();
+        let name = name.to_str().unwrap_or_default();
+        if spares && name.ends_with(&format!(".{SPARE_EXTENSION}")) {
+            out.push((0, entry.path()));
+            continue;
+        }
         let Some(first) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(".wal"))
+            .strip_suffix(".wal")
             .and_then(|n| n.parse::<u64>().ok())
         else {
-            warn!(file = %entry.path().display(), "not a write-ahead log segment; left alone");
+            if !name.ends_with(&format!(".{SPARE_EXTENSION}")) {
+                warn!(file = %entry.path().display(), "not a write-ahead log segment; left alone");
+            }
             continue;
         };
         out.push((first, entry.path()));
@@ -83,7 +91,7 @@ fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, ActorError> {
 /// the newest segment (a write cut short by a crash, never acknowledged) and is corruption
 /// anywhere else.
 fn read_log(dir: &Path) -> Result<Vec<Record>, ActorError> {
-    let files = segments(dir)?;
+    let files = files(dir, false)?;
     let mut records = Vec::new();
     for (i, (first, path)) in files.iter().enumerate() {
         let bytes = std::fs::read(path)
@@ -97,12 +105,18 @@ fn read_log(dir: &Path) -> Result<Vec<Record>, ActorError> {
         }
         let (found, tail) = decode_segment(&bytes, Some(*first));
         records.extend(found);
+        let next = records.last().map_or(*first, |r| r.seq + 1);
         if let Tail::Bad { offset, why } = tail {
-            if i + 1 < files.len() {
-                return Err(corrupt(format!(
-                    "{} is damaged at byte {offset} ({why}) and newer segments follow",
-                    path.display()
-                )));
+            if let Some((next_first, _)) = files.get(i + 1) {
+                // A reused segment's old records, if the next segment goes on from here.
+                if *next_first != next {
+                    return Err(corrupt(format!(
+                        "{} is damaged at byte {offset} ({why}): the next segment starts at \
+                         record {next_first}, not {next}",
+                        path.display()
+                    )));
+                }
+                continue;
             }
             warn!(
                 file = %path.display(),
@@ -123,7 +137,7 @@ fn read_log(dir: &Path) -> Result<Vec<Record>, ActorError> {
 pub fn recover(schema: &Schema, dir: &Path) -> Result<u64, ActorError> {
     let records = read_log(dir)?;
     let checkpoint = checkpoint(schema)?;
-    let oldest = segments(dir)?.first().map(|(first, _)| *first);
+    let oldest = files(dir, false)?.first().map(|(first, _)| *first);
     if let Some(oldest) = oldest {
         if oldest > checkpoint + 1 {
             return Err(corrupt(format!(
@@ -153,9 +167,15 @@ pub fn recover(schema: &Schema, dir: &Path) -> Result<u64, ActorError> {
         );
     }
     let last = records.last().map_or(checkpoint, |r| r.seq.max(checkpoint));
-    for (_, path) in segments(dir)? {
-        std::fs::remove_file(&path)
+    let stale = files(dir, true)?;
+    for (_, path) in &stale {
+        std::fs::remove_file(path)
             .map_err(|e| ActorError::Storage(format!("cannot delete {}: {e}", path.display())))?;
+    }
+    if !stale.is_empty() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| ActorError::Storage(format!("cannot sync {}: {e}", dir.display())))?;
     }
     Ok(last + 1)
 }
@@ -208,7 +228,7 @@ mod tests {
         assert_eq!(get(&schema, b"k"), Some(vec![3]));
         assert_eq!(checkpoint(&schema).unwrap(), 3);
         assert!(
-            segments(&dir).unwrap().is_empty(),
+            files(&dir, true).unwrap().is_empty(),
             "replayed segments are deleted"
         );
         // Nothing left to replay: the log continues after the checkpoint.
@@ -242,23 +262,29 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let schema = open_schema(data.path());
         let dir = data.path().join("test-wal");
-        three_records(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut bytes = Vec::new();
+        for seq in 1..=3u8 {
+            encode(u64::from(seq), &[put(b"k", &[seq])], &mut bytes).unwrap();
+        }
         let path = segment_path(&dir, 1);
-        let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert_eq!(recover(&schema, &dir).unwrap(), 3, "record 3 was cut short");
         assert_eq!(get(&schema, b"k"), Some(vec![2]));
 
         // Damage in a segment that newer ones follow: refused, nothing applied.
-        three_records(&dir.join("again"));
+        let again = dir.join("again");
+        std::fs::create_dir_all(&again).unwrap();
+        let mut first = Vec::new();
+        for seq in 3..=4u8 {
+            encode(u64::from(seq), &[put(b"k", &[seq])], &mut first).unwrap();
+        }
+        first[20] ^= 0xff;
+        std::fs::write(segment_path(&again, 3), first).unwrap();
         let mut next = Vec::new();
-        encode(4, &[put(b"k", b"4")], &mut next).unwrap();
-        std::fs::write(segment_path(&dir.join("again"), 4), next).unwrap();
-        let path = segment_path(&dir.join("again"), 1);
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[20] ^= 0xff;
-        std::fs::write(&path, bytes).unwrap();
-        let err = recover(&schema, &dir.join("again")).unwrap_err();
+        encode(5, &[put(b"k", b"5")], &mut next).unwrap();
+        std::fs::write(segment_path(&again, 5), next).unwrap();
+        let err = recover(&schema, &again).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
         assert_eq!(get(&schema, b"k"), Some(vec![2]));
     }
