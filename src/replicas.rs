@@ -208,8 +208,7 @@ impl ReplicaFactory {
     }
 }
 
-/// Asks an actor of `shard`'s replica to stop and waits until it has.
-/// Stops `actor` and waits until it is gone and LMDB holds everything it handed to storage:
+/// Stops `actor` (of `shard`'s replica) and waits until it is gone and LMDB holds everything it handed to storage:
 /// LMDB takes logged batches a little after they are durable, and whoever reads the shard's
 /// data next (a replica started again over it, a deletion of its rows) reads LMDB. An empty
 /// batch is taken after every batch sent before it.

@@ -82,7 +82,7 @@ async fn a_host_whose_disk_fills_up_stops_and_the_rest_keeps_serving() {
     );
     let log = std::fs::read_to_string(cluster.log_path(3)).expect("host 3 log");
     assert!(
-        log.contains("LMDB commit failed"),
+        log.contains("storage write failed"),
         "host 3 says why it stopped"
     );
 

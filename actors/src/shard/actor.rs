@@ -93,8 +93,9 @@ pub struct ShardActor {
     batch_seq: u64,
     /// Apply batches sent to storage and not yet committed.
     in_flight: usize,
-    /// Highest index whose apply batch LMDB holds (a power loss may undo LMDB's last commit,
-    /// but then the log replays it, and a compaction sent after it, in order).
+    /// Highest index whose apply batch LMDB holds. A power loss may undo LMDB's last commit;
+    /// then the apply and any compaction sent after it are kept or lost together (both are
+    /// log records, in order).
     durable_applied: u64,
     /// The log is compacted up to here (inclusive).
     compacted: u64,

@@ -46,11 +46,14 @@ pub(super) fn run(mut wal: Wal, jobs: std_mpsc::Receiver<WalJob>, halt: Arc<Halt
             for done in group.drain(..).filter_map(|(_, _, done)| done) {
                 answer(done, res.clone());
             }
+            if let Err(e) = wal.rotate_if_full() {
+                halt.halt(&e);
+            }
         }
         if let Some(seq) = release {
             if let Err(e) = wal.release_through(seq) {
                 // Only space is at stake; the records stay readable and are skipped on replay.
-                tracing::warn!(error = %e, "cannot delete write-ahead log segments LMDB holds");
+                tracing::warn!(error = %e, "cannot release write-ahead log segments LMDB holds");
             }
         }
     }

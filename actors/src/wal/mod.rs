@@ -4,9 +4,10 @@
 //! those pages plus one of its meta page: measured, about 48 random 4 KiB pages per group of
 //! ~50 Raft appends. The log instead appends each of the host's write batches (Raft entries
 //! and hard states, applies, control writes; all but snapshot loads) as one record to a
-//! segment file, and one fdatasync makes a whole group durable: a few sequential pages. LMDB still holds everything, the Raft log included, and is
-//! brought up to date in the background by larger, rarer commits (see
-//! `storage::lmdb_writer`), each recording the last log record it includes
+//! segment file, and one fdatasync makes a whole group durable: a few sequential pages.
+//! LMDB still holds everything, the Raft log included, and is brought up to date in the
+//! background by larger, rarer commits (see `storage::lmdb_writer`), each recording the last
+//! log record it includes
 //! ([`checkpoint`]). A commit's meta page is flushed by the next commit, so once a commit
 //! returns, the checkpoint of the one before it is durable in LMDB and the segments wholly
 //! at or below it are released.
@@ -17,13 +18,16 @@
 //! commit holds a prefix of them, so everything after its checkpoint came later.
 //!
 //! Segment files are `wal/<first sequence number, 20 digits>.wal` (released ones kept for
-//! reuse are `.spare`); records follow each other with no padding:
+//! reuse are `.spare`). Each starts with [`SEGMENT_MAGIC`] and a random nonce drawn for this
+//! use of the file; records follow with no padding:
 //!
 //! ```text
-//! payload length u32 LE | crc32c u32 LE of the next two fields | sequence u64 LE | payload
+//! payload length u32 LE | crc32c u32 LE of (nonce, sequence, payload) | sequence u64 LE | payload
 //! ```
 //!
-//! The payload is the batch's `WriteOp`s in postcard. Sequence numbers are consecutive
+//! The payload is the batch's `WriteOp`s in postcard. The nonce keeps a reused segment's old
+//! bytes from ever passing for a record of its new use, even where a client's value held
+//! something shaped like one. Sequence numbers are consecutive
 //! across segments. A record that is cut short, fails its checksum or breaks the sequence
 //! ends the segment: in the newest one it is a write the crash interrupted (never
 //! acknowledged), or what a reused segment held before. In an older segment it must be the
@@ -50,6 +54,27 @@ pub const SEGMENT_BYTES: u64 = 4 << 20;
 /// Bytes before a record's payload.
 const HEADER_BYTES: usize = 16;
 
+/// What a segment starts with, before its nonce.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"skv-wal1";
+
+/// Bytes of a segment's start: the magic and the nonce.
+pub const SEGMENT_HEADER_BYTES: usize = 16;
+
+/// The start of a segment whose records are checksummed with `nonce`.
+pub fn segment_header(nonce: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut out = [0u8; SEGMENT_HEADER_BYTES];
+    out[..8].copy_from_slice(SEGMENT_MAGIC);
+    out[8..].copy_from_slice(&nonce.to_le_bytes());
+    out
+}
+
+fn checksum(nonce: u64, seq_and_payload: &[u8]) -> u32 {
+    let mut digest = CRC32C.digest();
+    digest.update(&nonce.to_le_bytes());
+    digest.update(seq_and_payload);
+    digest.finalize()
+}
+
 /// A record's payload may not exceed this (a batch is bounded far below by the host's
 /// request and entry limits; anything larger is a corrupt length).
 const PAYLOAD_MAX: usize = 1 << 30;
@@ -63,19 +88,19 @@ pub struct Record {
     pub ops: Vec<WriteOp>,
 }
 
-/// Appends the record of `ops` at `seq` to `out`.
-pub fn encode(seq: u64, ops: &[WriteOp], out: &mut Vec<u8>) -> Result<(), ActorError> {
+/// Appends the record of `ops` at `seq`, in a segment of `nonce`, to `out`.
+pub fn encode(nonce: u64, seq: u64, ops: &[WriteOp], out: &mut Vec<u8>) -> Result<(), ActorError> {
     let payload = postcard::to_allocvec(ops)
         .map_err(|e| ActorError::Storage(format!("cannot encode a write-ahead log record: {e}")))?;
     let len = u32::try_from(payload.len())
         .map_err(|_| ActorError::Storage("write-ahead log record over 4 GiB".into()))?;
-    let mut digest = CRC32C.digest();
-    digest.update(&seq.to_le_bytes());
-    digest.update(&payload);
     out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&digest.finalize().to_le_bytes());
+    let crc_at = out.len();
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(&payload);
+    let crc = checksum(nonce, &out[crc_at + 4..]);
+    out[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
     Ok(())
 }
 
@@ -92,7 +117,16 @@ pub enum Tail {
 /// (if known); stops at the first bad one.
 pub fn decode_segment(bytes: &[u8], mut first: Option<u64>) -> (Vec<Record>, Tail) {
     let mut out = Vec::new();
-    let mut at = 0usize;
+    let nonce = match bytes.get(..SEGMENT_HEADER_BYTES) {
+        Some(h) if &h[..8] == SEGMENT_MAGIC => {
+            u64::from_le_bytes(<[u8; 8]>::try_from(&h[8..]).unwrap_or_default())
+        }
+        _ => {
+            let why = "no segment header (a segment made but never written)".to_string();
+            return (out, Tail::Bad { offset: 0, why });
+        }
+    };
+    let mut at = SEGMENT_HEADER_BYTES;
     while at < bytes.len() {
         let bad = |why: &str| Tail::Bad {
             offset: at,
@@ -111,7 +145,7 @@ pub fn decode_segment(bytes: &[u8], mut first: Option<u64>) -> (Vec<Record>, Tai
         let Some(body) = bytes.get(at + 8..at + HEADER_BYTES + len) else {
             return (out, bad("the payload is cut short"));
         };
-        if CRC32C.checksum(body) != crc {
+        if checksum(nonce, body) != crc {
             return (out, bad("the checksum does not match"));
         }
         if first.is_some_and(|f| f != seq) {
@@ -137,15 +171,15 @@ mod tests {
         WriteOp::Put(TableId::Kv, k.to_vec(), b"value".to_vec())
     }
 
+    fn first_ops() -> Vec<WriteOp> {
+        vec![put(b"a"), WriteOp::Delete(TableId::Meta, b"m".to_vec())]
+    }
+
+    /// A segment of nonce 1 holding records 7 and 8.
     fn two_records() -> Vec<u8> {
-        let mut bytes = Vec::new();
-        encode(
-            7,
-            &[put(b"a"), WriteOp::Delete(TableId::Meta, b"m".to_vec())],
-            &mut bytes,
-        )
-        .unwrap();
-        encode(8, &[put(b"b")], &mut bytes).unwrap();
+        let mut bytes = segment_header(1).to_vec();
+        encode(1, 7, &first_ops(), &mut bytes).unwrap();
+        encode(1, 8, &[put(b"b")], &mut bytes).unwrap();
         bytes
     }
 
@@ -165,14 +199,9 @@ mod tests {
     #[test]
     fn a_torn_last_record_ends_the_log_after_the_good_ones() {
         let bytes = two_records();
-        let mut first = Vec::new();
-        encode(
-            7,
-            &[put(b"a"), WriteOp::Delete(TableId::Meta, b"m".to_vec())],
-            &mut first,
-        )
-        .unwrap();
-        for cut in 1..bytes.len() {
+        let mut first = segment_header(1).to_vec();
+        encode(1, 7, &first_ops(), &mut first).unwrap();
+        for cut in SEGMENT_HEADER_BYTES + 1..bytes.len() {
             let (records, tail) = decode_segment(&bytes[..cut], None);
             let whole = usize::from(cut >= first.len());
             assert_eq!(records.len(), whole, "cut at {cut}");
@@ -180,6 +209,19 @@ mod tests {
                 assert!(matches!(tail, Tail::Bad { .. }), "cut at {cut}: {tail:?}");
             }
         }
+    }
+
+    #[test]
+    fn records_of_another_use_of_the_segment_do_not_pass() {
+        // The same bytes under another nonce: a reused segment's old records, or a record
+        // shaped inside a client's value.
+        let mut bytes = two_records();
+        bytes[8..16].copy_from_slice(&2u64.to_le_bytes());
+        let (records, tail) = decode_segment(&bytes, Some(7));
+        assert!(records.is_empty());
+        assert!(matches!(tail, Tail::Bad { ref why, .. } if why.contains("checksum")));
+        let (records, _) = decode_segment(&[0; 64], None);
+        assert!(records.is_empty(), "a zero-filled segment holds nothing");
     }
 
     #[test]

@@ -87,11 +87,11 @@ fn files(dir: &Path, spares: bool) -> Result<Vec<(u64, PathBuf)>, ActorError> {
     Ok(out)
 }
 
-/// Every good record of the log in `dir`, in order. A bad record ends the log if it is in
-/// the newest segment (a write cut short by a crash, never acknowledged) and is corruption
-/// anywhere else.
-fn read_log(dir: &Path) -> Result<Vec<Record>, ActorError> {
-    let files = files(dir, false)?;
+/// Every good record of the segments `files`, in order. A bad record ends the log in the
+/// newest segment (a write cut short by a crash, never acknowledged, or a reused segment's
+/// old bytes); in an older one it must be a reused segment's old bytes, so the next segment
+/// must go on from the last good record, and anything else is corruption.
+fn read_log(files: &[(u64, PathBuf)]) -> Result<Vec<Record>, ActorError> {
     let mut records = Vec::new();
     for (i, (first, path)) in files.iter().enumerate() {
         let bytes = std::fs::read(path)
@@ -135,19 +135,23 @@ fn read_log(dir: &Path) -> Result<Vec<Record>, ActorError> {
 /// between were deleted, so this LMDB file is older than the log: a restored or swapped
 /// file), rather than apply later writes over a hole.
 pub fn recover(schema: &Schema, dir: &Path) -> Result<u64, ActorError> {
-    let records = read_log(dir)?;
     let checkpoint = checkpoint(schema)?;
-    let oldest = files(dir, false)?.first().map(|(first, _)| *first);
-    if let Some(oldest) = oldest {
-        if oldest > checkpoint + 1 {
-            return Err(corrupt(format!(
-                "LMDB holds the log up to record {checkpoint} but the log in {} starts at \
-                 record {oldest}: the records between are gone; this data.mdb is older than \
-                 its write-ahead log",
-                dir.display()
-            )));
-        }
+    let segments = files(dir, false)?;
+    // The segments before the last one that starts at or below the checkpoint's successor
+    // hold only records LMDB has; a recovery that crashed while deleting may have left any
+    // of them, in any pattern, so they are not read.
+    let from = segments
+        .iter()
+        .rposition(|(first, _)| *first <= checkpoint + 1);
+    if let (None, Some((oldest, _))) = (from, segments.first()) {
+        return Err(corrupt(format!(
+            "LMDB holds the log up to record {checkpoint} but the log in {} starts at \
+             record {oldest}: the records between are gone; this data.mdb is older than its \
+             write-ahead log",
+            dir.display()
+        )));
     }
+    let records = read_log(&segments[from.unwrap_or(0)..])?;
     let replay: Vec<&Record> = records.iter().filter(|r| r.seq > checkpoint).collect();
     for chunk in replay.chunks(REPLAY_RECORDS_PER_TXN) {
         replay_chunk(schema, chunk).map_err(|e| {
@@ -198,7 +202,7 @@ mod tests {
     use super::super::segments::segment_path;
     use super::*;
     use crate::test_fixtures::open_schema;
-    use crate::wal::{encode, Wal};
+    use crate::wal::{encode, segment_header, Wal};
 
     fn put(key: &[u8], value: &[u8]) -> WriteOp {
         WriteOp::Put(TableId::Kv, key.to_vec(), value.to_vec())
@@ -263,9 +267,9 @@ mod tests {
         let schema = open_schema(data.path());
         let dir = data.path().join("test-wal");
         std::fs::create_dir_all(&dir).unwrap();
-        let mut bytes = Vec::new();
+        let mut bytes = segment_header(1).to_vec();
         for seq in 1..=3u8 {
-            encode(u64::from(seq), &[put(b"k", &[seq])], &mut bytes).unwrap();
+            encode(1, u64::from(seq), &[put(b"k", &[seq])], &mut bytes).unwrap();
         }
         let path = segment_path(&dir, 1);
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
@@ -275,18 +279,48 @@ mod tests {
         // Damage in a segment that newer ones follow: refused, nothing applied.
         let again = dir.join("again");
         std::fs::create_dir_all(&again).unwrap();
-        let mut first = Vec::new();
+        let mut first = segment_header(1).to_vec();
         for seq in 3..=4u8 {
-            encode(u64::from(seq), &[put(b"k", &[seq])], &mut first).unwrap();
+            encode(1, u64::from(seq), &[put(b"k", &[seq])], &mut first).unwrap();
         }
-        first[20] ^= 0xff;
+        first[36] ^= 0xff;
         std::fs::write(segment_path(&again, 3), first).unwrap();
-        let mut next = Vec::new();
-        encode(5, &[put(b"k", b"5")], &mut next).unwrap();
+        let mut next = segment_header(1).to_vec();
+        encode(1, 5, &[put(b"k", b"5")], &mut next).unwrap();
         std::fs::write(segment_path(&again, 5), next).unwrap();
         let err = recover(&schema, &again).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
         assert_eq!(get(&schema, b"k"), Some(vec![2]));
+    }
+
+    #[test]
+    fn segments_lmdb_already_holds_are_skipped_whatever_an_interrupted_deletion_left() {
+        let data = tempfile::tempdir().unwrap();
+        let schema = open_schema(data.path());
+        let dir = data.path().join("test-wal");
+        std::fs::create_dir_all(&dir).unwrap();
+        // LMDB holds up to record 8; a recovery that crashed while deleting left segments 1
+        // and 5 but not 3 (a gap), and segment 9 holds the one record to replay.
+        crate::storage::commit(
+            &schema,
+            vec![crate::messages::WriteBatch {
+                ops: vec![put(b"k", b"lmdb"), checkpoint_op(8)],
+            }],
+        )
+        .unwrap();
+        for (first, last) in [(1u64, 2u64), (5, 6), (9, 9)] {
+            let mut bytes = segment_header(1).to_vec();
+            for seq in first..=last {
+                encode(1, seq, &[put(b"k", &[seq as u8])], &mut bytes).unwrap();
+            }
+            std::fs::write(segment_path(&dir, first), bytes).unwrap();
+        }
+        assert_eq!(recover(&schema, &dir).unwrap(), 10);
+        assert_eq!(
+            get(&schema, b"k"),
+            Some(vec![9]),
+            "only record 9 is replayed"
+        );
     }
 
     #[test]

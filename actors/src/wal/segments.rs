@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::{encode, SEGMENT_BYTES};
+use super::{encode, segment_header, SEGMENT_BYTES};
 use crate::error::ActorError;
 use crate::messages::WriteOp;
 
@@ -32,8 +32,10 @@ pub struct Wal {
     written: u64,
     /// The sequence number the next record must have.
     next_seq: u64,
-    /// Records appended since the last sync.
+    /// Records appended since the last sync (after a new segment, its header first).
     buf: Vec<u8>,
+    /// The current segment's nonce (see [`super::segment_header`]).
+    nonce: u64,
     /// Released segments kept to be reused as the next ones (their blocks are allocated).
     spares: Vec<PathBuf>,
 }
@@ -109,7 +111,9 @@ impl Wal {
     pub fn create(dir: &Path, next_seq: u64) -> Result<Self, ActorError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create", dir, e))?;
         let (current, current_path) = open_segment(dir, next_seq, None)?;
+        let nonce = rand::random();
         Ok(Wal {
+            nonce,
             dir: dir.to_path_buf(),
             closed: VecDeque::new(),
             current,
@@ -117,7 +121,7 @@ impl Wal {
             current_path,
             written: 0,
             next_seq,
-            buf: Vec::new(),
+            buf: segment_header(nonce).to_vec(),
             spares: Vec::new(),
         })
     }
@@ -130,7 +134,7 @@ impl Wal {
                 self.next_seq
             )));
         }
-        encode(seq, ops, &mut self.buf)?;
+        encode(self.nonce, seq, ops, &mut self.buf)?;
         self.next_seq += 1;
         Ok(())
     }
@@ -146,19 +150,24 @@ impl Wal {
             .map_err(|e| io_error("write", &self.current_path, e))?;
         self.written += self.buf.len() as u64;
         self.buf.clear();
-        if self.written >= SEGMENT_BYTES {
-            self.rotate()?;
-        }
         Ok(())
     }
 
-    fn rotate(&mut self) -> Result<(), ActorError> {
+    /// Starts the next segment if the current one is full. Called after a sync's waiters
+    /// have heard (making a segment may take a file fill and a directory sync), with no
+    /// record pending.
+    pub fn rotate_if_full(&mut self) -> Result<(), ActorError> {
+        if self.written < SEGMENT_BYTES || !self.buf.is_empty() {
+            return Ok(());
+        }
         let (file, path) = open_segment(&self.dir, self.next_seq, self.spares.pop())?;
         let old = std::mem::replace(&mut self.current_path, path);
         self.closed.push_back((self.current_first, old));
         self.current = file;
         self.current_first = self.next_seq;
         self.written = 0;
+        self.nonce = rand::random();
+        self.buf.extend_from_slice(&segment_header(self.nonce));
         Ok(())
     }
 
@@ -227,6 +236,7 @@ mod tests {
         for seq in 1..=4 {
             wal.append(seq, &[big(1)]).unwrap();
             wal.sync().unwrap();
+            wal.rotate_if_full().unwrap();
         }
         // Two records fill a segment: 1-2, 3-4, then the empty current one from 5.
         assert_eq!(wal.segments(), 3);
@@ -246,6 +256,7 @@ mod tests {
         for seq in 5..=7 {
             wal.append(seq, &[big(2)]).unwrap();
             wal.sync().unwrap();
+            wal.rotate_if_full().unwrap();
         }
         assert_eq!(wal.spares.len(), 1, "segment 7 is a reused one");
         let reused = std::fs::read(segment_path(dir.path(), 7)).unwrap();
