@@ -31,11 +31,17 @@ async fn every_host_crashed_at(point: CrashPoint) {
         crash_at: Some(point),
         ..FaultSpec::default()
     };
-    for host in 1..=3 {
-        admin
-            .inject_fault(host, arm.clone())
-            .await
-            .expect("arm the crash");
+    // All at once: a host armed first may crash on its own background writes before a later
+    // one is armed, and take the quorum the others' requests need with it. A host whose arm
+    // went unanswered must still crash: the wait below says so if it never does.
+    let arms = (1..=3).map(|host| {
+        let (admin, arm) = (admin.clone(), arm.clone());
+        async move { (host, admin.inject_fault(host, arm).await) }
+    });
+    for (host, res) in futures::future::join_all(arms).await {
+        if let Err(e) = res {
+            eprintln!("arming host {host} went unanswered ({e:?}); it may have crashed already");
+        }
     }
     // Writers race the crashes: only the writes acknowledged before them count.
     let mut writers = Vec::new();
