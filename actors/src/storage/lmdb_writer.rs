@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 use super::wal_writer::WalJob;
 use super::{answer, apply_op, Halt, Waiter, GROUP_BATCHES_MAX};
 use crate::error::ActorError;
-use crate::messages::{WriteBatch, WriteOp};
+use crate::messages::WriteBatch;
 use crate::schema::Schema;
 use crate::wal::checkpoint_op;
 use shardkv_transport::wire::CrashPoint;
@@ -45,11 +45,9 @@ pub(super) struct LmdbJob {
 }
 
 impl LmdbJob {
+    /// Whether the batch is a snapshot load: the one kind the actor does not log.
     fn is_load(&self) -> bool {
-        self.batch
-            .ops
-            .iter()
-            .any(|op| matches!(op, WriteOp::LoadSnapshot(..)))
+        self.seq.is_none()
     }
 }
 

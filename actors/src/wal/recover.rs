@@ -199,6 +199,8 @@ fn replay_chunk(schema: &Schema, chunk: &[&Record]) -> Result<(), ActorError> {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::RangeInclusive;
+
     use super::super::segments::segment_path;
     use super::*;
     use crate::test_fixtures::open_schema;
@@ -213,6 +215,14 @@ mod tests {
         schema.kv.get(&rtxn, key).unwrap().map(|v| v.to_vec())
     }
 
+    /// A throwaway data dir, its schema, and where the tests' log goes in it (not created).
+    fn data_dir() -> (tempfile::TempDir, Schema, PathBuf) {
+        let data = tempfile::tempdir().unwrap();
+        let schema = open_schema(data.path());
+        let dir = data.path().join("test-wal");
+        (data, schema, dir)
+    }
+
     /// A log in `dir` holding records 1..=3 (k = 1, 2, 3 in turn), synced.
     fn three_records(dir: &Path) {
         let mut wal = Wal::create(dir, 1).unwrap();
@@ -222,11 +232,24 @@ mod tests {
         wal.sync().unwrap();
     }
 
+    /// The bytes of a segment (nonce 1) holding records `seqs`, each setting k to its number.
+    fn segment_bytes(seqs: RangeInclusive<u64>) -> Vec<u8> {
+        let mut bytes = segment_header(1).to_vec();
+        for seq in seqs {
+            encode(1, seq, &[put(b"k", &[seq as u8])], &mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// LMDB holds the log up to `checkpoint`, and k = `value`.
+    fn lmdb_holds(schema: &Schema, value: &[u8], checkpoint: u64) {
+        let ops = vec![put(b"k", value), checkpoint_op(checkpoint)];
+        crate::storage::commit(schema, vec![crate::messages::WriteBatch { ops }]).unwrap();
+    }
+
     #[test]
     fn records_past_the_checkpoint_are_replayed_in_order_and_the_log_restarts_after_them() {
-        let data = tempfile::tempdir().unwrap();
-        let schema = open_schema(data.path());
-        let dir = data.path().join("test-wal");
+        let (_data, schema, dir) = data_dir();
         three_records(&dir);
         assert_eq!(recover(&schema, &dir).unwrap(), 4);
         assert_eq!(get(&schema, b"k"), Some(vec![3]));
@@ -241,18 +264,10 @@ mod tests {
 
     #[test]
     fn records_lmdb_already_holds_are_not_replayed_over_newer_state() {
-        let data = tempfile::tempdir().unwrap();
-        let schema = open_schema(data.path());
-        let dir = data.path().join("test-wal");
+        let (_data, schema, dir) = data_dir();
         three_records(&dir);
         // LMDB took records 1 and 2, then a later write of its own changed k.
-        crate::storage::commit(
-            &schema,
-            vec![crate::messages::WriteBatch {
-                ops: vec![put(b"k", b"later"), checkpoint_op(2)],
-            }],
-        )
-        .unwrap();
+        lmdb_holds(&schema, b"later", 2);
         assert_eq!(recover(&schema, &dir).unwrap(), 4);
         assert_eq!(
             get(&schema, b"k"),
@@ -263,31 +278,20 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_dropped_and_damage_before_newer_segments_is_refused() {
-        let data = tempfile::tempdir().unwrap();
-        let schema = open_schema(data.path());
-        let dir = data.path().join("test-wal");
+        let (_data, schema, dir) = data_dir();
         std::fs::create_dir_all(&dir).unwrap();
-        let mut bytes = segment_header(1).to_vec();
-        for seq in 1..=3u8 {
-            encode(1, u64::from(seq), &[put(b"k", &[seq])], &mut bytes).unwrap();
-        }
-        let path = segment_path(&dir, 1);
-        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let bytes = segment_bytes(1..=3);
+        std::fs::write(segment_path(&dir, 1), &bytes[..bytes.len() - 1]).unwrap();
         assert_eq!(recover(&schema, &dir).unwrap(), 3, "record 3 was cut short");
         assert_eq!(get(&schema, b"k"), Some(vec![2]));
 
         // Damage in a segment that newer ones follow: refused, nothing applied.
         let again = dir.join("again");
         std::fs::create_dir_all(&again).unwrap();
-        let mut first = segment_header(1).to_vec();
-        for seq in 3..=4u8 {
-            encode(1, u64::from(seq), &[put(b"k", &[seq])], &mut first).unwrap();
-        }
+        let mut first = segment_bytes(3..=4);
         first[36] ^= 0xff;
         std::fs::write(segment_path(&again, 3), first).unwrap();
-        let mut next = segment_header(1).to_vec();
-        encode(1, 5, &[put(b"k", b"5")], &mut next).unwrap();
-        std::fs::write(segment_path(&again, 5), next).unwrap();
+        std::fs::write(segment_path(&again, 5), segment_bytes(5..=5)).unwrap();
         let err = recover(&schema, &again).unwrap_err();
         assert!(err.to_string().contains("damaged"), "{err}");
         assert_eq!(get(&schema, b"k"), Some(vec![2]));
@@ -295,25 +299,13 @@ mod tests {
 
     #[test]
     fn segments_lmdb_already_holds_are_skipped_whatever_an_interrupted_deletion_left() {
-        let data = tempfile::tempdir().unwrap();
-        let schema = open_schema(data.path());
-        let dir = data.path().join("test-wal");
+        let (_data, schema, dir) = data_dir();
         std::fs::create_dir_all(&dir).unwrap();
         // LMDB holds up to record 8; a recovery that crashed while deleting left segments 1
         // and 5 but not 3 (a gap), and segment 9 holds the one record to replay.
-        crate::storage::commit(
-            &schema,
-            vec![crate::messages::WriteBatch {
-                ops: vec![put(b"k", b"lmdb"), checkpoint_op(8)],
-            }],
-        )
-        .unwrap();
-        for (first, last) in [(1u64, 2u64), (5, 6), (9, 9)] {
-            let mut bytes = segment_header(1).to_vec();
-            for seq in first..=last {
-                encode(1, seq, &[put(b"k", &[seq as u8])], &mut bytes).unwrap();
-            }
-            std::fs::write(segment_path(&dir, first), bytes).unwrap();
+        lmdb_holds(&schema, b"lmdb", 8);
+        for seqs in [1..=2, 5..=6, 9..=9] {
+            std::fs::write(segment_path(&dir, *seqs.start()), segment_bytes(seqs)).unwrap();
         }
         assert_eq!(recover(&schema, &dir).unwrap(), 10);
         assert_eq!(
@@ -325,9 +317,7 @@ mod tests {
 
     #[test]
     fn a_log_that_does_not_reach_back_to_the_checkpoint_is_refused() {
-        let data = tempfile::tempdir().unwrap();
-        let schema = open_schema(data.path());
-        let dir = data.path().join("test-wal");
+        let (_data, schema, dir) = data_dir();
         let mut wal = Wal::create(&dir, 10).unwrap();
         wal.append(10, &[put(b"k", b"x")]).unwrap();
         wal.sync().unwrap();
