@@ -17,7 +17,7 @@ pub const ENABLED: bool = cfg!(all(feature = "fault-injection", debug_assertions
 #[cfg(all(feature = "fault-injection", debug_assertions))]
 mod state {
     use std::collections::HashSet;
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
     use std::sync::Mutex;
 
     use crate::wire::HostId;
@@ -25,6 +25,7 @@ mod state {
     pub static PARTITIONED: Mutex<Option<HashSet<HostId>>> = Mutex::new(None);
     pub static DROP_REPLIES: AtomicU32 = AtomicU32::new(0);
     pub static COMMIT_DELAY_MS: AtomicU64 = AtomicU64::new(0);
+    pub static HOLD_LMDB: AtomicBool = AtomicBool::new(false);
     pub static CRASH_AT: Mutex<Option<crate::wire::CrashPoint>> = Mutex::new(None);
 
     pub fn partitioned(peer: HostId) -> bool {
@@ -46,6 +47,7 @@ pub fn apply(spec: &crate::wire::FaultSpec) {
     *g = Some(spec.partition_from.iter().copied().collect());
     state::DROP_REPLIES.store(spec.drop_replies, std::sync::atomic::Ordering::SeqCst);
     state::COMMIT_DELAY_MS.store(spec.commit_delay_ms, std::sync::atomic::Ordering::SeqCst);
+    state::HOLD_LMDB.store(spec.hold_lmdb, std::sync::atomic::Ordering::SeqCst);
     *state::CRASH_AT.lock().unwrap_or_else(|p| p.into_inner()) = spec.crash_at;
     tracing::warn!(?spec, "fault injection active");
 }
@@ -87,6 +89,18 @@ pub fn commit_delay() -> Option<std::time::Duration> {
     #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
     {
         None
+    }
+}
+
+/// Whether LMDB must not commit for now (see [`crate::wire::FaultSpec::hold_lmdb`]).
+pub fn lmdb_held() -> bool {
+    #[cfg(all(feature = "fault-injection", debug_assertions))]
+    {
+        state::HOLD_LMDB.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    #[cfg(not(all(feature = "fault-injection", debug_assertions)))]
+    {
+        false
     }
 }
 

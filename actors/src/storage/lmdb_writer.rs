@@ -33,6 +33,9 @@ use shardkv_transport::wire::CrashPoint;
 /// puts, 5 ms lost 16% against the single-writer design and 30 ms gained 26% (docs/bench.md).
 pub const LMDB_GROUP_DELAY: Duration = Duration::from_millis(30);
 
+/// How often a writer held by the `hold_lmdb` fault hook looks whether it is let go.
+const HELD_LMDB_POLL: Duration = Duration::from_millis(10);
+
 /// What the LMDB writer is handed.
 pub(super) struct LmdbJob {
     pub batch: Arc<WriteBatch>,
@@ -114,6 +117,9 @@ impl LmdbWriter {
     /// How long to wait for more jobs: None with nothing queued (wait for one).
     fn wait(&self) -> Option<Duration> {
         let (arrived, _) = self.queue.front()?;
+        if shardkv_transport::fault::lmdb_held() {
+            return Some(HELD_LMDB_POLL);
+        }
         Some(LMDB_GROUP_DELAY.saturating_sub(arrived.elapsed()))
     }
 
@@ -122,6 +128,9 @@ impl LmdbWriter {
         let Some((arrived, _)) = self.queue.front() else {
             return false;
         };
+        if shardkv_transport::fault::lmdb_held() {
+            return false;
+        }
         self.queue.len() >= GROUP_BATCHES_MAX
             || arrived.elapsed() >= LMDB_GROUP_DELAY
             || self.queue.iter().any(|(_, j)| j.urgent)
