@@ -5,6 +5,7 @@
 //! The steps: right after a log group is synced (before anyone hears it is durable), and
 //! right after an LMDB commit (before its segments are released). All three hosts crash, so
 //! no replica can repair another: what is acknowledged must come back from the disks alone.
+//! A third step is a replica's snapshot load, synced and not yet heard of.
 //!
 //! For the log-sync crash, LMDB is held first (a fault hook) on every host while writes go
 //! on, so the writes acknowledged since are in the logs only: without the replay they are
@@ -15,6 +16,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use shardkv_actors::schema::{kv_key, Schema};
 use shardkv_transport::wire::{CrashPoint, FaultSpec};
 
 /// Sets `spec` on every host at once: a host armed first may crash on its own background
@@ -144,4 +146,85 @@ async fn a_crash_right_after_a_log_sync_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_right_after_an_lmdb_commit_loses_no_acknowledged_write() {
     every_host_crashed_at(CrashPoint::LmdbCommitted, false).await;
+}
+
+/// Raft's compaction point in the snapshot test: small, so that the writes below compact the
+/// log far past what the cut-off host has.
+const SNAPSHOT_AFTER: u64 = 100;
+
+/// A replica that catches up by snapshot and crashes right after the load is synced (before
+/// it has heard) comes back with the snapshot's rows on its disk, then catches up and serves
+/// as part of a quorum. Without a durable load it would come back empty: it was cut off
+/// before any of the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_right_after_a_snapshot_load_keeps_the_snapshot() {
+    let raft = format!("snapshot_after = {SNAPSHOT_AFTER}\n");
+    let mut cluster = common::Cluster::with_raft(3, 1, 3, &raft);
+    cluster.start_all();
+    let admin = cluster.admin();
+    cluster.wait_ready(&admin).await;
+    let client = cluster.client();
+
+    // Host 3 is cut off while the others take writes far past the compaction point; the
+    // same call that heals the cut arms the crash, so no install can come first.
+    let cut = FaultSpec {
+        partition_from: vec![1, 2],
+        ..FaultSpec::default()
+    };
+    admin.inject_fault(3, cut).await.expect("cut host 3 off");
+    let writes = 600;
+    for i in 0..writes {
+        let (k, v) = (format!("k{i}"), format!("v{i}"));
+        client.put(k.as_bytes(), v.as_bytes()).await.expect("put");
+    }
+    let crash = FaultSpec {
+        crash_at: Some(CrashPoint::SnapshotLoaded),
+        ..FaultSpec::default()
+    };
+    admin
+        .inject_fault(3, crash)
+        .await
+        .expect("heal host 3 and arm the crash");
+    let status = cluster.wait_exit(3, Duration::from_secs(60));
+    assert!(!status.success(), "host 3 exited cleanly: {status}");
+    let log3 = std::fs::read_to_string(cluster.log_path(3)).expect("host 3's log");
+    assert!(
+        log3.contains("crashing at SnapshotLoaded"),
+        "host 3 crashed at the snapshot load"
+    );
+
+    // What a restart would find: the snapshot's rows, each with the value written.
+    {
+        let dir = cluster.dir.path().join("data/host-3");
+        let schema = Schema::open(&dir, 1 << 30, "test", 3).expect("open host 3's store");
+        let rtxn = schema.env.read_txn().expect("read txn");
+        let mut rows = 0;
+        for i in 0..writes {
+            let key = kv_key(1, format!("k{i}").as_bytes());
+            if let Some(v) = schema.kv.get(&rtxn, &key).expect("get") {
+                assert_eq!(v, format!("v{i}").as_bytes(), "host 3 row k{i}");
+                rows += 1;
+            }
+        }
+        assert!(
+            rows >= SNAPSHOT_AFTER,
+            "host 3 holds {rows} of the {writes} rows after the crash: the load was lost"
+        );
+        eprintln!("host 3 held {rows} rows from the snapshot after its crash");
+    }
+
+    // It rejoins, catches up, and with host 1 gone is half of every quorum.
+    cluster.start(3);
+    cluster
+        .wait_caught_up_within(&client, 3, Duration::from_secs(60))
+        .await;
+    cluster.kill9(1);
+    for i in 0..writes {
+        let k = format!("k{i}");
+        let got = client
+            .get(k.as_bytes())
+            .await
+            .expect("linearizable read with host 3 in the quorum");
+        assert_eq!(got, Some(format!("v{i}").into_bytes()), "key {k}");
+    }
 }

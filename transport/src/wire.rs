@@ -256,6 +256,9 @@ pub enum CrashPoint {
     /// An LMDB commit returned; nobody has heard yet that LMDB holds it, and the log
     /// segments it made releasable are still there.
     LmdbCommitted,
+    /// A snapshot load (a lagging replica's install) is committed to LMDB and synced; the
+    /// replica has not heard yet, so it has not moved its state past the snapshot.
+    SnapshotLoaded,
 }
 
 /// One replica as its host reports it.

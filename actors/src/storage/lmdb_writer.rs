@@ -189,6 +189,7 @@ impl LmdbWriter {
                 .env
                 .force_sync()
                 .map_err(|e| self.halt.halt(&e.into()))?;
+            shardkv_transport::fault::crash_point(CrashPoint::SnapshotLoaded);
             self.release(self.committed_checkpoint);
         } else if self.schema.env.info().last_txn_id != txn_before {
             // This commit's fdatasync flushed the previous commit's meta page.
