@@ -61,25 +61,29 @@
 #   * etcd and Redis use TCP + TLS with client certs. shardkv uses QUIC (TLS 1.3) + mTLS.
 #   * shardkv starts a fresh cluster for the put run and for the get run (its own tool does).
 #     etcd and Redis keep one cluster for both, and the gets follow a full preload.
+#   * The peers run back to back, etcd then shardkv, and Redis after them: this VM slows
+#     during a run (on 2026-12-03 shardkv's cells, run after the two Redis cells, were a
+#     third slower than five minutes later, gets as much as puts; etcd's moved less), so
+#     the two systems compared get the closest minutes. Compare ratios within one run.
 #   * All data dirs are on the same disk. Any other load on the machine (e.g. a cargo build)
 #     skews every figure. Before each cell the script samples CPU use for 1 s and notes it in
 #     the row when it is over 15%.
 #
 # Usage: bench/compare.sh    (needs root for apt-get unless the packages are already installed)
 # Env:   DURATION=15  CLIENTS="1 64"
-#        SYSTEMS="etcd redis-always redis-everysec shardkv shardkv-shared pipelined idle"
+#        SYSTEMS="etcd shardkv shardkv-shared redis-always redis-everysec pipelined idle"
 #        IDLE_SHARDS=1000  IDLE_SECONDS=30
 #        PIPELINED_REQUESTS=200000
 #        SHARDKV=target/release/shardkv  BENCH_VENV=~/.cache/shardkv-bench/venv  KEEP_TMP=1
 # Output: the table on stdout and bench/results-<date>.md (Markdown). With KEEP_TMP=1 the temp dir
-# (raw JSON/CSV per cell, server logs) is kept. Takes ~5 minutes with DURATION=15.
+# (raw JSON/CSV per cell, server logs) is kept. Takes ~10 minutes with DURATION=15.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-"1 64"}
-SYSTEMS=${SYSTEMS:-"etcd redis-always redis-everysec shardkv shardkv-shared pipelined idle"}
+SYSTEMS=${SYSTEMS:-"etcd shardkv shardkv-shared redis-always redis-everysec pipelined idle"}
 PIPELINED_REQUESTS=${PIPELINED_REQUESTS:-200000}
 SHARDKV=${SHARDKV:-$ROOT/target/release/shardkv}
 BENCH_VENV=${BENCH_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/shardkv-bench/venv}
