@@ -61,10 +61,10 @@
 #   * etcd and Redis use TCP + TLS with client certs. shardkv uses QUIC (TLS 1.3) + mTLS.
 #   * shardkv starts a fresh cluster for the put run and for the get run (its own tool does).
 #     etcd and Redis keep one cluster for both, and the gets follow a full preload.
-#   * The peers run back to back, etcd then shardkv, and Redis after them: this VM slows
-#     during a run (on 2026-12-03 shardkv's cells, run after the two Redis cells, were a
-#     third slower than five minutes later, gets as much as puts; etcd's moved less), so
-#     the two systems compared get the closest minutes. Compare ratios within one run.
+#   * The peers run back to back, etcd then shardkv, and Redis after them, so that the two
+#     systems compared get the closest minutes: this VM's speed changes by up to a third
+#     between runs minutes apart (docs/bench.md, 2026-12-03 evening). Compare ratios within
+#     one run, and keep several.
 #   * All data dirs are on the same disk. Any other load on the machine (e.g. a cargo build)
 #     skews every figure. Before each cell the script samples CPU use for 1 s and notes it in
 #     the row when it is over 15%.

@@ -239,9 +239,11 @@ pub struct FaultSpec {
     /// Make every write-ahead log sync of this host take this many milliseconds longer (a
     /// slow disk: an fsync of seconds); 0 for none.
     pub commit_delay_ms: u64,
-    /// LMDB commits nothing while set: the write-ahead log runs ahead of LMDB by as much as a
-    /// test likes, as behind a disk too slow for the B-tree writes. Whatever is acknowledged
-    /// meanwhile is in the log only, so a crash then needs the replay to keep it.
+    /// LMDB commits nothing while set (but for the drain when the host stops), as behind a
+    /// disk too slow for the B-tree writes: whatever is acknowledged meanwhile is in the
+    /// write-ahead log only, so a crash then needs the replay to keep it. Not for long: a
+    /// shard stops applying once its applied batches waiting for LMDB reach their bound, and
+    /// writes that wait on LMDB (control writes, snapshot loads) wait until it is cleared.
     pub hold_lmdb: bool,
     /// Abort the host's process the next time its write path reaches this point (a crash at
     /// that step, as kill -9 would leave the disk).
