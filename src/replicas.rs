@@ -106,8 +106,7 @@ impl ReplicaFactory {
         shard: ShardId,
         replica: LocalReplica,
     ) -> Result<(), ReplicaError> {
-        stop_and_wait(shard, &replica.stop, &self.storage).await?;
-        stop_and_wait(shard, &replica.stop_shard, &self.storage).await
+        stop_and_settle(shard, &replica, &self.storage).await
     }
 
     /// Stops `replica` of `shard` (taken out of the router first, so nothing new reaches it)
@@ -115,12 +114,10 @@ impl ReplicaFactory {
     /// Raft log and Raft state, then its snapshot files. Either every row goes or none does,
     /// so a crash halfway leaves the replica whole (and the removal can be re-run) or absent.
     pub async fn destroy(&self, shard: ShardId, replica: LocalReplica) -> Result<(), ReplicaError> {
-        // The replica first: it stops handing entries to the state machine, then the state
-        // machine stops. What either handed to storage before is queued ahead of the delete.
-        // Its rows are those of the slots it owns, stored with its last applied batch: read
-        // once both actors stopped, when LMDB holds every batch they queued.
-        stop_and_wait(shard, &replica.stop, &self.storage).await?;
-        stop_and_wait(shard, &replica.stop_shard, &self.storage).await?;
+        // What either actor handed to storage before is queued ahead of the delete. Its rows
+        // are those of the slots it owns, stored with its last applied batch: read once LMDB
+        // holds every batch the actors queued.
+        stop_and_settle(shard, &replica, &self.storage).await?;
         let owned = owned_record::stored_owned(&self.schema, shard)?;
         let mut ops = delete_ranges(shard_all_ranges(shard, &owned.ranges));
         ops.push(meta::retired_op(shard));
@@ -208,15 +205,27 @@ impl ReplicaFactory {
     }
 }
 
-/// Stops `actor` (of `shard`'s replica) and waits until it is gone and LMDB holds everything it handed to storage:
-/// LMDB takes logged batches a little after they are durable, and whoever reads the shard's
-/// data next (a replica started again over it, a deletion of its rows) reads LMDB. An empty
-/// batch is taken after every batch sent before it.
-async fn stop_and_wait(
+/// Stops both actors of `shard`'s `replica` (the replica first: it stops handing entries to
+/// the state machine, then the state machine stops) and waits until LMDB holds everything
+/// they handed to storage: LMDB takes logged batches a little after they are durable, and
+/// whoever reads the shard's data next (a replica started again over it, a deletion of its
+/// rows) reads LMDB. An empty batch is taken after every batch sent before it.
+async fn stop_and_settle(
     shard: ShardId,
-    actor: &Recipient<StopReplica>,
+    replica: &LocalReplica,
     storage: &Addr<StorageActor>,
 ) -> Result<(), ReplicaError> {
+    stop_and_wait(shard, &replica.stop).await?;
+    stop_and_wait(shard, &replica.stop_shard).await?;
+    storage
+        .send(Persist(WriteBatch::default()))
+        .await
+        .map_err(|_| ReplicaError::StorageGone)??;
+    Ok(())
+}
+
+/// Asks an actor of `shard`'s replica to stop and waits until it has.
+async fn stop_and_wait(shard: ShardId, actor: &Recipient<StopReplica>) -> Result<(), ReplicaError> {
     // An actor already gone (it stopped on a fatal error) has nothing more to write.
     let _ = actor.send(StopReplica).await;
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -226,10 +235,6 @@ async fn stop_and_wait(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    storage
-        .send(Persist(WriteBatch::default()))
-        .await
-        .map_err(|_| ReplicaError::StorageGone)??;
     Ok(())
 }
 

@@ -254,12 +254,7 @@ async fn a_joining_replica_restarted_halfway_goes_on_from_what_its_shard_stored(
     wait_leader(&first).await;
     let key = keys_of(1).remove(0);
     put(&first, &key).await;
-    stop_and_wait(1, &first.stop, &f.storage)
-        .await
-        .expect("stops");
-    stop_and_wait(1, &first.stop_shard, &f.storage)
-        .await
-        .expect("stops");
+    stop_and_settle(1, &first, &f.storage).await.expect("stops");
 
     let again = f.start_joining(1).expect("starts");
     wait_leader(&again).await;
