@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::segments::SPARE_EXTENSION;
+use super::segments::{sync_dir, SPARE_EXTENSION};
 use super::{decode_segment, Record, Tail};
 use crate::error::ActorError;
 use crate::messages::WriteOp;
@@ -68,17 +68,18 @@ fn files(dir: &Path, spares: bool) -> Result<Vec<(u64, PathBuf)>, ActorError> {
             .map_err(|e| ActorError::Storage(format!("cannot list {}: {e}", dir.display())))?;
         let name = entry.file_name();
         let name = name.to_str().unwrap_or_default();
-        if spares && name.ends_with(&format!(".{SPARE_EXTENSION}")) {
-            out.push((0, entry.path()));
+        let is_spare = entry.path().extension() == Some(std::ffi::OsStr::new(SPARE_EXTENSION));
+        if is_spare {
+            if spares {
+                out.push((0, entry.path()));
+            }
             continue;
         }
         let Some(first) = name
             .strip_suffix(".wal")
             .and_then(|n| n.parse::<u64>().ok())
         else {
-            if !name.ends_with(&format!(".{SPARE_EXTENSION}")) {
-                warn!(file = %entry.path().display(), "not a write-ahead log segment; left alone");
-            }
+            warn!(file = %entry.path().display(), "not a write-ahead log segment; left alone");
             continue;
         };
         out.push((first, entry.path()));
@@ -177,9 +178,7 @@ pub fn recover(schema: &Schema, dir: &Path) -> Result<u64, ActorError> {
             .map_err(|e| ActorError::Storage(format!("cannot delete {}: {e}", path.display())))?;
     }
     if !stale.is_empty() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| ActorError::Storage(format!("cannot sync {}: {e}", dir.display())))?;
+        sync_dir(dir)?;
     }
     Ok(last + 1)
 }

@@ -59,7 +59,7 @@ pub(super) fn segment_path(dir: &Path, first: u64) -> PathBuf {
 }
 
 /// Makes the directory's entries (a created or deleted segment) durable.
-fn sync_dir(dir: &Path) -> Result<(), ActorError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), ActorError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_error("sync directory", dir, e))
